@@ -1,0 +1,84 @@
+# The cookbook's entry points. Every target sets up what it needs on first use: uv (from PyPI if
+# missing), a Python >= 3.12, and the workspace's locked dependencies in .venv.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.SUFFIXES:
+
+VENV := .venv
+BIN := $(VENV)/bin
+COOKBOOK := $(BIN)/cookbook
+EXAMPLES := $(notdir $(wildcard examples/*))
+
+# A Python >= 3.12 for uv: $UV_PYTHON if set, else the one uv finds, else a pyenv version (on
+# machines whose default python3 is older and whose pyenv shim does not select 3.12), else uv
+# downloads one. Each candidate is run once to prove it works: a pyenv shim may exist and fail.
+define find_python
+for p in "$${UV_PYTHON:-}" "$$($(uv) python find '>=3.12' 2>/dev/null)" \
+	$$(ls -d "$$(pyenv root 2>/dev/null || echo "$$HOME/.pyenv")"/versions/3.1[2-9]*/bin/python3 2>/dev/null); do \
+	[ -n "$$p" ] && "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
+		&& { echo "$$p"; exit 0; }; \
+done; echo 3.12
+endef
+uv = $$(command -v uv || echo python3 -m uv)
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z%_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
+	@echo "examples: $(EXAMPLES)"
+
+$(BIN)/.synced: pyproject.toml uv.lock shared/pyproject.toml $(wildcard examples/*/pyproject.toml)
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
+		|| python3 -m pip install --quiet --disable-pip-version-check uv
+	@python="$$($(find_python))"; echo "setting up .venv with $$python"; \
+		$(uv) sync --frozen --quiet --python "$$python"
+	@touch $@
+
+.PHONY: setup
+setup: $(BIN)/.synced ## create .venv with the locked dependencies
+
+.PHONY: test
+test: lint types unit ## everything CI runs: lint, types, unit tests and every crash matrix
+
+.PHONY: lint
+lint: setup ## ruff format + lint
+	@$(BIN)/ruff format --check --quiet shared examples tests
+	@$(BIN)/ruff check --quiet shared examples tests
+
+.PHONY: types
+types: setup ## mypy (strict)
+	@$(BIN)/mypy --strict shared/src $(foreach e,$(EXAMPLES),examples/$(e)/$(subst -,_,$(e)))
+
+.PHONY: unit
+unit: setup ## pytest: unit tests, example tests, crash matrices
+	@$(BIN)/pytest -q
+
+.PHONY: test-slow
+test-slow: setup ## opt-in slow tests (minutes)
+	@$(BIN)/pytest -q -m slow --timeout 900
+
+run-%: setup ## run an example's narrated demo (e.g. make run-hello)
+	@$(COOKBOOK) run $* $(if $(CRASH),--crash $(CRASH))
+
+crash-%: setup ## run an example's crash matrix (e.g. make crash-hello)
+	@$(COOKBOOK) crash $*
+
+.PHONY: devserver
+devserver: setup ## run the embedded Resonate dev server in the foreground on :8001
+	@$(BIN)/python -m cookbook.devserver --port $${PORT:-8001} --data-dir .cookbook/devserver
+
+.PHONY: tree
+tree: setup ## print an execution's promise tree: make tree ID=<execution id>
+	@test -n "$(ID)" || { echo "usage: make tree ID=<execution id>"; exit 2; }
+	@RESONATE_URL=$${RESONATE_URL:-http://127.0.0.1:8001} $(COOKBOOK) tree $(ID)
+
+.PHONY: list
+list: setup ## list the examples
+	@$(COOKBOOK) list
+
+.PHONY: clean
+clean: ## remove .venv and caches
+	rm -rf $(VENV) .cookbook .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: docs
+docs: setup ## refresh README snippets from the source files they quote
+	@$(COOKBOOK) docs

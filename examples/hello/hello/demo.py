@@ -1,0 +1,26 @@
+"""`python -m hello.demo [name]`: start one `greet` workflow on the workers and print the result."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+from resonate.resonate import Resonate
+
+
+async def main(name: str) -> None:
+    # A client, not a worker: it joins its own group so it is never handed workflow work.
+    resonate = Resonate(url=os.environ["RESONATE_URL"], group="hello-clients")
+    execution_id = f"hello-{name.lower()}-{int(time.time())}"
+    print(f"→ greet({name!r}) as execution {execution_id}")
+    handle = resonate.options(target="hello").rpc(execution_id, "greet", name)
+    receipts = await handle.result()
+    print(f"✓ email receipt {receipts['email']}")
+    print(f"✓ sms receipt   {receipts['sms']}")
+    await resonate.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "Ada"))

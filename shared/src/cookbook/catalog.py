@@ -1,0 +1,94 @@
+"""The examples in this repository, as declared in each example's `[tool.cookbook]` table.
+
+The table is plain data (which module is the worker, which the demo, which scenarios the crash
+harness replays), so an example copied out of the cookbook carries no harness code.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class CatalogError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A provider fault the sandbox injects for one scenario (see the sandbox's /_admin/faults)."""
+
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    function: str
+    args: list[Any]
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    expect: str = "resolved"  # or "rejected": the workflow is meant to fail (a rolled-back saga)
+
+
+@dataclass(frozen=True)
+class Example:
+    name: str
+    path: Path
+    worker: str
+    group: str
+    demo: str | None
+    services: tuple[str, ...]
+    scenarios: tuple[Scenario, ...]
+
+    @property
+    def package(self) -> str:
+        return self.worker.split(".")[0]
+
+
+def repo_root(start: Path | None = None) -> Path:
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "examples").is_dir() and (candidate / "shared").is_dir():
+            return candidate
+    raise CatalogError("not inside the cookbook repository (no examples/ and shared/ found)")
+
+
+def load_example(path: Path) -> Example:
+    try:
+        table = tomllib.loads((path / "pyproject.toml").read_text())["tool"]["cookbook"]
+        scenarios = tuple(
+            Scenario(
+                name=s["name"],
+                function=s["function"],
+                args=list(s.get("args", [])),
+                faults=list(s.get("faults", [])),
+                expect=s.get("expect", "resolved"),
+            )
+            for s in table.get("scenarios", [])
+        )
+        return Example(
+            name=path.name,
+            path=path,
+            worker=table["worker"],
+            group=table["group"],
+            demo=table.get("demo"),
+            services=tuple(table.get("services", [])),
+            scenarios=scenarios,
+        )
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"{path}/pyproject.toml: bad or missing [tool.cookbook]: {exc}") from exc
+
+
+def examples(root: Path | None = None) -> list[Example]:
+    base = repo_root(root) / "examples"
+    return [load_example(p) for p in sorted(base.iterdir()) if (p / "pyproject.toml").is_file()]
+
+
+def example(name: str, root: Path | None = None) -> Example:
+    for candidate in examples(root):
+        if candidate.name == name:
+            return candidate
+    known = ", ".join(e.name for e in examples(root))
+    raise CatalogError(f"no example named {name!r} (known: {known})")

@@ -1,0 +1,194 @@
+"""`cookbook`: the command line behind the Makefile (run, crash, devserver, tree, list)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import httpx
+
+from cookbook import catalog, docs
+from cookbook.crash.harness import CrashHarness, CrashResult
+from cookbook.processes import ManagedProcess, stopping
+from cookbook.stack import Stack, worker_process
+
+# Short enough that the crash demo takes over quickly, long enough for every step of a demo.
+DEMO_TTL_SECONDS = "5"
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_example(name: str, crash: str | None = None) -> int:
+    """Start what an example needs, run its narrated demo, stop everything.
+
+    With `crash`, the worker is SIGKILLed right after that provider acted for it (before the step
+    could checkpoint), and a fresh worker takes over: the output shows what it replayed.
+    """
+    example = catalog.example(name)
+    if example.demo is None:
+        sys.exit(f"cookbook: {name} has no demo")
+    if crash and "sandbox" not in example.services:
+        sys.exit(f"cookbook: {name} calls no provider, so CRASH= has nothing to crash after")
+    started = time.perf_counter()
+    with Stack(
+        sandbox="sandbox" in example.services, narrate=lambda line: _say(f"  provider | {line}")
+    ) as stack:
+        where = "embedded dev server" if stack.embedded else "RESONATE_URL"
+        _say(f"· resonate server: {stack.resonate_url} ({where})")
+        if stack.provider_url:
+            _say(f"· provider sandbox: {stack.provider_url}")
+
+        def worker(n: int) -> ManagedProcess:
+            return worker_process(
+                example.worker,
+                stack.env(RESONATE_TTL_SECONDS=DEMO_TTL_SECONDS),
+                name=f"worker-{n}",
+                on_line=lambda line: _say(f"  worker-{n} | {line}"),
+            )
+
+        with stopping([worker(1).start()]) as workers:
+            _say(f"· worker-1 (pid {workers[0].pid}) is listening on group '{example.group}'")
+            if crash:
+                _arm_crash(stack, crash, workers, worker)
+            demo = subprocess.run(
+                [sys.executable, "-m", example.demo], env=stack.env(), check=False
+            )
+    _say(f"· done in {time.perf_counter() - started:.1f}s; every process stopped")
+    return demo.returncode
+
+
+def _arm_crash(
+    stack: Stack,
+    provider: str,
+    workers: list[ManagedProcess],
+    new_worker: Callable[[int], ManagedProcess],
+) -> None:
+    victim = workers[0]
+    response = httpx.post(
+        f"{stack.provider_url}/_admin/kill-switches", json={"provider": provider, "pid": victim.pid}
+    )
+    if response.status_code != 201:
+        sys.exit(f"cookbook: cannot arm CRASH={provider}: {response.text}")
+    _say(f"· CRASH={provider}: worker-1 will be SIGKILLed right after {provider} acts for it")
+
+    def take_over() -> None:
+        victim.wait(timeout=3600)
+        _say(
+            f"  💥 worker-1 was SIGKILLed: {provider} acted, the step's result was never "
+            "checkpointed"
+        )
+        workers.append(new_worker(2).start())
+        _say(
+            f"· worker-2 started; it takes over when worker-1's lease runs out (ttl "
+            f"{DEMO_TTL_SECONDS}s), replays the workflow, and gets finished steps from the journal"
+        )
+
+    threading.Thread(target=take_over, daemon=True).start()
+
+
+def crash_example(name: str, only: str | None = None) -> int:
+    """Run the crash matrix of one example; one line per crash point, then `N passed, M failed`."""
+    example = catalog.example(name)
+    results: list[CrashResult] = []
+    started = time.perf_counter()
+    with Stack(
+        sandbox="sandbox" in example.services,
+        fast_recovery=True,
+        environ={k: v for k, v in os.environ.items() if k != "RESONATE_URL"},
+    ) as stack:
+        harness = CrashHarness(example, stack)
+        for scenario in example.scenarios:
+            golden = harness.golden(scenario)
+            _say(
+                f"{example.name}/{scenario.name}: golden run {golden.outcome.state} in "
+                f"{golden.seconds:.2f}s, {len(golden.checkpoints)} checkpoints, "
+                f"{len(golden.points)} crash points"
+            )
+            for point in golden.points:
+                if only and only not in point.id:
+                    continue
+                result = harness.run(golden, point)
+                results.append(result)
+                verdict = "ok  " if result.passed else "FAIL"
+                _say(
+                    f"  {verdict} {example.name}[{point.id}]  recovered in "
+                    f"{result.recovery_seconds:.2f}s"
+                )
+                for problem in result.problems:
+                    _say(f"       {problem}")
+    recoveries = [r.recovery_seconds for r in results if r.passed]
+    if recoveries:
+        _say(
+            f"recovery: median {statistics.median(recoveries):.2f}s, max {max(recoveries):.2f}s;"
+            f" matrix wall time {time.perf_counter() - started:.1f}s"
+        )
+    passed = sum(r.passed for r in results)
+    _say(f"{passed} passed, {len(results) - passed} failed")
+    return 0 if results and passed == len(results) else 1
+
+
+def sync_docs(*, check: bool) -> int:
+    drifted = docs.sync(catalog.repo_root(), check=check)
+    for drift in drifted:
+        verb = "differs from" if check else "refreshed from"
+        _say(f"{drift.readme}: snippet {verb} {drift.ref}")
+    return 1 if drifted and check else 0
+
+
+def list_examples() -> int:
+    for example in catalog.examples():
+        scenarios = ", ".join(s.name for s in example.scenarios)
+        _say(f"{example.name:<20} worker {example.worker:<24} scenarios: {scenarios}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cookbook", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an example's narrated demo")
+    run.add_argument("example")
+    run.add_argument(
+        "--crash",
+        metavar="PROVIDER",
+        help="SIGKILL the worker right after this provider acts (e.g. hotel)",
+    )
+    crash = sub.add_parser("crash", help="run an example's crash matrix")
+    crash.add_argument("example")
+    crash.add_argument("-k", dest="only", help="only crash points whose id contains this")
+    tree = sub.add_parser("tree", help="print the promise tree of an execution")
+    tree.add_argument("id")
+    sub.add_parser("list", help="list the examples")
+    docs = sub.add_parser("docs", help="refresh README snippets from the source files")
+    docs.add_argument("--check", action="store_true", help="only report drift (exit 1)")
+    args = parser.parse_args(argv)
+    # The SDK logs every reconnect; while the harness kills servers on purpose that is noise.
+    logging.getLogger("resonate").setLevel(logging.ERROR)
+    try:
+        match args.command:
+            case "run":
+                code = run_example(args.example, args.crash)
+            case "crash":
+                code = crash_example(args.example, args.only)
+            case "tree":
+                from cookbook.tree import print_tree
+
+                code = asyncio.run(print_tree(args.id))
+            case "docs":
+                code = sync_docs(check=args.check)
+            case _:
+                code = list_examples()
+    except catalog.CatalogError as exc:
+        sys.exit(f"cookbook: {exc}")
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

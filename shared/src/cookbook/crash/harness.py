@@ -1,0 +1,301 @@
+"""The crash harness: a golden run, then one run per crash point with a real SIGKILL.
+
+For each crash point it starts a fresh worker process, arms a tripwire on the dev server, starts
+the scenario, waits for the kill, starts a new worker (or restarts the server), and checks what the
+receiving systems recorded:
+  - the execution completes with the golden outcome;
+  - no step that had completed before the kill ran again (the dev server's journal: no new request
+    touched a promise that was already settled);
+  - every external effect was applied exactly once (the provider sandbox's own records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from resonate.resonate import Resonate
+
+from cookbook.catalog import Example, Scenario
+from cookbook.crash.plan import Checkpoint, CrashPoint, checkpoints, crash_points
+from cookbook.processes import ManagedProcess
+from cookbook.stack import Stack, worker_process
+
+KILL_TIMEOUT = 30.0
+COMPLETE_TIMEOUT = 60.0
+WORKER_TTL_SECONDS = "5"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # resolved | rejected
+    value: str  # the result, or the error type and message
+
+    @classmethod
+    async def of(cls, handle: Any) -> Outcome:
+        try:
+            return cls("resolved", repr(await handle.result()))
+        except Exception as exc:
+            return cls("rejected", f"{type(exc).__name__}: {exc}")
+
+    def normalized(self, execution_id: str, effects: list[dict[str, Any]]) -> Outcome:
+        """Name each provider-issued id by the step that caused it, and the execution id by `<id>`.
+
+        Two runs book different confirmation numbers; what must match is that each one is the id
+        of the single effect recorded for the same step.
+        """
+        value = self.value
+        for effect in effects:
+            step = effect["idempotency_key"].removeprefix(execution_id)
+            value = value.replace(effect["resource_id"], f"<effect{step}>")
+        return Outcome(self.state, value.replace(execution_id, "<id>"))
+
+
+type EffectKey = tuple[str, str, str]  # (key relative to the execution id, provider, action)
+
+
+@dataclass(frozen=True)
+class Golden:
+    scenario: Scenario
+    execution_id: str
+    outcome: Outcome
+    checkpoints: list[Checkpoint]
+    effects: Counter[EffectKey]
+    seconds: float
+
+    @property
+    def points(self) -> list[CrashPoint]:
+        return crash_points(self.scenario.name, self.checkpoints)
+
+
+@dataclass
+class CrashResult:
+    point: CrashPoint
+    problems: list[str] = field(default_factory=list)
+    recovery_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+class CrashHarness:
+    """Runs one example's scenarios against a dev server in fast-recovery mode and a sandbox."""
+
+    def __init__(self, example: Example, stack: Stack) -> None:
+        assert stack.embedded, "the crash harness needs the embedded dev server (tripwires)"
+        self.example = example
+        self.stack = stack
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def golden(self, scenario: Scenario) -> Golden:
+        return asyncio.run(self._golden(scenario))
+
+    def run(self, golden: Golden, point: CrashPoint) -> CrashResult:
+        return asyncio.run(self._crash(golden, point))
+
+    # -- runs -------------------------------------------------------------------------------------
+
+    def _worker(self, name: str) -> ManagedProcess:
+        env = self.stack.env(RESONATE_TTL_SECONDS=WORKER_TTL_SECONDS)
+        return worker_process(self.example.worker, env, name=name)
+
+    def _client(self) -> Resonate:
+        return Resonate(
+            url=self.stack.resonate_url, group="cookbook-harness", ttl=timedelta(seconds=30)
+        )
+
+    def _new_id(self, scenario: Scenario, tag: str) -> str:
+        return f"{self.example.name}.{scenario.name}.{tag}.{secrets.token_hex(3)}"
+
+    async def _start(self, client: Resonate, scenario: Scenario, execution_id: str) -> Any:
+        async with httpx.AsyncClient(base_url=self.stack.provider_url) as sandbox:
+            for fault in scenario.faults:
+                response = await sandbox.post(
+                    "/_admin/faults", json={**fault, "key_prefix": execution_id}
+                )
+                response.raise_for_status()
+        return client.options(target=self.example.group).rpc(
+            execution_id, scenario.function, *scenario.args
+        )
+
+    async def _golden(self, scenario: Scenario) -> Golden:
+        execution_id = self._new_id(scenario, "golden")
+        client = self._client()
+        with self._worker("worker"):
+            try:
+                started = time.perf_counter()
+                handle = await self._start(client, scenario, execution_id)
+                outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
+                seconds = time.perf_counter() - started
+            finally:
+                await client.stop()
+        if outcome.state != scenario.expect:
+            raise AssertionError(
+                f"golden run of {scenario.name}: expected {scenario.expect}, "
+                f"got {outcome.state}: {outcome.value}"
+            )
+        journal, promises = await self._journal(execution_id)
+        effects = await self._effects(execution_id)
+        found = checkpoints(execution_id, journal, promises, effects)
+        return Golden(
+            scenario,
+            execution_id,
+            outcome.normalized(execution_id, effects),
+            found,
+            self._effect_keys(execution_id, effects),
+            seconds,
+        )
+
+    async def _crash(self, golden: Golden, point: CrashPoint) -> CrashResult:
+        result = CrashResult(point)
+        started = time.perf_counter()
+        execution_id = self._new_id(golden.scenario, secrets.token_hex(2))
+        first = self._worker("worker-1").start()
+        second: ManagedProcess | None = None
+        client = self._client()
+        try:
+            async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
+                armed = await server.post(
+                    "/_cookbook/tripwires", json=point.tripwire(execution_id, first.pid)
+                )
+                armed.raise_for_status()
+            handle = await self._start(client, golden.scenario, execution_id)
+            victim = self.stack.devserver if point.kills_server else first
+            assert victim is not None
+            killed = await self._killed(victim, handle)
+            if killed is None:
+                result.problems.append(f"the crash point was never reached: {killed!r}")
+                return result
+            if killed != -9:
+                result.problems.append(f"{victim.name} exited with {killed}, not by SIGKILL")
+            killed_at = time.perf_counter()
+            if point.kills_server:
+                self.stack.restart_devserver()
+            else:
+                second = self._worker("worker-2").start()
+            outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
+            result.recovery_seconds = time.perf_counter() - killed_at
+            await self._verify(golden, point, execution_id, outcome, result)
+        except TimeoutError:
+            result.problems.append(f"the execution did not complete within {COMPLETE_TIMEOUT}s")
+        finally:
+            await client.stop()
+            for process in (second, first):
+                if process is not None:
+                    process.stop()
+            async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
+                await server.delete("/_cookbook/tripwires")
+            result.total_seconds = time.perf_counter() - started
+        return result
+
+    async def _killed(self, victim: ManagedProcess, handle: Any) -> int | None:
+        """The victim's exit code once the tripwire killed it; None if the run ended first."""
+        death = asyncio.ensure_future(asyncio.to_thread(victim.wait, KILL_TIMEOUT))
+        done = asyncio.ensure_future(handle.result())
+        finished, _ = await asyncio.wait({death, done}, return_when=asyncio.FIRST_COMPLETED)
+        if death in finished and death.exception() is None:
+            done.cancel()
+            return death.result()
+        death.cancel()
+        return None
+
+    # -- verification ---------------------------------------------------------------------------
+
+    async def _verify(
+        self,
+        golden: Golden,
+        point: CrashPoint,
+        execution_id: str,
+        outcome: Outcome,
+        result: CrashResult,
+    ) -> None:
+        recorded = await self._effects(execution_id)
+        outcome = outcome.normalized(execution_id, recorded)
+        if outcome != golden.outcome:
+            result.problems.append(f"outcome {outcome} differs from the golden {golden.outcome}")
+        journal, _ = await self._journal(execution_id)
+        rerun = rerun_after_kill(journal, point.tripwire(execution_id, 0))
+        if rerun:
+            result.problems.append(f"completed checkpoints ran again after the kill: {rerun}")
+        effects = self._effect_keys(execution_id, recorded)
+        if effects != golden.effects:
+            missing = golden.effects - effects
+            extra = effects - golden.effects
+            result.problems.append(
+                f"effects differ from the golden run: missing {dict(missing)}, extra {dict(extra)}"
+            )
+
+    async def _journal(
+        self, execution_id: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
+            journal = (
+                await server.get("/_cookbook/journal", params={"origin": execution_id})
+            ).json()["entries"]
+            state = (await server.get("/_cookbook/state", params={"origin": execution_id})).json()
+        return journal, state["promises"]
+
+    async def _effects(self, execution_id: str) -> list[dict[str, Any]]:
+        if not self.stack.provider_url:
+            return []
+        async with httpx.AsyncClient(base_url=self.stack.provider_url) as sandbox:
+            response = await sandbox.get(
+                "/_admin/effects", params={"key_prefix": execution_id + ":"}
+            )
+            response.raise_for_status()
+            effects: list[dict[str, Any]] = response.json()
+            return effects
+
+    @staticmethod
+    def _effect_keys(execution_id: str, effects: list[dict[str, Any]]) -> Counter[EffectKey]:
+        return Counter(
+            (e["idempotency_key"].removeprefix(execution_id), e["provider"], e["action"])
+            for e in effects
+        )
+
+
+def rerun_after_kill(journal: list[dict[str, Any]], wire: dict[str, Any]) -> list[str]:
+    """Promises that were settled before the kill and yet touched again by a new request.
+
+    The kill happened at the first journal entry matching the tripwire (after it, when the wire
+    fired after the request was applied). A retried HTTP request keeps its corrId and is not a
+    re-run; a re-executed step would send a new request.
+    """
+    kill_at = next(
+        (
+            i
+            for i, e in enumerate(journal)
+            if e["operation"] == wire["operation"] and e["promise_id"] == wire["promise_id"]
+        ),
+        len(journal),
+    )
+    if wire["when"] == "after":
+        kill_at += 1
+    before, after = journal[:kill_at], journal[kill_at:]
+    settled = {e["promise_id"] for e in before if e["operation"] == "settle"}
+    seen = {(e["promise_id"], e["corr_id"]) for e in before}
+    return sorted(
+        {
+            e["promise_id"]
+            for e in after
+            if e["promise_id"] in settled
+            and e["operation"] in ("create", "settle")
+            and (e["promise_id"], e["corr_id"]) not in seen
+        }
+    )
+
+
+def matrix_workdir(base: Path, example: Example) -> Path:
+    path = base / example.name
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,101 @@
+"""`python -m cookbook.devserver`: run the embedded Resonate dev server in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from cookbook.devserver.app import DEFAULT_SSE_ROTATE_SECONDS, DevServer, DevServerConfig
+from cookbook.devserver.wal import LogInUseError
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
+    parser = argparse.ArgumentParser(
+        prog="python -m cookbook.devserver",
+        description="A standalone Resonate dev server: the SDK's server state machine behind "
+        "the official HTTP+SSE protocol, with a write-ahead log so it survives its own SIGKILL.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001, help="0 picks a free port")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".cookbook/devserver"),
+        help="where the write-ahead log lives (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tick-ms", type=int, default=100, help="how often timers and leases are checked"
+    )
+    parser.add_argument(
+        "--sse-rotate-seconds",
+        type=float,
+        default=DEFAULT_SSE_ROTATE_SECONDS,
+        help="end each SSE stream after this long (must stay below 300)",
+    )
+    parser.add_argument(
+        "--release-leases-on-disconnect",
+        action="store_true",
+        help="test mode: a worker whose stream drops loses its leases at once",
+    )
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="skip fsync (faster, loses the tail of the log on a machine crash)",
+    )
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if not 0 < args.sse_rotate_seconds < 300:
+        parser.error("--sse-rotate-seconds must be between 0 and 300 (SDK 0.8.1 times out at 300)")
+    return DevServerConfig(
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        tick_seconds=args.tick_ms / 1000,
+        sse_rotate_seconds=args.sse_rotate_seconds,
+        release_leases_on_disconnect=args.release_leases_on_disconnect,
+        fsync=not args.no_fsync,
+    ), args.quiet
+
+
+async def serve(config: DevServerConfig, quiet: bool) -> None:
+    started = time.perf_counter()
+    server = DevServer(config)
+    url = await server.start()
+    # One parseable line: launchers and tests wait for it to learn the port.
+    print(f"devserver listening on {url}", flush=True)
+    if not quiet:
+        print(
+            f"  data: {config.data_dir}/wal.jsonl ({server.state.replayed_records} records "
+            f"replayed, ready in {time.perf_counter() - started:.2f}s)",
+            flush=True,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, quiet = parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="devserver %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(serve(config, quiet))
+    except LogInUseError as exc:
+        sys.exit(f"devserver: {exc}")
+    except OSError as exc:
+        sys.exit(f"devserver: cannot listen on {config.host}:{config.port}: {exc.strerror}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""The dev server's HTTP face: the Resonate protocol on `POST /` and `GET /poll/{group}/{pid}`.
+
+Workers and clients use `Resonate(url=...)` exactly as against the official server. Extra,
+cookbook-only endpoints live under `/_cookbook/` (inspection, tripwires); no SDK calls them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from resonate.connections.local import (
+    OutgoingMessage,
+    unwrap_request_envelope,
+    wrap_response_envelope,
+)
+from resonate.error import ServerError
+
+from cookbook.devserver.protocol import touches
+from cookbook.devserver.router import Router, Subscriber
+from cookbook.devserver.state import Applied, DurableState
+from cookbook.devserver.tripwires import Tripwire, TripwireError, Tripwires
+
+log = logging.getLogger("cookbook.devserver")
+
+# SDK 0.8.1 reads SSE with aiohttp's default 300 s total timeout and never recovers from it: a
+# stream older than that leaves the worker deaf. Ending each stream well before lets it reconnect.
+DEFAULT_SSE_ROTATE_SECONDS = 240.0
+
+
+@dataclass(frozen=True)
+class DevServerConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port
+    tick_seconds: float = 0.1
+    sse_rotate_seconds: float = DEFAULT_SSE_ROTATE_SECONDS
+    sse_ping_seconds: float = 15.0
+    # Test mode: a worker whose SSE stream drops (a SIGKILL closes its sockets) loses its leases at
+    # once, so its tasks are redelivered without waiting out the ttl.
+    release_leases_on_disconnect: bool = False
+    fsync: bool = True
+
+
+class DevServer:
+    def __init__(self, config: DevServerConfig) -> None:
+        self.config = config
+        self.state = DurableState(config.data_dir, fsync=config.fsync)
+        self.router = Router()
+        self.tripwires = Tripwires()
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._rotating: set[Subscriber] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, sock: socket.socket | None = None) -> str:
+        owed = self.state.open()
+        app = web.Application(
+            handler_args={"handler_cancellation": True}, client_max_size=64 * 1024 * 1024
+        )
+        app.add_routes(
+            [
+                web.post("/", self._handle_request),
+                web.get("/poll/{group}/{pid}", self._handle_poll),
+                web.get("/_cookbook/health", self._handle_health),
+                web.get("/_cookbook/state", self._handle_state),
+                web.get("/_cookbook/journal", self._handle_journal),
+                web.get("/_cookbook/tripwires", self._handle_list_tripwires),
+                web.post("/_cookbook/tripwires", self._handle_arm),
+                web.delete("/_cookbook/tripwires", self._handle_disarm),
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        if sock is None:
+            sock = bind(self.config.host, self.config.port)
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        await self._commit(Applied({}, owed, self.state.wal_seq()))
+        self._ticker = asyncio.create_task(self._tick_forever())
+        return self.url
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.state.close()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            applied = self.state.tick()
+            if applied is not None:
+                await self._commit(applied)
+            await asyncio.sleep(self.config.tick_seconds)
+
+    async def _commit(self, applied: Applied) -> None:
+        """Wait until a change is on disk, then tell the workers about it - never the reverse."""
+        await self.state.wal.durable(applied.log_seq)
+        self._publish(applied.outgoing)
+
+    def _publish(self, outgoing: list[OutgoingMessage]) -> None:
+        for message in outgoing:
+            self.router.publish(message.address, json.dumps(message.message, separators=(",", ":")))
+
+    # -- the protocol ------------------------------------------------------------------------
+
+    async def _handle_request(self, request: web.Request) -> web.Response:
+        try:
+            envelope = json.loads(await request.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _envelope_error(None, None, 400, f"request body is not JSON: {exc}")
+        flat = unwrap_request_envelope(envelope)
+        if not isinstance(flat, dict) or not isinstance(flat.get("kind"), str):
+            return _envelope_error(
+                None, None, 400, "expected an envelope {kind, head: {corrId}, data}"
+            )
+        kind, corr_id = flat["kind"], flat.get("corrId")
+        touched = touches(flat)
+
+        if (wire := self.tripwires.take(touched, "before")) is not None:
+            await self._trip(wire)
+        try:
+            applied = self.state.apply(flat)
+        except ServerError as exc:
+            await self.state.wal.durable(self.state.wal_seq())
+            return _envelope_error(kind, corr_id, exc.code, exc.message)
+        await self.state.wal.durable(applied.log_seq)
+        if (wire := self.tripwires.take(touched, "after")) is not None:
+            await self._trip(wire)
+        self._publish(applied.outgoing)
+        return web.json_response(wrap_response_envelope(applied.response))
+
+    async def _trip(self, wire: Tripwire) -> None:
+        log.info(
+            "tripwire %s: killing the %s at %s %s (%s)",
+            wire.id,
+            wire.victim,
+            wire.operation,
+            wire.promise_id,
+            wire.when,
+        )
+        wire.fire()
+        # The worker is dead and will never read an answer; hold this request until its
+        # connection closes (aiohttp then cancels the handler) so nothing is applied for it.
+        await asyncio.Event().wait()
+
+    async def _handle_poll(self, request: web.Request) -> web.StreamResponse:
+        group, pid = request.match_info["group"], request.match_info["pid"]
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        subscriber = self.router.subscribe(group, pid)
+        loop = asyncio.get_running_loop()
+        rotate_at = loop.time() + self.config.sse_rotate_seconds
+        unsent: list[tuple[str, str]] = []
+        rotated = False
+        try:
+            while (remaining := rotate_at - loop.time()) > 0:
+                try:
+                    async with asyncio.timeout(min(self.config.sse_ping_seconds, remaining)):
+                        item = await subscriber.queue.get()
+                except TimeoutError:
+                    await response.write(b": ping\n\n")
+                    continue
+                unsent = [item]
+                await response.write(f"data: {item[1]}\n\n".encode())
+                unsent = []
+            rotated = True
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            gone = self.router.unsubscribe(subscriber, unsent)
+            if gone and not rotated and self.config.release_leases_on_disconnect:
+                self._spawn(self._release_leases(pid))
+        return response
+
+    async def _release_leases(self, pid: str) -> None:
+        for applied in self.state.release_leases_of(pid):
+            await self._commit(applied)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- cookbook endpoints -------------------------------------------------------------------
+
+    async def _handle_health(self, _: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok",
+                "replayed_records": self.state.replayed_records,
+                "subscribers": [{"group": g, "pid": p} for g, p in self.router.live()],
+                "held_messages": self.router.held_count(),
+            }
+        )
+
+    async def _handle_state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state.snapshot(request.query.get("origin")))
+
+    async def _handle_journal(self, request: web.Request) -> web.Response:
+        origin = request.query.get("origin")
+        entries = [
+            asdict(e)
+            for e in self.state.journal
+            if origin is None or e.promise_id == origin or e.promise_id.startswith(origin + ":")
+        ]
+        return web.json_response({"entries": entries})
+
+    async def _handle_list_tripwires(self, _: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "armed": [w.to_json() for w in self.tripwires.armed()],
+                "fired": [w.to_json() for w in self.tripwires.fired],
+            }
+        )
+
+    async def _handle_arm(self, request: web.Request) -> web.Response:
+        try:
+            wire = self.tripwires.arm(await request.json())
+        except (json.JSONDecodeError, TripwireError) as exc:
+            return web.json_response({"error": str(exc)}, status=422)
+        return web.json_response(wire.to_json(), status=201)
+
+    async def _handle_disarm(self, _: web.Request) -> web.Response:
+        self.tripwires.disarm_all()
+        return web.json_response({"armed": []})
+
+
+def bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _envelope_error(kind: Any, corr_id: Any, status: int, message: str) -> web.Response:
+    flat = {"kind": kind, "corrId": corr_id, "status": status, "error": message}
+    return web.json_response(wrap_response_envelope(flat))

@@ -1,0 +1,116 @@
+"""Delivers pushed messages to the workers listening on SSE, the way the official server does.
+
+Addresses come from the SDK untouched: `poll://any@<group>` reaches ONE live subscriber of the
+group (round-robin), `poll://uni@<group>/<pid>` reaches that process only. A message for an address
+nobody is listening on is held, not dropped, and handed to the first subscriber that matches: the
+SDK's server re-sends an `execute` only after 30 s and never re-sends an `unblock`, so a dropped
+message would stall a resumed workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+MAX_HELD_PER_ADDRESS = 10_000
+
+
+@dataclass(frozen=True)
+class Address:
+    group: str
+    pid: str | None  # None: anycast to the group
+
+    @classmethod
+    def parse(cls, address: str) -> Address | None:
+        scheme, _, rest = address.partition("://")
+        mode, _, target = rest.partition("@")
+        if scheme != "poll" or not target:
+            return None
+        if mode == "any":
+            return cls(target, None)
+        if mode == "uni" and "/" in target:
+            group, _, pid = target.partition("/")
+            return cls(group, pid)
+        return None
+
+
+@dataclass(eq=False)
+class Subscriber:
+    group: str
+    pid: str
+    # (address, message): the address travels along so an unsent message can be re-routed.
+    queue: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
+
+
+class Router:
+    def __init__(self) -> None:
+        self._groups: dict[str, dict[str, Subscriber]] = {}
+        self._turns: dict[str, itertools.count[int]] = {}
+        self._held: dict[Address, deque[tuple[str, str]]] = {}
+
+    def publish(self, address: str, message: str) -> None:
+        target = Address.parse(address)
+        if target is None:
+            log.warning("dropping a message for an address this server cannot route: %s", address)
+            return
+        subscriber = self._pick(target)
+        if subscriber is not None:
+            subscriber.queue.put_nowait((address, message))
+            return
+        held = self._held.setdefault(target, deque(maxlen=MAX_HELD_PER_ADDRESS))
+        held.append((address, message))
+
+    def subscribe(self, group: str, pid: str) -> Subscriber:
+        members = self._groups.setdefault(group, {})
+        previous = members.get(pid)
+        subscriber = Subscriber(group, pid)
+        members[pid] = subscriber
+        if previous is not None:
+            # The same process reconnected before we noticed its old stream die.
+            self._drain_into(previous, subscriber)
+        for address in (Address(group, pid), Address(group, None)):
+            for item in self._held.pop(address, ()):
+                subscriber.queue.put_nowait(item)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber, unsent: list[tuple[str, str]]) -> bool:
+        """Forget a stream; re-route what it had not sent. True if the pid has no stream left.
+
+        A unicast message stays addressed to its pid (held until it reconnects); an anycast one
+        goes to another member of the group.
+        """
+        members = self._groups.get(subscriber.group, {})
+        if members.get(subscriber.pid) is subscriber:
+            del members[subscriber.pid]
+        pending = [*unsent]
+        while not subscriber.queue.empty():
+            pending.append(subscriber.queue.get_nowait())
+        for address, message in pending:
+            self.publish(address, message)
+        return subscriber.pid not in members
+
+    def live(self) -> list[tuple[str, str]]:
+        return sorted((g, p) for g, members in self._groups.items() for p in members)
+
+    def held_count(self) -> int:
+        return sum(len(q) for q in self._held.values())
+
+    def _pick(self, target: Address) -> Subscriber | None:
+        members = self._groups.get(target.group)
+        if not members:
+            return None
+        if target.pid is not None:
+            return members.get(target.pid)
+        turn = next(self._turns.setdefault(target.group, itertools.count()))
+        pids = sorted(members)
+        return members[pids[turn % len(pids)]]
+
+    @staticmethod
+    def _drain_into(old: Subscriber, new: Subscriber) -> None:
+        while not old.queue.empty():
+            new.queue.put_nowait(old.queue.get_nowait())

@@ -1,0 +1,277 @@
+"""The SDK's own server state machine, made durable by a write-ahead log.
+
+`resonate.connections.local.ServerState` is what `Resonate()` runs in-process in local mode. Its
+`apply(now, request)` is deterministic given `now`, so logging each request with the `now` it was
+applied at (and each tick that changed something) and replaying the log rebuilds the exact state.
+This module and its package are the only places in the cookbook that touch SDK internals; pin
+resonate-sdk exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resonate.connections.local import OutgoingMessage, ServerState
+from resonate.error import ServerError
+
+from cookbook.devserver.protocol import READ_ONLY_KINDS, touches
+from cookbook.devserver.wal import WriteAheadLog
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One state-changing request, as the harness sees it: which promise, what was done, when."""
+
+    seq: int
+    at_ms: int
+    kind: str
+    operation: str
+    promise_id: str
+    # A retried HTTP request keeps its corrId; a re-executed step sends a new one.
+    corr_id: str
+
+
+@dataclass
+class Applied:
+    """The outcome of one request: the flat response, the pushes it caused, and its log position."""
+
+    response: dict[str, Any]
+    outgoing: list[OutgoingMessage]
+    log_seq: int
+
+
+class DurableState:
+    def __init__(
+        self, data_dir: Path, *, fsync: bool = True, clock: Callable[[], int] = wall_clock_ms
+    ) -> None:
+        self.server = ServerState()
+        self.wal = WriteAheadLog(data_dir / "wal.jsonl", fsync=fsync)
+        self.journal: list[JournalEntry] = []
+        self._clock = clock
+        self._last_now = 0
+        self.replayed_records = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> list[OutgoingMessage]:
+        """Replay the log, then make the recovered state live again.
+
+        Returns the pushes a freshly started server owes: an `execute` for every pending task,
+        because the messages that were only in memory died with the previous process.
+        """
+        self.wal.lock()
+        for record in self.wal.replay():
+            now = int(record["now"])
+            self._last_now = max(self._last_now, now)
+            if "req" in record:
+                self._apply_unlogged(now, record["req"])
+                self._journal(now, record["req"])
+            else:
+                self.server.tick(now)
+            self.replayed_records += 1
+        self.server.outgoing.clear()
+        self.wal.open()
+        self._renew_leases()
+        return self._owed_executes()
+
+    def close(self) -> None:
+        self.wal.close()
+
+    def wal_seq(self) -> int:
+        """The position of the last record appended: waiting for it covers everything before."""
+        return self.wal.appended
+
+    def _renew_leases(self) -> None:
+        # Leases kept running on the wall clock while the server was down. The workers holding
+        # them are probably alive and mid-step; renewing spares them a needless re-run.
+        holders: dict[str, list[dict[str, Any]]] = {}
+        for task in self.server.tasks.values():
+            if task.state == "acquired" and task.pid is not None:
+                holders.setdefault(task.pid, []).append({"id": task.id, "version": task.version})
+        for pid, tasks in sorted(holders.items()):
+            self.apply(
+                {"kind": "task.heartbeat", "corrId": "devserver-replay", "pid": pid, "tasks": tasks}
+            )
+
+    def _owed_executes(self) -> list[OutgoingMessage]:
+        owed = []
+        for task in self.server.tasks.values():
+            promise = self.server.promises.get(task.id)
+            if task.state == "pending" and promise is not None:
+                address = promise.tags.get("resonate:target")
+                if address is not None:
+                    message = {
+                        "kind": "execute",
+                        "data": {"task": {"id": task.id, "version": task.version}},
+                    }
+                    owed.append(OutgoingMessage(address=address, message=message))
+        return owed
+
+    # -- requests and ticks -------------------------------------------------------------------
+
+    def now(self) -> int:
+        # Never let time run backwards relative to the log: timeouts computed before a restart
+        # must not un-expire.
+        self._last_now = max(self._last_now, self._clock())
+        return self._last_now
+
+    def apply(self, request: dict[str, Any]) -> Applied:
+        """Apply one flat request and append it to the log (not yet durable: see `wal.durable`).
+
+        Raises `ServerError` for a malformed request, after logging it: `apply` may have changed
+        state before it noticed, and replay must make the same partial change.
+        """
+        now = self.now()
+        kind = request.get("kind")
+        if kind == "promise.search":
+            return Applied(self._search(request), [], 0)
+        try:
+            response = self._apply_unlogged(now, request, raise_errors=True)
+        finally:
+            seq = 0
+            if kind not in READ_ONLY_KINDS:
+                seq = self.wal.append({"now": now, "req": request})
+                self._journal(now, request)
+        outgoing = self.server.outgoing
+        self.server.outgoing = []
+        return Applied(response, outgoing, seq)
+
+    def tick(self) -> Applied | None:
+        """Advance time; log the tick only when it changes something (it usually does not)."""
+        now = self.now()
+        if not self._tick_changes_state(now):
+            return None
+        self.server.outgoing.clear()
+        self.server.tick(now)
+        seq = self.wal.append({"now": now, "tick": True})
+        outgoing = self.server.outgoing
+        self.server.outgoing = []
+        return Applied({}, outgoing, seq)
+
+    def _apply_unlogged(
+        self, now: int, request: dict[str, Any], *, raise_errors: bool = False
+    ) -> dict[str, Any]:
+        try:
+            return self.server.apply(now, request)
+        except ServerError:
+            if raise_errors:
+                raise
+            return {}
+        except Exception as exc:
+            # A request shape ServerState did not anticipate. Replay must survive it too, or one
+            # hostile request would keep the server from ever starting again.
+            if raise_errors:
+                raise ServerError(400, f"malformed request: {exc!r}") from exc
+            return {}
+
+    def _tick_changes_state(self, now: int) -> bool:
+        # Mirrors the conditions under which ServerState.tick acts.
+        promises, tasks = self.server.promises, self.server.tasks
+        for pt in self.server.p_timeouts:
+            promise = promises.get(pt.id)
+            if now >= pt.timeout and promise is not None and promise.state == "pending":
+                return True
+        for tt in self.server.t_timeouts:
+            task = tasks.get(tt.id)
+            if now < tt.timeout or task is None:
+                continue
+            if (tt.typ == 1 and task.state == "acquired") or (
+                tt.typ == 0 and task.state == "pending"
+            ):
+                return True
+        return False
+
+    def _journal(self, now: int, request: Any) -> None:
+        if not isinstance(request, dict):
+            return
+        kind, corr_id = str(request.get("kind", "")), str(request.get("corrId", ""))
+        for touch in touches(request):
+            self.journal.append(
+                JournalEntry(
+                    len(self.journal) + 1, now, kind, touch.operation, touch.promise_id, corr_id
+                )
+            )
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    def release_leases_of(self, pid: str) -> list[Applied]:
+        """Release every task leased to `pid`, as if its lease had lapsed right now."""
+        released = []
+        for task in sorted(self.server.tasks.values(), key=lambda t: t.id):
+            if task.state == "acquired" and task.pid == pid:
+                released.append(
+                    self.apply(
+                        {
+                            "kind": "task.release",
+                            "corrId": "devserver",
+                            "id": task.id,
+                            "version": task.version,
+                        }
+                    )
+                )
+        return released
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def _search(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`promise.search`, which ServerState lacks: state and exact tag filters, offset cursor."""
+        state = request.get("state")
+        raw_tags, raw_limit, cursor = (
+            request.get("tags"),
+            request.get("limit"),
+            request.get("cursor"),
+        )
+        tags: dict[str, Any] = raw_tags if isinstance(raw_tags, dict) else {}
+        limit = raw_limit if isinstance(raw_limit, int) and raw_limit > 0 else 100
+        offset = int(cursor) if isinstance(cursor, str) and cursor.isdigit() else 0
+        matches = [
+            p
+            for p in self.server.promises.values()
+            if (
+                state is None
+                or p.state == state
+                or (state == "rejected" and p.state.startswith("rejected"))
+            )
+            and all(p.tags.get(k) == v for k, v in tags.items())
+        ]
+        matches.sort(key=lambda p: (p.created_at, p.id))
+        page = matches[offset : offset + limit]
+        next_cursor = str(offset + limit) if offset + limit < len(matches) else None
+        return {
+            "kind": "promise.search",
+            "corrId": request.get("corrId"),
+            "status": 200,
+            "promises": [p.to_record() for p in page],
+            "cursor": next_cursor,
+        }
+
+    def snapshot(self, origin: str | None = None) -> dict[str, Any]:
+        """Promises and tasks, optionally only one execution's, for tree views and tests."""
+
+        def belongs(promise_id: str) -> bool:
+            if origin is None:
+                return True
+            promise = self.server.promises.get(promise_id)
+            return promise_id == origin or (
+                promise is not None and promise.tags.get("resonate:origin") == origin
+            )
+
+        promises = [
+            {**p.to_record(), "awaiters": sorted(p.awaiters)}
+            for p in sorted(self.server.promises.values(), key=lambda p: (p.created_at, p.id))
+            if belongs(p.id)
+        ]
+        tasks = [
+            t.to_record()
+            for t in sorted(self.server.tasks.values(), key=lambda t: t.id)
+            if belongs(t.id)
+        ]
+        return {"promises": promises, "tasks": tasks}

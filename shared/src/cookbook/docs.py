@@ -1,0 +1,87 @@
+"""Code shown in READMEs is taken from the real source files, and checked.
+
+A README marks a block with the file it comes from, relative to the README's folder, and
+optionally one top-level function or class in it:
+
+    <!-- snippet: hello/workflow.py:greet -->
+    ```python
+    ...
+    ```
+    <!-- end snippet -->
+
+`cookbook docs` rewrites every block from its source; `cookbook docs --check` (run by the tests)
+fails when a README and its source disagree. The source files carry no markers, so an example
+copied out of the cookbook is unchanged.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SNIPPET = re.compile(
+    r"(?P<open><!-- snippet: (?P<ref>[^\s]+) -->\n)```(?P<lang>\w*)\n(?P<body>.*?)```\n"
+    r"(?P<close><!-- end snippet -->)",
+    re.DOTALL,
+)
+
+
+class SnippetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Drift:
+    readme: Path
+    ref: str
+
+
+def extract(base: Path, ref: str) -> str:
+    """The text a reference names: a whole file, or `file.py:name` for one top-level definition."""
+    file, _, name = ref.partition(":")
+    path = base / file
+    if not path.is_file():
+        raise SnippetError(f"{ref}: no file {path}")
+    text = path.read_text()
+    if not name:
+        return text
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and (
+            node.name == name
+        ):
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            assert node.end_lineno is not None
+            return "\n".join(text.splitlines()[first - 1 : node.end_lineno]) + "\n"
+    raise SnippetError(f"{ref}: no top-level function or class {name!r} in {path}")
+
+
+def render(readme: Path) -> tuple[str, list[Drift]]:
+    """The README with every snippet refreshed, and the snippets that had drifted."""
+    original = readme.read_text()
+    drifted: list[Drift] = []
+
+    def refresh(match: re.Match[str]) -> str:
+        current = extract(readme.parent, match["ref"])
+        if current != match["body"]:
+            drifted.append(Drift(readme, match["ref"]))
+        return f"{match['open']}```{match['lang']}\n{current}```\n{match['close']}"
+
+    return SNIPPET.sub(refresh, original), drifted
+
+
+def readmes(root: Path) -> list[Path]:
+    return [root / "README.md", *sorted(root.glob("examples/*/README.md"))]
+
+
+def sync(root: Path, *, check: bool) -> list[Drift]:
+    drifted: list[Drift] = []
+    for readme in readmes(root):
+        if not readme.is_file():
+            continue
+        text, found = render(readme)
+        drifted += found
+        if found and not check:
+            readme.write_text(text)
+    return drifted

@@ -1,0 +1,147 @@
+"""Child processes that are started with a readiness line and always stopped by their pid.
+
+Every server, worker and gateway the cookbook starts goes through `ManagedProcess`: it waits for
+the process to say it is ready (no sleeps), keeps its output, and stops it with SIGTERM, then
+SIGKILL, also when the caller fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+type LineHandler = Callable[[str], None]
+
+
+class ProcessStartError(RuntimeError):
+    """A child exited or stayed silent before it was ready; the message carries its last output."""
+
+
+class ManagedProcess:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        ready: str,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        on_line: LineHandler | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.ready_pattern = re.compile(ready)
+        self.env = dict(os.environ if env is None else env)
+        self.cwd = cwd
+        self.on_line = on_line
+        self.output: deque[str] = deque(maxlen=400)
+        self.ready_match: re.Match[str] | None = None
+        self._popen: subprocess.Popen[str] | None = None
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._popen is not None, f"{self.name} was never started"
+        return self._popen.pid
+
+    def start(self, timeout: float = 20.0) -> Self:
+        self.env.setdefault("PYTHONUNBUFFERED", "1")
+        self._popen = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            # Its own session: a Ctrl-C in the terminal reaches the launcher, which then stops
+            # its children in order, instead of every process at once.
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, name=f"{self.name}-output", daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if self._popen.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                state = (
+                    f"exited with code {self._popen.returncode}"
+                    if self._popen.returncode is not None
+                    else f"not ready after {timeout}s"
+                )
+                raise ProcessStartError(f"{self.name} {state}; last output:\n{self.tail()}")
+        return self
+
+    def _read(self) -> None:
+        assert self._popen is not None
+        assert self._popen.stdout is not None
+        for raw in self._popen.stdout:
+            line = raw.rstrip("\n")
+            self.output.append(line)
+            if not self._ready.is_set() and (match := self.ready_pattern.search(line)):
+                self.ready_match = match
+                self._ready.set()
+            if self.on_line is not None:
+                self.on_line(line)
+
+    def alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def wait(self, timeout: float) -> int:
+        assert self._popen is not None
+        return self._popen.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; reaps the process."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+        if self._popen is not None:
+            self._popen.wait()
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after `grace` seconds. Safe to call twice."""
+        if self._popen is None:
+            return None
+        if self._popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            try:
+                self._popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+        return self._popen.returncode
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(list(self.output)[-lines:])
+
+    def __enter__(self) -> Self:
+        return self.start() if self._popen is None else self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def stopping(processes: list[ManagedProcess]) -> Iterator[list[ManagedProcess]]:
+    """Stop every process in the list (last started first) on the way out, whatever happened."""
+    try:
+        yield processes
+    finally:
+        for process in reversed(processes):
+            process.stop()

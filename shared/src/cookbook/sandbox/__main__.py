@@ -1,0 +1,68 @@
+"""Run the provider sandbox: ``python -m cookbook.sandbox --host H --port P --db PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+from types import FrameType
+
+import uvicorn
+
+from cookbook.sandbox.app import create_app
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """Prints the listening line only once uvicorn is actually accepting connections."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and sockets:
+            host, port = sockets[0].getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            # Parents block on this exact line to learn the port chosen for --port 0.
+            print(f"sandbox listening on http://{shown}:{port}", flush=True)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    # Binding ourselves (rather than letting uvicorn do it) is what lets --port 0 report
+    # the port the kernel picked.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family)
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cookbook.sandbox", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--db", default="sandbox.db", help="SQLite file for the records")
+    parser.add_argument("--narrate", action="store_true", help="print one line per provider call")
+    args = parser.parse_args(argv)
+
+    # uvicorn handles SIGTERM/SIGINT itself while serving (graceful shutdown), then
+    # re-raises the signal against whatever handler was installed before; this one turns
+    # that into exit status 0 instead of death by signal, and also covers a signal that
+    # arrives before uvicorn's own handlers are in place.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
+
+    sock = _bind(args.host, args.port)
+    config = uvicorn.Config(
+        create_app(args.db, narrate=args.narrate), log_level="warning", lifespan="on"
+    )
+    server = _AnnouncingServer(config)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""The provider sandbox: fake third-party APIs with Stripe-style idempotency and fault injection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Final, Literal
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from cookbook.sandbox.store import (
+    ActionResult,
+    Incoming,
+    JSONObject,
+    SandboxStore,
+    Transaction,
+    canonical_json,
+)
+
+PROVIDERS: Final[Mapping[str, tuple[str, ...]]] = {
+    "flight": ("reserve", "cancel"),
+    "hotel": ("reserve", "cancel"),
+    "car": ("reserve", "cancel"),
+    "email": ("send",),
+    "sms": ("send",),
+    "slack": ("send",),
+    "push": ("send",),
+    "payment": ("charge", "refund"),
+    "api": ("call",),
+}
+
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+REPLAYED_HEADER: Final = "Idempotent-Replayed"
+MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
+
+
+# --- fault injection -------------------------------------------------------------------
+
+
+class FaultSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str
+    action: str | None = None
+    mode: Literal["fail_always", "fail_times", "latency"] = "fail_always"
+    times: int = Field(default=1, ge=1)
+    latency_ms: int = Field(default=0, ge=0, le=60_000, validate_default=True)
+    status: int = Field(default=503, ge=400, le=599)
+    key_prefix: str | None = Field(
+        default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH
+    )
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in PROVIDERS:
+            raise ValueError(f"unknown provider {value!r}; known: {', '.join(PROVIDERS)}")
+        return value
+
+    @field_validator("action")
+    @classmethod
+    def _known_action(cls, value: str | None, info: ValidationInfo) -> str | None:
+        actions = PROVIDERS.get(info.data.get("provider", ""))
+        if value is not None and actions is not None and value not in actions:
+            raise ValueError(f"unknown action {value!r}; known: {', '.join(actions)}")
+        return value
+
+    @field_validator("latency_ms")
+    @classmethod
+    def _latency_mode_needs_latency(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("mode") == "latency" and value == 0:
+            raise ValueError("mode 'latency' needs latency_ms > 0")
+        return value
+
+
+class Fault(FaultSpec):
+    id: str
+    hits: int = Field(description="Matching requests seen so far")
+
+
+@dataclass(frozen=True, slots=True)
+class Injection:
+    latency_s: float
+    # (status code, attempt number) when the request must fail.
+    failure: tuple[int, int] | None
+
+
+class FaultRegistry:
+    """Active faults. In memory on purpose: they are per-test setup, not provider state."""
+
+    def __init__(self) -> None:
+        self._faults: dict[str, Fault] = {}
+
+    def add(self, spec: FaultSpec) -> Fault:
+        fault = Fault(id=f"fault_{secrets.token_hex(6)}", hits=0, **spec.model_dump())
+        self._faults[fault.id] = fault
+        return fault
+
+    def all(self) -> list[Fault]:
+        return list(self._faults.values())
+
+    def remove(self, fault_id: str) -> bool:
+        return self._faults.pop(fault_id, None) is not None
+
+    def clear(self) -> int:
+        count = len(self._faults)
+        self._faults.clear()
+        return count
+
+    def on_request(self, provider: str, action: str, key: str | None) -> Injection:
+        """Count the request against every matching fault and decide its fate.
+
+        Synchronous, so the hit counters need no lock on the event loop.
+        """
+        latency_ms = 0
+        failure: tuple[int, int] | None = None
+        for fault in self._faults.values():
+            if fault.provider != provider or fault.action not in (None, action):
+                continue
+            if fault.key_prefix is not None and not (key or "").startswith(fault.key_prefix):
+                continue
+            fault.hits += 1
+            latency_ms = max(latency_ms, fault.latency_ms)
+            fails = fault.mode == "fail_always" or (
+                fault.mode == "fail_times" and fault.hits <= fault.times
+            )
+            if fails and failure is None:
+                failure = (fault.status, fault.hits)
+        return Injection(latency_ms / 1000, failure)
+
+
+# --- provider actions ------------------------------------------------------------------
+
+
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    reservation_id: str = Field(min_length=1)
+
+
+class RefundBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    charge_id: str = Field(min_length=1)
+
+
+_BODY_MODELS: Final[Mapping[str, type[BaseModel]]] = {"cancel": CancelBody, "refund": RefundBody}
+
+type Action = Callable[[Incoming, Transaction], ActionResult]
+
+
+def _new_id(provider: str) -> str:
+    return f"{provider}_{secrets.token_hex(6)}"
+
+
+def _reply(call: Incoming, resource_id: str, status: str) -> JSONObject:
+    reply: JSONObject = {
+        "id": resource_id,
+        "provider": call.provider,
+        "action": call.action,
+        "status": status,
+    }
+    # Echo the caller's fields, but never let them overwrite the provider's own.
+    reply.update({k: v for k, v in call.body.items() if k not in reply})
+    return reply
+
+
+def _not_found(call: Incoming, what: str, resource_id: str) -> ActionResult:
+    return ActionResult(
+        404,
+        {
+            "error": f"unknown {call.provider} {what} {resource_id!r}",
+            "provider": call.provider,
+            "action": call.action,
+        },
+    )
+
+
+def _reserve(call: Incoming, tx: Transaction) -> ActionResult:
+    reservation_id = _new_id(call.provider)
+    tx.create(reservation_id, call.provider, "reservation", "reserved", call.body)
+    return ActionResult(200, _reply(call, reservation_id, "reserved"), reservation_id)
+
+
+def _cancel(call: Incoming, tx: Transaction) -> ActionResult:
+    reservation_id: str = call.body["reservation_id"]
+    reservation = tx.get(reservation_id)
+    if reservation is None or (reservation.provider, reservation.kind) != (
+        call.provider,
+        "reservation",
+    ):
+        return _not_found(call, "reservation", reservation_id)
+    reply = _reply(call, reservation_id, "cancelled")
+    if reservation.status == "cancelled":
+        # Compensations get retried; a repeat must succeed without cancelling twice.
+        return ActionResult(200, reply)
+    tx.update(reservation_id, "cancelled")
+    return ActionResult(200, reply, reservation_id)
+
+
+def _send(call: Incoming, tx: Transaction) -> ActionResult:
+    message_id = _new_id(call.provider)
+    return ActionResult(200, _reply(call, message_id, "delivered"), message_id)
+
+
+def _charge(call: Incoming, tx: Transaction) -> ActionResult:
+    charge_id = _new_id(call.provider)
+    tx.create(charge_id, call.provider, "charge", "succeeded", call.body)
+    return ActionResult(200, _reply(call, charge_id, "succeeded"), charge_id)
+
+
+def _refund(call: Incoming, tx: Transaction) -> ActionResult:
+    charge_id: str = call.body["charge_id"]
+    charge = tx.get(charge_id)
+    if charge is None or charge.kind != "charge":
+        return _not_found(call, "charge", charge_id)
+    if charge.status == "refunded" and charge.related_id is not None:
+        return ActionResult(200, _reply(call, charge.related_id, "refunded"))
+    refund_id = _new_id(call.provider)
+    tx.create(refund_id, call.provider, "refund", "refunded", call.body)
+    tx.update(charge_id, "refunded", related_id=refund_id)
+    return ActionResult(200, _reply(call, refund_id, "refunded"), refund_id)
+
+
+def _call(call: Incoming, tx: Transaction) -> ActionResult:
+    call_id = _new_id(call.provider)
+    return ActionResult(200, _reply(call, call_id, "ok"), call_id)
+
+
+_ACTIONS: Final[Mapping[str, Action]] = {
+    "reserve": _reserve,
+    "cancel": _cancel,
+    "send": _send,
+    "charge": _charge,
+    "refund": _refund,
+    "call": _call,
+}
+
+
+def _reject_constants(name: str) -> Any:
+    # NaN/Infinity are not JSON; accepting them would make the response unrenderable.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_JSON_TYPE_NAMES: Final[Mapping[type, str]] = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+# --- the app ---------------------------------------------------------------------------
+
+
+class KillSwitch(BaseModel):
+    """Kill a worker right after this provider applied an effect, before it answers.
+
+    Used by the live crash demo (`make run-saga CRASH=hotel`): the booking is made, and the
+    worker that asked for it dies before it can checkpoint the result.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    provider: str
+    action: str | None = None
+    pid: int = Field(gt=1)
+
+
+def create_app(db_path: str | os.PathLike[str], *, narrate: bool = False) -> FastAPI:
+    """Build a sandbox app recording into the SQLite database at ``db_path``.
+
+    With ``narrate``, print one line per provider call, so a demo can show what the outside
+    world saw: which calls acted, and which were answered from the idempotency store.
+    """
+    # Opened here rather than in the lifespan so in-process clients that skip lifespan
+    # events (httpx.ASGITransport) work too.
+    store = SandboxStore(db_path)
+    faults = FaultRegistry()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    app = FastAPI(title="Resonate cookbook provider sandbox", lifespan=lifespan)
+    app.state.store = store
+    app.state.faults = faults
+    kill_switches: list[KillSwitch] = []
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # ctx holds the raised exception objects, which add nothing once msg is rendered.
+        errors = [{k: v for k, v in e.items() if k != "ctx"} for e in exc.errors()]
+        return JSONResponse({"error": "invalid request", "detail": jsonable_encoder(errors)}, 422)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    admin = APIRouter(prefix="/_admin", tags=["admin"])
+
+    @admin.post("/faults", status_code=201)
+    async def add_fault(spec: FaultSpec) -> Fault:
+        return faults.add(spec)
+
+    @admin.get("/faults")
+    async def list_faults() -> list[Fault]:
+        return faults.all()
+
+    @admin.delete("/faults")
+    async def clear_faults() -> dict[str, int]:
+        return {"cleared": faults.clear()}
+
+    @admin.delete("/faults/{fault_id}")
+    async def remove_fault(fault_id: str) -> JSONResponse:
+        if not faults.remove(fault_id):
+            return JSONResponse({"error": f"unknown fault {fault_id!r}"}, 404)
+        return JSONResponse({"removed": fault_id})
+
+    @admin.post("/kill-switches", status_code=201)
+    async def arm_kill_switch(switch: KillSwitch) -> KillSwitch:
+        kill_switches.append(switch)
+        return switch
+
+    @admin.get("/requests")
+    async def list_requests(key_prefix: str | None = None) -> list[dict[str, Any]]:
+        return [asdict(r) for r in store.requests(key_prefix)]
+
+    @admin.get("/effects")
+    async def list_effects(key_prefix: str | None = None) -> list[dict[str, Any]]:
+        return [asdict(e) for e in store.effects(key_prefix)]
+
+    @admin.delete("/records")
+    async def wipe_records() -> dict[str, str]:
+        store.wipe()
+        return {"status": "wiped"}
+
+    # Registered before the catch-all provider route so /_admin/... is never a provider.
+    app.include_router(admin)
+
+    @app.post("/{provider}/{action}")
+    async def provider_call(provider: str, action: str, request: Request) -> Response:
+        started_at = time.time()
+        raw = await request.body()
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        parse_error: str | None = None
+        try:
+            decoded: Any = json.loads(raw, parse_constant=_reject_constants)
+            body_text = canonical_json(decoded)
+        except ValueError as exc:
+            # Recorded as a JSON string so the requests.body column always holds JSON.
+            decoded, parse_error = None, str(exc)
+            body_text = canonical_json(raw.decode("utf-8", "replace"))
+
+        def reject(status: int, payload: JSONObject, *, injected: bool = False) -> JSONResponse:
+            store.record_request(
+                provider=provider,
+                action=action,
+                idempotency_key=key,
+                body_text=body_text,
+                status_code=status,
+                started_at=started_at,
+                injected_fault=injected,
+            )
+            return JSONResponse(payload, status)
+
+        actions = PROVIDERS.get(provider)
+        if actions is None:
+            return reject(
+                404, {"error": f"unknown provider {provider!r}", "providers": list(PROVIDERS)}
+            )
+        if action not in actions:
+            return reject(
+                404,
+                {
+                    "error": f"unknown action {action!r} for provider {provider!r}",
+                    "actions": list(actions),
+                },
+            )
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+            return reject(
+                400,
+                {
+                    "error": f"{IDEMPOTENCY_HEADER} must be 1 to"
+                    f" {MAX_IDEMPOTENCY_KEY_LENGTH} characters, got {len(key)}"
+                },
+            )
+        if parse_error is not None:
+            return reject(422, {"error": f"request body is not valid JSON: {parse_error}"})
+        if not isinstance(decoded, dict):
+            kind = _JSON_TYPE_NAMES.get(type(decoded), type(decoded).__name__)
+            return reject(422, {"error": f"request body must be a JSON object, got {kind}"})
+        body: JSONObject = decoded
+        model = _BODY_MODELS.get(action)
+        if model is not None:
+            try:
+                model.model_validate(body)
+            except ValidationError as exc:
+                return reject(
+                    422,
+                    {
+                        "error": f"invalid body for {provider}/{action}",
+                        "detail": jsonable_encoder(
+                            exc.errors(include_url=False, include_context=False)
+                        ),
+                    },
+                )
+
+        injection = faults.on_request(provider, action, key)
+        if injection.latency_s > 0:
+            # A plain sleep outside any lock: calls with different keys must overlap.
+            await asyncio.sleep(injection.latency_s)
+        if injection.failure is not None:
+            # Not stored under the idempotency key: like Stripe, a request that failed
+            # before executing is re-run for real when retried with the same key.
+            status, attempt = injection.failure
+            return reject(
+                status,
+                {
+                    "error": "injected failure",
+                    "provider": provider,
+                    "action": action,
+                    "attempt": attempt,
+                },
+                injected=True,
+            )
+
+        call = Incoming(provider, action, key, body, started_at)
+        handler = _ACTIONS[action]
+        outcome = store.execute(call, lambda tx: handler(call, tx))
+        headers = {REPLAYED_HEADER: "true"} if outcome.kind == "replayed" else None
+        if narrate:
+            how = {
+                "executed": "done",
+                "replayed": "replayed from its Idempotency-Key, not done again",
+                "conflict": "rejected",
+            }[outcome.kind]
+            print(f"{provider}.{action} {outcome.status_code}: {how}  (key {key})", flush=True)
+        if outcome.kind == "executed":
+            for switch in kill_switches:
+                if switch.provider == provider and switch.action in (None, action):
+                    kill_switches.remove(switch)
+                    os.kill(switch.pid, signal.SIGKILL)
+                    # The caller is dead and will never read an answer.
+                    await asyncio.Event().wait()
+        return Response(outcome.body, outcome.status_code, headers, "application/json")
+
+    return app

@@ -1,0 +1,144 @@
+"""The connection bootstrap: everything an example needs around it, started and stopped for it.
+
+With `RESONATE_URL` set, examples talk to that server (the official Resonate server from docker
+compose, or a dev server already running); otherwise an embedded dev server runs for the duration.
+The provider sandbox stands in for third-party APIs. Example processes learn where everything is
+from environment variables only, which is all they would get in production.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from cookbook.processes import LineHandler, ManagedProcess
+
+
+def devserver_process(
+    data_dir: Path,
+    *,
+    port: int = 0,
+    fast_recovery: bool = False,
+    sse_rotate_seconds: float | None = None,
+    on_line: LineHandler | None = None,
+) -> ManagedProcess:
+    argv = [
+        sys.executable,
+        "-m",
+        "cookbook.devserver",
+        "--quiet",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+    ]
+    if fast_recovery:
+        argv.append("--release-leases-on-disconnect")
+    if sse_rotate_seconds is not None:
+        argv += ["--sse-rotate-seconds", str(sse_rotate_seconds)]
+    return ManagedProcess("devserver", argv, ready=r"devserver listening on (\S+)", on_line=on_line)
+
+
+def sandbox_process(
+    db_path: Path, *, narrate: bool = False, on_line: LineHandler | None = None
+) -> ManagedProcess:
+    argv = [sys.executable, "-m", "cookbook.sandbox", "--port", "0", "--db", str(db_path)]
+    if narrate:
+        argv.append("--narrate")
+    return ManagedProcess("sandbox", argv, ready=r"sandbox listening on (\S+)", on_line=on_line)
+
+
+def url_of(process: ManagedProcess) -> str:
+    assert process.ready_match is not None
+    return process.ready_match.group(1)
+
+
+class Stack:
+    """A Resonate server (external or embedded) and the provider sandbox, for one run."""
+
+    def __init__(
+        self,
+        *,
+        workdir: Path | None = None,
+        sandbox: bool = True,
+        fast_recovery: bool = False,
+        environ: Mapping[str, str] | None = None,
+        narrate: LineHandler | None = None,
+    ) -> None:
+        self.environ = dict(os.environ if environ is None else environ)
+        self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="cookbook-")
+        self.workdir = workdir if workdir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
+        self.fast_recovery = fast_recovery
+        self.devserver: ManagedProcess | None = None
+        self.sandbox: ManagedProcess | None = None
+        self._want_sandbox = sandbox
+        self._narrate = narrate
+        self.resonate_url = self.environ.get("RESONATE_URL", "")
+        self.provider_url = ""
+
+    @property
+    def embedded(self) -> bool:
+        return self.devserver is not None
+
+    def start(self) -> Self:
+        try:
+            if not self.resonate_url:
+                self.devserver = devserver_process(
+                    self.workdir / "devserver", fast_recovery=self.fast_recovery
+                ).start()
+                self.resonate_url = url_of(self.devserver)
+            if self._want_sandbox:
+                self.sandbox = sandbox_process(
+                    self.workdir / "sandbox.db",
+                    narrate=self._narrate is not None,
+                    on_line=self._narrate,
+                ).start()
+                self.provider_url = url_of(self.sandbox)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def restart_devserver(self) -> None:
+        """Start the embedded dev server again on the same port and data (after a kill)."""
+        assert self.devserver is not None
+        port = int(self.resonate_url.rsplit(":", 1)[1])
+        self.devserver.stop()
+        self.devserver = devserver_process(
+            self.workdir / "devserver", port=port, fast_recovery=self.fast_recovery
+        ).start()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment an example process runs with."""
+        env = {**self.environ, "RESONATE_URL": self.resonate_url, **extra}
+        if self.provider_url:
+            env["PROVIDER_API_URL"] = self.provider_url
+        return env
+
+    def stop(self) -> None:
+        for process in (self.sandbox, self.devserver):
+            if process is not None:
+                process.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def worker_process(
+    module: str, env: Mapping[str, str], *, name: str = "worker", on_line: LineHandler | None = None
+) -> ManagedProcess:
+    return ManagedProcess(
+        name, [sys.executable, "-m", module], env=env, ready=r"worker \d+ ready", on_line=on_line
+    )

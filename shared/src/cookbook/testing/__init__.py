@@ -1,0 +1,1 @@
+"""Test support: pytest fixtures for dev servers, sandboxes and worker processes."""

@@ -1,0 +1,120 @@
+"""pytest fixtures (a plugin, loaded automatically): dev servers, sandboxes and processes.
+
+Every process a fixture starts is stopped by its pid when the test ends, passed or failed; every
+port is picked free by the process itself and read back from its readiness line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cookbook.processes import ManagedProcess
+from cookbook.sandbox import SandboxRecords
+from cookbook.stack import devserver_process, sandbox_process, url_of, worker_process
+
+
+@dataclass
+class RunningDevServer:
+    process: ManagedProcess
+    data_dir: Path
+    fast_recovery: bool
+    sse_rotate_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return url_of(self.process)
+
+    def state(self, origin: str | None = None) -> dict[str, object]:
+        params = {"origin": origin} if origin else {}
+        result: dict[str, object] = httpx.get(f"{self.url}/_cookbook/state", params=params).json()
+        return result
+
+    def journal(self, origin: str) -> list[dict[str, object]]:
+        response = httpx.get(f"{self.url}/_cookbook/journal", params={"origin": origin})
+        entries: list[dict[str, object]] = response.json()["entries"]
+        return entries
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def restart(self) -> None:
+        """Start again on the same port and data directory, as after a crash."""
+        port = int(self.url.rsplit(":", 1)[1])
+        self.process.stop()
+        self.process = devserver_process(
+            self.data_dir,
+            port=port,
+            fast_recovery=self.fast_recovery,
+            sse_rotate_seconds=self.sse_rotate_seconds,
+        ).start()
+
+
+@dataclass
+class RunningSandbox:
+    process: ManagedProcess
+    records: SandboxRecords
+
+    @property
+    def url(self) -> str:
+        return url_of(self.process)
+
+
+type DevServerFactory = Callable[..., RunningDevServer]
+type ProcessFactory = Callable[..., ManagedProcess]
+
+
+@pytest.fixture
+def start_devserver(tmp_path: Path) -> Iterator[DevServerFactory]:
+    """Start dev servers (`fast_recovery=`, `sse_rotate_seconds=`); all stopped at teardown."""
+    started: list[RunningDevServer] = []
+
+    def start(
+        *,
+        fast_recovery: bool = True,
+        sse_rotate_seconds: float | None = None,
+    ) -> RunningDevServer:
+        data_dir = tmp_path / f"devserver-{len(started)}"
+        process = devserver_process(
+            data_dir, fast_recovery=fast_recovery, sse_rotate_seconds=sse_rotate_seconds
+        )
+        server = RunningDevServer(process.start(), data_dir, fast_recovery, sse_rotate_seconds)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.process.stop()
+
+
+@pytest.fixture
+def devserver(start_devserver: DevServerFactory) -> RunningDevServer:
+    """A dev server in fast-recovery mode on a free port, with its own data directory."""
+    return start_devserver()
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox]:
+    """One provider sandbox for the session; scope tests by idempotency-key prefix."""
+    db = tmp_path_factory.mktemp("sandbox") / "sandbox.db"
+    with sandbox_process(db) as process:
+        yield RunningSandbox(process, SandboxRecords(db))
+
+
+@pytest.fixture
+def start_worker() -> Iterator[ProcessFactory]:
+    """Start an example's worker (`start_worker("hello.worker", env)`); stopped at teardown."""
+    started: list[ManagedProcess] = []
+
+    def start(module: str, env: Mapping[str, str], name: str = "worker") -> ManagedProcess:
+        process = worker_process(module, env, name=name)
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in reversed(started):
+        process.stop()
