@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from cookbook.testing.matrix import MatrixCase, crash_matrix, stop_all
 
 

@@ -39,6 +39,7 @@ class Example:
     worker: str
     group: str
     demo: str | None
+    gateway: str | None  # a module run with `python -m`; prints "... listening on <url>"
     services: tuple[str, ...]
     scenarios: tuple[Scenario, ...]
 
@@ -74,6 +75,7 @@ def load_example(path: Path) -> Example:
             worker=table["worker"],
             group=table["group"],
             demo=table.get("demo"),
+            gateway=table.get("gateway"),
             services=tuple(table.get("services", [])),
             scenarios=scenarios,
         )

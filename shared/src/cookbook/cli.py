@@ -18,7 +18,7 @@ import httpx
 from cookbook import catalog, docs
 from cookbook.crash.harness import CrashHarness, CrashResult
 from cookbook.processes import ManagedProcess, stopping
-from cookbook.stack import Stack, worker_process
+from cookbook.stack import Stack, gateway_process, url_of, worker_process
 
 # Short enough that the crash demo takes over quickly, long enough for every step of a demo.
 DEMO_TTL_SECONDS = "5"
@@ -60,9 +60,15 @@ def run_example(name: str, crash: str | None = None) -> int:
             _say(f"· worker-1 (pid {workers[0].pid}) is listening on group '{example.group}'")
             if crash:
                 _arm_crash(stack, crash, workers, worker)
-            demo = subprocess.run(
-                [sys.executable, "-m", example.demo], env=stack.env(), check=False
-            )
+            demo_env = stack.env()
+            if example.gateway:
+                gateway = gateway_process(
+                    example.gateway, stack.env(), on_line=lambda line: _say(f"  gateway | {line}")
+                )
+                workers.append(gateway.start())
+                demo_env["GATEWAY_URL"] = url_of(gateway)
+                _say(f"· gateway: {demo_env['GATEWAY_URL']} (pid {gateway.pid})")
+            demo = subprocess.run([sys.executable, "-m", example.demo], env=demo_env, check=False)
     _say(f"· done in {time.perf_counter() - started:.1f}s; every process stopped")
     return demo.returncode
 

@@ -93,10 +93,15 @@ class Stack:
                 ).start()
                 self.resonate_url = url_of(self.devserver)
             if self._want_sandbox:
+                narrate = self._narrate
                 self.sandbox = sandbox_process(
                     self.workdir / "sandbox.db",
-                    narrate=self._narrate is not None,
-                    on_line=self._narrate,
+                    narrate=narrate is not None,
+                    on_line=None
+                    if narrate is None
+                    else lambda line: (
+                        None if line.startswith("sandbox listening") else narrate(line)
+                    ),
                 ).start()
                 self.provider_url = url_of(self.sandbox)
         except BaseException:
@@ -141,4 +146,17 @@ def worker_process(
 ) -> ManagedProcess:
     return ManagedProcess(
         name, [sys.executable, "-m", module], env=env, ready=r"worker \d+ ready", on_line=on_line
+    )
+
+
+def gateway_process(
+    module: str, env: Mapping[str, str], *, on_line: LineHandler | None = None
+) -> ManagedProcess:
+    """An example's HTTP gateway; it must print `... listening on <url>` once it serves."""
+    return ManagedProcess(
+        "gateway",
+        [sys.executable, "-m", module],
+        env=env,
+        ready=r"listening on (http\S+)",
+        on_line=on_line,
     )

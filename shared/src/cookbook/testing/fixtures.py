@@ -6,6 +6,7 @@ port is picked free by the process itself and read back from its readiness line.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,20 @@ type ProcessFactory = Callable[..., ManagedProcess]
 
 
 @pytest.fixture
+def start_process() -> Iterator[Callable[[ManagedProcess], ManagedProcess]]:
+    """Start any ManagedProcess (a gateway, a consumer, ...); stopped by pid at teardown."""
+    started: list[ManagedProcess] = []
+
+    def start(process: ManagedProcess) -> ManagedProcess:
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in reversed(started):
+        process.stop()
+
+
+@pytest.fixture
 def start_devserver(tmp_path: Path) -> Iterator[DevServerFactory]:
     """Start dev servers (`fast_recovery=`, `sse_rotate_seconds=`); all stopped at teardown."""
     started: list[RunningDevServer] = []
@@ -111,7 +126,8 @@ def start_worker() -> Iterator[ProcessFactory]:
     started: list[ManagedProcess] = []
 
     def start(module: str, env: Mapping[str, str], name: str = "worker") -> ManagedProcess:
-        process = worker_process(module, env, name=name)
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
+        process = worker_process(module, {**inherited, **env}, name=name)
         started.append(process)
         return process.start()
 
