@@ -83,9 +83,15 @@ def load_example(path: Path) -> Example:
         raise CatalogError(f"{path}/pyproject.toml: bad or missing [tool.cookbook]: {exc}") from exc
 
 
+def declares_example(path: Path) -> bool:
+    pyproject = path / "pyproject.toml"
+    return pyproject.is_file() and "[tool.cookbook]" in pyproject.read_text()
+
+
 def examples(root: Path | None = None) -> list[Example]:
+    """Every folder under examples/ whose pyproject.toml has a [tool.cookbook] table."""
     base = repo_root(root) / "examples"
-    return [load_example(p) for p in sorted(base.iterdir()) if (p / "pyproject.toml").is_file()]
+    return [load_example(p) for p in sorted(base.iterdir()) if declares_example(p)]
 
 
 def example(name: str, root: Path | None = None) -> Example:

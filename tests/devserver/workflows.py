@@ -1,0 +1,60 @@
+"""A tiny worker for the dev server's own tests: `python -m tests.devserver.workflows`.
+
+`count(n)` runs n no-op steps; `nap(ms)` sleeps durably. Steps append to a file named by
+STEP_LOG, so tests can see which steps ran in which process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from datetime import timedelta
+from pathlib import Path
+
+from resonate.context import Context
+from resonate.resonate import Resonate
+
+
+def _log(line: str) -> None:
+    path = os.environ.get("STEP_LOG")
+    if path:
+        with Path(path).open("a") as f:
+            f.write(f"{os.getpid()} {line}\n")
+
+
+async def step(ctx: Context, i: int) -> int:
+    _log(f"step {ctx.info.id}")
+    await asyncio.sleep(float(os.environ.get("STEP_SECONDS", "0")))
+    return i
+
+
+async def count(ctx: Context, n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += await ctx.run(step, i)
+    return total
+
+
+async def nap(ctx: Context, ms: int) -> str:
+    await ctx.sleep(timedelta(milliseconds=ms))
+    return "rested"
+
+
+async def main() -> None:
+    resonate = Resonate(
+        url=os.environ["RESONATE_URL"],
+        group="devserver-tests",
+        ttl=timedelta(seconds=float(os.environ.get("RESONATE_TTL_SECONDS", "5"))),
+    )
+    resonate.register(count)
+    resonate.register(nap)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print(f"test worker {os.getpid()} ready", flush=True)
+    await stop.wait()
+    await resonate.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
