@@ -67,7 +67,7 @@ def test_a_step_settled_before_the_kill_and_touched_again_is_a_rerun() -> None:
         entry("create", X + ":2", "c"),
         entry("create", X + ":1", "z"),
     ]
-    assert rerun_after_kill(journal, wire) == [X + ":1"]
+    assert rerun_after_kill(journal, wire, local_steps={X + ":1", X + ":2"}) == [X + ":1"]
 
 
 def test_a_retried_request_after_a_server_kill_is_not_a_rerun() -> None:
@@ -79,7 +79,7 @@ def test_a_retried_request_after_a_server_kill_is_not_a_rerun() -> None:
         entry("settle", X + ":1", "b"),
         entry("create", X + ":2", "c"),
     ]
-    assert rerun_after_kill(journal, wire) == []
+    assert rerun_after_kill(journal, wire, local_steps={X + ":1", X + ":2"}) == []
 
 
 def test_outcomes_compare_by_the_step_that_issued_each_id() -> None:
@@ -88,3 +88,18 @@ def test_outcomes_compare_by_the_step_that_issued_each_id() -> None:
         "run-1", effects
     )
     assert outcome == Outcome("resolved", "{'car': '<effect:2>', 'trip': '<id>'}")
+
+
+def test_re_creating_a_settled_promise_on_replay_is_not_a_rerun_but_settling_it_is() -> None:
+    point = CrashPoint("s", Checkpoint(":3", "sleep", "sleep", True), "suspended")
+    wire = point.tripwire(X, worker_pid=4242)
+    journal = [
+        entry("create", X + ":2", "a"),
+        entry("settle", X + ":2", "signal"),
+        entry("suspend", X + ":3", "b"),
+        # after the kill, the replay re-creates the latent promise :2 (idempotent, no work)
+        entry("create", X + ":2", "c"),
+    ]
+    assert rerun_after_kill(journal, wire, local_steps=set()) == []
+    settled_again = [*journal, entry("settle", X + ":2", "d")]
+    assert rerun_after_kill(settled_again, wire, local_steps=set()) == [X + ":2"]

@@ -1,7 +1,7 @@
 """A tiny worker for the dev server's own tests: `python -m tests.devserver.workflows`.
 
-`count(n)` runs n no-op steps; `nap(ms)` sleeps durably. Steps append to a file named by
-STEP_LOG, so tests can see which steps ran in which process.
+`count(n)` runs n no-op steps; `nap(ms)` sleeps durably; `approval(amount)` waits for a signal.
+Steps append to a file named by STEP_LOG, so tests can see which steps ran in which process.
 """
 
 from __future__ import annotations
@@ -41,6 +41,15 @@ async def nap(ctx: Context, ms: int) -> str:
     return "rested"
 
 
+async def approval(ctx: Context, amount: int) -> str:
+    """A step, a wait for a person's decision, a durable pause, a step: every kind of checkpoint."""
+    await ctx.run(step, 1)
+    decision = await ctx.promise()
+    await ctx.sleep(timedelta(milliseconds=200))
+    await ctx.run(step, 2)
+    return f"{decision['verdict']} {amount}"
+
+
 async def main() -> None:
     resonate = Resonate(
         url=os.environ["RESONATE_URL"],
@@ -49,6 +58,7 @@ async def main() -> None:
     )
     resonate.register(count)
     resonate.register(nap)
+    resonate.register(approval)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(f"test worker {os.getpid()} ready", flush=True)

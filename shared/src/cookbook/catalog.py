@@ -30,6 +30,9 @@ class Scenario:
     args: list[Any]
     faults: list[dict[str, Any]] = field(default_factory=list)
     expect: str = "resolved"  # or "rejected": the workflow is meant to fail (a rolled-back saga)
+    # Values for the latent promises the workflow waits on (`ctx.promise()`), in the order it
+    # suspends on them: what a person or another system would send (an approval, an event).
+    signals: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ def load_example(path: Path) -> Example:
                 args=list(s.get("args", [])),
                 faults=list(s.get("faults", [])),
                 expect=s.get("expect", "resolved"),
+                signals=list(s.get("signals", [])),
             )
             for s in table.get("scenarios", [])
         )

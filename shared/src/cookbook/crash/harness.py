@@ -12,9 +12,11 @@ receiving systems recorded:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 
 import httpx
 from resonate.resonate import Resonate
+from resonate.types import Value
 
 from cookbook.catalog import Example, Scenario
 from cookbook.crash.plan import Checkpoint, CrashPoint, checkpoints, crash_points
@@ -128,6 +131,65 @@ class CrashHarness:
             execution_id, scenario.function, *scenario.args
         )
 
+    @contextlib.asynccontextmanager
+    async def _signalling(
+        self, client: Resonate, scenario: Scenario, execution_id: str
+    ) -> AsyncIterator[None]:
+        """While a run is under way, answer its latent promises with the scenario's signals."""
+        task = None
+        if scenario.signals:
+            task = asyncio.create_task(
+                self._deliver_signals(client, execution_id, list(scenario.signals))
+            )
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _deliver_signals(
+        self, client: Resonate, execution_id: str, signals: list[Any]
+    ) -> None:
+        # Resolve a promise only once the workflow has suspended on it, as a person would: that
+        # is what makes the "suspended" crash points real.
+        answered: set[str] = set()
+        seen = 0
+        async with httpx.AsyncClient(base_url=self.stack.resonate_url, timeout=40) as server:
+            while signals:
+                try:
+                    page = (
+                        await server.get(
+                            "/_cookbook/journal",
+                            params={"origin": execution_id, "after": seen, "wait": 10},
+                        )
+                    ).json()
+                    seen = page["last_seq"]
+                    waits = [
+                        e["promise_id"]
+                        for e in page["entries"]
+                        if e["operation"] == "suspend" and e["promise_id"] not in answered
+                    ]
+                    if not waits:
+                        continue
+                    state = (
+                        await server.get("/_cookbook/state", params={"origin": execution_id})
+                    ).json()
+                except httpx.TransportError:
+                    # The dev server is being killed and restarted by this very crash point.
+                    await asyncio.sleep(0.1)
+                    continue
+                latent = {
+                    p["id"]
+                    for p in state["promises"]
+                    if p["tags"].get("resonate:external") == "true" and p["state"] == "pending"
+                }
+                for promise_id in waits:
+                    if promise_id in latent and signals:
+                        await client.promises.resolve(promise_id, Value(data=signals.pop(0)))
+                        answered.add(promise_id)
+
     async def _golden(self, scenario: Scenario) -> Golden:
         execution_id = self._new_id(scenario, "golden")
         client = self._client()
@@ -135,7 +197,8 @@ class CrashHarness:
             try:
                 started = time.perf_counter()
                 handle = await self._start(client, scenario, execution_id)
-                outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
+                async with self._signalling(client, scenario, execution_id):
+                    outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
                 seconds = time.perf_counter() - started
             finally:
                 await client.stop()
@@ -170,21 +233,22 @@ class CrashHarness:
                 )
                 armed.raise_for_status()
             handle = await self._start(client, golden.scenario, execution_id)
-            victim = self.stack.devserver if point.kills_server else first
-            assert victim is not None
-            killed = await self._killed(victim, handle)
-            if killed is None:
-                result.problems.append(f"the crash point was never reached: {killed!r}")
-                return result
-            if killed != -9:
-                result.problems.append(f"{victim.name} exited with {killed}, not by SIGKILL")
-            killed_at = time.perf_counter()
-            if point.kills_server:
-                self.stack.restart_devserver()
-            else:
-                second = self._worker("worker-2").start()
-            outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
-            result.recovery_seconds = time.perf_counter() - killed_at
+            async with self._signalling(client, golden.scenario, execution_id):
+                victim = self.stack.devserver if point.kills_server else first
+                assert victim is not None
+                killed = await self._killed(victim, handle)
+                if killed is None:
+                    result.problems.append("the execution ended before reaching the crash point")
+                    return result
+                if killed != -9:
+                    result.problems.append(f"{victim.name} exited with {killed}, not SIGKILL")
+                killed_at = time.perf_counter()
+                if point.kills_server:
+                    await asyncio.to_thread(self.stack.restart_devserver)
+                else:
+                    second = await asyncio.to_thread(self._worker("worker-2").start)
+                outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
+                result.recovery_seconds = time.perf_counter() - killed_at
             await self._verify(golden, point, execution_id, outcome, result)
         except TimeoutError:
             result.problems.append(f"the execution did not complete within {COMPLETE_TIMEOUT}s")
@@ -224,7 +288,8 @@ class CrashHarness:
         if outcome != golden.outcome:
             result.problems.append(f"outcome {outcome} differs from the golden {golden.outcome}")
         journal, _ = await self._journal(execution_id)
-        rerun = rerun_after_kill(journal, point.tripwire(execution_id, 0))
+        local_steps = {execution_id + c.suffix for c in golden.checkpoints if c.kind == "step"}
+        rerun = rerun_after_kill(journal, point.tripwire(execution_id, 0), local_steps)
         if rerun:
             result.problems.append(f"completed checkpoints ran again after the kill: {rerun}")
         effects = self._effect_keys(execution_id, recorded)
@@ -264,12 +329,17 @@ class CrashHarness:
         )
 
 
-def rerun_after_kill(journal: list[dict[str, Any]], wire: dict[str, Any]) -> list[str]:
-    """Promises that were settled before the kill and yet touched again by a new request.
+def rerun_after_kill(
+    journal: list[dict[str, Any]], wire: dict[str, Any], local_steps: set[str]
+) -> list[str]:
+    """Checkpoints that were complete before the kill and yet did their work again after it.
 
     The kill happened at the first journal entry matching the tripwire (after it, when the wire
-    fired after the request was applied). A retried HTTP request keeps its corrId and is not a
-    re-run; a re-executed step would send a new request.
+    fired after the request was applied). Evidence of work done again is a new request settling
+    a promise that was already settled, or creating a local step that was (a replay gets local
+    steps from the journal; global children - promises, sleeps, remote calls - are re-created
+    idempotently on every replay, which does no work). A retried HTTP request keeps its corrId
+    and is not new.
     """
     kill_at = next(
         (
@@ -289,8 +359,11 @@ def rerun_after_kill(journal: list[dict[str, Any]], wire: dict[str, Any]) -> lis
             e["promise_id"]
             for e in after
             if e["promise_id"] in settled
-            and e["operation"] in ("create", "settle")
             and (e["promise_id"], e["corr_id"]) not in seen
+            and (
+                e["operation"] == "settle"
+                or (e["operation"] == "create" and e["promise_id"] in local_steps)
+            )
         }
     )
 

@@ -24,7 +24,7 @@ from resonate.connections.local import (
 from resonate.error import ServerError
 
 from cookbook.devserver.protocol import touches
-from cookbook.devserver.router import Router, Subscriber
+from cookbook.devserver.router import Router
 from cookbook.devserver.state import Applied, DurableState
 from cookbook.devserver.tripwires import Tripwire, TripwireError, Tripwires
 
@@ -59,7 +59,7 @@ class DevServer:
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._rotating: set[Subscriber] = set()
+        self._journal_grew = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -113,6 +113,11 @@ class DevServer:
         await self.state.wal.durable(applied.log_seq)
         self._publish(applied.outgoing)
 
+    def _journal_changed(self) -> None:
+        # Wake every long poll, then re-arm: waiters re-check for entries of their execution.
+        self._journal_grew.set()
+        self._journal_grew = asyncio.Event()
+
     def _publish(self, outgoing: list[OutgoingMessage]) -> None:
         for message in outgoing:
             self.router.publish(message.address, json.dumps(message.message, separators=(",", ":")))
@@ -140,6 +145,8 @@ class DevServer:
             await self.state.wal.durable(self.state.wal_seq())
             return _envelope_error(kind, corr_id, exc.code, exc.message)
         await self.state.wal.durable(applied.log_seq)
+        if touched:
+            self._journal_changed()
         if (wire := self.tripwires.take(touched, "after")) is not None:
             await self._trip(wire)
         self._publish(applied.outgoing)
@@ -215,13 +222,29 @@ class DevServer:
         return web.json_response(self.state.snapshot(request.query.get("origin")))
 
     async def _handle_journal(self, request: web.Request) -> web.Response:
+        """Journal entries of one execution; with `after` and `wait`, a long poll for new ones."""
         origin = request.query.get("origin")
-        entries = [
-            asdict(e)
-            for e in self.state.journal
-            if origin is None or e.promise_id == origin or e.promise_id.startswith(origin + ":")
-        ]
-        return web.json_response({"entries": entries})
+        try:
+            after = int(request.query.get("after", "0"))
+            wait = min(float(request.query.get("wait", "0")), 30.0)
+        except ValueError:
+            return web.json_response({"error": "after and wait must be numbers"}, status=422)
+
+        def matching() -> list[dict[str, Any]]:
+            return [
+                asdict(e)
+                for e in self.state.journal[after:]
+                if origin is None or e.promise_id == origin or e.promise_id.startswith(origin + ":")
+            ]
+
+        entries = matching()
+        if not entries and wait > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    while not entries:
+                        await self._journal_grew.wait()
+                        entries = matching()
+        return web.json_response({"entries": entries, "last_seq": len(self.state.journal)})
 
     async def _handle_list_tripwires(self, _: web.Request) -> web.Response:
         return web.json_response(

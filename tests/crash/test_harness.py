@@ -1,0 +1,63 @@
+"""The crash harness on a workflow with every kind of checkpoint, including a latent promise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cookbook.catalog import Example, Scenario
+from cookbook.crash.harness import CrashHarness, Golden
+from cookbook.stack import Stack
+
+APPROVAL = Scenario("approve", "approval", [5], signals=[{"verdict": "approved"}])
+EXAMPLE = Example(
+    name="harness-selftest",
+    path=Path(__file__).parent,
+    worker="tests.devserver.workflows",
+    group="devserver-tests",
+    demo=None,
+    gateway=None,
+    services=(),
+    scenarios=(APPROVAL,),
+)
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[CrashHarness]:
+    with Stack(sandbox=False, fast_recovery=True, environ={"PATH": "/usr/bin:/bin"}) as stack:
+        yield CrashHarness(EXAMPLE, stack)
+
+
+@pytest.fixture(scope="module")
+def golden(harness: CrashHarness) -> Golden:
+    return harness.golden(APPROVAL)
+
+
+def test_the_golden_run_finds_every_kind_of_checkpoint(golden: Golden) -> None:
+    assert golden.outcome.value == "'approved 5'"
+    assert [(c.kind, c.suspended_on) for c in golden.checkpoints] == [
+        ("step", False),
+        ("promise", True),
+        ("sleep", True),
+        ("step", False),
+    ]
+    assert [p.id for p in golden.points] == [
+        "approve:step#1/before",
+        "approve:step#1/after-effect",
+        "approve:step#1/server-kill",
+        "approve:promise/suspended",
+        "approve:promise/server-kill",
+        "approve:sleep/suspended",
+        "approve:sleep/server-kill",
+        "approve:step#2/before",
+        "approve:step#2/after-effect",
+        "approve:step#2/server-kill",
+    ]
+
+
+@pytest.mark.parametrize("phase", ["approve:promise/suspended", "approve:sleep/server-kill"])
+def test_recovers_while_suspended(harness: CrashHarness, golden: Golden, phase: str) -> None:
+    point = next(p for p in golden.points if p.id == phase)
+    result = harness.run(golden, point)
+    assert result.passed, result.problems
