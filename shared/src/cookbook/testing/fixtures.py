@@ -145,6 +145,6 @@ def start_worker() -> Iterator[ProcessFactory]:
 @pytest.fixture
 def kafka_bootstrap() -> Iterator[str]:
     """A fresh in-memory Kafka-protocol broker (Tansu) for one test: `host:port`."""
-    with kafka_process() as broker:
-        assert broker.ready_match is not None
-        yield broker.ready_match.group(1)
+    broker, bootstrap = kafka_process()
+    with broker:
+        yield bootstrap
