@@ -30,7 +30,7 @@ $(BIN)/.synced: pyproject.toml uv.lock shared/pyproject.toml $(wildcard examples
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
 		|| python3 -m pip install --quiet --disable-pip-version-check uv
 	@python="$$($(find_python))"; echo "setting up .venv with $$python"; \
-		$(uv) sync --frozen --quiet --python "$$python"
+		$(uv) sync --frozen --all-packages --quiet --python "$$python"
 	@touch $@
 
 .PHONY: setup
