@@ -82,3 +82,10 @@ clean: ## remove .venv and caches
 .PHONY: docs
 docs: setup ## refresh README snippets from the source files they quote
 	@$(COOKBOOK) docs
+
+.PHONY: new
+new: setup ## scaffold a new example from the template: make new NAME=<name>
+	@test -n "$(NAME)" || { echo "usage: make new NAME=<name>"; exit 2; }
+	@$(COOKBOOK) new $(NAME)
+	@$(uv) lock --quiet
+	@$(MAKE) --no-print-directory setup

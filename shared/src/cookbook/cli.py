@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from cookbook import catalog, docs
+from cookbook import catalog, docs, scaffold
 from cookbook.crash.harness import CrashHarness, CrashResult
 from cookbook.processes import ManagedProcess, stopping
 from cookbook.stack import Stack, gateway_process, url_of, worker_process
@@ -179,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     tree = sub.add_parser("tree", help="print the promise tree of an execution")
     tree.add_argument("id")
     sub.add_parser("list", help="list the examples")
+    new = sub.add_parser("new", help="scaffold a new example from the template")
+    new.add_argument("name")
     docs = sub.add_parser("docs", help="refresh README snippets from the source files")
     docs.add_argument("--check", action="store_true", help="only report drift (exit 1)")
     args = parser.parse_args(argv)
@@ -194,11 +196,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 from cookbook.tree import print_tree
 
                 code = asyncio.run(print_tree(args.id))
+            case "new":
+                code = scaffold.main(args.name)
             case "docs":
                 code = sync_docs(check=args.check)
             case _:
                 code = list_examples()
-    except catalog.CatalogError as exc:
+    except (catalog.CatalogError, scaffold.ScaffoldError) as exc:
         sys.exit(f"cookbook: {exc}")
     except KeyboardInterrupt:
         code = 130

@@ -1,0 +1,65 @@
+"""`make new NAME=<name>`: a new example folder from the template, ready to run and crash-test.
+
+The template is the smallest complete example (a workflow with two provider calls, a worker, a
+demo, a test, a README with the standard sections) under `template/`, with `{{name}}`, `{{pkg}}`
+and `{{title}}` placeholders and a `__pkg__` folder for the package.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cookbook import catalog, docs
+
+TEMPLATE = Path(__file__).parent / "template"
+NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+CATALOG_ROW = re.compile(r"^\| \[[^\]]+\]\(examples/[^)]+\) \|.*$", re.MULTILINE)
+
+
+class ScaffoldError(ValueError):
+    pass
+
+
+def scaffold(name: str, root: Path) -> Path:
+    if not NAME.match(name):
+        raise ScaffoldError(
+            f"NAME={name!r}: use lowercase letters, digits and single dashes, e.g. order-refunds"
+        )
+    target = root / "examples" / name
+    if target.exists():
+        raise ScaffoldError(f"examples/{name} already exists")
+    pkg = name.replace("-", "_")
+    values = {"{{name}}": name, "{{pkg}}": pkg, "{{title}}": name.replace("-", " ").capitalize()}
+    for source in sorted(TEMPLATE.rglob("*.tmpl")):
+        relative = source.relative_to(TEMPLATE).as_posix().replace("__pkg__", pkg)
+        text = source.read_text()
+        for placeholder, value in values.items():
+            text = text.replace(placeholder, value)
+        destination = target / relative.removesuffix(".tmpl")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_text(text)
+    readme = target / "README.md"
+    readme.write_text(docs.render(readme)[0])
+    _add_to_catalog(root / "README.md", name)
+    return target
+
+
+def _add_to_catalog(readme: Path, name: str) -> None:
+    text = readme.read_text()
+    rows = list(CATALOG_ROW.finditer(text))
+    if not rows:
+        raise ScaffoldError(f"{readme}: no catalog table to add {name} to")
+    row = f"| [{name}](examples/{name}) | TODO | TODO |"
+    end = rows[-1].end()
+    readme.write_text(text[:end] + "\n" + row + text[end:])
+
+
+def main(name: str) -> int:
+    root = catalog.repo_root()
+    target = scaffold(name, root)
+    print(
+        f"created {target.relative_to(root)}; next: `make run-{name}`, `make crash-{name}`, "
+        "then make it yours (and fill in the TODOs in its README and the catalog)"
+    )
+    return 0

@@ -1,0 +1,63 @@
+"""`make new NAME=...` scaffolds an example that runs and passes its crash matrix out of the box."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cookbook import catalog
+from cookbook.scaffold import ScaffoldError, scaffold
+
+ROOT = catalog.repo_root(Path(__file__))
+
+
+def tracked_copy(destination: Path) -> Path:
+    files = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, files):
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    return destination
+
+
+def make(copy: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "RESONATE_URL")}
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_a_scaffolded_example_runs_and_survives_its_crash_matrix(tmp_path: Path) -> None:
+    copy = tracked_copy(tmp_path / "cookbook")
+
+    created = make(copy, "new", "NAME=demo-app")
+    assert created.returncode == 0, created.stdout + created.stderr
+    run = make(copy, "run-demo-app")
+    crash = make(copy, "crash-demo-app")
+    checks = make(copy, "lint", "types")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "✓ {'first':" in run.stdout
+    assert crash.returncode == 0, crash.stdout + crash.stderr
+    assert crash.stdout.strip().endswith("6 passed, 0 failed")
+    assert checks.returncode == 0, checks.stdout + checks.stderr
+    assert "[demo-app](examples/demo-app)" in (copy / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["Demo", "demo_app", "-demo", "demo--app", "hello", ""])
+def test_bad_or_taken_names_are_refused_with_a_reason(name: str) -> None:
+    with pytest.raises(ScaffoldError):
+        scaffold(name, ROOT)
