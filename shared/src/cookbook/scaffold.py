@@ -7,7 +7,10 @@ and `{{title}}` placeholders and a `__pkg__` folder for the package.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from cookbook import catalog, docs
@@ -39,6 +42,11 @@ def scaffold(name: str, root: Path) -> Path:
         destination = target / relative.removesuffix(".tmpl")
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_text(text)
+    # Names change line lengths: let the formatter settle them (it is in the dev tools).
+    with contextlib.suppress(OSError):
+        subprocess.run(
+            [sys.executable, "-m", "ruff", "format", "--quiet", str(target)], check=False
+        )
     readme = target / "README.md"
     readme.write_text(docs.render(readme)[0])
     _add_to_catalog(root / "README.md", name)
