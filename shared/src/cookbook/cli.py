@@ -24,8 +24,13 @@ from cookbook.stack import Stack, gateway_process, url_of, worker_process
 DEMO_TTL_SECONDS = "5"
 
 
+_output = threading.Lock()
+
+
 def _say(line: str) -> None:
-    print(line, flush=True)
+    # Workers, the sandbox and the take-over thread all narrate at once; keep lines whole.
+    with _output:
+        print(line, flush=True)
 
 
 def run_example(name: str, crash: str | None = None) -> int:

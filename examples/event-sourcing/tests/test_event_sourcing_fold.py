@@ -1,0 +1,132 @@
+"""The projection's rules, and the property that the durable workflow equals the pure fold.
+
+The workflow runs in-process here (`local_resonate`: the SDK's own server in memory, no worker,
+no network), so hypothesis can try hundreds of generated event streams in seconds. The statement
+service is an `httpx.MockTransport` that records what each step published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+from event_sourcing.account import Account, Event, Rejection, apply, fold
+from event_sourcing.steps import Providers
+from event_sourcing.workflow import project_account
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from resonate.testing import local_resonate
+
+OPEN = Account(status="open", owner="Ada", balance=100, applied=2)
+
+
+@pytest.mark.parametrize(
+    ("account", "event", "reason"),
+    [
+        (OPEN, {"type": "renamed", "owner": "Grace"}, "unknown event type 'renamed'"),
+        (OPEN, {"amount": 5}, "unknown event type None"),
+        (OPEN, {"type": "deposited", "amount": -5}, "amount -5 is not a positive whole number"),
+        (OPEN, {"type": "withdrew", "amount": 0}, "amount 0 is not a positive whole number"),
+        (OPEN, {"type": "deposited", "amount": 2.5}, "amount 2.5 is not a positive whole number"),
+        (OPEN, {"type": "deposited", "amount": True}, "amount True is not a positive whole number"),
+        (OPEN, {"type": "deposited"}, "amount None is not a positive whole number"),
+        (OPEN, {"type": "withdrew", "amount": 101}, "withdrawing 101 exceeds the balance of 100"),
+        (OPEN, {"type": "opened", "owner": "Grace"}, "the account is already open"),
+        (Account(), {"type": "deposited", "amount": 5}, "the account is not open yet"),
+        (Account(), {"type": "opened", "owner": " "}, "an opening needs an owner"),
+        (Account(status="closed"), {"type": "deposited", "amount": 5}, "the account is closed"),
+        (Account(status="closed"), {"type": "opened", "owner": "Ada"}, "the account is closed"),
+    ],
+)
+def test_an_invalid_event_is_rejected_with_its_reason_and_changes_nothing_else(
+    account: Account, event: Event, reason: str
+) -> None:
+    after = apply(account, 7, event)
+
+    assert after.rejections == (*account.rejections, Rejection(7, reason))
+    assert after == replace(account, rejections=after.rejections)  # nothing else changed
+
+
+def test_a_valid_stream_folds_into_the_account() -> None:
+    events: list[Event] = [
+        {"type": "opened", "owner": "Ada"},
+        {"type": "deposited", "amount": 100},
+        {"type": "withdrew", "amount": 100},
+        {"type": "closed"},
+    ]
+    assert fold(events) == Account(status="closed", owner="Ada", balance=0, applied=4)
+
+
+# Generated streams mix valid and invalid events. Money events come three times as often as the
+# others, so streams get long enough to overdraw; two streams in three start with an opening, so
+# that most events have an open account to apply to.
+_amounts = st.one_of(st.integers(-20, 300), st.sampled_from([0, 2.5, "10", None, True]))
+_money = st.fixed_dictionaries(
+    {"type": st.sampled_from(["deposited", "withdrew"]), "amount": _amounts}
+)
+_other = st.one_of(
+    st.fixed_dictionaries({"type": st.just("opened"), "owner": st.sampled_from(["Ada", ""])}),
+    st.just({"type": "closed"}),
+    st.fixed_dictionaries({"type": st.sampled_from(["renamed", "", "DEPOSITED"])}),
+)
+_streams: st.SearchStrategy[list[Event]] = st.builds(
+    lambda opened, rest: [{"type": "opened", "owner": "Ada"}] * opened + rest,
+    st.sampled_from([1, 1, 0]),
+    st.lists(st.one_of(_money, _money, _money, _other), max_size=12),
+)
+
+
+@given(_streams)
+def test_the_fold_never_overdraws_and_accounts_for_every_event(events: list[Event]) -> None:
+    account = fold(events)
+
+    assert account.balance >= 0
+    assert account.applied + len(account.rejections) == len(events)
+    rejected = {r.sequence for r in account.rejections}
+    applied = [e for n, e in enumerate(events, start=1) if n not in rejected]
+    deposits = sum(e["amount"] for e in applied if e["type"] == "deposited")
+    withdrawals = sum(e["amount"] for e in applied if e["type"] == "withdrew")
+    assert account.balance == deposits - withdrawals
+
+
+async def _project_locally(events: list[Event]) -> tuple[str, Account, list[tuple[str, Any]]]:
+    """Run the real workflow in-process: its id, its result, and what it published, in order."""
+    execution_id = f"prop-{secrets.token_hex(4)}"
+    published: list[tuple[str, Any]] = []
+
+    def statement_service(request: httpx.Request) -> httpx.Response:
+        published.append((request.headers["Idempotency-Key"], json.loads(request.content)))
+        return httpx.Response(200, json={"id": f"api_{len(published)}", "status": "ok"})
+
+    transport = httpx.MockTransport(statement_service)
+    async with httpx.AsyncClient(transport=transport, base_url="http://statements") as client:
+        resonate = local_resonate()
+        try:
+            resonate.with_dependency(Providers(client))
+            resonate.register(project_account)
+            handle = resonate.run(execution_id, project_account, events)
+            account: Account = await handle.result()
+        finally:
+            await resonate.stop()
+    return execution_id, account, published
+
+
+@settings(max_examples=200, deadline=None)
+@given(_streams)
+def test_the_workflow_equals_the_pure_fold(events: list[Event]) -> None:
+    execution_id, account, published = asyncio.run(_project_locally(events))
+
+    assert account == fold(events)
+    # One publish per event, keyed by its own step, in stream order, with the fold's verdict.
+    keys = [f"{execution_id}:{n}" for n in range(1, len(events) + 1)]
+    assert [key for key, _ in published] == keys
+    rejected = {r.sequence for r in account.rejections}
+    assert [(body["event"], body["verdict"]) for _, body in published] == [
+        (event, "rejected" if n in rejected else "applied")
+        for n, event in enumerate(events, start=1)
+    ]

@@ -1,0 +1,60 @@
+"""The leaf step: hand one message to one channel's provider (email, SMS, Slack or push).
+
+The call carries an Idempotency-Key taken from the step's durable id, which is stable across
+retries and crashes, so a step that runs again after a crash gets the provider's original answer
+instead of sending the message twice.
+
+The step tells two kinds of failure apart. A provider that is down (a 5xx, a timeout) may work on
+the next attempt: the step raises and the SDK retries it. A provider that refuses the message (a
+4xx: a bad address, an unsubscribed device) will refuse it again: the step returns the refusal as
+its result, so it is not retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from resonate.context import Context
+
+
+@dataclass(frozen=True)
+class Providers:
+    """The HTTP client for the channel providers, shared by every step (a worker dependency)."""
+
+    client: httpx.AsyncClient
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one channel's provider did with the message."""
+
+    channel: str
+    receipt: str | None = None  # the provider's message id, when it accepted the message
+    failure: str | None = None  # why not, when it was refused or the provider stayed down
+
+
+class ChannelUnavailableError(Exception):
+    """The provider could not take the message now; worth another attempt."""
+
+
+async def send(ctx: Context, channel: str, to: str, text: str) -> Delivery:
+    print(f"{channel}: sending to {to} ...", flush=True)
+    providers = ctx.get_dependency(Providers)
+    try:
+        response = await providers.client.post(
+            f"/{channel}/send",
+            json={"to": to, "text": text},
+            headers={"Idempotency-Key": ctx.info.id},
+        )
+    except httpx.TransportError as exc:
+        raise ChannelUnavailableError(f"unavailable: {type(exc).__name__}") from exc
+    if response.is_server_error:
+        print(f"{channel}: provider answered {response.status_code}", flush=True)
+        raise ChannelUnavailableError(f"unavailable: answered {response.status_code}")
+    if response.is_client_error:
+        reason = response.json().get("error", response.reason_phrase)
+        print(f"{channel}: provider refused it ({response.status_code})", flush=True)
+        return Delivery(channel, failure=f"refused: {response.status_code} {reason}")
+    receipt: str = response.json()["id"]
+    return Delivery(channel, receipt=receipt)

@@ -1,0 +1,135 @@
+"""fan-out end to end: a real dev server, a worker process, the provider sandbox.
+
+Every assertion is on what the providers recorded (the sandbox's requests and effects, with their
+own timestamps), not on what the workflow says it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from fan_out.workflow import CHANNELS, RETRY
+from resonate.resonate import Resonate
+
+TIMEOUT = 30
+
+
+@pytest.fixture
+def resonate_url(
+    devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
+) -> str:
+    start_worker(
+        "fan_out.worker",
+        {"RESONATE_URL": devserver.url, "PROVIDER_API_URL": sandbox.url, "PATH": "/usr/bin:/bin"},
+    )
+    return devserver.url
+
+
+def new_execution_id() -> str:
+    return f"fan-out-test-{secrets.token_hex(4)}"
+
+
+def add_fault(sandbox: RunningSandbox, execution_id: str, **spec: Any) -> None:
+    response = httpx.post(
+        f"{sandbox.url}/_admin/faults", json={**spec, "key_prefix": execution_id + ":"}
+    )
+    response.raise_for_status()
+
+
+def notify(url: str, execution_id: str, times: int = 1) -> list[Any]:
+    """Start `notify` `times` times with the same id, concurrently; every result."""
+
+    async def run() -> list[Any]:
+        client = Resonate(url=url, group="fan-out-tests")
+        try:
+            handles = [
+                client.options(target="fan-out").rpc(
+                    execution_id, "notify", "ada@example.com", "hi"
+                )
+                for _ in range(times)
+            ]
+            return await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), TIMEOUT)
+        finally:
+            await client.stop()
+
+    return asyncio.run(run())
+
+
+def receipts_recorded(sandbox: RunningSandbox, execution_id: str) -> dict[str, str]:
+    """The id of each message a provider sent for this execution; no channel sent twice."""
+    effects = sandbox.records.effects(key_prefix=execution_id + ":")
+    channels = [e.provider for e in effects]
+    assert len(channels) == len(set(channels)), f"a channel was sent twice: {channels}"
+    return {e.provider: e.resource_id for e in effects}
+
+
+def requests_per_channel(sandbox: RunningSandbox, execution_id: str) -> Counter[str]:
+    return Counter(r.provider for r in sandbox.records.requests(key_prefix=execution_id + ":"))
+
+
+def test_channels_are_sent_in_parallel_and_each_exactly_once(
+    resonate_url: str, sandbox: RunningSandbox
+) -> None:
+    execution_id = new_execution_id()
+    latency_ms = {"email": 300, "sms": 400, "slack": 500, "push": 700}
+    for channel, ms in latency_ms.items():
+        add_fault(sandbox, execution_id, provider=channel, mode="latency", latency_ms=ms)
+
+    [notification] = notify(resonate_url, execution_id)
+
+    assert notification == {"receipts": receipts_recorded(sandbox, execution_id), "failed": {}}
+    assert set(notification["receipts"]) == set(CHANNELS)
+    calls = sandbox.records.requests(key_prefix=execution_id + ":")
+    assert len(calls) == len(CHANNELS)
+    # On the providers' clock: the last call started before the first one finished, so all four
+    # were in flight together, and the whole fan-out took about as long as the slowest channel.
+    assert max(c.started_at for c in calls) < min(c.finished_at for c in calls)
+    elapsed = max(c.finished_at for c in calls) - min(c.started_at for c in calls)
+    slowest, total = max(latency_ms.values()) / 1000, sum(latency_ms.values()) / 1000
+    assert slowest <= elapsed < slowest + 0.4 < total
+
+
+def test_a_flaky_channel_retries_alone(resonate_url: str, sandbox: RunningSandbox) -> None:
+    execution_id = new_execution_id()
+    add_fault(sandbox, execution_id, provider="sms", mode="fail_times", times=2, status=503)
+
+    [notification] = notify(resonate_url, execution_id)
+
+    assert notification == {"receipts": receipts_recorded(sandbox, execution_id), "failed": {}}
+    assert requests_per_channel(sandbox, execution_id) == {
+        "email": 1,
+        "sms": 3,
+        "slack": 1,
+        "push": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "attempts"),
+    [
+        (410, "refused: 410 injected failure", 1),  # a 4xx is not worth retrying
+        (503, "unavailable: answered 503", 1 + RETRY.max_retries),  # retried, then given up
+    ],
+)
+def test_a_channel_that_fails_for_good_is_named_and_the_others_are_not_resent(
+    resonate_url: str, sandbox: RunningSandbox, status: int, reason: str, attempts: int
+) -> None:
+    execution_id = new_execution_id()
+    add_fault(sandbox, execution_id, provider="push", mode="fail_always", status=status)
+
+    [notification] = notify(resonate_url, execution_id)
+
+    delivered = receipts_recorded(sandbox, execution_id)
+    assert notification == {"receipts": delivered, "failed": {"push": reason}}
+    assert set(delivered) == {"email", "sms", "slack"}
+    sent = {"email": 1, "sms": 1, "slack": 1, "push": attempts}
+    assert requests_per_channel(sandbox, execution_id) == sent
+    # Asking again (twice, at once) returns the stored outcome: nothing is sent a second time.
+    assert notify(resonate_url, execution_id, times=2) == [notification, notification]
+    assert requests_per_channel(sandbox, execution_id) == sent

@@ -1,0 +1,58 @@
+"""`python -m priority_queue.worker`: a worker process that executes `process_batch` workflows.
+
+Everything it needs comes from the environment, so the same code runs against the cookbook's
+dev server and the official Resonate server:
+  RESONATE_URL          the Resonate server (required)
+  RESONATE_GROUP        the worker group clients send work to (default: priority-queue)
+  RESONATE_TTL_SECONDS  task lease; a dead worker's work moves on after at most this long
+  PROVIDER_API_URL      the provider API the jobs call
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from datetime import timedelta
+
+import httpx
+from resonate.resonate import Resonate
+from resonate.retry import Never
+
+from priority_queue.steps import Providers
+from priority_queue.workflow import process_batch
+
+GROUP = "priority-queue"
+
+
+async def main() -> None:
+    if not os.environ.get("RESONATE_URL"):
+        sys.exit(
+            "priority_queue.worker: RESONATE_URL is not set"
+            " (start a server, or use `make run-priority-queue`)"
+        )
+    async with httpx.AsyncClient(
+        base_url=os.environ.get("PROVIDER_API_URL", "http://127.0.0.1:8100"), timeout=10
+    ) as client:
+        resonate = Resonate(
+            url=os.environ["RESONATE_URL"],
+            group=os.environ.get("RESONATE_GROUP", GROUP),
+            ttl=timedelta(seconds=float(os.environ.get("RESONATE_TTL_SECONDS", "30"))),
+        )
+        resonate.with_dependency(Providers(client))
+        # A body that fails before its first durable call counts as a leaf to the SDK, which
+        # would retry it (by default for minutes). A batch rejected by validation fails the same
+        # way every time, so it must fail at once. (Once a workflow has made a durable call, the
+        # SDK never retries it anyway: only its steps are retried.)
+        resonate.register(process_batch, retry_policy=Never())
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        print(f"priority-queue worker {os.getpid()} ready", flush=True)
+        await stop.wait()
+        await resonate.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

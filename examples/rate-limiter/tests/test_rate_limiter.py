@@ -1,0 +1,143 @@
+"""rate-limiter end to end: a real dev server, worker processes, the provider sandbox.
+
+The spacing is measured where it matters, on the receiving side: the sandbox's own timestamp of
+each call it acted on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+from cookbook.processes import ManagedProcess
+from cookbook.sandbox.store import EffectRecord
+from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from resonate.resonate import Resonate
+
+RECORDS = ["contact-1", "contact-2", "contact-3", "contact-4"]
+INTERVAL_MS = 300  # three dev-server timer ticks (100 ms): a gap that is clearly a sleep
+# The timer's deadline is stored in whole milliseconds and both timestamps come from the same
+# clock, so a call can arrive at most 1 ms short of the interval after the previous one. A burst
+# would show gaps of a few milliseconds.
+TOLERANCE_S = 0.005
+TIMEOUT_S = 30
+
+
+def _worker(start_worker: ProcessFactory, devserver: RunningDevServer, url: str) -> ManagedProcess:
+    env = {"RESONATE_URL": devserver.url, "PROVIDER_API_URL": url, "PATH": "/usr/bin:/bin"}
+    return start_worker("rate_limiter.worker", env)
+
+
+async def _send_batch(
+    devserver: RunningDevServer,
+    execution_id: str,
+    while_running: Callable[[], Awaitable[None]] | None = None,
+) -> list[str]:
+    client = Resonate(url=devserver.url, group="rate-limiter-tests")
+    try:
+        handle = client.options(target="rate-limiter").rpc(
+            execution_id, "send_batch", RECORDS, INTERVAL_MS
+        )
+        if while_running is not None:
+            await while_running()
+        receipts: list[str] = await asyncio.wait_for(handle.result(), TIMEOUT_S)
+        return receipts
+    finally:
+        await client.stop()
+
+
+def _kill_at(
+    devserver: RunningDevServer, worker: ManagedProcess, operation: str, promise_id: str, when: str
+) -> None:
+    """Arm the dev server to SIGKILL `worker` at an exact protocol boundary (a tripwire)."""
+    wire = {"operation": operation, "promise_id": promise_id, "when": when}
+    response = httpx.post(
+        f"{devserver.url}/_cookbook/tripwires", json={**wire, "victim": "worker", "pid": worker.pid}
+    )
+    response.raise_for_status()
+
+
+def _wait_until_resolved(devserver: RunningDevServer, promise_id: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        promises = devserver.state(promise_id.split(":")[0])["promises"]
+        assert isinstance(promises, list)
+        if any(p["id"] == promise_id and p["state"] == "resolved" for p in promises):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{promise_id} was not resolved within {TIMEOUT_S}s")
+
+
+def _assert_each_call_once_and_spaced(effects: list[EffectRecord], execution_id: str) -> None:
+    assert [e.body for e in effects] == [
+        {"record": record, "position": position} for position, record in enumerate(RECORDS, 1)
+    ]
+    # Calls and sleeps alternate, so the calls are the odd-numbered steps.
+    assert [e.idempotency_key for e in effects] == [f"{execution_id}:{n}" for n in (1, 3, 5, 7)]
+    gaps = [b.started_at - a.started_at for a, b in itertools.pairwise(effects)]
+    assert all(gap >= INTERVAL_MS / 1000 - TOLERANCE_S for gap in gaps), gaps
+
+
+def test_calls_arrive_one_interval_apart(
+    devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
+) -> None:
+    _worker(start_worker, devserver, sandbox.url)
+    execution_id = f"rate-limiter-test-{secrets.token_hex(4)}"
+
+    receipts = asyncio.run(_send_batch(devserver, execution_id))
+
+    effects = sandbox.records.effects(key_prefix=execution_id + ":")
+    _assert_each_call_once_and_spaced(effects, execution_id)
+    assert receipts == [e.resource_id for e in effects]
+
+
+def test_a_worker_killed_while_sleeping_resumes_at_the_next_call_without_a_burst(
+    devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
+) -> None:
+    first = _worker(start_worker, devserver, sandbox.url)
+    execution_id = f"rate-limiter-test-{secrets.token_hex(4)}"
+    # Dies right after call 1, once the workflow is suspended on its first sleep (`:2`).
+    _kill_at(devserver, first, "suspend", f"{execution_id}:2", "after")
+    restarted_at = 0.0
+
+    async def outage() -> None:
+        nonlocal restarted_at
+        assert await asyncio.to_thread(first.wait, TIMEOUT_S) == -9
+        # No worker is alive when the sleep ends: calls 2 to 4 are all "due" by now, which is
+        # exactly when a naive limiter (a schedule of absolute times, say) would fire them at once.
+        await asyncio.to_thread(_wait_until_resolved, devserver, f"{execution_id}:2")
+        restarted_at = time.time()
+        await asyncio.to_thread(_worker, start_worker, devserver, sandbox.url)
+
+    receipts = asyncio.run(_send_batch(devserver, execution_id, outage))
+
+    effects = sandbox.records.effects(key_prefix=execution_id + ":")
+    _assert_each_call_once_and_spaced(effects, execution_id)
+    assert receipts == [e.resource_id for e in effects]
+    assert effects[0].started_at < restarted_at < effects[1].started_at  # the new worker did 2-4
+
+
+def test_a_call_whose_result_was_lost_is_not_repeated_and_the_rate_holds(
+    devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
+) -> None:
+    first = _worker(start_worker, devserver, sandbox.url)
+    execution_id = f"rate-limiter-test-{secrets.token_hex(4)}"
+    # Dies after the API acted on call 2 (`:3`), before the step could checkpoint its result.
+    _kill_at(devserver, first, "settle", f"{execution_id}:3", "before")
+
+    async def crash() -> None:
+        assert await asyncio.to_thread(first.wait, TIMEOUT_S) == -9
+        await asyncio.to_thread(_worker, start_worker, devserver, sandbox.url)
+
+    receipts = asyncio.run(_send_batch(devserver, execution_id, crash))
+
+    effects = sandbox.records.effects(key_prefix=execution_id + ":")
+    _assert_each_call_once_and_spaced(effects, execution_id)
+    assert receipts == [e.resource_id for e in effects]
+    # Call 2 was sent again by the new worker, and the API answered from its idempotency store.
+    again = sandbox.records.requests(key_prefix=f"{execution_id}:3")
+    assert [r.replayed for r in again] == [False, True]
