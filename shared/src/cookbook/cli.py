@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -82,26 +83,36 @@ def run_example(name: str, crash: str | None = None) -> int:
     return demo.returncode
 
 
+CRASH_SPEC = re.compile(r"^(?P<provider>[a-z]+)(\.(?P<action>[a-z]+))?(#(?P<nth>[1-9][0-9]*))?$")
+
+
 def _arm_crash(
     stack: Stack,
-    provider: str,
+    spec: str,
     workers: list[ManagedProcess],
     new_worker: Callable[[int], ManagedProcess],
 ) -> None:
-    victim = workers[0]
-    response = httpx.post(
-        f"{stack.provider_url}/_admin/kill-switches", json={"provider": provider, "pid": victim.pid}
-    )
+    """CRASH=<provider>[.<action>][#n]: kill worker-1 right after the nth such effect."""
+    match = CRASH_SPEC.match(spec)
+    if match is None:
+        sys.exit(
+            f"cookbook: CRASH={spec!r}: expected <provider>[.<action>][#n], e.g. hotel or api#3"
+        )
+    switch = {
+        "provider": match["provider"],
+        "action": match["action"],
+        "nth": int(match["nth"] or 1),
+        "pid": workers[0].pid,
+    }
+    response = httpx.post(f"{stack.provider_url}/_admin/kill-switches", json=switch)
     if response.status_code != 201:
-        sys.exit(f"cookbook: cannot arm CRASH={provider}: {response.text}")
-    _say(f"· CRASH={provider}: worker-1 will be SIGKILLed right after {provider} acts for it")
+        sys.exit(f"cookbook: cannot arm CRASH={spec}: {response.text}")
+    victim = workers[0]
+    _say(f"· CRASH={spec}: worker-1 will be SIGKILLed right after that effect is applied")
 
     def take_over() -> None:
         victim.wait(timeout=3600)
-        _say(
-            f"  💥 worker-1 was SIGKILLed: {provider} acted, the step's result was never "
-            "checkpointed"
-        )
+        _say(f"  💥 worker-1 was SIGKILLed: {spec} acted, the step's result was never checkpointed")
         workers.append(new_worker(2).start())
         _say(
             f"· worker-2 started; it takes over when worker-1's lease runs out (ttl "
@@ -175,8 +186,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.add_argument("example")
     run.add_argument(
         "--crash",
-        metavar="PROVIDER",
-        help="SIGKILL the worker right after this provider acts (e.g. hotel)",
+        metavar="PROVIDER[.ACTION][#N]",
+        help="SIGKILL the worker right after the Nth such effect (e.g. hotel, api#3)",
     )
     crash = sub.add_parser("crash", help="run an example's crash matrix")
     crash.add_argument("example")

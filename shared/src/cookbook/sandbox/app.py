@@ -275,6 +275,7 @@ class KillSwitch(BaseModel):
     provider: str
     action: str | None = None
     pid: int = Field(gt=1)
+    nth: int = Field(default=1, ge=1, description="fire on the nth matching effect")
 
 
 def create_app(db_path: str | os.PathLike[str], *, narrate: bool = False) -> FastAPI:
@@ -448,12 +449,16 @@ def create_app(db_path: str | os.PathLike[str], *, narrate: bool = False) -> Fas
             }[outcome.kind]
             print(f"{provider}.{action} {outcome.status_code}: {how}  (key {key})", flush=True)
         if outcome.kind == "executed":
-            for switch in kill_switches:
+            for i, switch in enumerate(kill_switches):
                 if switch.provider == provider and switch.action in (None, action):
+                    if switch.nth > 1:
+                        kill_switches[i] = switch.model_copy(update={"nth": switch.nth - 1})
+                        break
                     kill_switches.remove(switch)
+                    # SIGKILL is acted on before the caller runs another instruction: it never
+                    # reads this answer, and the step's result is never checkpointed.
                     os.kill(switch.pid, signal.SIGKILL)
-                    # The caller is dead and will never read an answer.
-                    await asyncio.Event().wait()
+                    break
         return Response(outcome.body, outcome.status_code, headers, "application/json")
 
     return app

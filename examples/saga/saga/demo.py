@@ -1,0 +1,84 @@
+"""`python -m saga.demo`: book two trips through the gateway and tell what happens to each.
+
+The first trip goes through. For the second, the simulated car provider is told to refuse, so the
+workflow cancels the hotel, then the flight, and the trip ends rolled back. Like any HTTP client,
+the demo gets 202 and a status URL for each booking, and polls that URL until the trip settles.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from typing import Any
+
+import httpx
+
+
+def trip_request(who: str, name: str, origin: str, destination: str, city: str) -> dict[str, Any]:
+    return {
+        "trip_id": f"trip-{who}-{secrets.token_hex(3)}",
+        "traveller": {"name": name, "email": f"{who}@example.com"},
+        "flight": {"origin": origin, "destination": destination, "departs": "2030-05-01"},
+        "hotel": {"city": city, "check_in": "2030-05-01", "nights": 3},
+        "car": {"pickup": f"{city} airport", "days": 3},
+    }
+
+
+def book(gateway: httpx.Client, trip: dict[str, Any]) -> None:
+    flight, hotel = trip["flight"], trip["hotel"]
+    print(
+        f"→ POST /trips {trip['trip_id']}: flight {flight['origin']}→{flight['destination']}, "
+        f"{hotel['nights']} nights in {hotel['city']}, a car for {trip['car']['days']} days"
+    )
+    accepted = gateway.post("/trips", json=trip)
+    accepted.raise_for_status()
+    status_url = accepted.json()["status_url"]
+    print(f"← {accepted.status_code} Accepted; the booking runs on the workers: GET {status_url}")
+    status = settled(gateway, status_url)
+    match status["status"]:
+        case "booked":
+            confirmations = ", ".join(f"{p} {c}" for p, c in status["confirmations"].items())
+            print(f"✓ booked: {confirmations}")
+        case "rolled_back":
+            print(f"✗ rolled back: {status['failed']} said no ({status['reason']})")
+            for step, undone in enumerate(status["cancelled"], 1):
+                print(f"  ↩ {step}. cancelled {undone['provider']} {undone['reservation_id']}")
+        case _:
+            print(f"! {status['status']}: {status.get('reason')}")
+
+
+def settled(gateway: httpx.Client, status_url: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = gateway.get(status_url).raise_for_status().json()
+        if status["status"] != "pending" or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
+
+
+def main() -> None:
+    providers = os.environ["PROVIDER_API_URL"]
+    with httpx.Client(base_url=os.environ["GATEWAY_URL"], timeout=10) as gateway:
+        book(gateway, trip_request("ada", "Ada Lovelace", "LHR", "LIS", "Lisbon"))
+        print()
+        grace = trip_request("grace", "Grace Hopper", "JFK", "SFO", "San Francisco")
+        print(
+            "· make the simulated car provider fail for this trip: it will answer "
+            "409 Conflict (no cars left) to every reservation for it"
+        )
+        httpx.post(
+            f"{providers}/_admin/faults",
+            json={
+                "provider": "car",
+                "action": "reserve",
+                "mode": "fail_always",
+                "status": 409,
+                "key_prefix": f"{grace['trip_id']}:",
+            },
+        ).raise_for_status()
+        book(gateway, grace)
+
+
+if __name__ == "__main__":
+    main()

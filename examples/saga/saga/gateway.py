@@ -1,0 +1,179 @@
+"""`python -m saga.gateway`: the HTTP API. `POST /trips` books a trip, `GET /trips/{id}` reports.
+
+It checks each request against the `Trip` model, starts `book_trip` on the worker group with the
+trip id as the execution id, and reads the execution back from the Resonate server. It keeps
+nothing of its own, so any number of gateways can serve the same trips and a restart loses nothing.
+  RESONATE_URL     the Resonate server (required)
+  RESONATE_GROUP   the worker group that books trips (default: saga)
+  GATEWAY_PORT     the port to serve on, on 127.0.0.1 (default 0: any free port)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from resonate.error import ServerError
+from resonate.resonate import Resonate
+from resonate.types import PromiseRecord
+
+from saga.workflow import Trip, TripId, TripRolledBackError
+
+MAX_BODY_BYTES = 16 * 1024  # a trip request is well under 1 KiB; anything bigger is a 413
+
+
+class Accepted(BaseModel):
+    trip_id: str
+    status_url: str
+
+
+class Cancellation(BaseModel):
+    provider: str
+    reservation_id: str
+
+
+class TripStatus(BaseModel):
+    trip_id: str
+    status: Literal["pending", "booked", "rolled_back", "failed"]
+    confirmations: dict[str, str] | None = None  # booked: provider -> reservation id
+    failed: str | None = None  # rolled_back: the provider that said no
+    reason: str | None = None  # rolled_back, failed: why
+    cancelled: list[Cancellation] | None = None  # rolled_back: in the order they were undone
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How the gateway reaches the workflows: a Resonate client, and the group that books trips."""
+
+    resonate: Resonate
+    group: str
+
+
+def _workers(request: Request) -> Workers:
+    workers: Workers = request.app.state.workers
+    return workers
+
+
+WorkersDep = Annotated[Workers, Depends(_workers)]
+
+
+router = APIRouter()
+
+
+@router.post("/trips", status_code=202, responses={409: {"description": "trip id taken"}})
+async def book(trip: Trip, response: Response, workers: WorkersDep) -> Accepted:
+    # Starting an id that exists attaches to that execution without comparing arguments, so the
+    # stored request is compared afterwards: of two racing POSTs with different bodies, one is 409.
+    resonate = workers.resonate
+    started = resonate.options(target=workers.group).rpc(
+        trip.trip_id, "book_trip", trip.model_dump(mode="json")
+    )
+    await started.id()
+    if _trip_of(await resonate.promises.get(trip.trip_id)) != trip:
+        raise HTTPException(409, f"trip {trip.trip_id!r} exists with a different request")
+    response.headers["Location"] = status_url = f"/trips/{trip.trip_id}"
+    return Accepted(trip_id=trip.trip_id, status_url=status_url)
+
+
+@router.get("/trips/{trip_id}", response_model_exclude_none=True)
+async def status(trip_id: TripId, workers: WorkersDep) -> TripStatus:
+    resonate = workers.resonate
+    try:
+        record = await resonate.promises.get(trip_id)
+    except ServerError as exc:
+        if exc.code != 404:
+            raise
+        raise HTTPException(404, f"no trip {trip_id!r}") from None
+    if _trip_of(record) is None:
+        raise HTTPException(404, f"no trip {trip_id!r}")
+    if record.state == "pending":
+        return TripStatus(trip_id=trip_id, status="pending")
+    try:
+        confirmations = await (await resonate.get(trip_id)).result()
+    except TripRolledBackError as rolled_back:
+        return TripStatus(
+            trip_id=trip_id,
+            status="rolled_back",
+            failed=rolled_back.failed,
+            reason=rolled_back.reason,
+            cancelled=[
+                Cancellation(provider=provider, reservation_id=reservation_id)
+                for provider, reservation_id in rolled_back.cancelled
+            ],
+        )
+    except Exception as exc:  # e.g. a cancellation that kept failing: a human must look
+        return TripStatus(trip_id=trip_id, status="failed", reason=str(exc))
+    return TripStatus(trip_id=trip_id, status="booked", confirmations=confirmations)
+
+
+def create_app(resonate_url: str, group: str) -> FastAPI:
+    # A client in a group of its own: the server never hands it workflow work.
+    resonate = Resonate(url=resonate_url, group="saga-gateway", autostart=False)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        resonate.start()
+        yield
+        await resonate.stop()
+
+    app = FastAPI(title="saga gateway", lifespan=lifespan, max_body_size=MAX_BODY_BYTES)
+    app.state.workers = Workers(resonate, group)
+    app.include_router(router)
+
+    @app.exception_handler(RequestValidationError)
+    async def field_errors(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Which fields are wrong and why, without echoing the input: it may be huge, or hostile.
+        fields = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": fields}, status_code=422)
+
+    return app
+
+
+def _trip_of(record: PromiseRecord) -> Trip | None:
+    """The trip an execution was started with; None if the execution is not a trip booking."""
+    param = record.param.data
+    if not isinstance(param, dict) or param.get("func") != "book_trip":
+        return None
+    try:
+        return Trip.model_validate(param["args"][0])
+    except (LookupError, TypeError, ValidationError):
+        return None
+
+
+class _Server(uvicorn.Server):
+    """Announces its URL once it accepts connections (the launcher and tests wait for it)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and sockets:
+            host, port = sockets[0].getsockname()[:2]
+            print(f"saga gateway listening on http://{host}:{port}", flush=True)
+
+
+def main() -> None:
+    resonate_url = os.environ.get("RESONATE_URL")
+    if not resonate_url:
+        sys.exit("saga.gateway: RESONATE_URL is not set (start a server, or use `make run-saga`)")
+    # Bound here rather than by uvicorn, so that port 0 turns into a port we can announce.
+    sock = socket.create_server(("127.0.0.1", int(os.environ.get("GATEWAY_PORT", "0"))))
+    app = create_app(resonate_url, os.environ.get("RESONATE_GROUP", "saga"))
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again: exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    asyncio.run(_Server(uvicorn.Config(app, log_level="warning")).serve(sockets=[sock]))
+
+
+if __name__ == "__main__":
+    main()

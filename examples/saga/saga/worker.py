@@ -1,0 +1,50 @@
+"""`python -m saga.worker`: a worker process that executes `book_trip` workflows until stopped.
+
+Everything it needs comes from the environment, so the same code runs against the cookbook's
+dev server and the official Resonate server:
+  RESONATE_URL          the Resonate server (required)
+  RESONATE_GROUP        the worker group clients send work to (default: saga)
+  RESONATE_TTL_SECONDS  task lease; a dead worker's work moves on after at most this long
+  PROVIDER_API_URL      the flight, hotel and car providers the steps call
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from datetime import timedelta
+
+import httpx
+from resonate.resonate import Resonate
+
+from saga.steps import Providers
+from saga.workflow import book_trip
+
+GROUP = "saga"
+
+
+async def main() -> None:
+    if not os.environ.get("RESONATE_URL"):
+        sys.exit("saga.worker: RESONATE_URL is not set (start a server, or use `make run-saga`)")
+    async with httpx.AsyncClient(
+        base_url=os.environ.get("PROVIDER_API_URL", "http://127.0.0.1:8100"), timeout=10
+    ) as client:
+        resonate = Resonate(
+            url=os.environ["RESONATE_URL"],
+            group=os.environ.get("RESONATE_GROUP", GROUP),
+            ttl=timedelta(seconds=float(os.environ.get("RESONATE_TTL_SECONDS", "30"))),
+        )
+        resonate.with_dependency(Providers(client))
+        resonate.register(book_trip)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        print(f"saga worker {os.getpid()} ready", flush=True)
+        await stop.wait()
+        await resonate.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
