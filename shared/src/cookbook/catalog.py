@@ -33,6 +33,10 @@ class Scenario:
     # Values for the latent promises the workflow waits on (`ctx.promise()`), in the order it
     # suspends on them: what a person or another system would send (an approval, an event).
     signals: list[Any] = field(default_factory=list)
+    # HTTP calls to a service before every run, e.g. to reset and seed a stand-in cluster:
+    # {service = "kubernetes", method = "POST", path = "/_admin/reset", json = {...}}.
+    # "{execution_id}" in a string value is replaced by the run's execution id.
+    setup: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ def load_example(path: Path) -> Example:
                 faults=list(s.get("faults", [])),
                 expect=s.get("expect", "resolved"),
                 signals=list(s.get("signals", [])),
+                setup=list(s.get("setup", [])),
             )
             for s in table.get("scenarios", [])
         )

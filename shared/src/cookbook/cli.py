@@ -19,7 +19,7 @@ import httpx
 from cookbook import catalog, docs, scaffold
 from cookbook.crash.harness import CrashHarness, CrashResult
 from cookbook.processes import ManagedProcess, stopping
-from cookbook.stack import Stack, gateway_process, url_of, worker_process
+from cookbook.stack import Stack, gateway_process, stack_for, url_of, worker_process
 
 # Short enough that the crash demo takes over quickly, long enough for every step of a demo.
 DEMO_TTL_SECONDS = "5"
@@ -46,11 +46,7 @@ def run_example(name: str, crash: str | None = None) -> int:
     if crash and "sandbox" not in example.services:
         sys.exit(f"cookbook: {name} calls no provider, so CRASH= has nothing to crash after")
     started = time.perf_counter()
-    with Stack(
-        sandbox="sandbox" in example.services,
-        kafka="kafka" in example.services,
-        narrate=lambda line: _say(f"  provider | {line}"),
-    ) as stack:
+    with stack_for(example.services, narrate=lambda line: _say(f"  provider | {line}")) as stack:
         where = "embedded dev server" if stack.embedded else "RESONATE_URL"
         _say(f"· resonate server: {stack.resonate_url} ({where})")
         if stack.provider_url:
@@ -127,9 +123,8 @@ def crash_example(name: str, only: str | None = None) -> int:
     example = catalog.example(name)
     results: list[CrashResult] = []
     started = time.perf_counter()
-    with Stack(
-        sandbox="sandbox" in example.services,
-        kafka="kafka" in example.services,
+    with stack_for(
+        example.services,
         fast_recovery=True,
         environ={k: v for k, v in os.environ.items() if k != "RESONATE_URL"},
     ) as stack:

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from cookbook.processes import LineHandler, ManagedProcess
 
@@ -71,6 +71,7 @@ class Stack:
         environ: Mapping[str, str] | None = None,
         narrate: LineHandler | None = None,
         kafka: bool = False,
+        kubernetes: bool = False,
     ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="cookbook-")
@@ -83,8 +84,22 @@ class Stack:
         self._want_kafka = kafka
         self.kafka: ManagedProcess | None = None
         self.kafka_bootstrap = self.environ.get("KAFKA_BOOTSTRAP", "")
+        self._want_kubernetes = kubernetes
+        self.kubernetes: ManagedProcess | None = None
+        self.kube_api_url = self.environ.get("KUBE_API_URL", "")
         self.resonate_url = self.environ.get("RESONATE_URL", "")
         self.provider_url = ""
+
+    def service_url(self, service: str) -> str:
+        """Where a named service listens (for scenario setup calls)."""
+        urls = {
+            "resonate": self.resonate_url,
+            "sandbox": self.provider_url,
+            "kubernetes": self.kube_api_url,
+        }
+        if not urls.get(service):
+            raise ValueError(f"no running service {service!r} (known: {', '.join(urls)})")
+        return urls[service]
 
     @property
     def embedded(self) -> bool:
@@ -113,6 +128,14 @@ class Stack:
             if self._want_kafka and not self.kafka_bootstrap:
                 self.kafka, self.kafka_bootstrap = kafka_process()
                 self.kafka.start()
+            if self._want_kubernetes and not self.kube_api_url:
+                # A stand-in: no kube-apiserver can be installed where the cookbook is tested.
+                from cookbook.kube_standin import (  # type: ignore[import-not-found,unused-ignore]
+                    kube_standin_process,
+                )
+
+                self.kubernetes = kube_standin_process(self.workdir / "kube.db").start()
+                self.kube_api_url = url_of(self.kubernetes)
         except BaseException:
             self.stop()
             raise
@@ -134,10 +157,12 @@ class Stack:
             env["PROVIDER_API_URL"] = self.provider_url
         if self.kafka_bootstrap:
             env["KAFKA_BOOTSTRAP"] = self.kafka_bootstrap
+        if self.kube_api_url:
+            env["KUBE_API_URL"] = self.kube_api_url
         return env
 
     def stop(self) -> None:
-        for process in (self.kafka, self.sandbox, self.devserver):
+        for process in (self.kubernetes, self.kafka, self.sandbox, self.devserver):
             if process is not None:
                 process.stop()
         if self._tmp is not None:
@@ -211,3 +236,13 @@ def kafka_process(port: int | None = None) -> tuple[ManagedProcess, str]:
     ]
     # "listening on" is printed before the socket is bound; "ready in" after.
     return ManagedProcess("kafka", argv, ready=r"ready in"), bootstrap
+
+
+def stack_for(services: tuple[str, ...], **options: Any) -> Stack:
+    """The Stack an example's `[tool.cookbook] services` list asks for."""
+    return Stack(
+        sandbox="sandbox" in services,
+        kafka="kafka" in services,
+        kubernetes="kubernetes" in services,
+        **options,
+    )

@@ -12,7 +12,9 @@ receiving systems recorded:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import secrets
 import time
 from collections import Counter
@@ -48,16 +50,24 @@ class Outcome:
         except Exception as exc:
             return cls("rejected", f"{type(exc).__name__}: {exc}")
 
-    def normalized(self, execution_id: str, effects: list[dict[str, Any]]) -> Outcome:
-        """Name each provider-issued id by the step that caused it, and the execution id by `<id>`.
+    def normalized(
+        self,
+        execution_id: str,
+        effects: list[dict[str, Any]],
+        step_results: dict[str, str] | None = None,
+    ) -> Outcome:
+        """Name each id a run minted by the step that minted it, and the execution id by `<id>`.
 
-        Two runs book different confirmation numbers; what must match is that each one is the id
-        of the single effect recorded for the same step.
+        Two runs book different confirmation numbers (and generate different account ids); what
+        must match is that each one is the id of the single effect recorded for the same step,
+        or the value the same step journaled.
         """
         value = self.value
         for effect in effects:
             step = effect["idempotency_key"].removeprefix(execution_id)
             value = value.replace(effect["resource_id"], f"<effect{step}>")
+        for suffix, result in (step_results or {}).items():
+            value = value.replace(result, f"<result{suffix}>")
         return Outcome(self.state, value.replace(execution_id, "<id>"))
 
 
@@ -121,6 +131,7 @@ class CrashHarness:
         return f"{self.example.name}.{scenario.name}.{tag}.{secrets.token_hex(3)}"
 
     async def _start(self, client: Resonate, scenario: Scenario, execution_id: str) -> Any:
+        await self._setup(scenario, execution_id)
         async with httpx.AsyncClient(base_url=self.stack.provider_url) as sandbox:
             for fault in scenario.faults:
                 response = await sandbox.post(
@@ -130,6 +141,14 @@ class CrashHarness:
         return client.options(target=self.example.group).rpc(
             execution_id, scenario.function, *scenario.args
         )
+
+    async def _setup(self, scenario: Scenario, execution_id: str) -> None:
+        async with httpx.AsyncClient() as http:
+            for call in scenario.setup:
+                url = self.stack.service_url(call["service"]) + call["path"]
+                body = _substitute(call.get("json"), execution_id)
+                response = await http.request(call.get("method", "POST"), url, json=body)
+                response.raise_for_status()
 
     @contextlib.asynccontextmanager
     async def _signalling(
@@ -209,11 +228,12 @@ class CrashHarness:
             )
         journal, promises = await self._journal(execution_id)
         effects = await self._effects(execution_id)
-        found = checkpoints(execution_id, journal, promises, effects)
+        requests = await self._effects(execution_id, "requests")
+        found = checkpoints(execution_id, journal, promises, effects, requests)
         return Golden(
             scenario,
             execution_id,
-            outcome.normalized(execution_id, effects),
+            outcome.normalized(execution_id, effects, step_results(execution_id, promises)),
             found,
             self._effect_keys(execution_id, effects),
             seconds,
@@ -284,10 +304,10 @@ class CrashHarness:
         result: CrashResult,
     ) -> None:
         recorded = await self._effects(execution_id)
-        outcome = outcome.normalized(execution_id, recorded)
+        journal, promises = await self._journal(execution_id)
+        outcome = outcome.normalized(execution_id, recorded, step_results(execution_id, promises))
         if outcome != golden.outcome:
             result.problems.append(f"outcome {outcome} differs from the golden {golden.outcome}")
-        journal, _ = await self._journal(execution_id)
         local_steps = {execution_id + c.suffix for c in golden.checkpoints if c.kind == "step"}
         rerun = rerun_after_kill(journal, point.tripwire(execution_id, 0), local_steps)
         if rerun:
@@ -310,12 +330,13 @@ class CrashHarness:
             state = (await server.get("/_cookbook/state", params={"origin": execution_id})).json()
         return journal, state["promises"]
 
-    async def _effects(self, execution_id: str) -> list[dict[str, Any]]:
+    async def _effects(self, execution_id: str, kind: str = "effects") -> list[dict[str, Any]]:
+        """The sandbox's records (`effects` or `requests`) for one execution's steps."""
         if not self.stack.provider_url:
             return []
         async with httpx.AsyncClient(base_url=self.stack.provider_url) as sandbox:
             response = await sandbox.get(
-                "/_admin/effects", params={"key_prefix": execution_id + ":"}
+                f"/_admin/{kind}", params={"key_prefix": execution_id + ":"}
             )
             response.raise_for_status()
             effects: list[dict[str, Any]] = response.json()
@@ -327,6 +348,36 @@ class CrashHarness:
             (e["idempotency_key"].removeprefix(execution_id), e["provider"], e["action"])
             for e in effects
         )
+
+
+# A journaled string shorter than this is a word ("ok", "booked"), not an id worth normalising.
+MIN_ID_LENGTH = 8
+
+
+def step_results(execution_id: str, promises: list[dict[str, Any]]) -> dict[str, str]:
+    """The string values the execution's steps journaled, by step suffix (ids they minted)."""
+    results = {}
+    for promise in promises:
+        data = (promise.get("value") or {}).get("data")
+        if promise["id"] == execution_id or not isinstance(data, str):
+            continue
+        try:
+            value = json.loads(base64.b64decode(data))
+        except ValueError:
+            continue
+        if isinstance(value, str) and len(value) >= MIN_ID_LENGTH:
+            results[promise["id"].removeprefix(execution_id)] = value
+    return results
+
+
+def _substitute(value: Any, execution_id: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{execution_id}", execution_id)
+    if isinstance(value, list):
+        return [_substitute(v, execution_id) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, execution_id) for k, v in value.items()}
+    return value
 
 
 def rerun_after_kill(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -97,10 +98,18 @@ def checkpoints(
     journal: list[dict[str, Any]],
     promises: list[dict[str, Any]],
     effects: list[dict[str, Any]],
+    requests: Sequence[dict[str, Any]] = (),
 ) -> list[Checkpoint]:
-    """The checkpoints of one recorded execution, in the order they were created."""
+    """The checkpoints of one recorded execution, in the order they were created.
+
+    A step is named by the effect it applied in the sandbox (`car.reserve`), else by the last
+    request it made there (`car.reserve(409)`: refused, no effect), else plainly `step`.
+    """
     by_id = {p["id"]: p for p in promises}
-    effect_of = {e["idempotency_key"]: f"{e['provider']}.{e['action']}" for e in effects}
+    effect_of = {
+        r["idempotency_key"]: f"{r['provider']}.{r['action']}({r['status_code']})" for r in requests
+    }
+    effect_of |= {e["idempotency_key"]: f"{e['provider']}.{e['action']}" for e in effects}
     suspended = {e["promise_id"] for e in journal if e["operation"] == "suspend"}
     created: list[str] = []
     for entry in journal:

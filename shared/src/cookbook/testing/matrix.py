@@ -16,7 +16,7 @@ import pytest
 from cookbook import catalog
 from cookbook.crash.harness import CrashHarness, Golden
 from cookbook.crash.plan import CrashPoint
-from cookbook.stack import Stack
+from cookbook.stack import Stack, stack_for
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,7 @@ def crash_matrix(example_names: list[str] | None = None) -> list[object]:
             continue
         if not example.scenarios:
             continue
-        stack = Stack(
-            sandbox="sandbox" in example.services,
-            kafka="kafka" in example.services,
-            fast_recovery=True,
-            environ=environ,
-        )
+        stack = stack_for(example.services, fast_recovery=True, environ=environ)
         _stacks.append(stack.start())
         harness = CrashHarness(example, stack)
         for scenario in example.scenarios:
