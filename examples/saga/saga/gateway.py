@@ -5,7 +5,8 @@ trip id as the execution id, and reads the execution back from the Resonate serv
 nothing of its own, so any number of gateways can serve the same trips and a restart loses nothing.
   RESONATE_URL     the Resonate server (required)
   RESONATE_GROUP   the worker group that books trips (default: saga)
-  GATEWAY_PORT     the port to serve on, on 127.0.0.1 (default 0: any free port)
+  GATEWAY_HOST     the address to listen on (default 127.0.0.1; 0.0.0.0 in a container)
+  GATEWAY_PORT     the port to serve on (default 0: any free port)
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def main() -> None:
     if not resonate_url:
         sys.exit("saga.gateway: RESONATE_URL is not set (start a server, or use `make run-saga`)")
     # Bound here rather than by uvicorn, so that port 0 turns into a port we can announce.
-    sock = socket.create_server(("127.0.0.1", int(os.environ.get("GATEWAY_PORT", "0"))))
+    host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
+    sock = socket.create_server((host, int(os.environ.get("GATEWAY_PORT", "0"))))
     app = create_app(resonate_url, os.environ.get("RESONATE_GROUP", "saga"))
     # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again: exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
