@@ -83,6 +83,21 @@ clean: ## remove .venv and caches
 docs: setup ## refresh README snippets from the source files they quote
 	@$(COOKBOOK) docs
 
+# Docker compose (needs a Docker engine with the compose plugin; see docker-compose.yml).
+COMPOSE ?= docker compose
+COMPOSE_PROFILES_ALL := kafka tigerbeetle $(EXAMPLES)
+
+.PHONY: up
+up: ## the official Resonate server + sandbox in Docker; EXAMPLE=<name> adds its worker (and gateway)
+	@if [ -n "$(EXAMPLE)" ] && [ -z "$(filter $(EXAMPLE),$(EXAMPLES))" ]; then \
+		echo "EXAMPLE=$(EXAMPLE): no such example (examples: $(EXAMPLES))"; exit 2; fi
+	$(COMPOSE) $(if $(EXAMPLE),--profile $(EXAMPLE)) up --build --detach --wait
+	@echo "Resonate server: http://localhost:8001 (RESONATE_URL); provider sandbox: http://localhost:8100"
+
+.PHONY: down
+down: ## stop and remove the compose stack, every profile (volumes are kept)
+	$(COMPOSE) $(foreach p,$(COMPOSE_PROFILES_ALL),--profile $(p)) down
+
 .PHONY: new
 new: setup ## scaffold a new example from the template: make new NAME=<name>
 	@test -n "$(NAME)" || { echo "usage: make new NAME=<name>"; exit 2; }
