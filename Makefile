@@ -80,7 +80,7 @@ clean: ## remove .venv and caches
 	rm -rf $(VENV) .cookbook .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: docs
-docs: setup ## refresh README snippets from the source files they quote
+docs: setup ## refresh README snippets from their sources, and draw each example's promise tree
 	@$(COOKBOOK) docs
 
 # Docker compose (needs a Docker engine with the compose plugin; see docker-compose.yml).
@@ -104,3 +104,4 @@ new: setup ## scaffold a new example from the template: make new NAME=<name>
 	@$(COOKBOOK) new $(NAME)
 	@$(uv) lock --quiet
 	@$(MAKE) --no-print-directory setup
+	@$(COOKBOOK) docs --example $(NAME)

@@ -1,13 +1,17 @@
-"""Cross-cutting checks over every example: portability, catalog, README shape, snippet drift."""
+"""Cross-cutting checks over every example: portability, catalog, README shape, docs drift."""
 
 from __future__ import annotations
 
 import ast
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
-from cookbook import catalog, docs
+from cookbook import catalog, diagram, docs
+from cookbook.crash.harness import Golden, Outcome
+from cookbook.crash.plan import Checkpoint
+from cookbook.testing import matrix
 
 ROOT = catalog.repo_root(Path(__file__))
 EXAMPLE_DIRS = sorted(p for p in (ROOT / "examples").iterdir() if (p / "pyproject.toml").is_file())
@@ -91,3 +95,84 @@ def test_the_snippet_checker_notices_drift(tmp_path: Path) -> None:
     text, drifted = docs.render(readme)
     assert [d.ref for d in drifted] == ["code.py:shown"]
     assert "return 2" in text
+
+
+def how_it_works(text: str) -> tuple[int, int]:
+    start = text.index("## How it works")
+    following = text.find("\n## ", start)
+    return start, len(text) if following == -1 else following
+
+
+@pytest.mark.parametrize("example", EXAMPLE_DIRS, ids=lambda p: p.name)
+def test_every_readme_shows_a_promise_tree_under_how_it_works(example: Path) -> None:
+    text = (example / "README.md").read_text()
+    blocks = list(docs.TREE.finditer(text))
+    assert blocks, "add <!-- tree: <scenario> --> ... <!-- end tree --> and run `make docs`"
+    start, end = how_it_works(text)
+    assert all(start < b.start() < end for b in blocks), "the tree belongs under How it works"
+    declared = {s.name for s in catalog.load_example(example).scenarios}
+    assert {b["scenario"] for b in blocks} <= declared
+
+
+# The diagrams are compared with the golden runs the crash-matrix tests make anyway (cached for
+# the session): in `make test` this costs nothing; alone, it makes one golden run per tree.
+@pytest.mark.parametrize("example", EXAMPLE_DIRS, ids=lambda p: p.name)
+def test_readme_promise_trees_match_a_real_run(example: Path) -> None:
+    readme = example / "README.md"
+    diagrams = {
+        name: diagram.diagram(matrix.golden_run(example.name, name))
+        for name in docs.tree_scenarios(readme)
+    }
+    _, drifted = docs.render_trees(readme, diagrams)
+    assert not drifted, "run `make docs`: " + ", ".join(d.ref for d in drifted)
+
+
+def synthetic_golden() -> Golden:
+    """A workflow that ran a step, slept, called `audit` (which ran a step), then failed."""
+    root = "order-7"
+    promises = [
+        {"id": root, "state": "rejected", "tags": {"resonate:parent": root}},
+        {"id": f"{root}:10", "state": "rejected", "tags": {"resonate:parent": root}},
+        {"id": f"{root}:2", "state": "resolved", "tags": {"resonate:parent": root}},
+        {"id": f"{root}:1", "state": "resolved", "tags": {"resonate:parent": root}},
+        {"id": f"{root}:3", "state": "resolved", "tags": {"resonate:parent": root}},
+        {"id": f"{root}:3:1", "state": "resolved", "tags": {"resonate:parent": f"{root}:3"}},
+    ]
+    checkpoints = [
+        Checkpoint(":1", "step", "card.charge", False),
+        Checkpoint(":2", "sleep", "sleep", True),
+        Checkpoint(":3", "rpc", "audit", True),
+        Checkpoint(":3:1", "step", "ledger.post", False),
+        Checkpoint(":10", "step", 'say "no"', False),
+    ]
+    scenario = catalog.Scenario("refused", "place_order", [])
+    return Golden(scenario, root, Outcome("rejected", "x"), checkpoints, Counter(), 0.0, promises)
+
+
+def test_a_promise_tree_is_drawn_from_the_run_in_call_order() -> None:
+    assert diagram.diagram(synthetic_golden()) == (
+        "flowchart LR\n"
+        '    n0("place_order<br/>workflow · rejected")\n'
+        '    n1[":1 card.charge<br/>step · resolved"]\n'
+        '    n2{{":2 sleep<br/>sleep · resolved"}}\n'
+        '    n3[[":3 audit<br/>rpc · resolved"]]\n'
+        '    n4[":3:1 ledger.post<br/>step · resolved"]\n'
+        '    n5[":10 say #quot;no#quot;<br/>step · rejected"]\n'
+        "    n0 --> n1\n"
+        "    n0 --> n2\n"
+        "    n0 --> n3\n"
+        "    n0 --> n5\n"
+        "    n3 --> n4\n"
+        "    classDef rejected fill:#fdecea,stroke:#c0392b\n"
+        "    class n0,n5 rejected\n"
+    )
+
+
+def test_the_tree_checker_notices_drift(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- tree: refused -->\n```mermaid\nflowchart LR\n```\n<!-- end tree -->\n")
+    drawn = diagram.diagram(synthetic_golden())
+    text, drifted = docs.render_trees(readme, {"refused": drawn})
+    assert [d.ref for d in drifted] == ["tree: refused"]
+    readme.write_text(text)
+    assert docs.render_trees(readme, {"refused": drawn}) == (text, [])

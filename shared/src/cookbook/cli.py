@@ -1,4 +1,4 @@
-"""`cookbook`: the command line behind the Makefile (run, crash, devserver, tree, list)."""
+"""`cookbook`: the command line behind the Makefile (run, crash, tree, list, new, docs)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from cookbook import catalog, docs, scaffold
+from cookbook import catalog, diagram, docs, scaffold
 from cookbook.crash.harness import CrashHarness, CrashResult
 from cookbook.processes import ManagedProcess, stopping
 from cookbook.stack import Stack, gateway_process, stack_for, url_of, worker_process
@@ -159,12 +159,42 @@ def crash_example(name: str, only: str | None = None) -> int:
     return 0 if results and passed == len(results) else 1
 
 
-def sync_docs(*, check: bool) -> int:
-    drifted = docs.sync(catalog.repo_root(), check=check)
+def sync_docs(*, check: bool, only: str | None = None, trees: bool = True) -> int:
+    """Refresh (or, with `check`, compare) README snippets and example promise trees."""
+    root = catalog.repo_root()
+    drifted = docs.sync(root, check=check)
     for drift in drifted:
         verb = "differs from" if check else "refreshed from"
         _say(f"{drift.readme}: snippet {verb} {drift.ref}")
-    return 1 if drifted and check else 0
+    problems = bool(drifted) and check
+    if trees:
+        for example in catalog.examples(root):
+            if only is None or example.name == only:
+                problems |= not _sync_trees(example, check=check)
+    return 1 if problems else 0
+
+
+def _sync_trees(example: catalog.Example, *, check: bool) -> bool:
+    """Draw the promise trees an example README asks for from golden runs; False on a problem."""
+    readme = example.path / "README.md"
+    wanted = docs.tree_scenarios(readme)
+    if not wanted:
+        _say(f"{readme}: no promise tree (add <!-- tree: <scenario> --> under How it works)")
+        return False
+    scenarios = {s.name: s for s in example.scenarios}
+    unknown = [name for name in wanted if name not in scenarios]
+    if unknown:
+        _say(f"{readme}: tree for unknown scenario(s) {', '.join(unknown)}")
+        return False
+    diagrams = {
+        name: diagram.diagram(diagram.golden_run(example, scenarios[name])) for name in wanted
+    }
+    text, drifted = docs.render_trees(readme, diagrams)
+    for drift in drifted:
+        _say(f"{readme}: promise {drift.ref} {'differs' if check else 'redrawn'}")
+    if drifted and not check:
+        readme.write_text(text)
+    return not (drifted and check)
 
 
 def list_examples() -> int:
@@ -192,8 +222,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("list", help="list the examples")
     new = sub.add_parser("new", help="scaffold a new example from the template")
     new.add_argument("name")
-    docs = sub.add_parser("docs", help="refresh README snippets from the source files")
+    docs = sub.add_parser(
+        "docs", help="refresh README snippets from the source files, and the promise trees"
+    )
     docs.add_argument("--check", action="store_true", help="only report drift (exit 1)")
+    docs.add_argument("--example", help="draw only this example's promise trees")
+    docs.add_argument("--no-trees", action="store_true", help="snippets only (no runs)")
     args = parser.parse_args(argv)
     # The SDK logs every reconnect; while the harness kills servers on purpose that is noise.
     logging.getLogger("resonate").setLevel(logging.ERROR)
@@ -210,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             case "new":
                 code = scaffold.main(args.name)
             case "docs":
-                code = sync_docs(check=args.check)
+                code = sync_docs(check=args.check, only=args.example, trees=not args.no_trees)
             case _:
                 code = list_examples()
     except (catalog.CatalogError, scaffold.ScaffoldError) as exc:

@@ -12,18 +12,35 @@ optionally one top-level function or class in it:
 `cookbook docs` rewrites every block from its source; `cookbook docs --check` (run by the tests)
 fails when a README and its source disagree. The source files carry no markers, so an example
 copied out of the cookbook is unchanged.
+
+An example README also shows the promise tree of one of its scenarios, drawn from a real run
+(see `cookbook.diagram`), between markers naming the scenario:
+
+    <!-- tree: booked -->
+    ```mermaid
+    ...
+    ```
+    <!-- end tree -->
 """
 
 from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 SNIPPET = re.compile(
     r"(?P<open><!-- snippet: (?P<ref>[^\s]+) -->\n)```(?P<lang>\w*)\n(?P<body>.*?)```\n"
     r"(?P<close><!-- end snippet -->)",
+    re.DOTALL,
+)
+
+
+TREE = re.compile(
+    r"(?P<open><!-- tree: (?P<scenario>[^\s]+) -->\n)```mermaid\n(?P<body>.*?)```\n"
+    r"(?P<close><!-- end tree -->)",
     re.DOTALL,
 )
 
@@ -85,3 +102,21 @@ def sync(root: Path, *, check: bool) -> list[Drift]:
         if found and not check:
             readme.write_text(text)
     return drifted
+
+
+def tree_scenarios(readme: Path) -> list[str]:
+    """The scenarios whose promise trees a README shows, in order."""
+    return [m["scenario"] for m in TREE.finditer(readme.read_text())]
+
+
+def render_trees(readme: Path, diagrams: Mapping[str, str]) -> tuple[str, list[Drift]]:
+    """The README with every tree block replaced by its scenario's diagram, and the drifted ones."""
+    drifted: list[Drift] = []
+
+    def refresh(match: re.Match[str]) -> str:
+        current = diagrams[match["scenario"]]
+        if current != match["body"]:
+            drifted.append(Drift(readme, f"tree: {match['scenario']}"))
+        return f"{match['open']}```mermaid\n{current}```\n{match['close']}"
+
+    return TREE.sub(refresh, readme.read_text()), drifted

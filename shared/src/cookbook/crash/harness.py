@@ -82,6 +82,8 @@ class Golden:
     checkpoints: list[Checkpoint]
     effects: Counter[EffectKey]
     seconds: float
+    # The execution's promises as the dev server holds them (ids, tags, states): its tree.
+    promises: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def points(self) -> list[CrashPoint]:
@@ -237,6 +239,7 @@ class CrashHarness:
             found,
             self._effect_keys(execution_id, effects),
             seconds,
+            promises,
         )
 
     async def _crash(self, golden: Golden, point: CrashPoint) -> CrashResult:
