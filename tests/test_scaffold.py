@@ -55,6 +55,7 @@ def test_a_scaffolded_example_runs_and_survives_its_crash_matrix(tmp_path: Path)
     assert crash.stdout.strip().endswith("6 passed, 0 failed")
     assert checks.returncode == 0, checks.stdout + checks.stderr
     assert "[demo-app](examples/demo-app)" in (copy / "README.md").read_text()
+    assert "  demo-app-worker:\n" in (copy / "docker-compose.yml").read_text()
 
 
 @pytest.mark.parametrize("name", ["Demo", "demo_app", "-demo", "demo--app", "hello", ""])

@@ -2,7 +2,8 @@
 
 The template is the smallest complete example (a workflow with two provider calls, a worker, a
 demo, a test, a README with the standard sections) under `template/`, with `{{name}}`, `{{pkg}}`
-and `{{title}}` placeholders and a `__pkg__` folder for the package.
+and `{{title}}` placeholders and a `__pkg__` folder for the package. The example is also added to
+the README's catalog and, as a worker service under its own profile, to docker-compose.yml.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def scaffold(name: str, root: Path) -> Path:
     readme = target / "README.md"
     readme.write_text(docs.render(readme)[0])
     _add_to_catalog(root / "README.md", name)
+    _add_to_compose(root / "docker-compose.yml", name, pkg)
     return target
 
 
@@ -61,6 +63,29 @@ def _add_to_catalog(readme: Path, name: str) -> None:
     row = f"| [{name}](examples/{name}) | TODO | TODO |"
     end = rows[-1].end()
     readme.write_text(text[:end] + "\n" + row + text[end:])
+
+
+COMPOSE_SERVICE = """\
+  {name}-worker:
+    <<: *cookbook
+    profiles: [{name}]
+    command: [python, -m, {pkg}.worker]
+    environment: {{<<: *resonate-env, PROVIDER_API_URL: http://sandbox:8100}}
+    depends_on: {{resonate: *healthy, sandbox: *healthy}}
+
+"""
+
+
+def _add_to_compose(compose: Path, name: str, pkg: str) -> None:
+    """The example's worker as a compose service under its own profile, after the others."""
+    if not compose.is_file():
+        return
+    text = compose.read_text()
+    end = text.find("\nnetworks:\n")
+    if end == -1:
+        raise ScaffoldError(f"{compose}: no top-level `networks:` to add {name}-worker before")
+    block = COMPOSE_SERVICE.format(name=name, pkg=pkg)
+    compose.write_text(text[: end + 1] + block + text[end + 1 :])
 
 
 def main(name: str) -> int:
