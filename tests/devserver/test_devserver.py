@@ -202,3 +202,25 @@ def test_a_worker_idle_for_more_than_300s_still_receives_work(
     assert _call(server.url, "count", 1) == 0
     time.sleep(330)
     assert _call(server.url, "count", 2, timeout=20) == 1
+
+
+def test_fixture_helpers_kill_a_worker_at_a_step_and_await_its_recovery(
+    devserver: RunningDevServer, start_worker: ProcessFactory
+) -> None:
+    worker = start_worker(WORKER, {"RESONATE_URL": devserver.url})
+    execution_id = f"helpers-{secrets.token_hex(3)}"
+    devserver.kill_at("settle", f"{execution_id}:2", pid=worker.pid)
+
+    async def run() -> int:
+        client = Resonate(url=devserver.url, group="devserver-tests-client")
+        try:
+            handle = client.options(target="devserver-tests").rpc(execution_id, "count", 3)
+            assert await asyncio.to_thread(worker.wait, 30) == -9
+            await asyncio.to_thread(start_worker, WORKER, {"RESONATE_URL": devserver.url})
+            value: int = await asyncio.wait_for(handle.result(), 30)
+            return value
+        finally:
+            await client.stop()
+
+    assert asyncio.run(run()) == 3
+    assert devserver.wait_for("settle", execution_id, timeout=5)["operation"] == "settle"

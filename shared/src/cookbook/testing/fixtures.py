@@ -7,6 +7,7 @@ port is picked free by the process itself and read back from its readiness line.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,40 @@ class RunningDevServer:
         response = httpx.get(f"{self.url}/_cookbook/journal", params={"origin": origin})
         entries: list[dict[str, object]] = response.json()["entries"]
         return entries
+
+    def kill_at(
+        self, operation: str, promise_id: str, *, when: str = "before", pid: int | None = None
+    ) -> None:
+        """Arm a tripwire: SIGKILL worker `pid` (or this server, if no pid) at that request.
+
+        `operation` is create, settle or suspend; `when` is before the request is applied or
+        after it is durable (see cookbook.devserver.tripwires).
+        """
+        wire: dict[str, object] = {"operation": operation, "promise_id": promise_id, "when": when}
+        wire |= {"victim": "worker", "pid": pid} if pid is not None else {"victim": "server"}
+        response = httpx.post(f"{self.url}/_cookbook/tripwires", json=wire)
+        assert response.status_code == 201, response.text
+
+    def wait_for(self, operation: str, promise_id: str, timeout: float = 30.0) -> dict[str, object]:
+        """Block until the journal shows `operation` on `promise_id`; return that entry.
+
+        A long poll on the dev server's journal: it returns as soon as the request lands.
+        """
+        origin = promise_id.split(":", 1)[0]
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while (remaining := deadline - time.monotonic()) > 0:
+            page = httpx.get(
+                f"{self.url}/_cookbook/journal",
+                params={"origin": origin, "after": seen, "wait": min(remaining, 10)},
+                timeout=15,
+            ).json()
+            seen = page["last_seq"]
+            for entry in page["entries"]:
+                if entry["operation"] == operation and entry["promise_id"] == promise_id:
+                    found: dict[str, object] = entry
+                    return found
+        raise TimeoutError(f"no {operation} of {promise_id} within {timeout}s")
 
     def kill(self) -> None:
         self.process.kill()
