@@ -33,6 +33,8 @@ log = logging.getLogger("cookbook.devserver")
 # SDK 0.8.1 reads SSE with aiohttp's default 300 s total timeout and never recovers from it: a
 # stream older than that leaves the worker deaf. Ending each stream well before lets it reconnect.
 DEFAULT_SSE_ROTATE_SECONDS = 240.0
+# How far back to re-send work written to a stream that then broke (see Subscriber.sent).
+RESEND_WINDOW_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -188,10 +190,14 @@ class DevServer:
                 unsent = [item]
                 await response.write(f"data: {item[1]}\n\n".encode())
                 unsent = []
+                subscriber.sent.append((loop.time(), *item))
             rotated = True
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            if not rotated:
+                # The stream broke: what it was just sent may have died in its socket buffer.
+                unsent += subscriber.lately_sent_to_the_group(loop.time(), RESEND_WINDOW_SECONDS)
             gone = self.router.unsubscribe(subscriber, unsent)
             if gone and not rotated and self.config.release_leases_on_disconnect:
                 self._spawn(self._release_leases(pid))

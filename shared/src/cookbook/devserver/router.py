@@ -45,6 +45,22 @@ class Subscriber:
     pid: str
     # (address, message): the address travels along so an unsent message can be re-routed.
     queue: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
+    # (sent at, address, message) of the last messages written to this stream.
+    sent: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=256))
+
+    def lately_sent_to_the_group(self, now: float, window: float) -> list[tuple[str, str]]:
+        """Anycast messages written in the last `window` seconds.
+
+        A write succeeds once the bytes are in the kernel's buffer; if the process dies right
+        after, they are lost with it. Work for the group is worth sending again (a second
+        `execute` for a task already taken is refused harmlessly); unicast messages are not,
+        since their only reader is gone.
+        """
+        return [
+            (address, message)
+            for at, address, message in self.sent
+            if now - at <= window and address.startswith("poll://any@")
+        ]
 
 
 class Router:
