@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook.processes import ManagedProcess
 from cookbook.stack import devserver_process, url_of
 from cookbook.testing.fixtures import DevServerFactory, ProcessFactory, RunningDevServer
 from resonate.resonate import Resonate
@@ -224,3 +228,42 @@ def test_fixture_helpers_kill_a_worker_at_a_step_and_await_its_recovery(
 
     assert asyncio.run(run()) == 3
     assert devserver.wait_for("settle", execution_id, timeout=5)["operation"] == "settle"
+
+
+# A client that starts one execution when told to (SIGUSR1), so a test can arm a tripwire for
+# its pid first.
+CLIENT = """
+import asyncio, os, signal, sys
+from resonate.resonate import Resonate
+async def main():
+    client = Resonate(url=os.environ["RESONATE_URL"], group="devserver-tests-client")
+    go = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
+    print("client ready", flush=True)
+    await go.wait()
+    await client.options(target="devserver-tests").rpc(sys.argv[1], "count", 2).id()
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def test_work_created_by_a_client_that_dies_mid_request_still_reaches_a_worker(
+    devserver: RunningDevServer, start_worker: ProcessFactory, start_process: Any
+) -> None:
+    start_worker(WORKER, {"RESONATE_URL": devserver.url})
+    execution_id = f"orphan-{secrets.token_hex(3)}"
+    client = start_process(
+        ManagedProcess(
+            "client",
+            [sys.executable, "-c", CLIENT, execution_id],
+            ready="client ready",
+            env={**os.environ, "RESONATE_URL": devserver.url},
+        )
+    )
+    # The client dies right after its create is durable, before it reads the answer.
+    devserver.kill_at("create", execution_id, when="after", pid=client.pid)
+    os.kill(client.pid, signal.SIGUSR1)
+    assert client.wait(30) == -9
+    started = time.perf_counter()
+    devserver.wait_for("settle", execution_id, timeout=10)
+    assert time.perf_counter() - started < 5, "the execute push was lost with the client"

@@ -146,12 +146,14 @@ class DevServer:
         except ServerError as exc:
             await self.state.wal.durable(self.state.wal_seq())
             return _envelope_error(kind, corr_id, exc.code, exc.message)
-        await self.state.wal.durable(applied.log_seq)
+        # Shielded: the change is applied, so its pushes must go out even if the caller hangs
+        # up (aiohttp then cancels this handler) - or the work it created would wait for the
+        # 30 s re-send.
+        await asyncio.shield(self._commit(applied))
         if touched:
             self._journal_changed()
         if (wire := self.tripwires.take(touched, "after")) is not None:
             await self._trip(wire)
-        self._publish(applied.outgoing)
         return web.json_response(wrap_response_envelope(applied.response))
 
     async def _trip(self, wire: Tripwire) -> None:

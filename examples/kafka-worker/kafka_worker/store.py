@@ -1,0 +1,137 @@
+"""The user data the workflow deletes: the example's own SQLite database, shared by every worker.
+
+Rows are deleted by an explicit id range that a durable step planned earlier, never "the next 50
+rows": a batch that runs again after a crash then deletes exactly what its first attempt was
+meant to delete (nothing, if that attempt got through), never a different batch. Row ids come
+from AUTOINCREMENT, so SQLite never reuses the id of a deleted row inside an old range.
+
+Each deletion that removed rows is written to an erasure log in the same transaction, under the
+durable id of the step that did it: the log is how the tests see that every batch ran once.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS user_rows (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS user_rows_by_user ON user_rows (user_id, id);
+CREATE TABLE IF NOT EXISTS erasure_log (
+    step_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    rows INTEGER NOT NULL
+);
+"""
+
+# This store stands in for your application's database: a user with no rows at all is given this
+# many sample rows when a deletion is planned, so every demo, test and crash-harness run has
+# something to delete. A real database has the rows already; set 0 there.
+SAMPLE_ROWS = 80
+
+
+def data_dir() -> Path:
+    """Where the store lives: KAFKA_WORKER_DATA_DIR, shared by every worker on this machine."""
+    default = Path(tempfile.gettempdir()) / "kafka-worker-data"
+    return Path(os.environ.get("KAFKA_WORKER_DATA_DIR", default))
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """One entry of the erasure log: a step deleted these rows of this user."""
+
+    step_id: str
+    user_id: str
+    first_id: int
+    last_id: int
+    rows: int
+
+
+class UserData:
+    """The store. Each call opens its own connection, so any thread or process may use it."""
+
+    def __init__(self, directory: Path, sample_rows: int = SAMPLE_ROWS) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "users.db"
+        self.sample_rows = sample_rows
+        with closing(self._connect()) as db:
+            # WAL lets readers go on while a worker writes; the setting stays with the file.
+            db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA synchronous = NORMAL")
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front: two workers planning the same user
+        # cannot both add its sample rows.
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def row_ids(self, user_id: str) -> list[int]:
+        """The ids of the user's rows, in order (adding the sample rows to a user with none)."""
+        with self._transaction() as db:
+            ids = self._ids(db, user_id)
+            if not ids and self.sample_rows:
+                db.executemany(
+                    "INSERT INTO user_rows (user_id, payload) VALUES (?, ?)",
+                    [(user_id, f"event {n} of {user_id}") for n in range(self.sample_rows)],
+                )
+                ids = self._ids(db, user_id)
+            return ids
+
+    @staticmethod
+    def _ids(db: sqlite3.Connection, user_id: str) -> list[int]:
+        cursor = db.execute("SELECT id FROM user_rows WHERE user_id = ? ORDER BY id", (user_id,))
+        return [row_id for (row_id,) in cursor]
+
+    def delete_range(self, step_id: str, user_id: str, first_id: int, last_id: int) -> int:
+        """Delete the user's rows with ids in [first_id, last_id]; how many were still there."""
+        with self._transaction() as db:
+            deleted = db.execute(
+                "DELETE FROM user_rows WHERE user_id = ? AND id BETWEEN ? AND ?",
+                (user_id, first_id, last_id),
+            ).rowcount
+            if deleted:
+                db.execute(
+                    "INSERT INTO erasure_log VALUES (?, ?, ?, ?, ?)",
+                    (step_id, user_id, first_id, last_id, deleted),
+                )
+            return deleted
+
+    def rows_left(self, user_id: str) -> int:
+        with closing(self._connect()) as db:
+            (count,) = db.execute(
+                "SELECT count(*) FROM user_rows WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            return int(count)
+
+    def erasures(self, execution_id: str) -> list[Erasure]:
+        """What the steps of one execution deleted, in order."""
+        prefix = execution_id + ":"
+        with closing(self._connect()) as db:
+            cursor = db.execute(
+                "SELECT * FROM erasure_log WHERE substr(step_id, 1, ?) = ? ORDER BY rowid",
+                (len(prefix), prefix),
+            )
+            return [Erasure(*row) for row in cursor]

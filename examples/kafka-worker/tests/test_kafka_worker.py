@@ -1,0 +1,210 @@
+"""kafka-worker end to end: a Kafka-protocol broker, a dev server, worker and consumer processes.
+
+100 deletion requests over 3 partitions, published in waves, while the dev server's tripwires
+SIGKILL a process at an exact protocol step:
+  - worker-1 mid-deletion: a batch's rows are deleted, its checkpoint is not written yet;
+  - consumer-1 as it hands a record over: Resonate has no execution for it yet;
+  - consumer-2 before its commit: the execution for a record exists, its offset is not committed;
+  - worker-2 between workflows: right after one execution's result became durable.
+Then the receiving systems are checked: the data store, the provider sandbox, the dev server's
+promises and journal, and the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+from cookbook.processes import ManagedProcess
+from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from kafka_worker.consumer import (
+    TOPIC,
+    DeletionRequest,
+    ensure_topics,
+    parse,
+    read_dead_letters,
+    request_producer,
+    send_request,
+)
+from kafka_worker.demo import execution_result
+from kafka_worker.store import UserData
+from resonate.resonate import Resonate
+
+POISON = {
+    b"please forget me": "JSON is malformed: invalid character (byte 0)",
+    b'{"user_id": "u-1"}': "Object missing required field `id`",
+    b'{"id": "a:b", "user_id": "u-1"}': "Expected `str` matching regex '^[^:]+$' - at `$.id`",
+    None: "empty record (no value)",
+}
+
+
+@pytest.mark.parametrize(("value", "reason"), POISON.items())
+def test_a_poison_record_is_named_by_its_reason(value: bytes | None, reason: str) -> None:
+    assert parse(value) == reason
+
+
+def test_a_valid_record_is_a_request() -> None:
+    assert parse(b'{"id": "erase-1", "user_id": "u-1", "extra": 1}') == DeletionRequest(
+        "erase-1", "u-1"
+    )
+
+
+@pytest.fixture
+def producer(kafka_bootstrap: str) -> Iterator[Any]:
+    ensure_topics(kafka_bootstrap)  # 3 partitions, before anything is published
+    producer = request_producer(kafka_bootstrap)
+    yield producer
+    producer.close()
+
+
+def _arm(devserver: RunningDevServer, operation: str, promise_id: str, when: str, pid: int) -> None:
+    response = httpx.post(
+        f"{devserver.url}/_cookbook/tripwires",
+        json={"operation": operation, "promise_id": promise_id, "when": when, "pid": pid},
+    )
+    response.raise_for_status()
+
+
+def _publish(producer: Any, requests: list[DeletionRequest]) -> list[Any]:
+    futures = [send_request(producer, r) for r in requests]
+    return [f.get(10) for f in futures]
+
+
+def _publish_poison(producer: Any, values: list[bytes | None]) -> dict[str, bytes | None]:
+    """Poison records by their `topic[partition]@offset`."""
+    sent = [(producer.send(TOPIC, key=b"poison", value=v), v) for v in values]
+    return {f"{m.topic}[{m.partition}]@{m.offset}": v for m, v in ((f.get(10), v) for f, v in sent)}
+
+
+def _creates(devserver: RunningDevServer, execution_id: str) -> int:
+    """How many requests created this execution: one per delivery of its record."""
+    journal = devserver.journal(execution_id)
+    return len(
+        {
+            e["corr_id"]
+            for e in journal
+            if e["operation"] == "create" and e["promise_id"] == execution_id
+        }
+    )
+
+
+async def _results(url: str, ids: list[str]) -> dict[str, Any]:
+    client = Resonate(url=url, group="kafka-worker-tests")
+    try:
+        async with asyncio.timeout(60):
+            return {i: await execution_result(client, i) for i in ids}
+    finally:
+        await client.stop()
+
+
+def test_every_request_is_deleted_once_through_consumer_and_worker_crashes(
+    devserver: RunningDevServer,
+    sandbox: RunningSandbox,
+    kafka_bootstrap: str,
+    start_worker: ProcessFactory,
+    start_process: Callable[[ManagedProcess], ManagedProcess],
+    producer: Any,
+    tmp_path: Path,
+) -> None:
+    env = {
+        "RESONATE_URL": devserver.url,
+        "PROVIDER_API_URL": sandbox.url,
+        "KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "KAFKA_WORKER_DATA_DIR": str(tmp_path),
+        # A killed consumer's partitions move to the next one after ~2 s instead of ~10 s.
+        "KAFKA_SESSION_TIMEOUT_MS": "1500",
+    }
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
+
+    def consumer(name: str) -> ManagedProcess:
+        argv = [sys.executable, "-m", "kafka_worker.consumer"]
+        process = ManagedProcess(name, argv, ready=r"consumer \d+ ready", env=inherited | env)
+        return start_process(process)
+
+    run = secrets.token_hex(3)
+    requests = [DeletionRequest(f"erase-{run}-{n:03}", f"user-{run}-{n:03}") for n in range(100)]
+    ids = [r.id for r in requests]
+
+    # Wave 1: worker-1 dies after deleting batch 1 of 2 of a request, before checkpointing it.
+    worker_1 = start_worker("kafka_worker.worker", env, name="worker-1")
+    mid_batch = requests[5]
+    _arm(devserver, "settle", f"{mid_batch.id}:2", "before", worker_1.pid)
+    metadata = _publish(producer, requests[:40])
+    poison = _publish_poison(producer, [b"please forget me", b'{"user_id": "u-1"}'])
+    consumer_1 = consumer("consumer-1")
+    assert worker_1.wait(30) == -9
+    worker_2 = start_worker("kafka_worker.worker", env, name="worker-2")
+    # Each wave is complete (handed over, so committed) before the next kill is set up.
+    metadata += _publish(producer, requests[40:69])
+    asyncio.run(_results(devserver.url, ids[:69]))
+
+    # consumer-1 dies as it hands a record over, before Resonate has it.
+    unsaved = requests[69]
+    _arm(devserver, "create", unsaved.id, "before", consumer_1.pid)
+    metadata += _publish(producer, [unsaved])
+    assert consumer_1.wait(30) == -9
+    consumer_2 = consumer("consumer-2")  # reads on from consumer-1's last commit
+    asyncio.run(_results(devserver.url, [unsaved.id]))
+
+    # A producer retry of a request that already ran: consumer-2 dies right after handing it
+    # over (its execution exists), before it could commit the record.
+    retried = requests[0]
+    _arm(devserver, "create", retried.id, "after", consumer_2.pid)
+    metadata += _publish(producer, [retried])
+    assert consumer_2.wait(30) == -9
+
+    # Wave 3: worker-2 dies right after one execution's result became durable; consumer-3 gets
+    # the retried record again, then more producer retries and more poison.
+    between = requests[85]
+    _arm(devserver, "settle", between.id, "after", worker_2.pid)
+    consumer("consumer-3")
+    metadata += _publish(producer, [*requests[70:], *requests[10:13]])
+    poison |= _publish_poison(producer, [b'{"id": "a:b", "user_id": "u-1"}', None])
+    assert worker_2.wait(30) == -9
+    start_worker("kafka_worker.worker", env, name="worker-3")
+
+    results = asyncio.run(_results(devserver.url, ids))
+
+    assert {m.partition for m in metadata} == {0, 1, 2}
+    store = UserData(tmp_path)
+    for request in requests:
+        effects = sandbox.records.effects(key_prefix=request.id + ":")
+        assert [(e.idempotency_key, e.provider, e.action) for e in effects] == [
+            (f"{request.id}:4", "api", "call")
+        ]
+        assert results[request.id] == {
+            "user_id": request.user_id,
+            "rows_deleted": 80,
+            "batches": 2,
+            "receipt": effects[0].resource_id,
+        }
+        # Each batch deleted its rows exactly once, as the store itself recorded it.
+        erasures = store.erasures(request.id)
+        assert [(e.step_id, e.rows) for e in erasures] == [
+            (f"{request.id}:2", 50),
+            (f"{request.id}:3", 30),
+        ]
+        assert store.rows_left(request.user_id) == 0
+    # ... although every kill hit its exact point, and records were delivered more than once.
+    fired = httpx.get(f"{devserver.url}/_cookbook/tripwires").json()["fired"]
+    assert [(w["operation"], w["promise_id"]) for w in fired] == [
+        ("settle", f"{mid_batch.id}:2"),
+        ("create", unsaved.id),
+        ("create", retried.id),
+        ("settle", between.id),
+    ]
+    assert _creates(devserver, retried.id) == 3  # consumer-1, then consumer-2, then consumer-3
+    assert [_creates(devserver, r.id) for r in requests[10:13]] == [2, 2, 2]
+    # No record started a second execution: the only executions are the records' own ids.
+    promises = cast(list[dict[str, Any]], devserver.state()["promises"])
+    assert sorted(p["id"] for p in promises if ":" not in p["id"]) == ids
+    # The poison records are on the dead-letter topic, each with its reason.
+    letters = {(letter.source, letter.reason) for letter in read_dead_letters(kafka_bootstrap)}
+    assert letters == {(source, POISON[value]) for source, value in poison.items()}
