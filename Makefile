@@ -105,3 +105,7 @@ new: setup ## scaffold a new example from the template: make new NAME=<name>
 	@$(uv) lock --quiet
 	@$(MAKE) --no-print-directory setup
 	@$(COOKBOOK) docs --example $(NAME)
+
+.PHONY: bench-kafka
+bench-kafka: setup ## kafka-worker throughput: 1000 records, produced -> deletion completed
+	@$(COOKBOOK) run kafka-worker --also kafka_worker.consumer --client "kafka_worker.bench 1000"

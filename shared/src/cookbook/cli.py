@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -34,19 +35,28 @@ def _say(line: str) -> None:
         print(line, flush=True)
 
 
-def run_example(name: str, crash: str | None = None) -> int:
+def run_example(
+    name: str,
+    crash: str | None = None,
+    also: Sequence[str] = (),
+    client: str | None = None,
+) -> int:
     """Start what an example needs, run its narrated demo, stop everything.
 
     With `crash`, the worker is SIGKILLed right after that provider acted for it (before the step
-    could checkpoint), and a fresh worker takes over: the output shows what it replayed.
+    could checkpoint), and a fresh worker takes over: the output shows what it replayed. `also`
+    starts more long-running modules of the example (each prints a line with `ready`), and
+    `client` ("module args...") runs instead of the demo, e.g. a benchmark.
     """
     example = catalog.example(name)
-    if example.demo is None:
+    if example.demo is None and client is None:
         sys.exit(f"cookbook: {name} has no demo")
     if crash and "sandbox" not in example.services:
         sys.exit(f"cookbook: {name} calls no provider, so CRASH= has nothing to crash after")
     started = time.perf_counter()
-    with stack_for(example.services, narrate=lambda line: _say(f"  provider | {line}")) as stack:
+    # A benchmark client wants the machine to itself, not a line of narration per call.
+    quiet = client is not None
+    with stack_for(example.services, narrate=None if quiet else _prefixed("provider")) as stack:
         where = "embedded dev server" if stack.embedded else "RESONATE_URL"
         _say(f"· resonate server: {stack.resonate_url} ({where})")
         if stack.provider_url:
@@ -59,7 +69,7 @@ def run_example(name: str, crash: str | None = None) -> int:
                 example.worker,
                 stack.env(RESONATE_TTL_SECONDS=DEMO_TTL_SECONDS),
                 name=f"worker-{n}",
-                on_line=lambda line: _say(f"  worker-{n} | {line}"),
+                on_line=None if quiet else _prefixed(f"worker-{n}"),
             )
 
         with stopping([worker(1).start()]) as workers:
@@ -69,17 +79,32 @@ def run_example(name: str, crash: str | None = None) -> int:
             demo_env = stack.env()
             if example.gateway:
                 gateway = gateway_process(
-                    example.gateway, stack.env(), on_line=lambda line: _say(f"  gateway | {line}")
+                    example.gateway, stack.env(), on_line=_prefixed("gateway")
                 )
                 workers.append(gateway.start())
                 demo_env["GATEWAY_URL"] = url_of(gateway)
                 _say(f"· gateway: {demo_env['GATEWAY_URL']} (pid {gateway.pid})")
-            demo = subprocess.run([sys.executable, "-m", example.demo], env=demo_env, check=False)
+            for module in also:
+                argv = [sys.executable, "-m", module]
+                extra = ManagedProcess(
+                    module,
+                    argv,
+                    ready="ready",
+                    env=stack.env(),
+                    on_line=None if quiet else _prefixed(module),
+                )
+                workers.append(extra.start())
+            command = shlex.split(client) if client else [str(example.demo)]
+            demo = subprocess.run([sys.executable, "-m", *command], env=demo_env, check=False)
     _say(f"· done in {time.perf_counter() - started:.1f}s; every process stopped")
     return demo.returncode
 
 
 CRASH_SPEC = re.compile(r"^(?P<provider>[a-z]+)(\.(?P<action>[a-z]+))?(#(?P<nth>[1-9][0-9]*))?$")
+
+
+def _prefixed(name: str) -> Callable[[str], None]:
+    return lambda line: _say(f"  {name} | {line}")
 
 
 def _arm_crash(
@@ -214,6 +239,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="PROVIDER[.ACTION][#N]",
         help="SIGKILL the worker right after the Nth such effect (e.g. hotel, api#3)",
     )
+    run.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="also run this module of the example for the duration (repeatable)",
+    )
+    run.add_argument("--client", metavar='"MODULE ARGS"', help="run this instead of the demo")
     crash = sub.add_parser("crash", help="run an example's crash matrix")
     crash.add_argument("example")
     crash.add_argument("-k", dest="only", help="only crash points whose id contains this")
@@ -234,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         match args.command:
             case "run":
-                code = run_example(args.example, args.crash)
+                code = run_example(args.example, args.crash, args.also, args.client)
             case "crash":
                 code = crash_example(args.example, args.only)
             case "tree":
