@@ -11,7 +11,8 @@ that promise on the Resonate server and resolves it with the event. Any number o
 serve the same orders, and a restart loses nothing.
   RESONATE_URL               the Resonate server (required)
   RESONATE_GROUP             the worker group that runs orders (default: order-state-machine)
-  GATEWAY_PORT               the port to serve on, on 127.0.0.1 (default 0: any free port)
+  GATEWAY_HOST               the address to listen on (default 127.0.0.1; 0.0.0.0 in a container)
+  GATEWAY_PORT               the port to serve on (default 0: any free port)
   ORDER_EVENT_WAIT_SECONDS   how long an event waits for an order between states (default 10)
 """
 
@@ -292,7 +293,8 @@ def main() -> None:
             "(start a server, or use `make run-order-state-machine`)"
         )
     # Bound here rather than by uvicorn, so that port 0 turns into a port we can announce.
-    sock = socket.create_server(("127.0.0.1", int(os.environ.get("GATEWAY_PORT", "0"))))
+    host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
+    sock = socket.create_server((host, int(os.environ.get("GATEWAY_PORT", "0"))))
     app = create_app(
         resonate_url,
         os.environ.get("RESONATE_GROUP", "order-state-machine"),
