@@ -202,6 +202,9 @@ def sync_docs(*, check: bool, only: str | None = None, trees: bool = True) -> in
 def _sync_trees(example: catalog.Example, *, check: bool) -> bool:
     """Draw the promise trees an example README asks for from golden runs; False on a problem."""
     readme = example.path / "README.md"
+    if not readme.is_file():
+        _say(f"{example.path}: no README.md (every example needs one)")
+        return False
     wanted = docs.tree_scenarios(readme)
     if not wanted:
         _say(f"{readme}: no promise tree (add <!-- tree: <scenario> --> under How it works)")

@@ -199,11 +199,31 @@ class DevServer:
         finally:
             if not rotated:
                 # The stream broke: what it was just sent may have died in its socket buffer.
-                unsent += subscriber.lately_sent_to_the_group(loop.time(), RESEND_WINDOW_SECONDS)
+                unsent += [
+                    (address, message)
+                    for address, message in subscriber.lately_sent_to_the_group(
+                        loop.time(), RESEND_WINDOW_SECONDS
+                    )
+                    if self._still_wanted(message)
+                ]
             gone = self.router.unsubscribe(subscriber, unsent)
             if gone and not rotated and self.config.release_leases_on_disconnect:
                 self._spawn(self._release_leases(pid))
         return response
+
+    def _still_wanted(self, message: str) -> bool:
+        """Whether an `execute` still names a task waiting to be taken, at that version.
+
+        Anything else would only earn the next worker a 409 (and a logged error) when it acts.
+        """
+        try:
+            task_ref = json.loads(message)["data"]["task"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        task = self.state.server.tasks.get(task_ref.get("id"))
+        return (
+            task is not None and task.state == "pending" and task.version == task_ref.get("version")
+        )
 
     async def _release_leases(self, pid: str) -> None:
         for applied in self.state.release_leases_of(pid):

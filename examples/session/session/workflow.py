@@ -1,0 +1,83 @@
+"""The durable workflow: one user session, from login to logout or idle timeout.
+
+The session is one execution, keyed by the session id. Login issues a token; then, round after
+round, the workflow waits for the next thing the user does (an activity or a logout, delivered by
+the gateway into a latent promise) or for the idle timeout, whichever comes first. Each activity
+is recorded by its own checkpointed step and starts a new round, so the idle timer restarts. When
+the user logs out or the timer fires, the token is revoked and the session ends.
+
+Nothing lives in the worker's memory between two rounds: a worker that dies while the session is
+idle loses nothing, and the next one waits for the same deadline, which the server stored when
+the timer was created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from resonate.context import Context
+from resonate.error import ApplicationError
+from resonate.retry import Exponential
+
+from session.steps import issue_token, record_activity, revoke_token, stop_timer
+
+type EndedBy = Literal["logout", "idle-timeout"]
+
+
+@dataclass(frozen=True)
+class Activity:
+    activity_id: str  # chosen by the gateway, unique per request
+    action: str
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    """What a finished session returns: also what `GET /sessions/{id}` shows once it ended."""
+
+    user: str
+    token: str  # issued at login, revoked at the end
+    ended_by: EndedBy
+    activities: list[Activity]
+
+
+# A provider call that fails is retried after 2, 4, 8 and 16 s, then every 30 s: ten retries in
+# three and a half minutes. A revocation in particular must not be given up on lightly.
+RETRIES = Exponential(delay=1, factor=2, max_retries=10, max_delay=30)
+
+
+async def session(ctx: Context, user: str, idle_timeout_seconds: int) -> SessionEnded:
+    steps = ctx.options(retry_policy=RETRIES)
+    token = await steps.run(issue_token, user)
+    idle_timeout = timedelta(seconds=idle_timeout_seconds)
+    activities: list[Activity] = []
+    ended_by: EndedBy
+    while True:
+        # The user's next move, put here by the gateway. The server will not resolve it past its
+        # deadline (it times it out instead), so a move either came in time or was refused, and
+        # every replay finds the same answer.
+        next_move = ctx.promise(timeout=idle_timeout)
+        # A server need not time out a latent promise when its deadline passes (the dev server
+        # does only once something touches it): this timer, with the same deadline (set a
+        # millisecond later), is what wakes the workflow up.
+        idle_timer = ctx.sleep(idle_timeout)
+        try:
+            move = await next_move  # suspends on both; either one settling resumes the workflow
+        except ApplicationError:  # timed out: no move before the deadline
+            await idle_timer  # due at the same deadline: at most a server tick away, if not fired
+            ended_by = "idle-timeout"
+            break
+        await steps.run(stop_timer, await idle_timer.id())
+        # This pass of the body saw the timer pending and would go on waiting for it; awaiting it
+        # makes the SDK ask the server again, and it finds the timer settled.
+        await idle_timer
+        match move:
+            case {"type": "activity", "activity_id": str(activity_id), "action": str(action)}:
+                await steps.run(record_activity, token, activity_id, action)
+                activities.append(Activity(activity_id, action))
+            case _:  # a logout; anything else fails closed, the same way
+                ended_by = "logout"
+                break
+    await steps.run(revoke_token, token)
+    return SessionEnded(user, token, ended_by, activities)

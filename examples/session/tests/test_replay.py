@@ -1,0 +1,123 @@
+"""Which way a replay goes: the workflow body run over a given journal, with no server or worker.
+
+A replay can find both the user's move and the idle timer settled, whatever order they settled in.
+The branch must not depend on what the replay happens to see: only on the move's final state,
+which the server decides once (resolved before the deadline, or timed out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from resonate.context import Context
+from resonate.error import Suspended
+from resonate.testing import pending_promise, resolved_promise, root_context
+from resonate.types import PromiseRecord
+from session.workflow import Activity, SessionEnded, session
+
+ID = "s-1"
+ACTIVITY = {"type": "activity", "activity_id": "a1", "action": "opened /reports"}
+
+
+def timed_out(promise_id: str) -> PromiseRecord:
+    """A latent promise the server timed out at its deadline (what it stores: no value)."""
+    return PromiseRecord(id=promise_id, state="rejected_timedout", timeout_at=1, settled_at=1)
+
+
+def replay(journal: list[PromiseRecord]) -> SessionEnded | list[str]:
+    """Run the body over `journal`: its result, or the promises it suspended on."""
+
+    async def run() -> SessionEnded | list[str]:
+        ctx: Context = root_context(id=ID, preload=journal)
+        try:
+            return await session(ctx, "ada", 60)
+        except Suspended:
+            await ctx.flush_local_work()
+            return ctx.take_remote_todos()
+
+    return asyncio.run(run())
+
+
+LOGGED_IN = resolved_promise(f"{ID}:1", "tok_1")
+
+
+def test_a_move_that_came_in_time_wins_even_if_the_timer_fired_since() -> None:
+    journal = [
+        LOGGED_IN,
+        resolved_promise(f"{ID}:2", ACTIVITY),
+        resolved_promise(f"{ID}:3"),  # the timer fired too, before this replay ran
+        resolved_promise(f"{ID}:4"),  # timer stopped (a no-op by then)
+        resolved_promise(f"{ID}:5", "api_rec_1"),  # activity recorded
+    ]
+
+    # The activity was taken: the workflow goes on to wait for the next move (`:6`, `:7`).
+    assert replay(journal) == [f"{ID}:6", f"{ID}:7"]
+
+
+def test_a_move_that_timed_out_ends_the_session() -> None:
+    journal = [
+        LOGGED_IN,
+        timed_out(f"{ID}:2"),
+        resolved_promise(f"{ID}:3"),
+        resolved_promise(f"{ID}:4", "api_revoke_1"),  # the token revoked
+    ]
+
+    assert replay(journal) == SessionEnded("ada", "tok_1", "idle-timeout", [])
+
+
+def test_a_move_timed_out_by_a_late_request_waits_for_its_timer_to_end() -> None:
+    # A late activity touched the move after its deadline, which timed it out and woke the
+    # workflow before the server's next tick fired the timer: the session ends once it has.
+    journal = [LOGGED_IN, timed_out(f"{ID}:2"), pending_promise(f"{ID}:3")]
+
+    assert replay(journal) == [f"{ID}:3"]
+
+
+def test_a_fired_timer_alone_decides_nothing() -> None:
+    # This replay read the move while it was still pending, and the timer after it fired. It does
+    # not conclude "idle": it waits for the move alone, which the server, past the deadline, will
+    # answer at once with the final state (resolved in time, or timed out).
+    journal = [LOGGED_IN, pending_promise(f"{ID}:2"), resolved_promise(f"{ID}:3")]
+
+    assert replay(journal) == [f"{ID}:2"]
+
+
+def test_while_both_are_pending_the_session_waits_for_either() -> None:
+    journal = [LOGGED_IN, pending_promise(f"{ID}:2"), pending_promise(f"{ID}:3")]
+
+    assert replay(journal) == [f"{ID}:2", f"{ID}:3"]
+
+
+@pytest.mark.parametrize("move", [{"type": "logout"}, {"type": "unknown"}, "junk"])
+def test_a_logout_or_anything_unknown_ends_the_session(move: object) -> None:
+    journal = [
+        LOGGED_IN,
+        resolved_promise(f"{ID}:2", move),
+        resolved_promise(f"{ID}:3"),
+        resolved_promise(f"{ID}:4"),
+        resolved_promise(f"{ID}:5", "api_revoke_1"),
+    ]
+
+    assert replay(journal) == SessionEnded("ada", "tok_1", "logout", [])
+
+
+def test_recorded_activities_are_returned_in_order() -> None:
+    second = {"type": "activity", "activity_id": "a2", "action": "downloaded q3.pdf"}
+    journal = [
+        LOGGED_IN,
+        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((2, ACTIVITY), (3, None), (4, None))],
+        resolved_promise(f"{ID}:5", "api_rec_1"),
+        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((6, second), (7, None), (8, None))],
+        resolved_promise(f"{ID}:9", "api_rec_2"),
+        timed_out(f"{ID}:10"),
+        resolved_promise(f"{ID}:11"),
+        resolved_promise(f"{ID}:12", "api_revoke_1"),
+    ]
+
+    assert replay(journal) == SessionEnded(
+        "ada",
+        "tok_1",
+        "idle-timeout",
+        [Activity("a1", "opened /reports"), Activity("a2", "downloaded q3.pdf")],
+    )

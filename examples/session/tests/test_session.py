@@ -1,0 +1,421 @@
+"""session end to end: a real dev server, worker and gateway processes, and the provider sandbox.
+
+Every test drives sessions through the gateway's HTTP API, then asserts on what the receiving
+systems recorded: the sandbox (each token issued, activity recorded and token revoked, with its own
+timestamps) and the dev server (the session's promises, their deadlines). The API tests share one
+stack; the crash tests start their own, to kill its worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from cookbook.processes import ManagedProcess
+from cookbook.sandbox.store import EffectRecord
+from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
+from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from resonate.resonate import Resonate
+from resonate.types import Value
+
+TIMEOUT_S = 30
+# How late the idle timeout may revoke the token, measured from the timer's deadline as the server
+# stored it to the provider's own timestamp of the revocation: up to one dev-server tick (100 ms),
+# then a replay and one HTTP call. Measured over 10 runs each: 0.04-0.16 s without a crash,
+# 0.07-0.25 s across one (the new worker replays from scratch). A timer restarted from zero after
+# the crash below would be late by the whole outage, at least OUTAGE_S.
+DEADLINE_TOLERANCE_S = 0.5
+OUTAGE_S = 1.5
+
+
+@dataclass(frozen=True)
+class Stack:
+    gateway: httpx.Client
+    server: RunningDevServer
+    sandbox: RunningSandbox
+
+    def login(self, idle_timeout_seconds: int = 60, user: str = "Zoë") -> str:
+        session_id = f"test-{secrets.token_hex(4)}"
+        body = {
+            "session_id": session_id,
+            "user": user,
+            "idle_timeout_seconds": idle_timeout_seconds,
+        }
+        assert self.gateway.post("/sessions", json=body).status_code == 202
+        self.wait_for(session_id, lambda s: s["state"] != "starting")
+        return session_id
+
+    def act(self, session_id: str, action: str) -> str:
+        response = self.gateway.post(f"/sessions/{session_id}/activity", json={"action": action})
+        assert response.status_code == 202, response.text
+        activity_id: str = response.json()["activity_id"]
+        return activity_id
+
+    def wait_for(self, session_id: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """Poll the session's status, as any HTTP client would, until `done` says so."""
+        give_up = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < give_up:
+            session: dict[str, Any] = self.gateway.get(f"/sessions/{session_id}").json()
+            if done(session):
+                return session
+            time.sleep(0.05)
+        raise TimeoutError(f"session {session_id} did not get there in {TIMEOUT_S}s")
+
+    def idle_deadline(self, session_id: str, activities: int) -> float:
+        """The deadline the gateway shows once the round after the nth activity has started."""
+        session = self.wait_for(
+            session_id, lambda s: len(s["activities"]) == activities and "idle_deadline" in s
+        )
+        return datetime.fromisoformat(session["idle_deadline"]).timestamp()
+
+    def wait_ended(self, session_id: str) -> dict[str, Any]:
+        return self.wait_for(session_id, lambda s: s["state"] == "ended")
+
+    def effects(self, session_id: str) -> list[EffectRecord]:
+        return self.sandbox.records.effects(key_prefix=f"{session_id}:")
+
+    def promise_count(self) -> int:
+        promises: list[object] = self.server.state()["promises"]  # type: ignore[assignment]
+        return len(promises)
+
+
+def ops(effects: list[EffectRecord]) -> list[str]:
+    return [e.body["op"] for e in effects]
+
+
+def newest_timer(server: RunningDevServer, session_id: str) -> dict[str, Any]:
+    """The session's newest idle timer, as the server stores it."""
+    promises: list[dict[str, Any]] = server.state(session_id)["promises"]  # type: ignore[assignment]
+    timers = [p for p in promises if p["tags"].get("resonate:timer") == "true"]
+    return max(timers, key=lambda p: int(p["id"].rsplit(":", 1)[1]))
+
+
+def timer_deadline(server: RunningDevServer, session_id: str) -> float:
+    """The deadline of the session's newest idle timer, as the server stored it (unix seconds)."""
+    return float(newest_timer(server, session_id)["timeoutAt"]) / 1000
+
+
+def wait_until_the_timer_fired(server: RunningDevServer, session_id: str) -> None:
+    give_up = time.monotonic() + TIMEOUT_S
+    while newest_timer(server, session_id)["state"] == "pending":
+        assert time.monotonic() < give_up, f"the idle timer of {session_id} never fired"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def stack(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("devserver")
+    with devserver_process(data_dir) as server:
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
+        env = {**inherited, "RESONATE_URL": url_of(server), "PROVIDER_API_URL": sandbox.url}
+        with (
+            worker_process("session.worker", env),
+            gateway_process("session.gateway", env) as gateway,
+            httpx.Client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client,
+        ):
+            yield Stack(client, RunningDevServer(server, data_dir, False), sandbox)
+
+
+# -- the lifecycle -----------------------------------------------------------------------------
+
+
+def test_login_activities_and_logout_each_reach_the_provider_once(stack: Stack) -> None:
+    session_id = stack.login()
+    active = stack.gateway.get(f"/sessions/{session_id}").json()
+    first = stack.act(session_id, "opened /reports")
+    second = stack.act(session_id, "downloaded q3.pdf")
+    both = stack.wait_for(session_id, lambda s: len(s["activities"]) == 2)
+
+    assert stack.gateway.post(f"/sessions/{session_id}/logout").status_code == 202
+    ended = stack.wait_ended(session_id)
+
+    issue, record_first, record_second, revoke = effects = stack.effects(session_id)
+    assert ops(effects) == ["issue_token", "record_activity", "record_activity", "revoke_token"]
+    assert set(stack.sandbox.records.effect_counts_by_key(f"{session_id}:").values()) == {1}
+    token = issue.resource_id
+    assert issue.body == {"op": "issue_token", "user": "Zoë"}
+    assert record_first.body == {
+        "op": "record_activity",
+        "token": token,
+        "activity_id": first,
+        "action": "opened /reports",
+    }
+    assert record_second.body["activity_id"] == second
+    assert revoke.body == {"op": "revoke_token", "token": token}
+    assert active["state"] == "active"
+    assert active["token"] == token
+    assert active["activities"] == []
+    assert both["activities"] == [
+        {"activity_id": first, "action": "opened /reports"},
+        {"activity_id": second, "action": "downloaded q3.pdf"},
+    ]
+    assert ended == {
+        "session_id": session_id,
+        "user": "Zoë",
+        "state": "ended",
+        "idle_timeout_seconds": 60,
+        "token": token,
+        "ended_by": "logout",
+        "activities": both["activities"],
+    }
+
+
+def test_after_the_session_ended_activity_and_logout_are_409(stack: Stack) -> None:
+    session_id = stack.login()
+    assert stack.gateway.post(f"/sessions/{session_id}/logout").status_code == 202
+    stack.wait_ended(session_id)
+
+    late = stack.gateway.post(f"/sessions/{session_id}/activity", json={"action": "late"})
+    again = stack.gateway.post(f"/sessions/{session_id}/logout")
+
+    assert late.status_code == 409
+    assert late.json()["detail"] == "the session has ended"
+    assert again.status_code == 409
+    assert ops(stack.effects(session_id)) == ["issue_token", "revoke_token"]
+
+
+def test_the_idle_timer_restarts_on_each_activity_and_fires_at_its_deadline(stack: Stack) -> None:
+    session_id = stack.login(idle_timeout_seconds=2)
+    stack.act(session_id, "opened /reports")
+    first_deadline = stack.idle_deadline(session_id, activities=1)
+    time.sleep(1)  # the user reads the report for a second, then does something else
+    stack.act(session_id, "downloaded q3.pdf")
+    shown_deadline = stack.idle_deadline(session_id, activities=2)
+
+    ended = stack.wait_ended(session_id)
+
+    _, _, record_last, revoke = effects = stack.effects(session_id)
+    assert ops(effects) == ["issue_token", "record_activity", "record_activity", "revoke_token"]
+    assert ended["ended_by"] == "idle-timeout"
+    # The second activity restarted the timer: it fired 2 s after that one, not after the first.
+    assert shown_deadline - first_deadline >= 1
+    last_deadline = timer_deadline(stack.server, session_id)
+    assert abs(last_deadline - shown_deadline) <= 0.002  # what GET shows is the timer's deadline
+    assert 2 <= last_deadline - record_last.finished_at < 2.1
+    assert 0 <= revoke.started_at - last_deadline < DEADLINE_TOLERANCE_S
+
+
+def test_concurrent_activities_are_each_recorded_once(stack: Stack) -> None:
+    session_id = stack.login()
+    actions = [f"clicked button {n}" for n in range(8)]
+
+    async def post_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=stack.gateway.base_url, timeout=TIMEOUT_S) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"/sessions/{session_id}/activity", json={"action": action})
+                    for action in actions
+                )
+            )
+
+    responses = asyncio.run(post_all())
+    assert [r.status_code for r in responses] == [202] * len(actions)
+    stack.gateway.post(f"/sessions/{session_id}/logout")
+    ended = stack.wait_ended(session_id)
+
+    accepted = {r.json()["activity_id"]: r.json()["action"] for r in responses}
+    assert {a["activity_id"]: a["action"] for a in ended["activities"]} == accepted
+    records = [e for e in stack.effects(session_id) if e.body["op"] == "record_activity"]
+    assert sorted(e.body["activity_id"] for e in records) == sorted(accepted)
+    assert set(stack.sandbox.records.effect_counts_by_key(f"{session_id}:").values()) == {1}
+
+
+# -- identity and input ------------------------------------------------------------------------
+
+
+def test_logging_in_again_attaches_and_a_different_login_is_409(stack: Stack) -> None:
+    session_id = stack.login(idle_timeout_seconds=60, user="ada")
+    same = {"session_id": session_id, "user": "ada", "idle_timeout_seconds": 60}
+
+    again = stack.gateway.post("/sessions", json=same)
+    other_user = stack.gateway.post("/sessions", json={**same, "user": "grace"})
+    other_timeout = stack.gateway.post("/sessions", json={**same, "idle_timeout_seconds": 30})
+
+    assert again.status_code == 202
+    assert other_user.status_code == 409
+    assert other_timeout.status_code == 409
+    assert "exists with a different login" in other_user.json()["detail"]
+    assert ops(stack.effects(session_id)) == ["issue_token"]
+
+
+def test_unknown_sessions_are_404(stack: Stack) -> None:
+    unknown = f"no-such-session-{secrets.token_hex(4)}"
+    assert stack.gateway.get(f"/sessions/{unknown}").status_code == 404
+    assert (
+        stack.gateway.post(f"/sessions/{unknown}/activity", json={"action": "x"}).status_code == 404
+    )
+    assert stack.gateway.post(f"/sessions/{unknown}/logout").status_code == 404
+
+    # A promise that is not a session is not shown as one, nor resolved.
+    other = f"not-a-session-{secrets.token_hex(4)}"
+
+    async def create_promise() -> None:
+        client = Resonate(url=stack.server.url, group="session-tests")
+        try:
+            in_a_minute = int(time.time() * 1000) + 60_000
+            await client.promises.create(other, in_a_minute, Value(data={"not": "a session"}), {})
+        finally:
+            await client.stop()
+
+    asyncio.run(create_promise())
+    assert stack.gateway.get(f"/sessions/{other}").status_code == 404
+    assert stack.gateway.post(f"/sessions/{other}/logout").status_code == 404
+
+
+BAD_LOGINS: dict[str, Any] = {
+    "empty object": {},
+    "array": [{"session_id": "s-1", "user": "ada"}],
+    "missing user": {"session_id": "s-1"},
+    "missing session id": {"user": "ada"},
+    "session id with colon": {"session_id": "s:1", "user": "ada"},
+    "session id too long": {"session_id": "s" * 65, "user": "ada"},
+    "user empty": {"session_id": "s-1", "user": ""},
+    "user control character": {"session_id": "s-1", "user": "ada\x00"},
+    "user number": {"session_id": "s-1", "user": 42},
+    "idle timeout zero": {"session_id": "s-1", "user": "ada", "idle_timeout_seconds": 0},
+    "idle timeout string": {"session_id": "s-1", "user": "ada", "idle_timeout_seconds": "3"},
+    "idle timeout fraction": {"session_id": "s-1", "user": "ada", "idle_timeout_seconds": 2.5},
+    "idle timeout over a day": {"session_id": "s-1", "user": "ada", "idle_timeout_seconds": 10**6},
+    "extra field": {"session_id": "s-1", "user": "ada", "admin": True},
+}
+
+BAD_ACTIVITIES: dict[str, Any] = {
+    "empty object": {},
+    "action empty": {"action": ""},
+    "action only spaces": {"action": "   "},
+    "action number": {"action": 7},
+    "action null": {"action": None},
+    "action too long": {"action": "a" * 201},
+    "action bidi override": {"action": "open \u202etxt.exe"},
+    "extra field": {"action": "x", "at": "now"},
+    "string body": "opened /reports",
+}
+
+
+@pytest.mark.parametrize("body", BAD_LOGINS.values(), ids=BAD_LOGINS.keys())
+def test_a_bad_login_is_422_and_starts_nothing(stack: Stack, body: Any) -> None:
+    promises_before = stack.promise_count()
+
+    response = stack.gateway.post("/sessions", json=body)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"], "a 422 names the fields that are wrong"
+    assert stack.promise_count() == promises_before
+
+
+@pytest.fixture(scope="module")
+def idle_session(stack: Stack) -> str:
+    return stack.login()
+
+
+@pytest.mark.parametrize("body", BAD_ACTIVITIES.values(), ids=BAD_ACTIVITIES.keys())
+def test_a_bad_activity_is_422_and_changes_nothing(
+    stack: Stack, idle_session: str, body: Any
+) -> None:
+    before = stack.gateway.get(f"/sessions/{idle_session}").json()
+
+    response = stack.gateway.post(f"/sessions/{idle_session}/activity", json=body)
+
+    assert response.status_code == 422, response.text
+    assert stack.gateway.get(f"/sessions/{idle_session}").json() == before
+    assert ops(stack.effects(idle_session)) == ["issue_token"]
+
+
+def test_oversized_bodies_and_bad_ids_are_refused(stack: Stack, idle_session: str) -> None:
+    huge = {"action": "a" * 10_000}
+    assert stack.gateway.post(f"/sessions/{idle_session}/activity", json=huge).status_code == 413
+    assert stack.gateway.get("/sessions/test:1").status_code == 422
+    assert stack.gateway.post("/sessions/test:1/logout").status_code == 422
+
+
+# -- crashes -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrashStack(Stack):
+    start_worker: Callable[[], ManagedProcess]
+
+    def kill_worker_once_idle(self, worker: ManagedProcess, session_id: str, step: int) -> None:
+        """Arm the dev server to SIGKILL `worker` right after the session suspended on `step`."""
+        wire = {"operation": "suspend", "promise_id": f"{session_id}:{step}", "when": "after"}
+        response = httpx.post(
+            f"{self.server.url}/_cookbook/tripwires",
+            json={**wire, "victim": "worker", "pid": worker.pid},
+        )
+        response.raise_for_status()
+
+
+@pytest.fixture
+def crash_stack(
+    devserver: RunningDevServer,
+    sandbox: RunningSandbox,
+    start_worker: ProcessFactory,
+    start_process: Callable[[ManagedProcess], ManagedProcess],
+) -> Iterator[CrashStack]:
+    env = {"RESONATE_URL": devserver.url, "PROVIDER_API_URL": sandbox.url, "PATH": "/usr/bin:/bin"}
+    gateway = start_process(gateway_process("session.gateway", {**os.environ, **env}))
+    with httpx.Client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client:
+        yield CrashStack(client, devserver, sandbox, lambda: start_worker("session.worker", env))
+
+
+# Step ids: login `:1`; round 1 waits on `:2` (the latent promise) and `:3` (the timer), stops
+# the timer `:4` and records the activity `:5`; round 2 waits on `:6` and `:7`.
+ROUND_2_WAIT = 6
+
+
+def test_a_worker_killed_while_idle_does_not_restart_the_timer(crash_stack: CrashStack) -> None:
+    stack = crash_stack
+    first = stack.start_worker()
+    session_id = stack.login(idle_timeout_seconds=3)
+    stack.kill_worker_once_idle(first, session_id, ROUND_2_WAIT)
+
+    activity_id = stack.act(session_id, "opened /reports")
+    assert first.wait(TIMEOUT_S) == -9
+    killed_at = time.time()
+    time.sleep(OUTAGE_S)  # no worker at all for a while: a timer restarted from zero shows it
+    stack.start_worker()  # replays the session, and finds the timer the first worker started
+    ended = stack.wait_ended(session_id)
+
+    issue, record, revoke = effects = stack.effects(session_id)
+    assert ops(effects) == ["issue_token", "record_activity", "revoke_token"]
+    assert record.body["activity_id"] == activity_id
+    assert ended["ended_by"] == "idle-timeout"
+    deadline = timer_deadline(stack.server, session_id)
+    assert record.finished_at < killed_at < deadline  # the worker that set the timer died idle
+    assert 3 <= deadline - record.finished_at < 3.1
+    assert 0 <= revoke.started_at - deadline < DEADLINE_TOLERANCE_S, revoke.started_at - deadline
+    assert revoke.body["token"] == issue.resource_id
+
+
+def test_with_no_worker_at_the_deadline_the_session_still_times_out(
+    crash_stack: CrashStack,
+) -> None:
+    stack = crash_stack
+    first = stack.start_worker()
+    session_id = stack.login(idle_timeout_seconds=1)
+    stack.kill_worker_once_idle(first, session_id, ROUND_2_WAIT)
+    stack.act(session_id, "opened /reports")
+    assert first.wait(TIMEOUT_S) == -9
+    wait_until_the_timer_fired(stack.server, session_id)  # with no worker alive
+
+    # The server refuses the late activity: the promise it would go into timed out at the deadline.
+    late = stack.gateway.post(f"/sessions/{session_id}/activity", json={"action": "too late"})
+    restarted_at = time.time()
+    stack.start_worker()
+    ended = stack.wait_ended(session_id)
+
+    assert late.status_code == 409
+    assert late.json()["detail"] == "the session timed out: it was idle past its deadline"
+    assert ended["ended_by"] == "idle-timeout"
+    assert [a["action"] for a in ended["activities"]] == ["opened /reports"]
+    effects = stack.effects(session_id)
+    assert ops(effects) == ["issue_token", "record_activity", "revoke_token"]
+    assert effects[-1].started_at > restarted_at  # revoked by the new worker, as soon as it came
