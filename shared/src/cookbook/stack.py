@@ -130,9 +130,7 @@ class Stack:
                 self.kafka.start()
             if self._want_kubernetes and not self.kube_api_url:
                 # A stand-in: no kube-apiserver can be installed where the cookbook is tested.
-                from cookbook.kube_standin import (  # type: ignore[import-not-found,unused-ignore]
-                    kube_standin_process,
-                )
+                from cookbook.kube_standin import kube_standin_process
 
                 self.kubernetes = kube_standin_process(self.workdir / "kube.db").start()
                 self.kube_api_url = url_of(self.kubernetes)
