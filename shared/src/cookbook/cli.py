@@ -1,4 +1,4 @@
-"""`cookbook`: the command line behind the Makefile (run, crash, devserver, tree, list)."""
+"""`cookbook`: the command line behind the Makefile (run, crash, bench, tree, list, ...)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from cookbook import catalog, docs, scaffold
+from cookbook import bench, catalog, docs, scaffold
 from cookbook.crash.harness import CrashHarness, CrashResult
 from cookbook.processes import ManagedProcess, stopping
 from cookbook.stack import Stack, gateway_process, url_of, worker_process
@@ -192,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     crash = sub.add_parser("crash", help="run an example's crash matrix")
     crash.add_argument("example")
     crash.add_argument("-k", dest="only", help="only crash points whose id contains this")
+    bench.add_arguments(
+        sub.add_parser("bench", help="measure step overhead, recovery and crash-matrix speed")
+    )
     tree = sub.add_parser("tree", help="print the promise tree of an execution")
     tree.add_argument("id")
     sub.add_parser("list", help="list the examples")
@@ -208,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 code = run_example(args.example, args.crash)
             case "crash":
                 code = crash_example(args.example, args.only)
+            case "bench":
+                code = bench.command(args, say=_say)
             case "tree":
                 from cookbook.tree import print_tree
 
