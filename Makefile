@@ -62,6 +62,11 @@ run-%: setup ## run an example's narrated demo (e.g. make run-hello)
 crash-%: setup ## run an example's crash matrix (e.g. make crash-hello)
 	@$(COOKBOOK) crash $*
 
+.PHONY: bench
+bench: setup ## benchmark vs DBOS+SQLite, recovery, crash-matrix speed -> bench-results/ (ARGS=...)
+	@$(uv) sync --frozen --all-packages --quiet --group dev --group bench
+	@$(COOKBOOK) bench $(ARGS)
+
 .PHONY: devserver
 devserver: setup ## run the embedded Resonate dev server in the foreground on :8001
 	@$(BIN)/python -m cookbook.devserver --port $${PORT:-8001} --data-dir .cookbook/devserver

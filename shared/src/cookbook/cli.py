@@ -1,4 +1,4 @@
-"""`cookbook`: the command line behind the Makefile (run, crash, tree, list, new, docs)."""
+"""`cookbook`: the command line behind the Makefile (run, crash, bench, tree, list, new, docs)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from cookbook import catalog, diagram, docs, scaffold
+from cookbook import bench, catalog, diagram, docs, scaffold
 from cookbook.crash.harness import CrashHarness, CrashResult
 from cookbook.processes import ManagedProcess, stopping
 from cookbook.stack import Stack, gateway_process, stack_for, url_of, worker_process
@@ -253,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     crash = sub.add_parser("crash", help="run an example's crash matrix")
     crash.add_argument("example")
     crash.add_argument("-k", dest="only", help="only crash points whose id contains this")
+    bench.add_arguments(
+        sub.add_parser("bench", help="measure step overhead, recovery and crash-matrix speed")
+    )
     tree = sub.add_parser("tree", help="print the promise tree of an execution")
     tree.add_argument("id")
     sub.add_parser("list", help="list the examples")
@@ -273,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 code = run_example(args.example, args.crash, args.also, args.client)
             case "crash":
                 code = crash_example(args.example, args.only)
+            case "bench":
+                code = bench.command(args, say=_say)
             case "tree":
                 from cookbook.tree import print_tree
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from resonate.connections.local import (
     OutgoingMessage,
@@ -122,14 +123,14 @@ class DevServer:
 
     def _publish(self, outgoing: list[OutgoingMessage]) -> None:
         for message in outgoing:
-            self.router.publish(message.address, json.dumps(message.message, separators=(",", ":")))
+            self.router.publish(message.address, msgspec.json.encode(message.message).decode())
 
     # -- the protocol ------------------------------------------------------------------------
 
     async def _handle_request(self, request: web.Request) -> web.Response:
         try:
-            envelope = json.loads(await request.read())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            envelope = msgspec.json.decode(await request.read())
+        except msgspec.DecodeError as exc:
             return _envelope_error(None, None, 400, f"request body is not JSON: {exc}")
         flat = unwrap_request_envelope(envelope)
         if not isinstance(flat, dict) or not isinstance(flat.get("kind"), str):
@@ -154,7 +155,7 @@ class DevServer:
             self._journal_changed()
         if (wire := self.tripwires.take(touched, "after")) is not None:
             await self._trip(wire)
-        return web.json_response(wrap_response_envelope(applied.response))
+        return _envelope(applied.response)
 
     async def _trip(self, wire: Tripwire) -> None:
         log.info(
@@ -303,6 +304,12 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _envelope(flat: dict[str, Any]) -> web.Response:
+    # msgspec, not `json`: the SDK decodes with it too, and it is several times faster.
+    return web.Response(
+        body=msgspec.json.encode(wrap_response_envelope(flat)), content_type="application/json"
+    )
+
+
 def _envelope_error(kind: Any, corr_id: Any, status: int, message: str) -> web.Response:
-    flat = {"kind": kind, "corrId": corr_id, "status": status, "error": message}
-    return web.json_response(wrap_response_envelope(flat))
+    return _envelope({"kind": kind, "corrId": corr_id, "status": status, "error": message})

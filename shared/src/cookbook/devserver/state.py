@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resonate.connections.local import OutgoingMessage, ServerState
+from resonate.connections.local import OutgoingMessage
 from resonate.error import ServerError
 
+from cookbook.devserver.machine import IndexedServerState
 from cookbook.devserver.protocol import READ_ONLY_KINDS, touches
 from cookbook.devserver.wal import WriteAheadLog
 
@@ -52,7 +53,7 @@ class DurableState:
     def __init__(
         self, data_dir: Path, *, fsync: bool = True, clock: Callable[[], int] = wall_clock_ms
     ) -> None:
-        self.server = ServerState()
+        self.server = IndexedServerState()
         self.wal = WriteAheadLog(data_dir / "wal.jsonl", fsync=fsync)
         self.journal: list[JournalEntry] = []
         self._clock = clock

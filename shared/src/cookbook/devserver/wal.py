@@ -3,6 +3,9 @@
 Every state change of the dev server is a record here before anyone is told about it, so a
 SIGKILLed server replays the file and comes back with nothing lost. Concurrent writers share one
 fsync (group commit): a request waits only for the flush that covers its own record.
+
+Records are encoded with msgspec (several times faster than `json`, and it is what the SDK encodes
+its requests with) and read back with `json`, which also reads logs written before.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
+
+import msgspec
 
 type Record = dict[str, Any]
 
@@ -26,7 +31,7 @@ class WriteAheadLog:
     def __init__(self, path: Path, *, fsync: bool = True) -> None:
         self.path = path
         self._fsync = fsync
-        self._file: TextIO | None = None
+        self._file: BinaryIO | None = None
         self._appended = 0  # sequence number of the last appended record
         self._synced = 0  # sequence number of the last record known to be on disk
         self._flush: asyncio.Task[None] | None = None
@@ -65,7 +70,7 @@ class WriteAheadLog:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = self.path.open("ab")
 
     def close(self) -> None:
         if self._file is not None:
@@ -84,12 +89,16 @@ class WriteAheadLog:
     def append(self, record: Record) -> int:
         """Buffer one record; return its sequence number for `durable()`."""
         assert self._file is not None, "open() the log first"
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.write(msgspec.json.encode(record) + b"\n")
         self._appended += 1
         return self._appended
 
     async def durable(self, seq: int) -> None:
-        """Return once record `seq` (and every record before it) is on disk."""
+        """Return once record `seq` (and every record before it) is on disk.
+
+        The flush runs as a task of its own, one loop iteration later: the requests that arrived
+        together append their records first, and one fsync covers them all.
+        """
         while self._synced < seq:
             if self._flush is None:
                 self._flush = asyncio.create_task(self._flush_all())
@@ -101,7 +110,13 @@ class WriteAheadLog:
             target = self._appended
             self._file.flush()
             if self._fsync:
-                await asyncio.to_thread(os.fsync, self._file.fileno())
+                # On the event loop, not in a thread: on the disks this runs on an fsync takes
+                # ~0.1-0.3 ms, and handing it to a thread and waking the loop back up cost as much
+                # again in CPU (two context switches, the GIL): 0.3 ms of server CPU per durable
+                # step. Requests that arrive meanwhile wait in the socket and share the next
+                # flush, so under load this still commits in groups. The price: on a disk whose
+                # fsync takes tens of milliseconds, the loop (SSE pings, reads) waits that long.
+                os.fsync(self._file.fileno())
             self._synced = target
         finally:
             self._flush = None

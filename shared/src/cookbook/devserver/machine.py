@@ -1,0 +1,78 @@
+"""The SDK's server state machine, minus two costs that grow with a workflow's length.
+
+`ServerState` answers every request that concerns a task with a "preload": every promise of the
+task's branch (the task's own promise and the `ctx.run` steps under it), found by scanning every
+promise the server has ever held. That is right for a task that is just starting (`task.acquire`,
+`task.create`, a suspend that redirects): the worker replays the workflow from the top and gets
+the finished steps from the preload instead of running them again. But `task.fence` - the
+create or settle of one step - answers with the whole branch too, so a workflow of N steps sends
+and decodes O(N^2) records (a 1000-step workflow: half a million), and the SDK spends most of its
+time re-reading what it already knows. This subclass changes what is *answered*, never what is
+*stored*, so replaying a log written by plain `ServerState` rebuilds the same state:
+
+- Preloads come from a per-branch index instead of a scan of every promise.
+- `task.fence` answers with an empty preload. That is safe because the SDK reads a fence's
+  preload only to warm the per-attempt cache of `resonate.effects.ResonateEffects`, and that
+  cache already holds all a fence preload could say: it starts from the acquire's preload and
+  takes in the promise of every create and settle of the attempt. A branch's promises are made
+  only under the task's lease (`ctx.run` steps carry their parent's branch; rpc, sleep, promise
+  and detached children root branches of their own), and a stale lease is fenced off with a 409.
+  The one thing a fence preload could add is a step promise that timed out meanwhile; the SDK
+  then learns it from the settle of that step, which returns the stored (timed-out) record, as
+  it does today when a step outlives its timeout. The protocol allows an empty list: the SDK's
+  decoder defaults the field to `[]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resonate.connections.local import DurablePromise, ServerState
+
+
+class _BranchIndexedPromises(dict[str, DurablePromise]):
+    """`ServerState.promises`, also indexed by the `resonate:branch` tag.
+
+    ServerState only ever inserts promises (by item assignment, once per id) and never removes
+    one, and a promise's tags never change, so the index cannot go stale.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_branch: dict[str, list[str]] = {}
+
+    def __setitem__(self, key: str, value: DurablePromise) -> None:
+        if key not in self:
+            branch = value.tags.get("resonate:branch")
+            if branch is not None:
+                self.by_branch.setdefault(branch, []).append(key)
+        super().__setitem__(key, value)
+
+
+class IndexedServerState(ServerState):
+    def __init__(self) -> None:
+        super().__init__()
+        self.promises: _BranchIndexedPromises = _BranchIndexedPromises()
+        self._fencing = False
+
+    def preload(self, promise_id: str) -> list[dict[str, Any]]:
+        """The promises of `promise_id`'s branch but itself, in creation order (as ServerState)."""
+        if self._fencing:
+            return []
+        promise = self.promises.get(promise_id)
+        branch = promise.tags.get("resonate:branch") if promise is not None else None
+        if branch is None:
+            return []
+        return [
+            self.promises[other].to_record()
+            for other in self.promises.by_branch.get(branch, ())
+            if other != promise_id
+        ]
+
+    def task_fence(self, now: int, corr_id: Any, req: Any) -> dict[str, Any]:
+        # See the module docstring: the worker already knows everything a preload would say.
+        self._fencing = True
+        try:
+            return super().task_fence(now, corr_id, req)
+        finally:
+            self._fencing = False
