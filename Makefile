@@ -8,6 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 COOKBOOK := $(BIN)/cookbook
 EXAMPLES := $(notdir $(wildcard examples/*))
+# The suite mostly waits on processes starting and recovering, not on CPU: run it wider than
+# the machine's core count.
+TEST_WORKERS ?= 4
 
 # A Python >= 3.12 for uv: $UV_PYTHON if set, else the one uv finds, else a pyenv version (on
 # machines whose default python3 is older and whose pyenv shim does not select 3.12), else uv
@@ -50,7 +53,7 @@ types: setup ## mypy (strict)
 
 .PHONY: unit
 unit: setup ## pytest: unit tests, example tests, crash matrices
-	@$(BIN)/pytest -q
+	@$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 .PHONY: test-slow
 test-slow: setup ## opt-in slow tests (minutes)

@@ -116,6 +116,9 @@ def checkpoints(
         pid = entry["promise_id"]
         if entry["operation"] == "create" and pid != execution_id and pid not in created:
             created.append(pid)
+    # In the order the workflow made them (the SDK numbers them), not the order their requests
+    # happened to arrive in: parallel steps race, and crash-point ids must be the same every run.
+    created.sort(key=lambda pid: _sequence(pid.removeprefix(execution_id)))
     result: list[Checkpoint] = []
     for pid in created:
         promise = by_id[pid]
@@ -128,6 +131,12 @@ def checkpoints(
             label = kind
         result.append(Checkpoint(pid.removeprefix(execution_id), kind, label, pid in suspended))
     return _unique_labels(result)
+
+
+def _sequence(suffix: str) -> tuple[int, ...]:
+    """`:2.1` -> (2, 1); detached children (`:d<hex>`) after every numbered one."""
+    parts = suffix.lstrip(":").replace(":", ".").split(".")
+    return tuple(int(p) if p.isdigit() else 1 << 62 for p in parts)
 
 
 def _unique_labels(found: list[Checkpoint]) -> list[Checkpoint]:
