@@ -17,13 +17,6 @@ class CatalogError(ValueError):
 
 
 @dataclass(frozen=True)
-class Fault:
-    """A provider fault the sandbox injects for one scenario (see the sandbox's /_admin/faults)."""
-
-    spec: dict[str, Any]
-
-
-@dataclass(frozen=True)
 class Scenario:
     name: str
     function: str

@@ -21,7 +21,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -420,9 +419,3 @@ def rerun_after_kill(
             )
         }
     )
-
-
-def matrix_workdir(base: Path, example: Example) -> Path:
-    path = base / example.name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
