@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import os
 import secrets
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
+from cookbook.testing.bodies import REMOVED, as_json, changed
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
 from resonate.error import ResonateTimeoutError
 from resonate.resonate import Resonate
@@ -448,84 +448,68 @@ def test_an_event_for_an_order_that_is_not_waiting_yet_is_turned_away(
 
 # -- hostile input -----------------------------------------------------------------------------
 
-_DELETE = object()
-
 
 def _changed(path: str, value: Any) -> dict[str, Any]:
-    """A valid order with one field (`a.b`, `items.0.sku`) set to `value`, or removed."""
-    body = new_order()
-    *parents, leaf = path.split(".")
-    target: Any = body
-    for key in parents:
-        target = target[int(key)] if isinstance(target, list) else target[key]
-    if value is _DELETE:
-        del target[leaf]
-    else:
-        target[leaf] = value
-    return body
-
-
-def _json(value: Any) -> bytes:
-    # ASCII-escaped, so a lone surrogate or a NaN gets onto the wire as the client wrote it.
-    return json.dumps(value).encode()
+    """A valid order with one field set to `value`, or removed (`REMOVED`)."""
+    return changed(new_order(), path, value)
 
 
 HOSTILE_ORDERS: dict[str, bytes] = {
-    "empty object": _json({}),
-    "array": _json([new_order()]),
-    "null": _json(None),
-    "string": _json("order"),
-    "truncated json": _json(new_order())[:40],
+    "empty object": as_json({}),
+    "array": as_json([new_order()]),
+    "null": as_json(None),
+    "string": as_json("order"),
+    "truncated json": as_json(new_order())[:40],
     "empty body": b"",
-    "missing order_id": _json(_changed("order_id", _DELETE)),
-    "missing customer": _json(_changed("customer", _DELETE)),
-    "missing currency": _json(_changed("currency", _DELETE)),
-    "order_id with colon": _json(_changed("order_id", "order:1")),
-    "order_id empty": _json(_changed("order_id", "")),
-    "order_id too long": _json(_changed("order_id", "o" * 65)),
-    "order_id number": _json(_changed("order_id", 123)),
-    "order_id path traversal": _json(_changed("order_id", "../../etc/passwd")),
-    "order_id newline": _json(_changed("order_id", "order-1\n")),
-    "name huge": _json(_changed("customer.name", "A" * 10_000)),
-    "name only spaces": _json(_changed("customer.name", "   ")),
-    "name NUL byte": _json(_changed("customer.name", "Zoë\x00Ångström")),
-    "name lone surrogate": _json(_changed("customer.name", "Zoë \ud800")),
-    "email without @": _json(_changed("customer.email", "zoe.example.com")),
-    "no items": _json(_changed("items", [])),
-    "items not a list": _json(_changed("items", {"sku": "BOOK-42"})),
-    "sku lowercase": _json(_changed("items.0.sku", "book-42")),
-    "quantity zero": _json(_changed("items.0.quantity", 0)),
-    "quantity negative": _json(_changed("items.0.quantity", -2)),
-    "quantity fraction": _json(_changed("items.0.quantity", 1.5)),
-    "quantity as string": _json(_changed("items.0.quantity", "2")),
-    "quantity as bool": _json(_changed("items.0.quantity", True)),
-    "quantity NaN": _json(_changed("items.0.quantity", float("nan"))),
-    "price zero": _json(_changed("items.0.unit_price_cents", 0)),
-    "price huge": _json(_changed("items.0.unit_price_cents", 10**12)),
-    "currency unknown": _json(_changed("currency", "BTC")),
-    "currency lowercase": _json(_changed("currency", "eur")),
-    "extra field": _json(_changed("discount", 100)),
-    "extra nested field": _json(_changed("items.0.gift", True)),
+    "missing order_id": as_json(_changed("order_id", REMOVED)),
+    "missing customer": as_json(_changed("customer", REMOVED)),
+    "missing currency": as_json(_changed("currency", REMOVED)),
+    "order_id with colon": as_json(_changed("order_id", "order:1")),
+    "order_id empty": as_json(_changed("order_id", "")),
+    "order_id too long": as_json(_changed("order_id", "o" * 65)),
+    "order_id number": as_json(_changed("order_id", 123)),
+    "order_id path traversal": as_json(_changed("order_id", "../../etc/passwd")),
+    "order_id newline": as_json(_changed("order_id", "order-1\n")),
+    "name huge": as_json(_changed("customer.name", "A" * 10_000)),
+    "name only spaces": as_json(_changed("customer.name", "   ")),
+    "name NUL byte": as_json(_changed("customer.name", "Zoë\x00Ångström")),
+    "name lone surrogate": as_json(_changed("customer.name", "Zoë \ud800")),
+    "email without @": as_json(_changed("customer.email", "zoe.example.com")),
+    "no items": as_json(_changed("items", [])),
+    "items not a list": as_json(_changed("items", {"sku": "BOOK-42"})),
+    "sku lowercase": as_json(_changed("items.0.sku", "book-42")),
+    "quantity zero": as_json(_changed("items.0.quantity", 0)),
+    "quantity negative": as_json(_changed("items.0.quantity", -2)),
+    "quantity fraction": as_json(_changed("items.0.quantity", 1.5)),
+    "quantity as string": as_json(_changed("items.0.quantity", "2")),
+    "quantity as bool": as_json(_changed("items.0.quantity", True)),
+    "quantity NaN": as_json(_changed("items.0.quantity", float("nan"))),
+    "price zero": as_json(_changed("items.0.unit_price_cents", 0)),
+    "price huge": as_json(_changed("items.0.unit_price_cents", 10**12)),
+    "currency unknown": as_json(_changed("currency", "BTC")),
+    "currency lowercase": as_json(_changed("currency", "eur")),
+    "extra field": as_json(_changed("discount", 100)),
+    "extra nested field": as_json(_changed("items.0.gift", True)),
     "deeply nested": b"[" * 5_000 + b"]" * 5_000,
-    "body over 16 KiB": _json(_changed("customer.name", "A" * 20_000)),
+    "body over 16 KiB": as_json(_changed("customer.name", "A" * 20_000)),
 }
 
 HOSTILE_EVENTS: dict[str, tuple[str, bytes]] = {
-    "ship empty object": ("ship", _json({})),
+    "ship empty object": ("ship", as_json({})),
     "ship no body": ("ship", b""),
-    "ship missing tracking": ("ship", _json({"carrier": "DHL"})),
-    "ship tracking lowercase": ("ship", _json({**SHIP, "tracking_number": "jd01460000"})),
-    "ship carrier empty": ("ship", _json({**SHIP, "carrier": ""})),
-    "ship carrier control char": ("ship", _json({**SHIP, "carrier": "DH\x07L"})),
-    "ship as cancel": ("ship", _json({**SHIP, "type": "cancel"})),
-    "ship extra field": ("ship", _json({**SHIP, "signed_by": "me"})),
-    "ship array": ("ship", _json([SHIP])),
+    "ship missing tracking": ("ship", as_json({"carrier": "DHL"})),
+    "ship tracking lowercase": ("ship", as_json({**SHIP, "tracking_number": "jd01460000"})),
+    "ship carrier empty": ("ship", as_json({**SHIP, "carrier": ""})),
+    "ship carrier control char": ("ship", as_json({**SHIP, "carrier": "DH\x07L"})),
+    "ship as cancel": ("ship", as_json({**SHIP, "type": "cancel"})),
+    "ship extra field": ("ship", as_json({**SHIP, "signed_by": "me"})),
+    "ship array": ("ship", as_json([SHIP])),
     "cancel no body": ("cancel", b""),
-    "cancel empty object": ("cancel", _json({})),
-    "cancel reason empty": ("cancel", _json({"reason": ""})),
-    "cancel reason huge": ("cancel", _json({"reason": "x" * 1_000})),
-    "cancel reason number": ("cancel", _json({"reason": 42})),
-    "cancel as ship": ("cancel", _json({"reason": "x", "type": "ship"})),
+    "cancel empty object": ("cancel", as_json({})),
+    "cancel reason empty": ("cancel", as_json({"reason": ""})),
+    "cancel reason huge": ("cancel", as_json({"reason": "x" * 1_000})),
+    "cancel reason number": ("cancel", as_json({"reason": 42})),
+    "cancel as ship": ("cancel", as_json({"reason": "x", "type": "ship"})),
     "cancel truncated json": ("cancel", b'{"reason": "chan'),
 }
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import os
 import secrets
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
+from cookbook.testing.bodies import REMOVED, as_json, changed
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
 from resonate.resonate import Resonate
 from resonate.types import Value
@@ -260,74 +260,58 @@ def test_unknown_trips_are_404(stack: SagaStack) -> None:
 
 # -- hostile input -----------------------------------------------------------------------------
 
-_DELETE = object()
-
 
 def _changed(path: str, value: Any) -> dict[str, Any]:
-    """A valid trip request with one field (`a.b`) set to `value`, or removed."""
-    body = trip_request()
-    *parents, leaf = path.split(".")
-    target = body
-    for key in parents:
-        target = target[key]
-    if value is _DELETE:
-        del target[leaf]
-    else:
-        target[leaf] = value
-    return body
-
-
-def _json(value: Any) -> bytes:
-    # ASCII-escaped, so a lone surrogate or a NaN gets onto the wire as the client wrote it.
-    return json.dumps(value).encode()
+    """A valid trip request with one field set to `value`, or removed (`REMOVED`)."""
+    return changed(trip_request(), path, value)
 
 
 HOSTILE: dict[str, bytes] = {
-    "empty object": _json({}),
-    "array": _json([trip_request()]),
-    "null": _json(None),
-    "string": _json("LHR-LIS"),
-    "number": _json(42),
-    "truncated json": _json(trip_request())[:40],
+    "empty object": as_json({}),
+    "array": as_json([trip_request()]),
+    "null": as_json(None),
+    "string": as_json("LHR-LIS"),
+    "number": as_json(42),
+    "truncated json": as_json(trip_request())[:40],
     "empty body": b"",
-    "missing trip_id": _json(_changed("trip_id", _DELETE)),
-    "missing traveller": _json(_changed("traveller", _DELETE)),
-    "missing car": _json(_changed("car", _DELETE)),
-    "missing flight date": _json(_changed("flight.departs", _DELETE)),
-    "trip_id with colon": _json(_changed("trip_id", "trip:1")),
-    "trip_id empty": _json(_changed("trip_id", "")),
-    "trip_id too long": _json(_changed("trip_id", "t" * 65)),
-    "trip_id number": _json(_changed("trip_id", 123)),
-    "trip_id null": _json(_changed("trip_id", None)),
-    "trip_id path traversal": _json(_changed("trip_id", "../../etc/passwd")),
-    "trip_id unicode": _json(_changed("trip_id", "trïp-1")),
-    "trip_id newline": _json(_changed("trip_id", "trip-1\n")),
-    "name huge": _json(_changed("traveller.name", "A" * 10_000)),
-    "name empty": _json(_changed("traveller.name", "")),
-    "name only spaces": _json(_changed("traveller.name", "   ")),
-    "name NUL byte": _json(_changed("traveller.name", "Ada\x00Lovelace")),
-    "name bidi override": _json(_changed("traveller.name", "Ada \u202eecalevoL")),
-    "name lone surrogate": _json(_changed("traveller.name", "Ada \ud800")),
-    "name array": _json(_changed("traveller.name", ["Ada"])),
-    "traveller array": _json(_changed("traveller", ["Ada", "ada@example.com"])),
-    "email without @": _json(_changed("traveller.email", "ada.example.com")),
-    "airport lowercase": _json(_changed("flight.origin", "lhr")),
-    "airport number": _json(_changed("flight.origin", 123)),
-    "date impossible": _json(_changed("flight.departs", "2030-02-30")),
-    "date words": _json(_changed("flight.departs", "next tuesday")),
-    "nights negative": _json(_changed("hotel.nights", -1)),
-    "nights zero": _json(_changed("hotel.nights", 0)),
-    "nights huge": _json(_changed("hotel.nights", 10**12)),
-    "nights fraction": _json(_changed("hotel.nights", 2.5)),
-    "nights as string": _json(_changed("hotel.nights", "3")),
-    "nights as bool": _json(_changed("hotel.nights", True)),
-    "nights NaN": _json(_changed("hotel.nights", float("nan"))),
-    "car days null": _json(_changed("car.days", None)),
-    "hotel as string": _json(_changed("hotel", "Lisbon")),
-    "extra field": _json(_changed("price", 0)),
-    "extra nested field": _json(_changed("car.upgrade", True)),
+    "missing trip_id": as_json(_changed("trip_id", REMOVED)),
+    "missing traveller": as_json(_changed("traveller", REMOVED)),
+    "missing car": as_json(_changed("car", REMOVED)),
+    "missing flight date": as_json(_changed("flight.departs", REMOVED)),
+    "trip_id with colon": as_json(_changed("trip_id", "trip:1")),
+    "trip_id empty": as_json(_changed("trip_id", "")),
+    "trip_id too long": as_json(_changed("trip_id", "t" * 65)),
+    "trip_id number": as_json(_changed("trip_id", 123)),
+    "trip_id null": as_json(_changed("trip_id", None)),
+    "trip_id path traversal": as_json(_changed("trip_id", "../../etc/passwd")),
+    "trip_id unicode": as_json(_changed("trip_id", "trïp-1")),
+    "trip_id newline": as_json(_changed("trip_id", "trip-1\n")),
+    "name huge": as_json(_changed("traveller.name", "A" * 10_000)),
+    "name empty": as_json(_changed("traveller.name", "")),
+    "name only spaces": as_json(_changed("traveller.name", "   ")),
+    "name NUL byte": as_json(_changed("traveller.name", "Ada\x00Lovelace")),
+    "name bidi override": as_json(_changed("traveller.name", "Ada \u202eecalevoL")),
+    "name lone surrogate": as_json(_changed("traveller.name", "Ada \ud800")),
+    "name array": as_json(_changed("traveller.name", ["Ada"])),
+    "traveller array": as_json(_changed("traveller", ["Ada", "ada@example.com"])),
+    "email without @": as_json(_changed("traveller.email", "ada.example.com")),
+    "airport lowercase": as_json(_changed("flight.origin", "lhr")),
+    "airport number": as_json(_changed("flight.origin", 123)),
+    "date impossible": as_json(_changed("flight.departs", "2030-02-30")),
+    "date words": as_json(_changed("flight.departs", "next tuesday")),
+    "nights negative": as_json(_changed("hotel.nights", -1)),
+    "nights zero": as_json(_changed("hotel.nights", 0)),
+    "nights huge": as_json(_changed("hotel.nights", 10**12)),
+    "nights fraction": as_json(_changed("hotel.nights", 2.5)),
+    "nights as string": as_json(_changed("hotel.nights", "3")),
+    "nights as bool": as_json(_changed("hotel.nights", True)),
+    "nights NaN": as_json(_changed("hotel.nights", float("nan"))),
+    "car days null": as_json(_changed("car.days", None)),
+    "hotel as string": as_json(_changed("hotel", "Lisbon")),
+    "extra field": as_json(_changed("price", 0)),
+    "extra nested field": as_json(_changed("car.upgrade", True)),
     "deeply nested": b"[" * 5_000 + b"]" * 5_000,
-    "body over 16 KiB": _json(_changed("hotel.city", "A" * 20_000)),
+    "body over 16 KiB": as_json(_changed("hotel.city", "A" * 20_000)),
 }
 
 

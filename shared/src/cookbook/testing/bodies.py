@@ -1,0 +1,31 @@
+"""Building hostile request bodies for gateway tests: one field of a valid body changed."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+REMOVED: Any = object()  # as a value for `changed`: remove the field instead of setting it
+
+
+def changed(valid: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of `valid` with the field at `path` (`a.b`, `items.0.sku`) set to `value`.
+
+    With `value=REMOVED` the field is removed, so one table can name both kinds of bad body.
+    """
+    body = copy.deepcopy(valid)
+    *parents, leaf = path.split(".")
+    target: Any = body
+    for key in parents:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    if value is REMOVED:
+        del target[leaf]
+    else:
+        target[leaf] = value
+    return body
+
+
+def as_json(value: Any) -> bytes:
+    """Encoded as a client would send it: ASCII-escaped, so a lone surrogate or a NaN survives."""
+    return json.dumps(value).encode()
