@@ -16,5 +16,5 @@ def _stop_stacks_after_module() -> Iterator[None]:
 
 @pytest.mark.parametrize("case", crash_matrix())
 def test_recovers_from_crash(case: MatrixCase) -> None:
-    result = case.harness.run(case.golden, case.point)
+    result = case.run()
     assert result.passed, "\n".join(result.problems)

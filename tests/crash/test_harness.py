@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,10 @@ def test_recovers_while_suspended(harness: CrashHarness, golden: Golden, phase: 
     point = next(p for p in golden.points if p.id == phase)
     result = harness.run(golden, point)
     assert result.passed, result.problems
+
+
+def test_a_golden_run_survives_the_trip_through_json(golden: Golden) -> None:
+    # Parallel test processes share golden runs as JSON (cookbook.testing.matrix).
+    with_effects = replace(golden, effects=Counter({(":1", "sms", "send"): 1}))
+    shared = json.loads(json.dumps(with_effects.to_json()))
+    assert Golden.from_json(shared, EXAMPLE) == with_effects

@@ -19,7 +19,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -88,6 +88,33 @@ class Golden:
     def points(self) -> list[CrashPoint]:
         return crash_points(self.scenario.name, self.checkpoints)
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain data, so that parallel test processes can share one golden run."""
+        return {
+            "scenario": self.scenario.name,
+            "execution_id": self.execution_id,
+            "outcome": asdict(self.outcome),
+            "checkpoints": [asdict(c) for c in self.checkpoints],
+            "effects": [[*key, count] for key, count in self.effects.items()],
+            "seconds": self.seconds,
+            "promises": self.promises,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], example: Example) -> Golden:
+        scenario = next(s for s in example.scenarios if s.name == data["scenario"])
+        return cls(
+            scenario,
+            data["execution_id"],
+            Outcome(**data["outcome"]),
+            [Checkpoint(**c) for c in data["checkpoints"]],
+            Counter(
+                {(suffix, provider, action): n for suffix, provider, action, n in data["effects"]}
+            ),
+            data["seconds"],
+            data["promises"],
+        )
+
 
 @dataclass
 class CrashResult:
@@ -120,7 +147,12 @@ class CrashHarness:
     # -- runs -------------------------------------------------------------------------------------
 
     def _worker(self, name: str) -> ManagedProcess:
-        env = self.stack.env(RESONATE_TTL_SECONDS=WORKER_TTL_SECONDS)
+        # Workers get a temporary directory of this stack's own: whatever an example keeps in
+        # temporary files (kafka-worker's SQLite store) is then never shared with the runs that
+        # another test process makes at the same time.
+        private_tmp = self.stack.workdir / "worker-tmp"
+        private_tmp.mkdir(exist_ok=True)
+        env = self.stack.env(RESONATE_TTL_SECONDS=WORKER_TTL_SECONDS, TMPDIR=str(private_tmp))
         return worker_process(self.example.worker, env, name=name)
 
     def _client(self) -> Resonate:

@@ -7,10 +7,13 @@ port is picked free by the process itself and read back from its readiness line.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +27,7 @@ from cookbook.stack import (
     url_of,
     worker_process,
 )
+from cookbook.testing import matrix
 
 
 @dataclass
@@ -183,3 +187,32 @@ def kafka_bootstrap() -> Iterator[str]:
     broker, bootstrap = kafka_process()
     with broker:
         yield bootstrap
+
+
+# -- pytest-xdist: one set of golden runs per session ---------------------------------------------
+
+_GOLDEN_DIR = pytest.StashKey[Path]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Controller side: hand every test process the directory their golden runs are shared in."""
+    config = node.config
+    if _GOLDEN_DIR not in config.stash:
+        config.stash[_GOLDEN_DIR] = Path(tempfile.mkdtemp(prefix="cookbook-goldens-"))
+    node.workerinput["cookbook_golden_dir"] = str(config.stash[_GOLDEN_DIR])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "cookbook_golden_dir" in workerinput:
+        matrix.share_goldens_through(
+            Path(workerinput["cookbook_golden_dir"]),
+            int(workerinput["workerid"].removeprefix("gw")),
+        )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    directory = config.stash.get(_GOLDEN_DIR, None)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)

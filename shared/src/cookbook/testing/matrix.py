@@ -1,95 +1,159 @@
 """The crash matrix as pytest parameters: one test per crash point (`hello[greet:sms.send/before]`).
 
-Crash points come from golden runs, so they are found while pytest collects: one stack (dev
-server + sandbox) per example is started then, reused by that example's tests, and stopped when
-the session ends.
+Crash points come from golden runs, so they are found while pytest collects. Under pytest-xdist
+every test process collects, and all of them must collect the same tests: the golden runs are
+therefore made once per session, each example's by whichever process gets to it first, and shared
+through a directory the controller hands out (see `share_goldens_through`). Each process starts an
+example's stack (dev server + sandbox + ...) when it first needs it and stops it at the end.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
+import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from cookbook import catalog
-from cookbook.crash.harness import CrashHarness, Golden
+from cookbook.crash.harness import CrashHarness, CrashResult, Golden
 from cookbook.crash.plan import CrashPoint
-from cookbook.stack import Stack, stack_for
+from cookbook.stack import stack_for
 
 
 @dataclass(frozen=True)
 class MatrixCase:
-    harness: CrashHarness
+    example: catalog.Example
     golden: Golden
     point: CrashPoint
 
-
-_stacks: list[Stack] = []
-# Golden runs by (example, scenario): made once per session, for the crash matrix and for the
-# README promise-tree check (tests/test_examples.py), whichever asks first.
-_goldens: dict[tuple[str, str], Golden] = {}
+    def run(self) -> CrashResult:
+        return _harness(self.example).run(self.golden, self.point)
 
 
-def _stop_stacks() -> None:
-    while _stacks:
-        _stacks.pop().stop()
+_harnesses: dict[str, CrashHarness] = {}
+# Golden runs by example, then scenario: for the crash matrix and for the README promise-tree
+# check (tests/test_examples.py), whichever asks first.
+_goldens: dict[str, dict[str, Golden]] = {}
+_shared_dir: Path | None = None
+_rotation = 0
 
 
-atexit.register(_stop_stacks)
+def share_goldens_through(directory: Path, worker_index: int) -> None:
+    """Share golden runs with the session's other test processes through `directory`.
+
+    `worker_index` staggers where each process starts, so that they make different examples'
+    golden runs at the same time rather than queueing for the same one.
+    """
+    global _shared_dir, _rotation
+    _shared_dir = directory
+    _rotation = worker_index
+
+
+def stop_all() -> None:
+    while _harnesses:
+        _harnesses.popitem()[1].stack.stop()
+
+
+atexit.register(stop_all)
 
 
 def crash_matrix(example_names: list[str] | None = None) -> list[object]:
     """pytest params for every crash point of the given examples (default: all of them)."""
-    params: list[object] = []
-    for example in catalog.examples():
-        if example_names is not None and example.name not in example_names:
-            continue
-        if not example.scenarios:
-            continue
-        harness = _harness(example)
-        for scenario in example.scenarios:
-            golden = _golden(harness, scenario)
-            for point in golden.points:
-                params.append(
-                    pytest.param(
-                        MatrixCase(harness, golden, point), id=f"{example.name}[{point.id}]"
-                    )
-                )
-    return params
-
-
-def _harness(example: catalog.Example) -> CrashHarness:
-    environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
-    stack = stack_for(example.services, fast_recovery=True, environ=environ)
-    _stacks.append(stack.start())
-    return CrashHarness(example, stack)
-
-
-def _golden(harness: CrashHarness, scenario: catalog.Scenario) -> Golden:
-    key = (harness.example.name, scenario.name)
-    if key not in _goldens:
-        _goldens[key] = harness.golden(scenario)
-    return _goldens[key]
+    examples = [
+        e
+        for e in catalog.examples()
+        if e.scenarios and (example_names is None or e.name in example_names)
+    ]
+    _make_goldens(examples)
+    return [
+        pytest.param(MatrixCase(example, golden, point), id=f"{example.name}[{point.id}]")
+        for example in examples
+        for golden in goldens_of(example).values()
+        for point in golden.points
+    ]
 
 
 def golden_run(example_name: str, scenario_name: str) -> Golden:
-    """The session's golden run of one scenario (made now, on a stack of its own, if need be)."""
-    key = (example_name, scenario_name)
-    if key not in _goldens:
-        example = catalog.example(example_name)
-        scenario = next((s for s in example.scenarios if s.name == scenario_name), None)
-        if scenario is None:
-            raise catalog.CatalogError(f"{example_name} has no scenario {scenario_name!r}")
-        harness = _harness(example)
+    """The session's golden run of one scenario (made now if no test process has made it)."""
+    goldens = goldens_of(catalog.example(example_name))
+    if scenario_name not in goldens:
+        raise catalog.CatalogError(f"{example_name} has no scenario {scenario_name!r}")
+    return goldens[scenario_name]
+
+
+def goldens_of(example: catalog.Example) -> dict[str, Golden]:
+    if example.name not in _goldens:
+        if _shared_dir is None:
+            _goldens[example.name] = _record(example)
+        else:
+            with _locked(example, wait=True):
+                _goldens[example.name] = _load(example) or _record_and_share(example)
+    return _goldens[example.name]
+
+
+def _make_goldens(examples: list[catalog.Example]) -> None:
+    """Make the golden runs nobody has made yet, then wait for those others are making."""
+    if _shared_dir is not None and examples:
+        start = _rotation % len(examples)
+        for example in examples[start:] + examples[:start]:
+            if example.name in _goldens:
+                continue
+            with _locked(example, wait=False) as mine:
+                if mine:
+                    _goldens[example.name] = _load(example) or _record_and_share(example)
+    for example in examples:
+        goldens_of(example)
+
+
+def _harness(example: catalog.Example) -> CrashHarness:
+    if example.name not in _harnesses:
+        environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
+        stack = stack_for(example.services, fast_recovery=True, environ=environ)
+        _harnesses[example.name] = CrashHarness(example, stack.start())
+    return _harnesses[example.name]
+
+
+def _record(example: catalog.Example) -> dict[str, Golden]:
+    harness = _harness(example)
+    return {scenario.name: harness.golden(scenario) for scenario in example.scenarios}
+
+
+def _record_and_share(example: catalog.Example) -> dict[str, Golden]:
+    assert _shared_dir is not None
+    goldens = _record(example)
+    path = _shared_dir / f"{example.name}.json"
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps([g.to_json() for g in goldens.values()]))
+    partial.replace(path)  # readers see the whole file or none
+    return goldens
+
+
+def _load(example: catalog.Example) -> dict[str, Golden] | None:
+    assert _shared_dir is not None
+    path = _shared_dir / f"{example.name}.json"
+    if not path.exists():
+        return None
+    goldens = (Golden.from_json(data, example) for data in json.loads(path.read_text()))
+    return {golden.scenario.name: golden for golden in goldens}
+
+
+@contextmanager
+def _locked(example: catalog.Example, *, wait: bool) -> Iterator[bool]:
+    """Hold the example's lock (yields True), or, if `wait` is false and it is taken, False."""
+    assert _shared_dir is not None
+    with open(_shared_dir / f"{example.name}.lock", "w") as lock:
         try:
-            _golden(harness, scenario)
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
-            _stacks.remove(harness.stack)
-            harness.stack.stop()
-    return _goldens[key]
-
-
-def stop_all() -> None:
-    _stop_stacks()
+            fcntl.flock(lock, fcntl.LOCK_UN)
