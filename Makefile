@@ -23,6 +23,10 @@ for p in "$${UV_PYTHON:-}" "$$($(uv) python find '>=3.12' 2>/dev/null)" \
 done; echo 3.12
 endef
 uv = $$(command -v uv || echo python3 -m uv)
+# Install packages with their bytecode compiled: where PYTHONDONTWRITEBYTECODE is set (as on our
+# CI machines) nothing else ever writes it, and every worker the crash matrix starts would compile
+# its imports from source again (k8s-drain's worker: 2.6 s to start instead of 1.2 s).
+export UV_COMPILE_BYTECODE ?= 1
 
 .PHONY: help
 help: ## list the targets

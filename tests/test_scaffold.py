@@ -24,6 +24,10 @@ def tracked_copy(destination: Path) -> Path:
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, target)
+    # mypy's cache from `make types` (which `make test` runs first), so that checking the copy
+    # only has to look at the new example: 3 s instead of 20.
+    if (ROOT / ".mypy_cache").is_dir():
+        shutil.copytree(ROOT / ".mypy_cache", destination / ".mypy_cache")
     return destination
 
 
