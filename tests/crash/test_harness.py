@@ -13,6 +13,7 @@ from cookbook.catalog import Example, Scenario
 from cookbook.crash.harness import CrashHarness, Golden
 from cookbook.stack import Stack
 
+ROOT = Path(__file__).parents[2]
 APPROVAL = Scenario("approve", "approval", [5], signals=[{"verdict": "approved"}])
 EXAMPLE = Example(
     name="harness-selftest",
@@ -28,7 +29,9 @@ EXAMPLE = Example(
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[CrashHarness]:
-    with Stack(sandbox=False, fast_recovery=True, environ={"PATH": "/usr/bin:/bin"}) as stack:
+    # The harness runs workers in a directory of their own: say where the test workflows are.
+    environ = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    with Stack(sandbox=False, fast_recovery=True, environ=environ) as stack:
         yield CrashHarness(EXAMPLE, stack)
 
 

@@ -176,10 +176,20 @@ class Stack:
 
 
 def worker_process(
-    module: str, env: Mapping[str, str], *, name: str = "worker", on_line: LineHandler | None = None
+    module: str,
+    env: Mapping[str, str],
+    *,
+    name: str = "worker",
+    on_line: LineHandler | None = None,
+    cwd: Path | None = None,
 ) -> ManagedProcess:
     return ManagedProcess(
-        name, [sys.executable, "-m", module], env=env, ready=r"worker \d+ ready", on_line=on_line
+        name,
+        [sys.executable, "-m", module],
+        env=env,
+        ready=r"worker \d+ ready",
+        on_line=on_line,
+        cwd=cwd,
     )
 
 

@@ -147,13 +147,13 @@ class CrashHarness:
     # -- runs -------------------------------------------------------------------------------------
 
     def _worker(self, name: str) -> ManagedProcess:
-        # Workers get a temporary directory of this stack's own: whatever an example keeps in
-        # temporary files (kafka-worker's SQLite store) is then never shared with the runs that
-        # another test process makes at the same time.
-        private_tmp = self.stack.workdir / "worker-tmp"
-        private_tmp.mkdir(exist_ok=True)
-        env = self.stack.env(RESONATE_TTL_SECONDS=WORKER_TTL_SECONDS, TMPDIR=str(private_tmp))
-        return worker_process(self.example.worker, env, name=name)
+        # Workers run in a directory of this stack's own, which is also their TMPDIR: whatever an
+        # example keeps in files (kafka-worker's store in /tmp, wlrf's data directory relative to
+        # where it runs) is then never shared with the runs another test process makes meanwhile.
+        private = self.stack.workdir / "worker-files"
+        private.mkdir(exist_ok=True)
+        env = self.stack.env(RESONATE_TTL_SECONDS=WORKER_TTL_SECONDS, TMPDIR=str(private))
+        return worker_process(self.example.worker, env, name=name, cwd=private)
 
     def _client(self) -> Resonate:
         return Resonate(
