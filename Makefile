@@ -57,7 +57,7 @@ types: setup ## mypy (strict)
 
 .PHONY: unit
 unit: setup ## pytest: unit tests, example tests, crash matrices
-	@$(BIN)/pytest -q -n $(TEST_WORKERS)
+	@$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: test-slow
 test-slow: setup ## opt-in slow tests (minutes)

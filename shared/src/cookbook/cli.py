@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -72,10 +73,11 @@ def run_example(
                 on_line=None if quiet else _prefixed(f"worker-{n}"),
             )
 
+        killed = threading.Event()
         with stopping([worker(1).start()]) as workers:
             _say(f"· worker-1 (pid {workers[0].pid}) is listening on group '{example.group}'")
             if crash:
-                _arm_crash(stack, crash, workers, worker)
+                _arm_crash(stack, crash, workers, worker, killed)
             demo_env = stack.env()
             if example.gateway:
                 gateway = gateway_process(
@@ -97,6 +99,9 @@ def run_example(
             command = shlex.split(client) if client else [str(example.demo)]
             demo = subprocess.run([sys.executable, "-m", *command], env=demo_env, check=False)
     _say(f"· done in {time.perf_counter() - started:.1f}s; every process stopped")
+    if crash and not killed.is_set():
+        _say(f"cookbook: CRASH={crash} never fired: the demo applied no such effect")
+        return demo.returncode or 1
     return demo.returncode
 
 
@@ -112,6 +117,7 @@ def _arm_crash(
     spec: str,
     workers: list[ManagedProcess],
     new_worker: Callable[[int], ManagedProcess],
+    killed: threading.Event,
 ) -> None:
     """CRASH=<provider>[.<action>][#n]: kill worker-1 right after the nth such effect."""
     match = CRASH_SPEC.match(spec)
@@ -132,7 +138,9 @@ def _arm_crash(
     _say(f"· CRASH={spec}: worker-1 will be SIGKILLed right after that effect is applied")
 
     def take_over() -> None:
-        victim.wait(timeout=3600)
+        if victim.wait(timeout=3600) != -signal.SIGKILL:
+            return  # stopped at the end of the demo: the switch never fired
+        killed.set()
         _say(f"  💥 worker-1 was SIGKILLed: {spec} acted, the step's result was never checkpointed")
         workers.append(new_worker(2).start())
         _say(

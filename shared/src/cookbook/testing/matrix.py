@@ -72,7 +72,11 @@ def crash_matrix(example_names: list[str] | None = None) -> list[object]:
     ]
     _make_goldens(examples)
     return [
-        pytest.param(MatrixCase(example, golden, point), id=f"{example.name}[{point.id}]")
+        pytest.param(
+            MatrixCase(example, golden, point),
+            id=f"{example.name}[{point.id}]",
+            marks=pytest.mark.xdist_group(example.name),
+        )
         for example in examples
         for golden in goldens_of(example).values()
         for point in golden.points

@@ -1,0 +1,78 @@
+"""Every example's `make run-<example>` works as its README shows it (CRASH= included)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cookbook import catalog
+
+# The console script `make run-<example>` calls.
+ROOT = catalog.repo_root(Path(__file__))
+COOKBOOK = str(Path(sys.executable).with_name("cookbook"))
+CRASH_COMMAND = re.compile(r"make run-(?P<example>[a-z0-9-]+) CRASH=(?P<spec>[a-z][a-z0-9.#]*)")
+
+
+def documented_runs() -> list[object]:
+    """Each example's demo, with the CRASH= its README shows if it shows one.
+
+    A crash run is the plain demo plus a kill and a take-over: running both would run the demo
+    twice to learn little more.
+    """
+    runs: list[object] = []
+    for example in catalog.examples():
+        if example.demo is None:
+            continue
+        readme = (example.path / "README.md").read_text()
+        specs = {m["spec"] for m in CRASH_COMMAND.finditer(readme) if m["example"] == example.name}
+        runs += [
+            pytest.param(example.name, spec, id=f"{example.name}-CRASH={spec}")
+            for spec in sorted(specs)
+        ] or [pytest.param(example.name, None, id=example.name)]
+    return runs
+
+
+@pytest.mark.parametrize(("example", "crash"), documented_runs())
+def test_the_demo_runs_as_its_readme_says(example: str, crash: str | None, tmp_path: Path) -> None:
+    # As `make run-<example>` runs it, with a TMPDIR of its own, so that what a demo keeps in
+    # temporary files is not shared with a demo another test process is running.
+    command = [COOKBOOK, "run", example]
+    command += ["--crash", crash] if crash else []
+    environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
+    run = subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert run.stdout.rstrip().splitlines()[-1].endswith("every process stopped"), output
+    if crash:
+        assert f"💥 worker-1 was SIGKILLed: {crash} acted" in run.stdout, output
+        assert "· worker-2 started" in run.stdout, output
+    else:
+        assert "💥" not in run.stdout, output
+
+
+def test_a_crash_that_never_fires_says_so() -> None:
+    run = subprocess.run(
+        [COOKBOOK, "run", "hello", "--crash", "sms#2"],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "RESONATE_URL"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "CRASH=sms#2 never fired: the demo applied no such effect" in run.stdout
+    assert "💥" not in run.stdout
