@@ -31,8 +31,11 @@ EXAMPLE = Example(
 def harness() -> Iterator[CrashHarness]:
     # The harness runs workers in a directory of their own: say where the test workflows are.
     environ = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    with Stack(sandbox=False, fast_recovery=True, environ=environ) as stack:
-        yield CrashHarness(EXAMPLE, stack)
+    with (
+        Stack(sandbox=False, fast_recovery=True, environ=environ) as stack,
+        CrashHarness(EXAMPLE, stack) as harness,
+    ):
+        yield harness
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +77,18 @@ def test_a_golden_run_survives_the_trip_through_json(golden: Golden) -> None:
     with_effects = replace(golden, effects=Counter({(":1", "sms", "send"): 1}))
     shared = json.loads(json.dumps(with_effects.to_json()))
     assert Golden.from_json(shared, EXAMPLE) == with_effects
+
+
+def test_the_worker_that_took_over_starts_the_next_run(
+    harness: CrashHarness, golden: Golden
+) -> None:
+    points = {p.id: p for p in golden.points}
+    worker_kill = harness.run(golden, points["approve:step#2/after-effect"])
+    server_kill = harness.run(golden, points["approve:step#1/server-kill"])
+    after = harness.run(golden, points["approve:step#1/before"])
+
+    assert all(run.passed for run in (worker_kill, server_kill, after))
+    killed, took_over = worker_kill.worker_pids
+    assert server_kill.worker_pids == [took_over]  # kept running; the server died instead
+    assert after.worker_pids[0] == took_over
+    assert killed not in after.worker_pids

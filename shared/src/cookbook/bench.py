@@ -451,13 +451,15 @@ def measure_crash_matrix(example_name: str, say: Callable[[str], None]) -> Matri
     example = catalog.example(example_name)
     points = passed = 0
     started = time.perf_counter()
-    with Stack(
-        sandbox="sandbox" in example.services,
-        kafka="kafka" in example.services,
-        fast_recovery=True,
-        environ={k: v for k, v in os.environ.items() if k != "RESONATE_URL"},
-    ) as stack:
-        harness = CrashHarness(example, stack)
+    with (
+        Stack(
+            sandbox="sandbox" in example.services,
+            kafka="kafka" in example.services,
+            fast_recovery=True,
+            environ={k: v for k, v in os.environ.items() if k != "RESONATE_URL"},
+        ) as stack,
+        CrashHarness(example, stack) as harness,
+    ):
         for scenario in example.scenarios:
             golden = harness.golden(scenario)
             for point in golden.points:

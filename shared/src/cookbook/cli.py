@@ -156,12 +156,14 @@ def crash_example(name: str, only: str | None = None) -> int:
     example = catalog.example(name)
     results: list[CrashResult] = []
     started = time.perf_counter()
-    with stack_for(
-        example.services,
-        fast_recovery=True,
-        environ={k: v for k, v in os.environ.items() if k != "RESONATE_URL"},
-    ) as stack:
-        harness = CrashHarness(example, stack)
+    with (
+        stack_for(
+            example.services,
+            fast_recovery=True,
+            environ={k: v for k, v in os.environ.items() if k != "RESONATE_URL"},
+        ) as stack,
+        CrashHarness(example, stack) as harness,
+    ):
         for scenario in example.scenarios:
             golden = harness.golden(scenario)
             _say(

@@ -119,5 +119,8 @@ def diagram(golden: Golden) -> str:
 def golden_run(example: Example, scenario: Scenario) -> Golden:
     """One golden run of a scenario on a fresh embedded stack (what `make docs` draws)."""
     environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
-    with stack_for(example.services, fast_recovery=True, environ=environ) as stack:
-        return CrashHarness(example, stack).golden(scenario)
+    with (
+        stack_for(example.services, fast_recovery=True, environ=environ) as stack,
+        CrashHarness(example, stack) as harness,
+    ):
+        return harness.golden(scenario)

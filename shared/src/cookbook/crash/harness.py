@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from resonate.resonate import Resonate
@@ -122,6 +122,8 @@ class CrashResult:
     problems: list[str] = field(default_factory=list)
     recovery_seconds: float = 0.0
     total_seconds: float = 0.0
+    # The pids of the worker the run started on and, after a worker kill, of the one that took over.
+    worker_pids: list[int] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -135,6 +137,21 @@ class CrashHarness:
         assert stack.embedded, "the crash harness needs the embedded dev server (tripwires)"
         self.example = example
         self.stack = stack
+        # The worker that finished the last run. It is the next run's first worker, as a
+        # long-lived worker would be: a run then costs one worker start-up, not two.
+        self._standby: ManagedProcess | None = None
+
+    def close(self) -> None:
+        """Stop the worker kept for the next run."""
+        if self._standby is not None:
+            self._standby.stop()
+            self._standby = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -242,18 +259,35 @@ class CrashHarness:
                         await client.promises.resolve(promise_id, Value(data=signals.pop(0)))
                         answered.add(promise_id)
 
+    def _first_worker(self) -> ManagedProcess:
+        standby, self._standby = self._standby, None
+        if standby is not None and standby.alive():
+            return standby
+        return self._worker("worker-1").start()
+
+    def _keep_for_next_run(self, survivor: ManagedProcess, *others: ManagedProcess | None) -> None:
+        for process in others:
+            if process is not None and process is not survivor:
+                process.stop()
+        if survivor.alive():
+            self._standby = survivor
+
     async def _golden(self, scenario: Scenario) -> Golden:
         execution_id = self._new_id(scenario, "golden")
         client = self._client()
-        with self._worker("worker"):
-            try:
-                started = time.perf_counter()
-                handle = await self._start(client, scenario, execution_id)
-                async with self._signalling(client, scenario, execution_id):
-                    outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
-                seconds = time.perf_counter() - started
-            finally:
-                await client.stop()
+        worker = self._first_worker()
+        try:
+            started = time.perf_counter()
+            handle = await self._start(client, scenario, execution_id)
+            async with self._signalling(client, scenario, execution_id):
+                outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
+            seconds = time.perf_counter() - started
+        except BaseException:
+            worker.stop()
+            raise
+        finally:
+            await client.stop()
+        self._keep_for_next_run(worker)
         if outcome.state != scenario.expect:
             raise AssertionError(
                 f"golden run of {scenario.name}: expected {scenario.expect}, "
@@ -277,8 +311,10 @@ class CrashHarness:
         result = CrashResult(point)
         started = time.perf_counter()
         execution_id = self._new_id(golden.scenario, secrets.token_hex(2))
-        first = self._worker("worker-1").start()
+        first = self._first_worker()
+        result.worker_pids.append(first.pid)
         second: ManagedProcess | None = None
+        verified = False
         client = self._client()
         try:
             async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
@@ -301,16 +337,21 @@ class CrashHarness:
                     await asyncio.to_thread(self.stack.restart_devserver)
                 else:
                     second = await asyncio.to_thread(self._worker("worker-2").start)
+                    result.worker_pids.append(second.pid)
                 outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
                 result.recovery_seconds = time.perf_counter() - killed_at
             await self._verify(golden, point, execution_id, outcome, result)
+            verified = True
         except TimeoutError:
             result.problems.append(f"the execution did not complete within {COMPLETE_TIMEOUT}s")
         finally:
             await client.stop()
-            for process in (second, first):
-                if process is not None:
-                    process.stop()
+            if verified and result.passed:  # the survivor is idle, its run complete
+                self._keep_for_next_run(second or first, first)
+            else:
+                for process in (second, first):
+                    if process is not None:
+                        process.stop()
             async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
                 await server.delete("/_cookbook/tripwires")
             result.total_seconds = time.perf_counter() - started

@@ -57,7 +57,9 @@ def share_goldens_through(directory: Path, worker_index: int) -> None:
 
 def stop_all() -> None:
     while _harnesses:
-        _harnesses.popitem()[1].stack.stop()
+        harness = _harnesses.popitem()[1]
+        harness.close()
+        harness.stack.stop()
 
 
 atexit.register(stop_all)
