@@ -1,8 +1,8 @@
 """The crash harness: a golden run, then one run per crash point with a real SIGKILL.
 
-For each crash point it starts a fresh worker process, arms a tripwire on the dev server, starts
-the scenario, waits for the kill, starts a new worker (or restarts the server), and checks what the
-receiving systems recorded:
+For each crash point it takes a worker process (the one that finished the previous run, else a
+new one), arms a tripwire on the dev server, starts the scenario, waits for the kill, starts a new
+worker (or restarts the server), and checks what the receiving systems recorded:
   - the execution completes with the golden outcome;
   - no step that had completed before the kill ran again (the dev server's journal: no new request
     touched a promise that was already settled);
