@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from cookbook import catalog
 
-# The console script `make run-<example>` calls.
 ROOT = catalog.repo_root(Path(__file__))
+# The console script `make run-<example>` calls.
 COOKBOOK = str(Path(sys.executable).with_name("cookbook"))
 CRASH_COMMAND = re.compile(r"make run-(?P<example>[a-z0-9-]+) CRASH=(?P<spec>[a-z][a-z0-9.#]*)")
 
@@ -36,22 +36,25 @@ def documented_runs() -> list[object]:
     return runs
 
 
-@pytest.mark.parametrize(("example", "crash"), documented_runs())
-def test_the_demo_runs_as_its_readme_says(example: str, crash: str | None, tmp_path: Path) -> None:
-    # As `make run-<example>` runs it, with a TMPDIR of its own, so that what a demo keeps in
-    # temporary files is not shared with a demo another test process is running.
-    command = [COOKBOOK, "run", example]
-    command += ["--crash", crash] if crash else []
+def cookbook_run(example: str, crash: str | None, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """`make run-<example> [CRASH=...]`, with a TMPDIR of its own, so that what a demo keeps in
+    temporary files is not shared with a demo another test process is running."""
+    command = [COOKBOOK, "run", example, *(["--crash", crash] if crash else [])]
     environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
-    run = subprocess.run(
+    return subprocess.run(
         command,
         cwd=ROOT,
-        env={**environ, "TMPDIR": str(tmp_path)},
+        env={**environ, "TMPDIR": str(tmp)},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+@pytest.mark.parametrize(("example", "crash"), documented_runs())
+def test_the_demo_runs_as_its_readme_says(example: str, crash: str | None, tmp_path: Path) -> None:
+    run = cookbook_run(example, crash, tmp_path)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     assert "Traceback" not in output, output
@@ -63,16 +66,8 @@ def test_the_demo_runs_as_its_readme_says(example: str, crash: str | None, tmp_p
         assert "💥" not in run.stdout, output
 
 
-def test_a_crash_that_never_fires_says_so() -> None:
-    run = subprocess.run(
-        [COOKBOOK, "run", "hello", "--crash", "sms#2"],
-        cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k != "RESONATE_URL"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def test_a_crash_that_never_fires_says_so(tmp_path: Path) -> None:
+    run = cookbook_run("hello", "sms#2", tmp_path)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "CRASH=sms#2 never fired: the demo applied no such effect" in run.stdout
     assert "💥" not in run.stdout

@@ -445,21 +445,12 @@ class MatrixFigures:
 
 def measure_crash_matrix(example_name: str, say: Callable[[str], None]) -> MatrixFigures:
     """The example's whole matrix, golden runs included, exactly as `cookbook crash` runs it."""
-    from cookbook.crash.harness import CrashHarness
-    from cookbook.stack import Stack
+    from cookbook.crash.harness import CrashHarness, harness_stack
 
     example = catalog.example(example_name)
     points = passed = 0
     started = time.perf_counter()
-    with (
-        Stack(
-            sandbox="sandbox" in example.services,
-            kafka="kafka" in example.services,
-            fast_recovery=True,
-            environ={k: v for k, v in os.environ.items() if k != "RESONATE_URL"},
-        ) as stack,
-        CrashHarness(example, stack) as harness,
-    ):
+    with harness_stack(example) as stack, CrashHarness(example, stack) as harness:
         for scenario in example.scenarios:
             golden = harness.golden(scenario)
             for point in golden.points:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import re
 import shlex
 import signal
@@ -19,7 +18,7 @@ from collections.abc import Callable, Sequence
 import httpx
 
 from cookbook import bench, catalog, diagram, docs, scaffold
-from cookbook.crash.harness import CrashHarness, CrashResult
+from cookbook.crash.harness import CrashHarness, CrashResult, harness_stack
 from cookbook.processes import ManagedProcess, stopping
 from cookbook.stack import Stack, gateway_process, stack_for, url_of, worker_process
 
@@ -156,14 +155,7 @@ def crash_example(name: str, only: str | None = None) -> int:
     example = catalog.example(name)
     results: list[CrashResult] = []
     started = time.perf_counter()
-    with (
-        stack_for(
-            example.services,
-            fast_recovery=True,
-            environ={k: v for k, v in os.environ.items() if k != "RESONATE_URL"},
-        ) as stack,
-        CrashHarness(example, stack) as harness,
-    ):
+    with harness_stack(example) as stack, CrashHarness(example, stack) as harness:
         for scenario in example.scenarios:
             golden = harness.golden(scenario)
             _say(

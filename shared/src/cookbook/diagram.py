@@ -15,15 +15,13 @@ the golden runs the crash-matrix tests already make.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cookbook.catalog import Example, Scenario
-from cookbook.crash.harness import CrashHarness, Golden
+from cookbook.crash.harness import CrashHarness, Golden, harness_stack
 from cookbook.crash.plan import Checkpoint, classify
-from cookbook.stack import stack_for
 
 # Node shapes by kind: a workflow rounded, a step a box, a remote call a subroutine, a sleep a
 # hexagon, a promise (an awaited signal) a stadium.
@@ -118,9 +116,5 @@ def diagram(golden: Golden) -> str:
 
 def golden_run(example: Example, scenario: Scenario) -> Golden:
     """One golden run of a scenario on a fresh embedded stack (what `make docs` draws)."""
-    environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
-    with (
-        stack_for(example.services, fast_recovery=True, environ=environ) as stack,
-        CrashHarness(example, stack) as harness,
-    ):
+    with harness_stack(example) as stack, CrashHarness(example, stack) as harness:
         return harness.golden(scenario)

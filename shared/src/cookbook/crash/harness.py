@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import secrets
 import time
 from collections import Counter
@@ -30,7 +31,7 @@ from resonate.types import Value
 from cookbook.catalog import Example, Scenario
 from cookbook.crash.plan import Checkpoint, CrashPoint, checkpoints, crash_points
 from cookbook.processes import ManagedProcess
-from cookbook.stack import Stack, worker_process
+from cookbook.stack import Stack, stack_for, worker_process
 
 KILL_TIMEOUT = 30.0
 COMPLETE_TIMEOUT = 60.0
@@ -423,6 +424,13 @@ class CrashHarness:
             (e["idempotency_key"].removeprefix(execution_id), e["provider"], e["action"])
             for e in effects
         )
+
+
+def harness_stack(example: Example) -> Stack:
+    """The stack the harness runs an example on: the services it declares, and always an embedded
+    dev server in fast-recovery mode (its tripwires do the killing), whatever RESONATE_URL says."""
+    environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
+    return stack_for(example.services, fast_recovery=True, environ=environ)
 
 
 # A journaled string shorter than this is a word ("ok", "booked"), not an id worth normalising.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from cookbook import catalog
-from cookbook.crash.harness import CrashHarness, CrashResult, Golden
+from cookbook.crash.harness import CrashHarness, CrashResult, Golden, harness_stack
 from cookbook.crash.plan import CrashPoint
-from cookbook.stack import stack_for
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,7 @@ def goldens_of(example: catalog.Example) -> dict[str, Golden]:
             _goldens[example.name] = _record(example)
         else:
             with _locked(example, wait=True):
-                _goldens[example.name] = _load(example) or _record_and_share(example)
+                _load_or_record(example)
     return _goldens[example.name]
 
 
@@ -112,16 +110,14 @@ def _make_goldens(examples: list[catalog.Example]) -> None:
                 continue
             with _locked(example, wait=False) as mine:
                 if mine:
-                    _goldens[example.name] = _load(example) or _record_and_share(example)
+                    _load_or_record(example)
     for example in examples:
         goldens_of(example)
 
 
 def _harness(example: catalog.Example) -> CrashHarness:
     if example.name not in _harnesses:
-        environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
-        stack = stack_for(example.services, fast_recovery=True, environ=environ)
-        _harnesses[example.name] = CrashHarness(example, stack.start())
+        _harnesses[example.name] = CrashHarness(example, harness_stack(example).start())
     return _harnesses[example.name]
 
 
@@ -130,23 +126,18 @@ def _record(example: catalog.Example) -> dict[str, Golden]:
     return {scenario.name: harness.golden(scenario) for scenario in example.scenarios}
 
 
-def _record_and_share(example: catalog.Example) -> dict[str, Golden]:
+def _load_or_record(example: catalog.Example) -> None:
+    """With the lock held: load the example's golden runs if shared already, else make, share."""
     assert _shared_dir is not None
-    goldens = _record(example)
     path = _shared_dir / f"{example.name}.json"
+    if path.exists():
+        shared = (Golden.from_json(data, example) for data in json.loads(path.read_text()))
+        _goldens[example.name] = {golden.scenario.name: golden for golden in shared}
+        return
+    _goldens[example.name] = _record(example)
     partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps([g.to_json() for g in goldens.values()]))
+    partial.write_text(json.dumps([g.to_json() for g in _goldens[example.name].values()]))
     partial.replace(path)  # readers see the whole file or none
-    return goldens
-
-
-def _load(example: catalog.Example) -> dict[str, Golden] | None:
-    assert _shared_dir is not None
-    path = _shared_dir / f"{example.name}.json"
-    if not path.exists():
-        return None
-    goldens = (Golden.from_json(data, example) for data in json.loads(path.read_text()))
-    return {golden.scenario.name: golden for golden in goldens}
 
 
 @contextmanager
