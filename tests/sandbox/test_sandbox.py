@@ -7,9 +7,11 @@ import os
 import re
 import selectors
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from cookbook.sandbox import SandboxRecords, create_app
+from cookbook.stack import sandbox_process, url_of
 
 pytestmark = pytest.mark.anyio
 
@@ -423,3 +426,26 @@ def test_runs_as_a_process_and_stops_on_sigterm(tmp_path: Path) -> None:
                 stream.close()
     # The records outlive the process.
     assert SandboxRecords(db).effect_counts_by_key() == {"p-1": 1}
+
+
+def test_a_caller_that_dies_mid_request_is_no_server_error(tmp_path: Path) -> None:
+    # A worker SIGKILLed while it sends a request body leaves a half request behind; the sandbox
+    # must shrug it off (nothing recorded, no traceback in a demo's output).
+    gone = threading.Event()
+
+    def watch(line: str) -> None:
+        if "caller gone" in line:
+            gone.set()
+
+    with sandbox_process(tmp_path / "sandbox.db", narrate=True, on_line=watch).start() as sandbox:
+        url = httpx.URL(url_of(sandbox))
+        assert url.port is not None
+        with socket.create_connection((url.host, url.port)) as half:
+            half.sendall(
+                b"POST /email/send HTTP/1.1\r\nHost: sandbox\r\nContent-Type: application/json\r\n"
+                b'Idempotency-Key: gone-1\r\nContent-Length: 500\r\n\r\n{"to": '
+            )
+        assert gone.wait(10), sandbox.tail()
+        assert httpx.get(f"{url}/health").status_code == 200
+        assert "Traceback" not in sandbox.tail(400)
+    assert SandboxRecords(tmp_path / "sandbox.db").requests() == []

@@ -18,6 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from starlette.requests import ClientDisconnect
 
 from cookbook.sandbox.store import (
     ActionResult,
@@ -353,7 +354,14 @@ def create_app(db_path: str | os.PathLike[str], *, narrate: bool = False) -> Fas
     @app.post("/{provider}/{action}")
     async def provider_call(provider: str, action: str, request: Request) -> Response:
         started_at = time.time()
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            # The caller died mid-request (a crash test SIGKILLs workers while they talk to us):
+            # nothing was done and nobody is left to answer, which is not a server error.
+            if narrate:
+                print(f"{provider}.{action}: caller gone before its request was whole", flush=True)
+            return Response(status_code=499)
         key = request.headers.get(IDEMPOTENCY_HEADER)
         parse_error: str | None = None
         try:
