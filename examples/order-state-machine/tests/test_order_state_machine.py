@@ -488,6 +488,32 @@ def test_children_of_any_kind_do_not_confuse_the_gateway(stack: Stack) -> None:
     assert stack.finished(order_id)["state"] == "delivered"
 
 
+def test_a_workflow_that_cannot_start_fails_at_once_instead_of_being_retried(stack: Stack) -> None:
+    """The worker registers the workflow with its own retry policy (never): under the SDK's
+    default, an argument that cannot be decoded would be retried 30 times, doubling each wait."""
+    order_id = f"test-{secrets.token_hex(4)}"
+
+    async def start_with_a_bad_order() -> tuple[BaseException | None, float]:
+        client = Resonate(url=stack.server.url, group="order-tests")
+        try:
+            started = time.monotonic()
+            handle = client.options(target="order-state-machine").rpc(
+                order_id, "order_lifecycle", {"order_id": order_id, "items": "none"}
+            )
+            (outcome,) = await asyncio.wait_for(
+                asyncio.gather(handle.result(), return_exceptions=True), 20
+            )
+            error = outcome if isinstance(outcome, BaseException) else None
+            return error, time.monotonic() - started
+        finally:
+            await client.stop()
+
+    error, seconds = asyncio.run(start_with_a_bad_order())
+
+    assert error is not None, "a workflow whose argument cannot be decoded fails"
+    assert seconds < 5, f"failed after {seconds:.1f}s: it was retried"
+
+
 # -- identity: the order id is the execution id ------------------------------------------------
 
 
