@@ -6,9 +6,11 @@
   POST /orders/{id}/deliver  the carrier delivered it
   POST /orders/{id}/cancel   the customer cancels: free before shipping, a refund after
 
-An event reaches the running workflow through the durable promise it waits on: the gateway finds
-that promise on the Resonate server and resolves it with the event. Any number of gateways can
-serve the same orders, and a restart loses nothing.
+An event reaches the running workflow through the durable promise it waits on: the workflow names
+that promise in the status it publishes, and the gateway resolves it with the event. The gateway
+reads only promises whose ids the example chose (the order id, its statuses) or was handed (the
+wait a status names), never one it would have to guess from the SDK's id scheme. Any number of
+gateways can serve the same orders, and a restart loses nothing.
   RESONATE_URL               the Resonate server (required)
   RESONATE_GROUP             the worker group that runs orders (default: order-state-machine)
   GATEWAY_HOST               the address to listen on (default 127.0.0.1; 0.0.0.0 in a container)
@@ -24,7 +26,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -111,6 +113,53 @@ def _answers(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: described[code] for code in codes}
 
 
+# ASGI, as the middleware below speaks it.
+type Message = MutableMapping[str, Any]
+type Receive = Callable[[], Awaitable[Message]]
+type Send = Callable[[Message], Awaitable[None]]
+type ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+
+
+class LimitBody:
+    """A body over MAX_BODY_BYTES is a 413 shaped like every other refusal, `{"detail": ...}`.
+
+    (FastAPI's own `max_body_size` answers it in plain text, a body the OpenAPI document could
+    not declare.) A body is at most MAX_BODY_BYTES, so it is read whole before the app sees it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = JSONResponse({"detail": f"a body is at most {MAX_BODY_BYTES} bytes"}, 413)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            await too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_BODY_BYTES:
+                await too_large(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks)}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+
 @dataclass(frozen=True)
 class Execution:
     """An order as the Resonate server holds it: its view, and the promise it waits on."""
@@ -130,7 +179,8 @@ def create_app(resonate_url: str, workers: str, event_wait_seconds: float = 10.0
         yield
         await resonate.stop()
 
-    app = FastAPI(title="order gateway", lifespan=lifespan, max_body_size=MAX_BODY_BYTES)
+    app = FastAPI(title="order gateway", lifespan=lifespan)
+    app.add_middleware(LimitBody)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
