@@ -1,7 +1,9 @@
 """`python -m order_state_machine.demo`: three orders through the gateway, told step by step.
 
 Ada's order is shipped and delivered; Grace cancels hers before it ships (nothing was charged);
-Alan cancels his after it shipped (the charge is refunded). Then the gateway turns away a cancel
+Alan cancels his after it shipped (the charge is refunded); Barbara's card is declined when her
+order ships (the simulated payment provider is told to say 402), and the order ends declined,
+without a retry. Then the gateway turns away a cancel
 that comes too late and one for an order that does not exist. Like any HTTP client, the demo
 reads an order's state with GET /orders/{id}, and waits for a transition by asking again.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 import httpx
 
-FINAL = {"delivered", "cancelled", "refunded", "failed"}
+FINAL = {"delivered", "cancelled", "refunded", "declined", "failed"}
 
 
 def new_order(who: str, name: str, items: list[tuple[str, int, int]]) -> dict[str, Any]:
@@ -60,6 +62,7 @@ def wait_for(gateway: httpx.Client, order_id: str, state: str, timeout: float = 
         time.sleep(0.1)
     last = view["history"][-1]
     receipt = f" (receipt {last['receipt']})" if last.get("receipt") else ""
+    receipt += f": {last['reason']}" if last.get("reason") else ""
     waits = f"; it waits for {' or '.join(view['accepts'])}" if view["accepts"] else ""
     print(f"· {order_id} is {view['state']}{receipt}{waits}")
 
@@ -86,6 +89,7 @@ def _detail(response: httpx.Response) -> str:
 
 
 def main() -> None:
+    providers = os.environ["PROVIDER_API_URL"]
     with httpx.Client(base_url=os.environ["GATEWAY_URL"], timeout=30) as gateway:
         ada = place(
             gateway, new_order("ada", "Ada Lovelace", [("BOOK-42", 2, 1250), ("PEN-7", 1, 940)])
@@ -105,6 +109,24 @@ def main() -> None:
         wait_for(gateway, alan, "shipped")
         send(gateway, alan, "cancel", {"reason": "arrived damaged"})
         wait_for(gateway, alan, "refunded")
+        print()
+        barbara = place(gateway, new_order("barbara", "Barbara Liskov", [("CLU-1", 1, 12000)]))
+        print(
+            "· make the simulated payment provider decline this order's card: it will answer"
+            " 402 Payment Required to its charge"
+        )
+        httpx.post(
+            f"{providers}/_admin/faults",
+            json={
+                "provider": "payment",
+                "action": "charge",
+                "mode": "fail_always",
+                "status": 402,
+                "key_prefix": f"{barbara}:",
+            },
+        ).raise_for_status()
+        send(gateway, barbara, "ship", {"carrier": "DHL", "tracking_number": "JD014600006282"})
+        wait_for(gateway, barbara, "declined")
         print()
         print("· events the orders can no longer take:")
         send(gateway, ada, "cancel", {"reason": "too late"})

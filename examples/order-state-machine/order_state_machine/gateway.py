@@ -6,9 +6,11 @@
   POST /orders/{id}/deliver  the carrier delivered it
   POST /orders/{id}/cancel   the customer cancels: free before shipping, a refund after
 
-An event reaches the running workflow through the durable promise it waits on: the gateway finds
-that promise on the Resonate server and resolves it with the event. Any number of gateways can
-serve the same orders, and a restart loses nothing.
+An event reaches the running workflow through the durable promise it waits on: the workflow names
+that promise in the status it publishes, and the gateway resolves it with the event. The gateway
+reads only promises whose ids the example chose (the order id, its statuses) or was handed (the
+wait a status names), never one it would have to guess from the SDK's id scheme. Any number of
+gateways can serve the same orders, and a restart loses nothing.
   RESONATE_URL               the Resonate server (required)
   RESONATE_GROUP             the worker group that runs orders (default: order-state-machine)
   GATEWAY_HOST               the address to listen on (default 127.0.0.1; 0.0.0.0 in a container)
@@ -24,37 +26,38 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 from resonate.error import ServerError
 from resonate.resonate import Resonate
 from resonate.types import PromiseRecord, Value
 
-from order_state_machine.steps import State, Transition
+from order_state_machine.steps import STATUS_OF, State
 from order_state_machine.workflow import (
-    ACCEPTS,
     EVENT,
     Cancel,
     Deliver,
-    Event,
+    EventType,
+    HistoryEntry,
     Order,
     OrderId,
+    OrderStatus,
     Ship,
+    status_id,
 )
 
 MAX_BODY_BYTES = 16 * 1024  # an order is well under 4 KiB; anything bigger is a 413
 # An order's execution must end within this; one still open then is rejected, and shows failed.
 ORDER_DEADLINE = timedelta(days=30)
-TRANSITION = TypeAdapter(Transition)  # what a transition step returns, as the journal holds it
 
 
 class Accepted(BaseModel):
@@ -63,26 +66,98 @@ class Accepted(BaseModel):
 
 
 class EventAccepted(Accepted):
-    event: Literal["ship", "deliver", "cancel"]
-
-
-# The workflow's states, and one of the view's own: the execution ended without reaching a final
-# state (a step gave up, or the order's deadline passed).
-type ViewState = State | Literal["failed"]
-
-
-class HistoryEntry(BaseModel):
-    state: ViewState
-    at: datetime
-    receipt: str | None = None  # the provider's id for the transition's effect
-    event: Event | None = None  # the event that caused it
+    event: EventType
 
 
 class OrderView(BaseModel):
     order_id: str
-    state: ViewState
-    accepts: list[str]  # the events the order takes now (none while it moves, none once final)
+    # `failed`: the execution ended without reaching a final state (a provider refused an action
+    # it should not refuse, stayed down past every retry, or the order's deadline passed).
+    state: State
+    accepts: list[EventType]  # the events the order takes now (none while it moves or once final)
     history: list[HistoryEntry]
+
+
+class Problem(BaseModel):
+    """Every refusal but a 422: what is wrong, in words."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class FieldErrors(BaseModel):
+    """A 422: which fields are wrong and why (the input itself is not echoed)."""
+
+    detail: list[FieldError]
+
+
+def _answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI description of the refusals an endpoint gives, each with its body model."""
+    described: dict[int, dict[str, Any]] = {
+        400: {"model": Problem, "description": "the body is not JSON that can be read"},
+        404: {"model": Problem, "description": "no such order"},
+        409: {
+            "model": Problem,
+            "description": "the order does not take this now (a `Retry-After` header says when"
+            " one that is between states may)",
+            "headers": {"Retry-After": {"schema": {"type": "string"}}},
+        },
+        413: {"model": Problem, "description": f"a body over {MAX_BODY_BYTES} bytes"},
+        422: {"model": FieldErrors, "description": "fields that are wrong, and why"},
+    }
+    return {code: described[code] for code in codes}
+
+
+# ASGI, as the middleware below speaks it.
+type Message = MutableMapping[str, Any]
+type Receive = Callable[[], Awaitable[Message]]
+type Send = Callable[[Message], Awaitable[None]]
+type ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+
+
+class LimitBody:
+    """A body over MAX_BODY_BYTES is a 413 shaped like every other refusal, `{"detail": ...}`.
+
+    (FastAPI's own `max_body_size` answers it in plain text, a body the OpenAPI document could
+    not declare.) A body is at most MAX_BODY_BYTES, so it is read whole before the app sees it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = JSONResponse({"detail": f"a body is at most {MAX_BODY_BYTES} bytes"}, 413)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            await too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_BODY_BYTES:
+                await too_large(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks)}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
 
 
 @dataclass(frozen=True)
@@ -104,7 +179,8 @@ def create_app(resonate_url: str, workers: str, event_wait_seconds: float = 10.0
         yield
         await resonate.stop()
 
-    app = FastAPI(title="order gateway", lifespan=lifespan, max_body_size=MAX_BODY_BYTES)
+    app = FastAPI(title="order gateway", lifespan=lifespan)
+    app.add_middleware(LimitBody)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -112,7 +188,7 @@ def create_app(resonate_url: str, workers: str, event_wait_seconds: float = 10.0
         fields = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"detail": fields}, status_code=422)
 
-    @app.post("/orders", status_code=202, responses={409: {"description": "id in use"}})
+    @app.post("/orders", status_code=202, responses=_answers(400, 409, 413, 422))
     async def create(order: Order, response: Response) -> Accepted:
         # Starting an id that exists attaches to that execution without comparing arguments, so
         # the stored order is compared afterwards: two racing POSTs cannot both win.
@@ -125,19 +201,21 @@ def create_app(resonate_url: str, workers: str, event_wait_seconds: float = 10.0
         response.headers["Location"] = status_url = f"/orders/{order.order_id}"
         return Accepted(order_id=order.order_id, status_url=status_url)
 
-    @app.get("/orders/{order_id}", response_model_exclude_none=True)
+    @app.get("/orders/{order_id}", response_model_exclude_none=True, responses=_answers(404, 422))
     async def status(order_id: OrderId) -> OrderView:
         return (await read_order(resonate, order_id)).view
 
-    @app.post("/orders/{order_id}/ship", status_code=202)
+    events = _answers(400, 404, 409, 413, 422)
+
+    @app.post("/orders/{order_id}/ship", status_code=202, responses=events)
     async def ship(order_id: OrderId, event: Ship) -> EventAccepted:
         return await send_event(resonate, order_id, event, event_wait_seconds)
 
-    @app.post("/orders/{order_id}/deliver", status_code=202)
+    @app.post("/orders/{order_id}/deliver", status_code=202, responses=events)
     async def deliver(order_id: OrderId) -> EventAccepted:
         return await send_event(resonate, order_id, Deliver(), event_wait_seconds)
 
-    @app.post("/orders/{order_id}/cancel", status_code=202)
+    @app.post("/orders/{order_id}/cancel", status_code=202, responses=events)
     async def cancel(order_id: OrderId, event: Cancel) -> EventAccepted:
         return await send_event(resonate, order_id, event, event_wait_seconds)
 
@@ -171,7 +249,7 @@ async def send_event(
                 headers={"Retry-After": "1"},
             )
         await asyncio.sleep(0.1)
-    accepted = ACCEPTS.get(state, ())
+    accepted = execution.view.accepts
     if event.type not in accepted:
         raise HTTPException(
             409, f"order {order_id!r} is {state}: it takes {' or '.join(accepted)} now"
@@ -202,7 +280,11 @@ async def resolve_event(
 
 
 async def read_order(resonate: Resonate, order_id: str) -> Execution:
-    """The order's execution, as the Resonate server has it; 404 if there is none."""
+    """The order as its execution and the statuses it published say; 404 if there is none.
+
+    It reads only promises whose ids the example chose: the execution (the order id), the
+    statuses the workflow published (`status_id`), and the wait a status names.
+    """
     try:
         root = await resonate.promises.get(order_id)
     except ServerError as exc:
@@ -211,42 +293,47 @@ async def read_order(resonate: Resonate, order_id: str) -> Execution:
         raise HTTPException(404, f"no order {order_id!r}") from None
     if _order_of(root) is None:
         raise HTTPException(404, f"no order {order_id!r}")
-    children: list[PromiseRecord] = []
-    cursor: str | None = None
-    while True:
-        page = await resonate.promises.search(None, {"resonate:origin": order_id}, 100, cursor)
-        children += [p for p in page.promises if p.id != order_id]
-        if (cursor := page.cursor) is None:
-            break
-    return _replay(root, sorted(children, key=_position))
-
-
-def _replay(root: PromiseRecord, children: list[PromiseRecord]) -> Execution:
-    """Replay the journal into a view: a finished step is a transition, a resolved promise is an
-    event received, a pending promise is the wait the order is in."""
+    status = await latest_status(resonate, order_id)
     history = [HistoryEntry(state="created", at=_time(root.created_at))]
-    event: Ship | Deliver | Cancel | None = None
-    waiting_on = None
-    for promise in children:
-        if promise.tags.get("resonate:external") == "true":  # a wait for an event
-            if promise.state == "pending":
-                waiting_on = promise.id
-            elif received := _event(promise):
-                event = received
-        elif promise.state == "resolved":  # a transition step that completed
-            at = _time(promise.settled_at or promise.created_at)
-            transition = TRANSITION.validate_python(promise.value.data)
-            history.append(
-                HistoryEntry(state=transition.state, at=at, receipt=transition.receipt, event=event)
-            )
-            event = None
+    history += status.history if status else []
     finished = root.state != "pending"
     if root.state.startswith("rejected"):
         history.append(HistoryEntry(state="failed", at=_time(root.settled_at or root.timeout_at)))
-    state = history[-1].state
-    accepts = list(ACCEPTS.get(state, ())) if waiting_on and not finished else []
-    view = OrderView(order_id=root.id, state=state, accepts=accepts, history=history)
-    return Execution(view, finished, None if finished else waiting_on)
+    # The wait the status names, if it is still open: once an event resolved it, the order is
+    # between states until it publishes the next one.
+    waiting_on = status.waiting_on if status and not finished else None
+    if waiting_on is not None and not await _pending(resonate, waiting_on):
+        waiting_on = None
+    accepts = status.accepts if status and waiting_on else []
+    view = OrderView(order_id=root.id, state=history[-1].state, accepts=accepts, history=history)
+    return Execution(view, finished, waiting_on)
+
+
+async def latest_status(resonate: Resonate, order_id: str) -> OrderStatus | None:
+    """The newest status the order's workflow published, if any."""
+    latest: OrderStatus | None = None
+    cursor: str | None = None
+    while True:
+        page = await resonate.promises.search("resolved", {STATUS_OF: order_id}, 100, cursor)
+        for promise in page.promises:
+            try:
+                status = OrderStatus.model_validate(promise.value.data)
+            except ValidationError:
+                continue  # not a status: anyone who reaches the server can tag a promise
+            mine = status.order_id == order_id and promise.id == status_id(order_id, status.seq)
+            if mine and (latest is None or status.seq > latest.seq):
+                latest = status
+        if (cursor := page.cursor) is None:
+            return latest
+
+
+async def _pending(resonate: Resonate, promise_id: str) -> bool:
+    try:
+        return (await resonate.promises.get(promise_id)).state == "pending"
+    except ServerError as exc:
+        if exc.code != 404:
+            raise
+        return False  # not created yet: the workflow publishes the id just before it waits
 
 
 def _order_of(record: PromiseRecord) -> Order | None:
@@ -265,10 +352,6 @@ def _event(promise: PromiseRecord) -> Ship | Deliver | Cancel | None:
         return EVENT.validate_python(promise.value.data)
     except ValidationError:
         return None  # not an event: the workflow ignored it too
-
-
-def _position(promise: PromiseRecord) -> int:
-    return int(promise.id.rpartition(":")[2])  # children are `<order id>:<n>`, n in call order
 
 
 def _time(ms: int) -> datetime:

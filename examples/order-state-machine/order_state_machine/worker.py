@@ -19,8 +19,8 @@ from datetime import timedelta
 import httpx
 from resonate.resonate import Resonate
 
-from order_state_machine.steps import Providers
-from order_state_machine.workflow import order_lifecycle
+from order_state_machine.steps import Providers, StatusBoard
+from order_state_machine.workflow import WORKFLOW_RETRIES, order_lifecycle
 
 GROUP = "order-state-machine"
 
@@ -40,7 +40,9 @@ async def main() -> None:
             ttl=timedelta(seconds=float(os.environ.get("RESONATE_TTL_SECONDS", "30"))),
         )
         resonate.with_dependency(Providers(client))
-        resonate.register(order_lifecycle)
+        resonate.with_dependency(StatusBoard(resonate))
+        # Explicit, or the SDK's default would retry a failing workflow 30 times (see workflow.py).
+        resonate.register(order_lifecycle, retry_policy=WORKFLOW_RETRIES)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)

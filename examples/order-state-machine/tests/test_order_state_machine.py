@@ -21,10 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook.sandbox.store import RequestRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.bodies import REMOVED, as_json, changed
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
-from resonate.error import ResonateTimeoutError
+from resonate.error import ResonateTimeoutError, ServerError
 from resonate.resonate import Resonate
 from resonate.types import Value
 
@@ -88,6 +89,35 @@ class Stack:
 
     def effects(self, order_id: str) -> list[tuple[str, str]]:
         return [(e.provider, e.action) for e in self.sandbox.records.effects(f"{order_id}:")]
+
+    def statuses(self, order_id: str) -> list[dict[str, Any]]:
+        """The statuses the order's workflow published, oldest first (ids the example chose)."""
+
+        async def read() -> list[dict[str, Any]]:
+            client = Resonate(url=self.server.url, group="order-tests")
+            try:
+                found = []
+                for seq in range(1, 100):
+                    try:
+                        found.append(await client.promises.get(f"{order_id}~status-{seq}"))
+                    except ServerError:
+                        break
+                statuses: list[dict[str, Any]] = []
+                for promise in found:
+                    if promise.state == "resolved" and isinstance(promise.value.data, dict):
+                        statuses.append(promise.value.data)
+                return statuses
+            finally:
+                await client.stop()
+
+        return asyncio.run(read())
+
+    def charges(self, order_id: str) -> list[RequestRecord]:
+        return [
+            r
+            for r in self.sandbox.records.requests(f"{order_id}:")
+            if (r.provider, r.action) == ("payment", "charge")
+        ]
 
     def promises(self, order_id: str | None = None) -> list[dict[str, Any]]:
         promises: list[dict[str, Any]] = self.server.state(order_id)["promises"]  # type: ignore[assignment]
@@ -180,12 +210,17 @@ def test_the_state_is_the_position_of_the_execution(stack: Stack) -> None:
 
     assert view["state"] == "confirmed"
     assert view["accepts"] == ["ship", "cancel"]
-    # Nothing but the execution holds it: a step that completed, a promise the workflow awaits.
-    assert [(p["id"], p["state"]) for p in stack.promises(order_id)] == [
-        (order_id, "pending"),
-        (f"{order_id}:1", "resolved"),
-        (f"{order_id}:2", "pending"),
+    # Nothing but the execution holds it: a step that completed, a promise the workflow awaits,
+    # and the step that published the status naming that promise.
+    assert [p["state"] for p in stack.promises(order_id)] == [
+        "pending",
+        "resolved",
+        "pending",
+        "resolved",
     ]
+    (status,) = stack.statuses(order_id)
+    assert status["waiting_on"] == stack.promises(order_id)[2]["id"]
+    assert status["accepts"] == ["ship", "cancel"]
     assert stack.send(order_id, "ship", SHIP).status_code == 202
     stack.waiting(order_id, 2)
     view = stack.view(order_id)
@@ -250,7 +285,7 @@ def test_an_event_the_order_does_not_take_now_is_409(stack: Stack) -> None:
     assert refused.json()["detail"] == (
         f"order '{order_id}' is confirmed: it takes ship or cancel now"
     )
-    assert stack.promises(order_id)[-1]["state"] == "pending"  # still waiting, for the right event
+    assert stack.view(order_id)["accepts"] == ["ship", "cancel"]  # still waiting, for the right one
     assert stack.send(order_id, "ship", SHIP).status_code == 202
     # A second ship waits for the first to be applied, then finds the order shipped.
     again = stack.send(order_id, "ship", SHIP)
@@ -289,10 +324,12 @@ def test_an_event_that_is_not_one_is_ignored_by_the_workflow(stack: Stack) -> No
     order_id = stack.place()
     stack.waiting(order_id, 1)
 
+    (first,) = stack.statuses(order_id)
+
     async def resolve_with_garbage() -> None:
         client = Resonate(url=stack.server.url, group="order-tests")
         try:
-            await client.promises.resolve(f"{order_id}:2", Value(data={"type": "teleport"}))
+            await client.promises.resolve(first["waiting_on"], Value(data={"type": "teleport"}))
         finally:
             await client.stop()
 
@@ -302,7 +339,11 @@ def test_an_event_that_is_not_one_is_ignored_by_the_workflow(stack: Stack) -> No
     assert stack.view(order_id)["accepts"] == ["ship", "cancel"]
     assert stack.send(order_id, "cancel", {"reason": "changed my mind"}).status_code == 202
     assert stack.finished(order_id)["state"] == "cancelled"
-    assert stack.promises(order_id)[-1]["id"] == f"{order_id}:4"  # waited once more, on :3
+    # It waited once more, on a fresh promise, and said so.
+    first_wait, second_wait, final = stack.statuses(order_id)
+    assert second_wait["waiting_on"] not in (None, first_wait["waiting_on"])
+    assert [h["state"] for h in second_wait["history"]] == ["confirmed"]
+    assert (final["waiting_on"], final["history"][-1]["state"]) == (None, "cancelled")
 
 
 def test_unknown_orders_are_404(stack: Stack) -> None:
@@ -359,6 +400,120 @@ def test_an_order_whose_execution_failed_says_so(stack: Stack) -> None:
     )
 
 
+@contextlib.contextmanager
+def fault(stack: Stack, **spec: Any) -> Iterator[None]:
+    """A sandbox fault for the duration of a test, removed also if the test fails."""
+    added = httpx.post(f"{stack.sandbox.url}/_admin/faults", json=spec).raise_for_status()
+    try:
+        yield
+    finally:
+        httpx.delete(f"{stack.sandbox.url}/_admin/faults/{added.json()['id']}")
+
+
+def test_a_declined_card_ends_the_order_declined_without_a_retry(stack: Stack) -> None:
+    order_id = stack.place()
+    decline = {"provider": "payment", "action": "charge", "status": 402}
+    with fault(stack, **decline, mode="fail_always", key_prefix=f"{order_id}:"):
+        assert stack.send(order_id, "ship", SHIP).status_code == 202
+
+        view = stack.finished(order_id)
+
+    assert (view["state"], view["accepts"]) == ("declined", [])
+    assert len(stack.charges(order_id)) == 1  # asked once: a decline is an answer, not a failure
+    assert stack.effects(order_id) == [("email", "send"), ("email", "send")]  # nothing charged
+    notice = stack.sandbox.records.effects(f"{order_id}:")[1]
+    assert notice.body["subject"] == f"Order {order_id}: payment declined"
+    declined = view["history"][-1]
+    assert declined["receipt"] == notice.resource_id
+    assert declined["reason"].startswith("HTTP 402 Payment Required")
+    assert declined["event"]["type"] == "ship"
+    assert [h["state"] for h in view["history"]] == ["created", "confirmed", "declined"]
+    refused = stack.send(order_id, "cancel", {"reason": "too late"})
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        f"order '{order_id}' is declined: it can no longer be cancelled"
+    )
+
+
+def test_a_provider_that_is_down_for_a_moment_is_retried_with_the_same_key(stack: Stack) -> None:
+    order_id = stack.place()
+    down = {"provider": "payment", "action": "charge", "status": 503, "times": 2}
+    with fault(stack, **down, mode="fail_times", key_prefix=f"{order_id}:"):
+        assert stack.send(order_id, "ship", SHIP).status_code == 202
+        stack.waiting(order_id, 2)  # shipped, after 2 s and 4 s of backoff
+
+    attempts = stack.charges(order_id)
+    assert [a.status_code for a in attempts] == [503, 503, 200]
+    assert len({a.idempotency_key for a in attempts}) == 1
+    assert stack.view(order_id)["state"] == "shipped"
+
+
+def test_children_of_any_kind_do_not_confuse_the_gateway(stack: Stack) -> None:
+    """The gateway reads only promises whose ids the example chose: a child it does not know
+    (a new step type, a detached call, a promise anyone made) changes nothing it says."""
+    order_id = stack.place()
+    stack.waiting(order_id, 1)
+    before = stack.view(order_id)
+    forged = {**stack.statuses(order_id)[0], "seq": 7, "history": []}
+    in_a_minute = int(time.time() * 1000) + 60_000
+
+    async def add_strangers() -> None:
+        client = Resonate(url=stack.server.url, group="order-tests")
+        try:
+            strangers = {
+                f"{order_id}:d5a912529f7d782fc": {"detached": True},  # not `<id>:<number>`
+                f"{order_id}:99": {"state": "teleported", "receipt": 7},  # not a transition
+                f"{order_id}:98": "just a string",
+            }
+            for promise_id, value in strangers.items():
+                tags = {"resonate:origin": order_id, "resonate:parent": order_id}
+                await client.promises.create(promise_id, in_a_minute, Value(data=None), tags)
+                await client.promises.resolve(promise_id, Value(data=value))
+            # A status that is not one, and one under an id the workflow would not choose.
+            tag = {"order-state-machine:status-of": order_id}
+            for promise_id, value in (
+                (f"{order_id}~status-5", {"seq": "five"}),
+                (f"forged-{order_id}", forged),
+            ):
+                await client.promises.create(promise_id, in_a_minute, Value(data=None), tag)
+                await client.promises.resolve(promise_id, Value(data=value))
+        finally:
+            await client.stop()
+
+    asyncio.run(add_strangers())
+
+    assert stack.view(order_id) == before
+    assert stack.send(order_id, "ship", SHIP).status_code == 202
+    assert stack.send(order_id, "deliver").status_code == 202
+    assert stack.finished(order_id)["state"] == "delivered"
+
+
+def test_a_workflow_that_cannot_start_fails_at_once_instead_of_being_retried(stack: Stack) -> None:
+    """The worker registers the workflow with its own retry policy (never): under the SDK's
+    default, an argument that cannot be decoded would be retried 30 times, doubling each wait."""
+    order_id = f"test-{secrets.token_hex(4)}"
+
+    async def start_with_a_bad_order() -> tuple[BaseException | None, float]:
+        client = Resonate(url=stack.server.url, group="order-tests")
+        try:
+            started = time.monotonic()
+            handle = client.options(target="order-state-machine").rpc(
+                order_id, "order_lifecycle", {"order_id": order_id, "items": "none"}
+            )
+            (outcome,) = await asyncio.wait_for(
+                asyncio.gather(handle.result(), return_exceptions=True), 20
+            )
+            error = outcome if isinstance(outcome, BaseException) else None
+            return error, time.monotonic() - started
+        finally:
+            await client.stop()
+
+    error, seconds = asyncio.run(start_with_a_bad_order())
+
+    assert error is not None, "a workflow whose argument cannot be decoded fails"
+    assert seconds < 5, f"failed after {seconds:.1f}s: it was retried"
+
+
 # -- identity: the order id is the execution id ------------------------------------------------
 
 
@@ -376,12 +531,9 @@ def test_ten_identical_posts_start_one_execution(stack: Stack) -> None:
     order_id = order["order_id"]
     assert stack.send(order_id, "cancel", {"reason": "changed my mind"}).status_code == 202
     assert stack.finished(order_id)["state"] == "cancelled"
-    assert [p["id"] for p in stack.promises(order_id)] == [
-        order_id,
-        f"{order_id}:1",
-        f"{order_id}:2",
-        f"{order_id}:3",
-    ]
+    # One execution: the root, confirm, the wait, its status, the cancel, the final status.
+    assert len(stack.promises(order_id)) == 6
+    assert [s["seq"] for s in stack.statuses(order_id)] == [1, 2]
     assert stack.effects(order_id) == [("email", "send"), ("email", "send")]
     # Posted again once finished, it attaches to the finished execution: nothing runs again.
     assert stack.gateway.post("/orders", json=order).status_code == 202
@@ -401,8 +553,8 @@ def test_same_order_id_with_a_different_body_is_409(stack: Stack) -> None:
     assert stack.send(order_id, "ship", SHIP).status_code == 202
     assert stack.send(order_id, "deliver").status_code == 202
     assert stack.finished(order_id)["state"] == "delivered"
-    charge = stack.sandbox.records.effects(f"{order_id}:3")
-    assert [e.body["amount_cents"] for e in charge] == [3440]  # the first body's 2 books, not 5
+    charges = [e for e in stack.sandbox.records.effects(f"{order_id}:") if e.action == "charge"]
+    assert [e.body["amount_cents"] for e in charges] == [3440]  # the first body's 2 books, not 5
 
 
 @pytest.fixture(scope="module")
@@ -533,6 +685,8 @@ def test_a_hostile_order_is_rejected_and_nothing_is_stored(
     assert len(response.content) < 2_000  # says what is wrong without echoing the input
     if response.status_code == 422:
         assert response.json()["detail"], "a 422 names the fields that are wrong"
+    else:  # the body the OpenAPI document declares for it (FastAPI's own 413 is plain text)
+        assert isinstance(response.json()["detail"], str), response.text
     assert len(stack.promises()) == promises_before
     assert len(stack.sandbox.records.requests()) == provider_calls_before
 
@@ -561,3 +715,31 @@ def test_a_hostile_event_is_rejected_and_the_order_waits_on(
     assert response.json()["detail"], "a 422 names the fields that are wrong"
     assert stack.promises(waiting_order) == promises_before
     assert stack.effects(waiting_order) == [("email", "send")]
+
+
+# -- the OpenAPI document ----------------------------------------------------------------------
+
+# Every answer each route gives, as the tests above see them.
+ANSWERS = {
+    ("post", "/orders"): {"202", "400", "409", "413", "422"},
+    ("get", "/orders/{order_id}"): {"200", "404", "422"},
+    **{
+        ("post", f"/orders/{{order_id}}/{event}"): {"202", "400", "404", "409", "413", "422"}
+        for event in ("ship", "deliver", "cancel")
+    },
+}
+
+
+def test_the_openapi_document_declares_every_answer_with_its_body(stack: Stack) -> None:
+    document = stack.gateway.get("/openapi.json").json()
+
+    for (method, path), answers in ANSWERS.items():
+        responses = document["paths"][path][method]["responses"]
+        assert set(responses) == answers, (method, path)
+        for status, response in responses.items():
+            schema = response["content"]["application/json"]["schema"]
+            assert schema, (method, path, status)
+    problem = document["components"]["schemas"]["Problem"]
+    assert problem["required"] == ["detail"]
+    field_errors = document["components"]["schemas"]["FieldErrors"]
+    assert field_errors["properties"]["detail"]["type"] == "array"
