@@ -7,12 +7,16 @@ a request starts really runs, and what is tested is the server a user deploys (u
 waitress's HTTP parsing and body limits included, which an in-process ASGI/WSGI client skips).
 
 - A gateway that serves an OpenAPI document (FastAPI) gets a bounded, deterministic schemathesis
-  run: its examples, coverage and fuzzing phases, checking for server errors, answers whose
-  status code or body the document does not declare, and invalid requests it accepts.
-- Every gateway gets a hostile-body battery (nesting 1,500 deep, a 5,000-digit number, invalid
-  UTF-8, bodies over the size limit, unknown ids, ...) and hypothesis-generated JSON bodies and
-  path values on every route: never a 5xx; and where the gateway documents its answers (OpenAPI),
-  each answer's status code is one the operation declares.
+  run (coverage and fuzzing phases), checking for server errors, answers whose status code or
+  body the document does not declare, and invalid requests it accepts.
+- A gateway without one (Flask) gets hypothesis-generated JSON bodies and path values on every
+  route, its routes read from its app: never a 5xx.
+- Every gateway gets a hostile-request battery (nesting 1,500 deep, a 5,000-digit number, invalid
+  UTF-8, a body over the size limit, an unknown id, ...) on every route: never a 5xx, and where
+  the gateway documents its answers, a status code the operation declares.
+
+All of it runs in about a minute for the four gateways of today on two cores (each starts its
+own stack); no request is random from one run to the next.
 """
 
 from __future__ import annotations
@@ -104,7 +108,11 @@ def app_routes(module: str) -> list[Route]:
     The app is built with a stand-in for whatever `create_app` takes (nothing is called on it
     while routes are registered), only to read the routes: the requests go to the real process.
     """
-    app = importlib.import_module(module).create_app(mock.MagicMock())
+    create_app = getattr(importlib.import_module(module), "create_app", None)
+    assert create_app is not None, (
+        f"{module} serves no OpenAPI document and has no create_app() to read its routes from"
+    )
+    app = create_app(mock.MagicMock())
     routes = []
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
@@ -120,8 +128,11 @@ def started(example: catalog.Example, workdir: Path) -> Iterator[Gateway]:
     assert example.gateway is not None
     with running_gateway(example, workdir) as url:
         response = httpx.get(f"{url}/openapi.json", timeout=10)
-        document = response.json() if response.status_code == 200 else None
-        if document is not None and "openapi" in document:
+        try:
+            document = response.json() if response.status_code == 200 else None
+        except ValueError:
+            document = None
+        if isinstance(document, dict) and "openapi" in document:
             routes = openapi_routes(document)
         else:
             document, routes = None, app_routes(example.gateway)
@@ -227,6 +238,7 @@ def hostile_body_failures(gateway: Gateway) -> list[str]:
     """Each hostile body on every route that takes one, and an unknown id on every route that
     takes an id: a 4xx, and one the gateway declares if it documents its answers."""
     problems: dict[str, list[str]] = {}  # what went wrong -> the requests it went wrong for
+    sent = 0
     unknown = "fuzz-unknown-id"  # every run starts on a fresh server: no such execution
     with httpx.Client(base_url=gateway.url, timeout=20) as client:
         for route in gateway.routes:
@@ -235,9 +247,11 @@ def hostile_body_failures(gateway: Gateway) -> list[str]:
                 cases += HOSTILE_BODIES
             for what, body, content_type in cases:
                 response = send(client, route, unknown, body, content_type)
+                sent += 1
                 if problem := answer_problem(route, response):
                     answer = f"{route.method} {route.path} {problem}: {response.text[:100]}"
                     problems.setdefault(answer, []).append(what)
+    print(f"{gateway.name}: {sent} hostile requests")
     lines = [f"{answer}\n    to: {'; '.join(whats)}" for answer, whats in problems.items()]
     return ["hostile bodies:\n" + "\n".join(lines)] if lines else []
 
