@@ -1,0 +1,257 @@
+"""The rules every example's runtime code keeps, checked statically (examples/*/<package>/).
+
+- It never parses ids the SDK generates. A step's id is `<parent id>:<n>` today, but that is how
+  the SDK names things, not an API: code that splits ids at ':', matches them with a regex, or
+  builds `<id>:1` breaks on another SDK release or server, and teaches a user to do the same.
+  Example code reads state through documented API and the ids it chose itself.
+- It has no `# type: ignore`: a user copies it, so it is typed the way it should be written.
+- It imports no `cookbook` module: tests/test_examples.py checks that; here that check is only
+  shown to catch an offender.
+
+Each check is also run on deliberately bad snippets, so that it cannot go blind unnoticed.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+import tokenize
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cookbook import catalog
+
+from tests import test_examples
+
+ROOT = catalog.repo_root(Path(__file__))
+
+SPLITTERS = {"split", "rsplit", "partition", "rpartition", "index", "rindex", "find", "rfind"}
+REGEX_FUNCTIONS = {"split", "match", "fullmatch", "search", "findall", "finditer", "sub", "subn"}
+REGEX_FUNCTIONS |= {"compile"}
+# Regex syntax that contains ':' without matching one: (?:...), (?P<name>...), (?i:...), [[:x:]].
+REGEX_COLON_SYNTAX = re.compile(r"\(\?[a-zA-Z]*:|\(\?P?<[^>]*>|\[:[a-z]+:\]")
+# "{}:{}", "%s:%d", "{0}:1": a format string that joins an id and a step number.
+ID_FORMAT = re.compile(r"^(\{[^}]*\}|%[sd]):(\d+|\{[^}]*\}|%[sd])?$")
+TYPE_IGNORE = re.compile(r"(^|#)\s*type:\s*ignore\b")
+
+WHY_IDS = "parses an SDK-generated id"
+SEE_ALSO = "read state through documented API and ids the example chose itself"
+
+
+@dataclass(frozen=True)
+class Finding:
+    line: int
+    why: str
+
+
+def _is_colon(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Constant) and node.value == ":"
+
+
+def _string(node: ast.expr) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+class SdkIdParsing(ast.NodeVisitor):
+    """Finds the ways example code has parsed, or built, the SDK's `<parent>:<n>` ids."""
+
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+
+    def flag(self, node: ast.AST, how: str) -> None:
+        self.findings.append(Finding(getattr(node, "lineno", 0), f"{WHY_IDS}: {how}"))
+
+    def visit_Call(self, node: ast.Call) -> None:
+        func = node.func
+        if isinstance(func, ast.Attribute):
+            separator = node.args[0] if node.args else None
+            separator = next((k.value for k in node.keywords if k.arg == "sep"), separator)
+            if func.attr in SPLITTERS and _is_colon(separator):
+                self.flag(node, f'.{func.attr}(":") takes an id apart at its ":"')
+            elif func.attr == "join" and _is_colon(func.value):
+                self.flag(node, '":".join(...) builds an id the SDK would generate')
+            elif (
+                func.attr in REGEX_FUNCTIONS
+                and isinstance(func.value, ast.Name)
+                and func.value.id in {"re", "regex"}
+                and node.args
+                and (pattern := _string(node.args[0])) is not None
+                and ":" in REGEX_COLON_SYNTAX.sub("", pattern)
+            ):
+                self.flag(node, f"re.{func.attr}({pattern!r}, ...) matches the ':' of an id")
+        self.generic_visit(node)
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
+        values = node.values
+        for index, value in enumerate(values[:-1]):
+            text = _string(values[index + 1])
+            if not isinstance(value, ast.FormattedValue) or text is None:
+                continue
+            if not text.startswith(":"):
+                continue
+            after = values[index + 2] if index + 2 < len(values) else None
+            rest = text[1:]
+            if rest and rest[0].isdigit():
+                self.flag(node, f'f"{{...}}:{rest}" builds a step id')
+            elif (
+                rest == ""
+                and isinstance(after, ast.FormattedValue)
+                # host:port, in a URL or an address, is not an id
+                and "port" not in ast.unparse(after.value).lower()
+            ):
+                self.flag(node, 'f"{...}:{...}" builds a step id')
+        self.generic_visit(node)
+
+    def visit_BinOp(self, node: ast.BinOp) -> None:
+        text = _string(node.right)
+        if isinstance(node.op, ast.Add) and text is not None and re.fullmatch(r":\d+", text):
+            self.flag(node, f'... + "{text}" builds a step id')
+        self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and ID_FORMAT.match(node.value):
+            self.flag(node, f"the format {node.value!r} builds a step id")
+
+
+def sdk_id_parsing(source: str) -> list[Finding]:
+    checker = SdkIdParsing()
+    checker.visit(ast.parse(source))
+    return sorted(checker.findings, key=lambda f: f.line)
+
+
+def type_ignores(source: str) -> list[Finding]:
+    return [
+        Finding(
+            token.start[0],
+            "a `# type: ignore`: find a typed way (a retry policy from resonate.retry_policies, "
+            "stubs or a typed wrapper for an untyped library)",
+        )
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT and TYPE_IGNORE.search(token.string)
+    ]
+
+
+def runtime_modules() -> list[Path]:
+    return [
+        path
+        for example in catalog.examples(ROOT)
+        for path in sorted((example.path / example.package).rglob("*.py"))
+    ]
+
+
+def report(check: str, findings: dict[Path, list[Finding]]) -> str:
+    lines = [
+        f"{path.relative_to(ROOT)}:{finding.line}: {finding.why}"
+        for path, found in findings.items()
+        for finding in found
+    ]
+    return f"example runtime code breaks a rule ({check}):\n" + "\n".join(lines)
+
+
+@pytest.mark.parametrize("example", catalog.examples(ROOT), ids=lambda e: e.name)
+def test_runtime_code_never_parses_sdk_generated_ids(example: catalog.Example) -> None:
+    found = {
+        path: findings
+        for path in sorted((example.path / example.package).rglob("*.py"))
+        if (findings := sdk_id_parsing(path.read_text()))
+    }
+    if found:
+        pytest.fail(report(SEE_ALSO, found), pytrace=False)
+
+
+@pytest.mark.parametrize("example", catalog.examples(ROOT), ids=lambda e: e.name)
+def test_runtime_code_has_no_type_ignore(example: catalog.Example) -> None:
+    found = {
+        path: findings
+        for path in sorted((example.path / example.package).rglob("*.py"))
+        if (findings := type_ignores(path.read_text()))
+    }
+    if found:
+        pytest.fail(report("code a user copies is typed", found), pytrace=False)
+
+
+# -- the checks catch what they are for (mutants), and only that --------------------------------
+
+PARSES_IDS = [
+    'position = int(promise.id.rpartition(":")[2])',
+    'parent, _, step = promise_id.partition(":")',
+    'step = int(record.id.rsplit(":", 1)[1])',
+    'origin = promise_id.split(":")[0]',
+    'origin = promise_id.split(sep=":")[0]',
+    'cut = promise_id.rfind(":")',
+    'step = int(re.split(r"[:.]", promise_id)[-1])',
+    'STEP = re.compile(r"^(?P<parent>.+):(?P<n>\\d+)$")',
+    'login = await resonate.promises.get(f"{session_id}:1")',
+    'child = f"{execution_id}:{n}"',
+    'first = execution_id + ":1"',
+    'child = ":".join([execution_id, str(n)])',
+    'child = "{}:{}".format(execution_id, n)',
+    'child = "%s:%d" % (execution_id, n)',
+]
+KEEPS_TO_ITS_OWN_IDS = [
+    'print(f"gateway listening on http://{host}:{port}")',
+    'where = f"{server.effective_host}:{server.effective_port}"',
+    'print(f"{channel}: sending to {to}")',
+    'raise HTTPException(409, f"order {order_id!r} is {state}: it is final")',
+    'DRAIN_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"',
+    "ok = re.fullmatch(DRAIN_ID, drain_id)",
+    'TEXT = re.compile(r"^[^\\p{C}\\s](?:[^\\p{C}]*[^\\p{C}\\s])?$")',
+    'nodes = line.split(",")',
+    'headers = {"Idempotency-Key": ctx.info.id}',
+    'label = "step:"',
+    'print(f"✓ {status}:")',
+    # An execution's keys as a prefix, to scope the provider sandbox in a demo: left alone.
+    'scope = execution_id + ":"',
+]
+
+
+@pytest.mark.parametrize("snippet", PARSES_IDS)
+def test_the_id_check_catches(snippet: str) -> None:
+    findings = sdk_id_parsing(f"import re\n\n{snippet}\n")
+    assert [f.line for f in findings] == [3], findings
+    assert findings[0].why.startswith(WHY_IDS)
+
+
+@pytest.mark.parametrize("snippet", KEEPS_TO_ITS_OWN_IDS)
+def test_the_id_check_leaves_alone(snippet: str) -> None:
+    assert sdk_id_parsing(f"import re\n\n{snippet}\n") == []
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "import waitress  # type: ignore[import-untyped]",
+        "RETRY = Exponential(delay=0.1)  # type: ignore[arg-type]",
+        "x = f()  # type:ignore",
+        "x = f()  # why  # type: ignore[no-untyped-call]",
+    ],
+)
+def test_the_type_ignore_check_catches(snippet: str) -> None:
+    assert [f.line for f in type_ignores(f"import os\n{snippet}\n")] == [2]
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "# (The client's loaders are not annotated: hence the type: ignores.)",
+        'HINT = "# type: ignore"',
+    ],
+)
+def test_the_type_ignore_check_leaves_alone(snippet: str) -> None:
+    assert type_ignores(f"{snippet}\n") == []
+
+
+@pytest.mark.parametrize(
+    "snippet", ["from cookbook.sandbox import SandboxRecords", "import cookbook.catalog"]
+)
+def test_the_cookbook_import_check_catches(
+    snippet: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "examples" / "bad-example" / "bad_example"
+    package.mkdir(parents=True)
+    (package / "worker.py").write_text(f"from resonate.resonate import Resonate\n{snippet}\n")
+    monkeypatch.setattr(test_examples, "ROOT", tmp_path)
+    with pytest.raises(AssertionError, match=r"bad_example/worker\.py:2 imports cookbook"):
+        test_examples.test_runtime_code_uses_only_the_public_sdk_api(package.parent)
