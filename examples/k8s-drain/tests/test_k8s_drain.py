@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,10 @@ import pytest
 from cookbook.kube_standin import kube_standin_process
 from cookbook.processes import ManagedProcess
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
+from cookbook.testing.bodies import REMOVED, as_json, changed
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kubernetes.client import ApiClient, Configuration, PolicyV1Api
 from resonate.resonate import Resonate
 from resonate.types import Value
@@ -435,6 +439,151 @@ def test_a_bad_request_starts_nothing(stack: DrainStack, body: bytes) -> None:
         "/drains", content=body, headers={"Content-Type": "application/json"}
     )
 
-    assert response.status_code in (413, 422), response.text
+    assert response.status_code in (400, 413, 422), response.text
     assert len(response.content) < 2_000  # says what is wrong without echoing the input
     assert len(stack.promises()) == promises_before
+
+
+def test_a_json_body_nested_1500_deep_is_a_400_naming_the_reason(stack: DrainStack) -> None:
+    deep = b"[" * 1500 + b"]" * 1500  # 3 KB, well under the 16 KiB limit
+
+    response = stack.gateway.post(
+        "/drains", content=deep, headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "error": "the body is not valid JSON: recursion limit exceeded at line 1 column 202"
+    }
+
+
+# -- fuzzing the gateway -----------------------------------------------------------------------
+# Every request below is wrong by construction (a bad body, a bad id, a wrong method), so every
+# answer must be a 4xx with the documented error body, and the server must store nothing.
+
+VALID_DRAIN = {"drain_id": "fuzz-1", "nodes": ["node-a", "node-b"]}
+VALID_DECISION = {"decision": "force", "pod": "default/web-1"}
+
+
+def _nested(depth: int, opener: str = "[", closer: str = "]") -> bytes:
+    return (opener * depth + "1" + closer * depth).encode()
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=12,
+)
+_hostile_values: st.SearchStrategy[Any] = st.sampled_from(
+    [
+        None,
+        7,
+        -1.5,
+        True,
+        "",
+        "x" * 20_000,  # alone it is over the 16 KiB limit
+        "é" * 300,
+        "a:b",
+        "\u0000",
+        "\ud800",
+        [],
+        {},
+        [[[[[[[[[[]]]]]]]]]],
+        {"$gt": ""},
+    ]
+)
+_drain_body = st.one_of(
+    st.builds(
+        changed, st.just(VALID_DRAIN), st.sampled_from(["drain_id", "nodes"]), _hostile_values
+    ),
+    _hostile_values.map(lambda node: changed(VALID_DRAIN, "nodes", ["node-a", node])),
+    st.builds(
+        changed, st.just(VALID_DRAIN), st.sampled_from(["drain_id", "nodes"]), st.just(REMOVED)
+    ),
+    st.builds(
+        changed,
+        st.just(VALID_DRAIN),
+        st.just("nodes"),
+        st.sampled_from([["Node-A"], ["../node-a"], ["n"] * 101, ["a" * 254], ["node-a", 1]]),
+    ),
+    st.builds(changed, st.just(VALID_DRAIN), st.just("force"), _json_values),
+).map(as_json)
+_decision_body = st.one_of(
+    st.builds(
+        changed, st.just(VALID_DECISION), st.sampled_from(["decision", "pod"]), _hostile_values
+    ),
+    st.builds(changed, st.just(VALID_DECISION), st.just("decision"), st.just(REMOVED)),
+    st.builds(changed, st.just(VALID_DECISION), st.just("pod"), st.just("web-1")),
+    st.builds(changed, st.just(VALID_DECISION), st.just("who"), _json_values),
+).map(as_json)
+_any_body = st.one_of(
+    _json_values.filter(lambda v: not isinstance(v, dict)).map(as_json),
+    st.dictionaries(st.text(max_size=10), _json_values)
+    .filter(lambda d: not {"drain_id", "decision"} & set(d))
+    .map(as_json),
+    st.binary(max_size=200),
+    st.integers(100, 7_000).map(_nested),
+    st.integers(100, 2_000).map(lambda depth: _nested(depth, '{"a":', "}")),
+    st.sampled_from([b"", b"{", b'{"drain_id": "d-1", "nodes": ["node-a"]', b"NaN"]),
+)
+_drain_ids = st.one_of(
+    st.just("fuzz-1"),
+    st.text(min_size=1, max_size=80).filter(lambda t: t not in (".", "..")),
+)
+
+
+@st.composite
+def _bad_requests(draw: st.DrawFn) -> tuple[str, str, bytes, str]:
+    """(method, path, body, content type): each one wrong somewhere."""
+    drain_id = urllib.parse.quote(draw(_drain_ids), safe="")
+    content_type = draw(
+        st.sampled_from(
+            ["application/json"] * 4 + ["text/plain", "application/x-www-form-urlencoded"]
+        )
+    )
+    match draw(st.sampled_from(["start", "decide", "status", "method"])):
+        case "start":
+            body = draw(st.one_of(_drain_body, _any_body))
+            return "POST", "/drains", body, content_type
+        case "decide":
+            body = draw(st.one_of(_decision_body, _any_body))
+            return "POST", f"/drains/{drain_id}/decision", body, content_type
+        case "status":
+            return "GET", f"/drains/{drain_id}", b"", content_type
+        case _:
+            method = draw(st.sampled_from(["PUT", "DELETE", "PATCH"]))
+            path = draw(st.sampled_from(["/drains", f"/drains/{drain_id}"]))
+            return method, path, draw(_any_body), content_type
+
+
+def test_fuzzed_requests_get_a_documented_4xx_and_store_nothing(stack: DrainStack) -> None:
+    stored_before = {p["id"] for p in stack.promises()}
+
+    @settings(
+        max_examples=250,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(request=_bad_requests())
+    def answered_with_a_documented_4xx(request: tuple[str, str, bytes, str]) -> None:
+        method, path, body, content_type = request
+
+        response = stack.gateway.request(
+            method, path, content=body, headers={"Content-Type": content_type}
+        )
+
+        assert 400 <= response.status_code < 500, (request, response.status_code, response.text)
+        assert response.headers["Content-Type"] == "application/json"
+        answer = response.json()
+        assert isinstance(answer, dict)
+        assert isinstance(answer["error"], str)
+        if response.status_code == 422 and "detail" in answer:
+            assert set(answer) == {"error", "detail"}
+            assert all(set(d) == {"loc", "msg", "type"} for d in answer["detail"])
+        else:
+            assert set(answer) == {"error"}
+        assert len(response.content) < 2_000  # says what is wrong without echoing the input
+
+    answered_with_a_documented_4xx()
+    assert {p["id"] for p in stack.promises()} == stored_before
