@@ -103,9 +103,15 @@ class DrainStack:
         promises: list[dict[str, Any]] = self.server.state(origin)["promises"]  # type: ignore[assignment]
         return promises
 
-    def pages(self, drain_id: str) -> list[str]:
-        """The messages the operator got about this drain."""
-        return [e.body["text"] for e in self.sandbox.records.effects(key_prefix=f"{drain_id}:")]
+    def pages(self, drain_id: str, at_least: int = 0) -> list[str]:
+        """The messages the operator got about this drain (waiting for `at_least` of them: the
+        question is written down, and so shown as blocked, just before its page goes out)."""
+        deadline = time.monotonic() + 30
+        while True:
+            effects = self.sandbox.records.effects(key_prefix=f"{drain_id}:")
+            if len(effects) >= at_least or time.monotonic() > deadline:
+                return [e.body["text"] for e in effects]
+            time.sleep(0.05)
 
     def _poll(self, drain_id: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         # The operator's view: nothing pushes "a drain is now blocked" to them, they look.
@@ -187,8 +193,14 @@ def test_drains_nodes_one_by_one_leaving_daemonset_pods(stack: DrainStack) -> No
                 "node": "node-a",
                 "pods": {"default/cache-1": "evicted", "default/web-1": "evicted"},
                 "aborted": False,
+                "refused": None,
             },
-            {"node": "node-b", "pods": {"default/web-2": "evicted"}, "aborted": False},
+            {
+                "node": "node-b",
+                "pods": {"default/web-2": "evicted"},
+                "aborted": False,
+                "refused": None,
+            },
         ],
     }
     assert stack.writes() == [
@@ -214,7 +226,7 @@ def test_a_blocked_eviction_waits_for_the_operator_who_forces_it(stack: DrainSta
         "message": "The disruption budget web needs 2 healthy pods and has 2 currently",
     }
     assert status["decide"] == f"POST /drains/{drain_id}/decision"
-    [page] = stack.pages(drain_id)
+    [page] = stack.pages(drain_id, at_least=1)
     assert "default/web-1" in page
     assert "PodDisruptionBudget web" in page
     accepted = stack.decide(drain_id, "force", pod="default/web-1")
@@ -227,13 +239,68 @@ def test_a_blocked_eviction_waits_for_the_operator_who_forces_it(stack: DrainSta
     }
     report = stack.finished(drain_id)["report"]
     assert report == [
-        {"node": "node-a", "pods": {"default/web-1": "force-deleted"}, "aborted": False}
+        {
+            "node": "node-a",
+            "pods": {"default/web-1": "force-deleted"},
+            "aborted": False,
+            "refused": None,
+        }
     ]
     assert stack.writes() == [
         ("patch", "node-a", 200),
         ("evict", "web-1", 429),
         ("delete", "web-1", 200),
     ]
+
+
+def test_a_node_the_api_refuses_ends_the_drain_without_retrying(stack: DrainStack) -> None:
+    stack.seed([web("web-1", "node-a")])
+
+    drain_id = stack.start("node-z", "node-a")  # node-z: a typo, no such node
+
+    status = stack.finished(drain_id)
+    assert status["status"] == "refused"
+    assert status["report"] == [
+        {
+            "node": "node-z",
+            "pods": {},
+            "aborted": False,
+            "refused": 'refused: 404 nodes "node-z" not found',
+        }
+    ]
+    # Asked once: a 404 is an answer, which asking again would not change; node-a is left alone.
+    assert stack.writes() == [("patch", "node-z", 404)]
+
+
+def test_each_question_is_written_down_under_an_id_the_drain_chooses(stack: DrainStack) -> None:
+    stack.seed([web("web-1", "node-a"), web("web-2", "node-b")], [WEB_BUDGET])
+    drain_id = stack.start("node-a")
+    first = stack.blocked(drain_id)
+    assert stack.decide(drain_id, "retry").status_code == 202  # refused again: a 2nd question
+    stack.blocked(drain_id, after=first["waiting_since_ms"])
+
+    async def read(promise_id: str) -> tuple[str, Any]:
+        client = Resonate(url=stack.server.url, group="k8s-drain-tests")
+        try:
+            record = await client.promises.get(promise_id)
+            return record.state, record.param.data
+        finally:
+            await client.stop()
+
+    [answered, waiting] = [asyncio.run(read(f"{drain_id}/node-a/{n}")) for n in (1, 2)]
+    [open_decision] = [
+        p["id"]
+        for p in stack.promises(drain_id)
+        if p["tags"].get("resonate:external") and p["state"] == "pending"
+    ]
+    assert waiting[1] == {
+        "drain_id": drain_id,
+        "decision_id": open_decision,
+        "blocked": first["blocked"],
+    }
+    assert answered[1]["decision_id"] != open_decision
+    assert stack.decide(drain_id, "skip").status_code == 202
+    assert stack.finished(drain_id)["report"][0]["pods"] == {"default/web-1": "skipped"}
 
 
 def test_skip_leaves_the_pod_and_moves_on(stack: DrainStack) -> None:
@@ -289,7 +356,7 @@ def test_abort_ends_the_drain_and_leaves_later_nodes_alone(stack: DrainStack) ->
     status = stack.finished(drain_id)
     assert status["status"] == "aborted"
     assert status["report"] == [
-        {"node": "node-a", "pods": {"default/web-1": "blocked"}, "aborted": True}
+        {"node": "node-a", "pods": {"default/web-1": "blocked"}, "aborted": True, "refused": None}
     ]
     # node-a stays cordoned, as after an interrupted `kubectl drain`; node-b is never touched.
     assert stack.writes() == [("patch", "node-a", 200), ("evict", "web-1", 429)]
