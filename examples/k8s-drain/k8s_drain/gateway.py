@@ -35,6 +35,7 @@ from typing import Annotated, Any
 
 import waitress  # type: ignore[import-untyped]
 from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from resonate.error import ServerError
 from resonate.resonate import Resonate
@@ -205,10 +206,14 @@ async def drain_status(resonate: Resonate, drain_id: str) -> dict[str, Any] | No
 # -- the API ------------------------------------------------------------------------------------
 
 
+class _AsWritten(DefaultJSONProvider):
+    sort_keys = False  # the status first, as written
+
+
 def create_app(workers: Workers) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # the status first, as written
+    app.json = _AsWritten(app)
     resonate = workers.resonate
 
     @app.post("/drains")

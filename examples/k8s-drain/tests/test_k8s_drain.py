@@ -18,7 +18,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -100,8 +100,7 @@ class DrainStack:
         return self.status(drain_id)
 
     def promises(self, origin: str | None = None) -> list[dict[str, Any]]:
-        promises: list[dict[str, Any]] = self.server.state(origin)["promises"]  # type: ignore[assignment]
-        return promises
+        return cast(list[dict[str, Any]], self.server.state(origin)["promises"])
 
     def pages(self, drain_id: str, at_least: int = 0) -> list[str]:
         """The messages the operator got about this drain (waiting for `at_least` of them: the
