@@ -226,12 +226,11 @@ async def force_delete(ctx: Context, pod: Pod) -> str:
 
 
 async def ask_operator(ctx: Context, question: Question) -> str | None:
-    """Write the question down for the gateway, and page the on-call operator about it.
+    """Page the on-call operator, and write the question down for the gateway.
 
     Returns the page's message id; None if the chat provider refused the page (the question
     stands all the same: `GET /drains/{id}` shows it)."""
     blocked = question.blocked
-    await _write_down(ctx.get_dependency(Questions).promises, question)
     text = (
         f"Drain {question.drain_id} is blocked: evicting {blocked.pod} from {blocked.node} would "
         f"violate PodDisruptionBudget {blocked.budget} ({blocked.message}). Decide with "
@@ -246,10 +245,13 @@ async def ask_operator(ctx: Context, question: Question) -> str | None:
     )
     if _transient(response.status_code):
         response.raise_for_status()  # retried, with the same key: never paged twice
+    message_id: str | None = None
     if response.is_client_error:
         print(f"the chat provider refused the page: {response.status_code}", flush=True)
-        return None
-    message_id: str = response.json()["id"]
+    else:
+        message_id = response.json()["id"]
+    # Written down once the page went out, so the drain shows as blocked once it is asked.
+    await _write_down(ctx.get_dependency(Questions).promises, question)
     return message_id
 
 
