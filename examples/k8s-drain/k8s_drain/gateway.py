@@ -36,7 +36,14 @@ from typing import Annotated, Any
 import waitress  # type: ignore[import-untyped]
 from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 from resonate.error import ServerError
 from resonate.resonate import Resonate
 from resonate.types import PromiseRecord, Value
@@ -70,6 +77,14 @@ class _Strict(BaseModel):
 class DrainRequest(_Strict):
     drain_id: DrainId
     nodes: Annotated[list[NodeName], Field(min_length=1, max_length=100)]
+
+    @field_validator("nodes")
+    @classmethod
+    def _each_node_once(cls, nodes: list[str]) -> list[str]:
+        # A node's questions are named after it (steps.Question.id_for): one drain per node.
+        if len(set(nodes)) != len(nodes):
+            raise ValueError("each node may be named once")
+        return nodes
 
 
 class DecisionRequest(_Strict):
@@ -214,6 +229,8 @@ def create_app(workers: Workers) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json = _AsWritten(app)
+    # `/drains//x` is no drain: a 404, not werkzeug's HTML redirect to `/drains/x`.
+    app.url_map.merge_slashes = False
     resonate = workers.resonate
 
     @app.post("/drains")

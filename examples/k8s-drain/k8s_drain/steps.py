@@ -49,7 +49,7 @@ from kubernetes.aio.client import (
     V1Preconditions,
 )
 from resonate.context import Context
-from resonate.promises import Promises
+from resonate.resonate import Resonate
 from resonate.types import Value
 
 # How long the server keeps a question's record. It is resolved when written, so this only
@@ -102,7 +102,7 @@ class Questions:
     """Where the drain writes down the questions it asks (a worker dependency): promises on the
     Resonate server, under ids the drain chooses, which the gateway reads."""
 
-    promises: Promises
+    resonate: Resonate
 
 
 @dataclass(frozen=True)
@@ -251,11 +251,11 @@ async def ask_operator(ctx: Context, question: Question) -> str | None:
     else:
         message_id = response.json()["id"]
     # Written down once the page went out, so the drain shows as blocked once it is asked.
-    await _write_down(ctx.get_dependency(Questions).promises, question)
+    await _write_down(ctx.get_dependency(Questions).resonate, question)
     return message_id
 
 
-async def _write_down(promises: Promises, question: Question) -> None:
+async def _write_down(resonate: Resonate, question: Question) -> None:
     # Created and resolved at once: a record, nothing waits on it. Both calls are idempotent
     # (the id is the question's), so the step may run them again after a crash.
     record = {
@@ -265,9 +265,9 @@ async def _write_down(promises: Promises, question: Question) -> None:
     }
     timeout_at = int((time.time() + QUESTION_RECORD_TTL.total_seconds()) * 1000)
     tags = {QUESTION_OF_DRAIN: question.drain_id}
-    created = await promises.create(question.id, timeout_at, Value(data=record), tags)
+    created = await resonate.promises.create(question.id, timeout_at, Value(data=record), tags)
     if created.state == "pending":
-        await promises.resolve(question.id, Value(data=None))
+        await resonate.promises.resolve(question.id, Value(data=None))
 
 
 def _names(pods: list[Pod]) -> str:

@@ -45,7 +45,7 @@ async def main() -> None:
         )
         resonate.with_dependency(cluster)
         resonate.with_dependency(Pager(pager))
-        resonate.with_dependency(Questions(resonate.promises))
+        resonate.with_dependency(Questions(resonate))
         # Explicitly never retried as a whole (see WORKFLOW_RETRY); their steps have their own.
         resonate.register(drain, retry_policy=WORKFLOW_RETRY)
         resonate.register(drain_node, retry_policy=WORKFLOW_RETRY)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httpx
+import k8s_drain.steps as steps
 import pytest
 from cookbook.kube_standin import kube_standin_process
 from cookbook.processes import ManagedProcess
@@ -29,6 +30,7 @@ from cookbook.testing.bodies import REMOVED, as_json, changed
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kubernetes.aio.client import ApiException
 from kubernetes.client import ApiClient, Configuration, PolicyV1Api
 from resonate.resonate import Resonate
 from resonate.types import Value
@@ -271,6 +273,32 @@ def test_a_node_the_api_refuses_ends_the_drain_without_retrying(stack: DrainStac
     assert stack.writes() == [("patch", "node-z", 404)]
 
 
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (404, 'refused: 404 nodes "node-z" not found'),
+        (403, 'refused: 403 nodes "node-z" not found'),
+        (422, 'refused: 422 nodes "node-z" not found'),
+        (500, None),
+        (503, None),
+        (408, None),
+        (429, None),  # not a disruption budget's (that one is `evict`'s, before this)
+    ],
+)
+def test_a_4xx_is_a_refusal_and_a_5xx_408_429_raise_to_be_retried(
+    status: int, outcome: str | None
+) -> None:
+    body = {"kind": "Status", "message": 'nodes "node-z" not found', "code": status}
+    failure = ApiException(status=status, reason="Whatever")
+    failure.body = json.dumps(body)
+
+    if outcome is None:
+        with pytest.raises(ApiException):
+            steps._refused(failure)
+    else:
+        assert steps._refused(failure) == outcome
+
+
 def test_each_question_is_written_down_under_an_id_the_drain_chooses(stack: DrainStack) -> None:
     stack.seed([web("web-1", "node-a"), web("web-2", "node-b")], [WEB_BUDGET])
     drain_id = stack.start("node-a")
@@ -478,6 +506,8 @@ def test_the_drain_id_is_the_identity(stack: DrainStack) -> None:
     assert stack.gateway.get(f"/drains/no-such-{drain_id}").status_code == 404
     assert stack.gateway.get("/drains/step:1").status_code == 422
     assert stack.gateway.get("/drains/d-1%0A").status_code == 422
+    doubled_slash = stack.gateway.get("/drains//" + drain_id)  # found by the fuzz test: a 308
+    assert (doubled_slash.status_code, set(doubled_slash.json())) == (404, {"error"})
 
 
 HOSTILE: dict[str, bytes] = {
@@ -493,6 +523,7 @@ HOSTILE: dict[str, bytes] = {
     "id missing": json.dumps({"nodes": ["node-a"]}).encode(),
     "extra field": json.dumps({"drain_id": "d-1", "nodes": ["node-a"], "force": True}).encode(),
     "too many nodes": json.dumps({"drain_id": "d-1", "nodes": ["n"] * 101}).encode(),
+    "a node twice": json.dumps({"drain_id": "d-1", "nodes": ["node-a", "node-a"]}).encode(),
     "body over 16 KiB": json.dumps({"drain_id": "d-1", "nodes": ["n" * 20_000]}).encode(),
 }
 
@@ -570,7 +601,9 @@ _drain_body = st.one_of(
         changed,
         st.just(VALID_DRAIN),
         st.just("nodes"),
-        st.sampled_from([["Node-A"], ["../node-a"], ["n"] * 101, ["a" * 254], ["node-a", 1]]),
+        st.sampled_from(
+            [["Node-A"], ["../node-a"], ["n"] * 101, ["a" * 254], ["node-a", 1], ["n", "n"]]
+        ),
     ),
     st.builds(changed, st.just(VALID_DRAIN), st.just("force"), _json_values),
 ).map(as_json)
