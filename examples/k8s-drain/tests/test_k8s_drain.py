@@ -330,6 +330,24 @@ def test_each_question_is_written_down_under_an_id_the_drain_chooses(stack: Drai
     assert stack.finished(drain_id)["report"][0]["pods"] == {"default/web-1": "skipped"}
 
 
+def test_a_refused_page_leaves_the_question_standing(stack: DrainStack) -> None:
+    stack.seed([web("web-1", "node-a"), web("web-2", "node-b")], [WEB_BUDGET])
+    drain_id = f"test-{secrets.token_hex(4)}"
+    fault = {"provider": "slack", "status": 403, "key_prefix": f"{drain_id}:"}
+    httpx.post(f"{stack.sandbox.url}/_admin/faults", json=fault).raise_for_status()
+    started = stack.gateway.post("/drains", json={"drain_id": drain_id, "nodes": ["node-a"]})
+    assert started.status_code == 202
+
+    blocked = stack.blocked(drain_id)
+    assert stack.decide(drain_id, "skip").status_code == 202
+
+    assert blocked["blocked"]["pod"] == "default/web-1"
+    assert stack.finished(drain_id)["report"][0]["pods"] == {"default/web-1": "skipped"}
+    # Asked once, refused, never asked again: a 403 is an answer.
+    pages = stack.sandbox.records.requests(key_prefix=f"{drain_id}:")
+    assert [(r.provider, r.status_code) for r in pages] == [("slack", 403)]
+
+
 def test_skip_leaves_the_pod_and_moves_on(stack: DrainStack) -> None:
     stack.seed([web("web-1", "node-a"), web("web-2", "node-b")], [WEB_BUDGET])
     drain_id = stack.start("node-a", "node-b")
