@@ -67,8 +67,15 @@ async def plan_deletion(ctx: Context, user_id: str) -> DeletionPlan:
 
 async def delete_batch(ctx: Context, user_id: str, batch: Batch, label: str) -> int:
     store = ctx.get_dependency(UserData)
+    # Logged under the execution's id, the record's (origin_id: the top of this execution's
+    # tree), and the step's own durable id.
     deleted = await asyncio.to_thread(
-        store.delete_range, ctx.info.id, user_id, batch.first_id, batch.last_id
+        store.delete_range,
+        ctx.info.origin_id,
+        ctx.info.id,
+        user_id,
+        batch.first_id,
+        batch.last_id,
     )
     if deleted:
         print(f"{user_id}: batch {label} deleted {deleted} rows", flush=True)
