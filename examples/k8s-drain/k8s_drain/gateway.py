@@ -4,10 +4,11 @@
   GET  /drains/{id}             draining, blocked (which pod, which budget, why), or the report
   POST /drains/{id}/decision    {"decision": "retry" | "skip" | "force" | "abort", "pod"?: ...}
 
-It keeps nothing of its own; everything is read from the Resonate server. A drain that waits
-for an operator has a pending promise made by `ctx.promise()` (tagged `resonate:external`), and
-the step that was refused just before it holds what is blocked and why: a decision resolves
-that promise, and the workflow, suspended until then, goes on.
+It keeps nothing of its own; everything is read from the Resonate server, through ids and tags
+the example chooses. A drain that waits for an operator has written the question down (a
+promise tagged with the drain's id, under an id of the drain's choosing): what is blocked and
+why, and the id of the promise the drain waits on. A decision resolves that promise, and the
+workflow, suspended until then, goes on.
   RESONATE_URL     the Resonate server (required)
   RESONATE_GROUP   the worker group that drains nodes (default: k8s-drain)
   GATEWAY_HOST     the address to listen on (default 127.0.0.1; 0.0.0.0 in a container)
@@ -29,18 +30,26 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import waitress  # type: ignore[import-untyped]
 from flask import Flask, Response, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from flask.json.provider import DefaultJSONProvider
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 from resonate.error import ServerError
 from resonate.resonate import Resonate
 from resonate.types import PromiseRecord, Value
 from werkzeug.exceptions import HTTPException
 
-from k8s_drain.steps import Blocked
+from k8s_drain.steps import QUESTION_OF_DRAIN
 from k8s_drain.workflow import DEADLINE, Decision
 
 GROUP = "k8s-drain"
@@ -68,6 +77,14 @@ class _Strict(BaseModel):
 class DrainRequest(_Strict):
     drain_id: DrainId
     nodes: Annotated[list[NodeName], Field(min_length=1, max_length=100)]
+
+    @field_validator("nodes")
+    @classmethod
+    def _each_node_once(cls, nodes: list[str]) -> list[str]:
+        # A node's questions are named after it (steps.Question.id_for): one drain per node.
+        if len(set(nodes)) != len(nodes):
+            raise ValueError("each node may be named once")
+        return nodes
 
 
 class DecisionRequest(_Strict):
@@ -141,37 +158,28 @@ async def _search(
             return
 
 
-def _sequence(promise_id: str) -> int:
-    """A child's position among its siblings: `d.1:7` -> 7, `d:3` -> 3."""
-    return int(re.split(r"[:.]", promise_id)[-1])
-
-
-def _as_blocked(value: Any) -> dict[str, Any] | None:
-    keys = {f.name for f in fields(Blocked)}
-    return value if isinstance(value, dict) and set(value) == keys else None
+def _as_question(record: PromiseRecord) -> Question | None:
+    """A question the drain wrote down (see steps.ask_operator); None if it is not one."""
+    match record.param.data:
+        case {"decision_id": str(decision_id), "blocked": dict(blocked)}:
+            return Question(decision_id, blocked, record.created_at)
+        case _:
+            return None
 
 
 async def open_question(resonate: Resonate, drain_id: str) -> Question | None:
     """The decision a drain waits for, if it waits for one (it waits for one at a time)."""
-    waiting = [
-        p
-        async for p in _search(
-            resonate, "pending", {"resonate:origin": drain_id, "resonate:external": "true"}
-        )
-    ]
-    if not waiting:
-        return None
-    promise = waiting[-1]
-    # What it is about: the latest refused eviction among the steps before the promise.
-    siblings = {"resonate:origin": drain_id, "resonate:parent": promise.tags["resonate:parent"]}
-    steps = [p async for p in _search(resonate, "resolved", siblings)]
-    earlier = sorted(
-        (p for p in steps if _sequence(p.id) < _sequence(promise.id)),
-        key=lambda p: _sequence(p.id),
-        reverse=True,
-    )
-    blocked = next((b for p in earlier if (b := _as_blocked(p.value.data)) is not None), {})
-    return Question(promise.id, blocked, promise.created_at)
+    # The drain writes each question down under an id of its own choosing, tagged with the
+    # drain's id; the open one is the one whose decision promise is still pending.
+    asked = [p async for p in _search(resonate, None, {QUESTION_OF_DRAIN: drain_id})]
+    for record in sorted(asked, key=lambda p: p.created_at, reverse=True):
+        question = _as_question(record)
+        if question is None:
+            continue
+        decision = await resonate.promises.get(question.promise_id)
+        if decision.state == "pending":
+            return question
+    return None
 
 
 async def drain_status(resonate: Resonate, drain_id: str) -> dict[str, Any] | None:
@@ -213,10 +221,16 @@ async def drain_status(resonate: Resonate, drain_id: str) -> dict[str, Any] | No
 # -- the API ------------------------------------------------------------------------------------
 
 
+class _AsWritten(DefaultJSONProvider):
+    sort_keys = False  # the status first, as written
+
+
 def create_app(workers: Workers) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # the status first, as written
+    app.json = _AsWritten(app)
+    # `/drains//x` is no drain: a 404, not werkzeug's HTML redirect to `/drains/x`.
+    app.url_map.merge_slashes = False
     resonate = workers.resonate
 
     @app.post("/drains")
@@ -301,10 +315,23 @@ def create_app(workers: Workers) -> Flask:
 
 
 def _body[M: BaseModel](model: type[M]) -> M:
-    body = request.get_json(silent=True)
-    if body is None:
-        raise _ValidationProblem("the body must be a JSON object")
-    return model.model_validate(body)
+    if not request.is_json:
+        raise _MalformedBody("the body must be JSON, sent with Content-Type: application/json")
+    # pydantic's own JSON parser, not `request.get_json`: it bounds how deep a document may
+    # nest, where json.loads recurses until Python's stack runs out (a RecursionError, a 500,
+    # from a 3 KB body of 1,500 brackets).
+    try:
+        return model.model_validate_json(request.get_data(cache=False))
+    except ValidationError as exc:
+        for error in exc.errors():
+            if error["type"] == "json_invalid":
+                reason = str(error["msg"]).removeprefix("Invalid JSON: ")
+                raise _MalformedBody(f"the body is not valid JSON: {reason}") from None
+        raise
+
+
+class _MalformedBody(HTTPException):
+    code = 400
 
 
 class _ValidationProblem(HTTPException):

@@ -10,17 +10,28 @@ runs again after a crash (its effect applied, its result never checkpointed) can
 The pager, a chat message through a provider, is not like that: its call carries an
 Idempotency-Key from the step's durable id, as in hello.
 
-A refused eviction is not a failure. When a PodDisruptionBudget forbids it (429, cause
-`DisruptionBudget`), `evict` returns a `Blocked` value saying which pod, which budget and why:
-checkpointed like any result, it is what the operator is asked about. Anything else that goes
-wrong raises, and the step is retried under the policy the workflow gives it.
+Failures are told apart by what asking again could change:
+- A refusal is an answer, not a failure, and it is returned as a value, never retried: the API
+  would answer the same. A 4xx other than 408 and 429 (no such node, forbidden, invalid) becomes
+  a "refused: ..." outcome that the workflow reports. A PodDisruptionBudget's refusal is the one
+  a drain is about: it is a 429 with the cause `DisruptionBudget`, the apiserver's "not now,
+  this would disrupt too much", and `evict` returns it as `Blocked` (which pod, which budget,
+  why): checkpointed like any result, it is what the operator is asked about.
+- Anything that may pass next time raises, and the step is retried under the policy the
+  workflow gives it: a 5xx, a 408, any other 429 (API Priority and Fairness sheds load with
+  429 too), a timeout, a dropped connection. A write that timed out may have landed; retrying it
+  is safe for the reasons above.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import timedelta
 
 import httpx
 from kubernetes.aio import config
@@ -38,6 +49,12 @@ from kubernetes.aio.client import (
     V1Preconditions,
 )
 from resonate.context import Context
+from resonate.resonate import Resonate
+from resonate.types import Value
+
+# How long the server keeps a question's record. It is resolved when written, so this only
+# bounds the promise's life; a drain takes at most 7 days (workflow.DEADLINE).
+QUESTION_RECORD_TTL = timedelta(days=8)
 
 
 @dataclass(frozen=True)
@@ -52,20 +69,25 @@ class Cluster:
     async def connect(cls) -> Cluster:
         """KUBE_API_URL if set (the cookbook's stand-in, or `kubectl proxy`); else KUBECONFIG
         or ~/.kube/config; else the service account of the pod this runs in."""
-        # (The client's config loaders are not annotated: hence the type: ignores.)
         if url := os.environ.get("KUBE_API_URL"):
             api = ApiClient(Configuration(host=url))
         else:
             try:
-                api = await config.new_client_from_config()  # type: ignore[no-untyped-call]
+                api = await _client_from_kubeconfig()
             except config.ConfigException:
                 in_cluster = Configuration()
-                config.load_incluster_config(client_configuration=in_cluster)  # type: ignore[no-untyped-call]
+                _load_incluster_config(client_configuration=in_cluster)
                 api = ApiClient(in_cluster)
         return cls(api, CoreV1Api(api), PolicyV1Api(api))
 
     async def close(self) -> None:
-        await self.api.close()  # type: ignore[no-untyped-call]
+        await _close_client(self.api)
+
+
+# The client's config loaders and `close` carry no annotations; these are their signatures.
+_client_from_kubeconfig: Callable[[], Awaitable[ApiClient]] = config.new_client_from_config
+_load_incluster_config: Callable[..., None] = config.load_incluster_config
+_close_client: Callable[[ApiClient], Awaitable[None]] = ApiClient.close
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,14 @@ class Pager:
     """The chat provider that pages the on-call operator (a worker dependency)."""
 
     client: httpx.AsyncClient
+
+
+@dataclass(frozen=True)
+class Questions:
+    """Where the drain writes down the questions it asks (a worker dependency): promises on the
+    Resonate server, under ids the drain chooses, which the gateway reads."""
+
+    resonate: Resonate
 
 
 @dataclass(frozen=True)
@@ -103,16 +133,46 @@ class Blocked:
     message: str  # the apiserver's reason, e.g. "The disruption budget web needs 2 healthy ..."
 
 
-async def cordon(ctx: Context, node: str) -> None:
+# The tag that marks a question of a drain, with the drain's id as its value.
+QUESTION_OF_DRAIN = "k8s-drain/question-of"
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question to the operator, as written down for the gateway to find."""
+
+    id: str  # chosen by the drain: `<drain id>/<node>/<n>`, the node's n-th question
+    drain_id: str
+    decision_id: str  # the promise the drain waits on, which a decision resolves
+    blocked: Blocked
+
+    @staticmethod
+    def id_for(drain_id: str, node: str, number: int) -> str:
+        # "/" is in neither a drain id nor a node name, so no two questions share an id.
+        return f"{drain_id}/{node}/{number}"
+
+
+async def cordon(ctx: Context, node: str) -> str | None:
+    """Mark the node unschedulable; None once it is, or why the API refused."""
     print(f"cordoning {node}", flush=True)
     cluster = ctx.get_dependency(Cluster)
-    await cluster.core.patch_node(node, {"spec": {"unschedulable": True}})
+    try:
+        await cluster.core.patch_node(node, {"spec": {"unschedulable": True}})
+    except ApiException as exc:
+        return _refused(exc)
+    return None
 
 
-async def pods_to_evict(ctx: Context, node: str) -> list[Pod]:
-    """The pods on the node that a drain evicts: all but DaemonSet and static (mirror) pods."""
+async def pods_to_evict(ctx: Context, node: str) -> list[Pod] | str:
+    """The pods on the node that a drain evicts: all but DaemonSet and static (mirror) pods;
+    or why the API refused to list them."""
     cluster = ctx.get_dependency(Cluster)
-    listed = await cluster.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}")
+    try:
+        listed = await cluster.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={node}"
+        )
+    except ApiException as exc:
+        return _refused(exc)
     pods: list[Pod] = []
     staying: list[Pod] = []
     for listed_pod in listed.items:
@@ -128,7 +188,8 @@ async def pods_to_evict(ctx: Context, node: str) -> list[Pod]:
 
 
 async def evict(ctx: Context, pod: Pod, node: str) -> str | Blocked:
-    """Evict through the Eviction API: "evicted", or `Blocked` by a disruption budget."""
+    """Evict through the Eviction API: "evicted", `Blocked` by a disruption budget, or
+    "refused: ..." if the API refused for another reason."""
     print(f"evicting {pod}", flush=True)
     cluster = ctx.get_dependency(Cluster)
     eviction = V1Eviction(
@@ -147,7 +208,7 @@ async def evict(ctx: Context, pod: Pod, node: str) -> str | Blocked:
             blocked = Blocked(str(pod), node, await _budget_of(cluster, pod), reason)
             print(f"{pod}: blocked by PodDisruptionBudget {blocked.budget}: {reason}", flush=True)
             return blocked
-        raise  # anything else (a 5xx, API rate limiting): the step is retried
+        return _refused(exc)  # raises if asking again may pass: the step is retried
     return "evicted"
 
 
@@ -160,17 +221,20 @@ async def force_delete(ctx: Context, pod: Pod) -> str:
     except ApiException as exc:
         if exc.status in (404, 409):  # gone already (see `evict`)
             return "force-deleted"
-        raise
+        return _refused(exc)
     return "force-deleted"
 
 
-async def page_operator(ctx: Context, blocked: Blocked) -> str:
-    """Tell the on-call operator what is blocked and how to decide; returns the message id."""
-    drain_id = ctx.info.origin_id
+async def ask_operator(ctx: Context, question: Question) -> str | None:
+    """Page the on-call operator, and write the question down for the gateway.
+
+    Returns the page's message id; None if the chat provider refused the page (the question
+    stands all the same: `GET /drains/{id}` shows it)."""
+    blocked = question.blocked
     text = (
-        f"Drain {drain_id} is blocked: evicting {blocked.pod} from {blocked.node} would violate "
-        f"PodDisruptionBudget {blocked.budget} ({blocked.message}). Decide with "
-        f"POST /drains/{drain_id}/decision: retry, skip, force or abort."
+        f"Drain {question.drain_id} is blocked: evicting {blocked.pod} from {blocked.node} would "
+        f"violate PodDisruptionBudget {blocked.budget} ({blocked.message}). Decide with "
+        f"POST /drains/{question.drain_id}/decision: retry, skip, force or abort."
     )
     print(f"paging the operator about {blocked.pod}", flush=True)
     pager = ctx.get_dependency(Pager)
@@ -179,9 +243,31 @@ async def page_operator(ctx: Context, blocked: Blocked) -> str:
         json={"channel": "#oncall", "text": text},
         headers={"Idempotency-Key": ctx.info.id},
     )
-    response.raise_for_status()  # a 5xx raises, and the step is retried
-    message_id: str = response.json()["id"]
+    if _transient(response.status_code):
+        response.raise_for_status()  # retried, with the same key: never paged twice
+    message_id: str | None = None
+    if response.is_client_error:
+        print(f"the chat provider refused the page: {response.status_code}", flush=True)
+    else:
+        message_id = response.json()["id"]
+    # Written down once the page went out, so the drain shows as blocked once it is asked.
+    await _write_down(ctx.get_dependency(Questions).resonate, question)
     return message_id
+
+
+async def _write_down(resonate: Resonate, question: Question) -> None:
+    # Created and resolved at once: a record, nothing waits on it. Both calls are idempotent
+    # (the id is the question's), so the step may run them again after a crash.
+    record = {
+        "drain_id": question.drain_id,
+        "decision_id": question.decision_id,
+        "blocked": asdict(question.blocked),
+    }
+    timeout_at = int((time.time() + QUESTION_RECORD_TTL.total_seconds()) * 1000)
+    tags = {QUESTION_OF_DRAIN: question.drain_id}
+    created = await resonate.promises.create(question.id, timeout_at, Value(data=record), tags)
+    if created.state == "pending":
+        await resonate.promises.resolve(question.id, Value(data=None))
 
 
 def _names(pods: list[Pod]) -> str:
@@ -196,6 +282,21 @@ def _stays_on_node(pod: V1Pod) -> bool:
     owners = meta.owner_references or []
     mirror = "kubernetes.io/config.mirror" in (meta.annotations or {})
     return mirror or any(o.kind == "DaemonSet" and o.controller for o in owners)
+
+
+def _transient(status: int) -> bool:
+    """Whether an HTTP answer means "not now" (asking again may pass) rather than "no"."""
+    return status >= 500 or status in (408, 429)
+
+
+def _refused(exc: ApiException) -> str:
+    """The refusal, as the outcome a step returns; raises `exc` if asking again may pass."""
+    if exc.status is None or _transient(exc.status) or exc.status < 400:
+        raise exc
+    message = exc.reason
+    with contextlib.suppress(ValueError, AttributeError):  # not a Status: keep the reason
+        message = json.loads(exc.body or "").get("message") or message
+    return f"refused: {exc.status} {message}"
 
 
 def _budget_refusal(exc: ApiException) -> str | None:

@@ -21,10 +21,9 @@ from datetime import timedelta
 import httpx
 from kubernetes.aio.config import ConfigException
 from resonate.resonate import Resonate
-from resonate.retry import Never
 
-from k8s_drain.steps import Cluster, Pager
-from k8s_drain.workflow import drain, drain_node
+from k8s_drain.steps import Cluster, Pager, Questions
+from k8s_drain.workflow import WORKFLOW_RETRY, drain, drain_node
 
 GROUP = "k8s-drain"
 
@@ -46,10 +45,10 @@ async def main() -> None:
         )
         resonate.with_dependency(cluster)
         resonate.with_dependency(Pager(pager))
-        # Given bad input, these fail before their first step; they would count as leaves then,
-        # and be retried for a long time.
-        resonate.register(drain, retry_policy=Never())
-        resonate.register(drain_node, retry_policy=Never())
+        resonate.with_dependency(Questions(resonate))
+        # Explicitly never retried as a whole (see WORKFLOW_RETRY); their steps have their own.
+        resonate.register(drain, retry_policy=WORKFLOW_RETRY)
+        resonate.register(drain_node, retry_policy=WORKFLOW_RETRY)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -16,18 +16,33 @@ from datetime import timedelta
 from typing import Literal
 
 from resonate.context import Context
-from resonate.retry import Exponential
+from resonate.retry import Exponential, Never
 
-from k8s_drain.steps import Blocked, cordon, evict, force_delete, page_operator, pods_to_evict
+from k8s_drain.steps import (
+    Blocked,
+    Question,
+    ask_operator,
+    cordon,
+    evict,
+    force_delete,
+    pods_to_evict,
+)
 
 # How long a drain may take in all, waiting for operators included. Once it passes, the waiting
 # promise times out and the drain fails; the nodes cordoned so far stay cordoned.
 DEADLINE = timedelta(days=7)
 
-# A step whose call fails (a 5xx, a dropped connection) is retried after 0.2, 0.4, 0.8, 1.6, 3.2
-# and 5 s, then the drain fails. (The SDK annotates retry delays as whole seconds, but sleeps for
-# fractions of one too.)
-RETRIES = Exponential(delay=0.1, factor=2, max_retries=6, max_delay=5)  # type: ignore[arg-type]
+# A step whose call may pass next time (a 5xx, a 408, a 429 that is not a disruption budget's,
+# a timeout, a dropped connection) is retried after 2, 4, 8, 10 and 10 s: enough to ride out an
+# apiserver's restart or a leader election; then the drain fails, visibly, rather than wait on
+# an API that is down. A refusal is never retried: the steps return it (see steps.py).
+STEP_RETRY = Exponential(delay=1, factor=2, max_retries=5, max_delay=10)
+
+# The workflows themselves are never retried as a whole. Their bodies do no I/O of their own:
+# what raises out of one is a step whose retries ran out, or a bug (arguments it cannot decode,
+# before its first step), and running it again would only repeat that. The SDK's default policy
+# would retry such a body 30 times, with doubling delays, while it holds its lease.
+WORKFLOW_RETRY = Never()
 
 type Decision = Literal["retry", "skip", "force", "abort"]
 
@@ -35,13 +50,15 @@ type Decision = Literal["retry", "skip", "force", "abort"]
 @dataclass(frozen=True)
 class NodeReport:
     node: str
-    pods: dict[str, str]  # namespace/name -> evicted | force-deleted | skipped | blocked
+    # namespace/name -> evicted | force-deleted | skipped | blocked | refused: <the API's reason>
+    pods: dict[str, str]
     aborted: bool = False
+    refused: str | None = None  # why the API refused to cordon the node or list its pods
 
 
 @dataclass(frozen=True)
 class DrainReport:
-    status: Literal["drained", "aborted"]
+    status: Literal["drained", "aborted", "refused"]
     nodes: list[NodeReport]
 
 
@@ -52,18 +69,33 @@ async def drain(ctx: Context, nodes: list[str]) -> DrainReport:
         reports.append(report)
         if report.aborted:
             return DrainReport("aborted", reports)
+        if report.refused is not None:  # e.g. no such node: the list of nodes is wrong
+            return DrainReport("refused", reports)
     return DrainReport("drained", reports)
 
 
 async def drain_node(ctx: Context, node: str) -> NodeReport:
-    steps = ctx.options(retry_policy=RETRIES)
-    await steps.run(cordon, node)
+    steps = ctx.options(retry_policy=STEP_RETRY)
+    if (refused := await steps.run(cordon, node)) is not None:
+        return NodeReport(node, {}, refused=refused)
+    pods = await steps.run(pods_to_evict, node)
+    if isinstance(pods, str):
+        return NodeReport(node, {}, refused=pods)
     outcomes: dict[str, str] = {}
-    for pod in await steps.run(pods_to_evict, node):
+    asked = 0
+    for pod in pods:
         outcome = await steps.run(evict, pod, node)
         while isinstance(outcome, Blocked):
-            await steps.run(page_operator, outcome)
-            match await ctx.promise(timeout=DEADLINE):
+            asked += 1
+            decision = ctx.promise(timeout=DEADLINE)
+            question = Question(
+                Question.id_for(ctx.info.origin_id, node, asked),
+                ctx.info.origin_id,
+                await decision.id(),
+                outcome,
+            )
+            await steps.run(ask_operator, question)
+            match await decision:
                 case {"decision": "retry"}:
                     outcome = await steps.run(evict, pod, node)
                 case {"decision": "skip"}:

@@ -38,6 +38,7 @@ from kafka import (  # type: ignore[import-untyped]
 from kafka.admin import NewTopic  # type: ignore[import-untyped]
 from kafka.errors import CommitFailedError, TopicAlreadyExistsError  # type: ignore[import-untyped]
 from resonate.resonate import Resonate
+from resonate.types import PromiseRecord
 
 TOPIC = "user-deletions"
 DEAD_LETTER_TOPIC = "user-deletions.dead-letter"
@@ -146,23 +147,40 @@ async def hand_over(workers: Resonate, dead_letters: Any, records: list[Any]) ->
     for record in records:
         request = parse(record.value)
         if isinstance(request, str):
-            print(f"{_where(record)}: dead-lettered: {request}", flush=True)
-            headers = [("error", request.encode()), ("source", _where(record).encode())]
-            dead_lettered.append(
-                dead_letters.send(
-                    DEAD_LETTER_TOPIC, key=record.key, value=record.value, headers=headers
-                )
-            )
+            dead_lettered.append(dead_letter(dead_letters, record, request))
             continue
         # The record's id is the execution's id: a second delivery attaches to the first.
         handle = workers.rpc(request.id, WORKFLOW, request.user_id)
         started.append((record, request, handle))
     for record, request, handle in started:
         await handle.id()  # the execution exists: from here on the record cannot be lost
+        # Attaching ignores the arguments: an id reused for another user's request would be
+        # dropped here without a trace, so the request is compared with the execution's own.
+        existing = await workers.promises.get(request.id)
+        if requested_user(existing) != request.user_id:
+            reason = f"id {request.id!r} is taken by another request; this one was not started"
+            dead_lettered.append(dead_letter(dead_letters, record, reason))
+            continue
         print(f"{_where(record)}: execution {request.id} for user {request.user_id}")
     for sent in dead_lettered:
         await asyncio.to_thread(sent.get, 30)  # raises if the dead-letter topic refused it
     sys.stdout.flush()
+
+
+def requested_user(execution: PromiseRecord) -> str | None:
+    """The user an execution deletes the data of; None if it is not a deletion."""
+    match execution.param.data:
+        case {"func": func, "args": [str(user_id)]} if func == WORKFLOW:
+            return user_id
+        case _:
+            return None
+
+
+def dead_letter(dead_letters: Any, record: Any, reason: str) -> Any:
+    """Send the record, as it came, to the dead-letter topic with the reason; the send's future."""
+    print(f"{_where(record)}: dead-lettered: {reason}", flush=True)
+    headers = [("error", reason.encode()), ("source", _where(record).encode())]
+    return dead_letters.send(DEAD_LETTER_TOPIC, key=record.key, value=record.value, headers=headers)
 
 
 async def commit(kafka: Any, polled: dict[Any, list[Any]]) -> None:

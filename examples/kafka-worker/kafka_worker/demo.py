@@ -2,7 +2,8 @@
 
 The demo plays the application that publishes the requests, runs the consumer as a child process
 (in production it is a service of its own), and then waits for each request's execution through
-Resonate. One request is published twice, as a producer retry would, and two records are poison.
+Resonate. One request is published twice, as a producer retry would; two records are poison, and
+one reuses a request's id for another user.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from resonate.error import ServerError
 from resonate.resonate import Resonate
 
@@ -90,13 +92,17 @@ async def main() -> None:
         for request in requests:
             send_request(producer, request)
         send_request(producer, requests[0])  # a producer retry: the same record once more
+        # A buggy producer reuses an id for another user (on the first one's partition, so it
+        # comes second): it is dead-lettered, never silently dropped.
+        reused = DeletionRequest(requests[1].id, f"mallory-{run}")
+        producer.send(TOPIC, key=requests[1].user_id.encode(), value=msgspec.json.encode(reused))
         producer.send(TOPIC, key=b"nobody", value=f"please forget user nobody-{run}".encode())
         producer.send(TOPIC, key=b"ghost", value=json.dumps({"user_id": f"ghost-{run}"}).encode())
         producer.flush()
         producer.close()
         print(
             f"→ published {len(requests)} deletion requests, {requests[0].id} twice, "
-            "and 2 poison records",
+            f"{requests[1].id} once more for another user, and 2 poison records",
             flush=True,
         )
         # A client, not a worker: its own group, so it is never handed workflow work.

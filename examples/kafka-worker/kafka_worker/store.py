@@ -6,7 +6,8 @@ meant to delete (nothing, if that attempt got through), never a different batch.
 from AUTOINCREMENT, so SQLite never reuses the id of a deleted row inside an old range.
 
 Each deletion that removed rows is written to an erasure log in the same transaction, under the
-durable id of the step that did it: the log is how the tests see that every batch ran once.
+durable id of the step that did it and the id of its execution (the record's id, which the
+consumer chose): the log is how the tests see that every batch ran once.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ CREATE TABLE IF NOT EXISTS erasure_log (
     user_id TEXT NOT NULL,
     first_id INTEGER NOT NULL,
     last_id INTEGER NOT NULL,
-    rows INTEGER NOT NULL
+    rows INTEGER NOT NULL,
+    execution_id TEXT NOT NULL
 );
 """
 
@@ -56,6 +58,7 @@ class Erasure:
     first_id: int
     last_id: int
     rows: int
+    execution_id: str
 
 
 class UserData:
@@ -69,6 +72,11 @@ class UserData:
             # WAL lets readers go on while a worker writes; the setting stays with the file.
             db.execute("PRAGMA journal_mode = WAL")
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(erasure_log)")}
+            if "execution_id" not in columns:  # a store made before the log named executions
+                db.execute(
+                    "ALTER TABLE erasure_log ADD COLUMN execution_id TEXT NOT NULL DEFAULT ''"
+                )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -105,7 +113,9 @@ class UserData:
         cursor = db.execute("SELECT id FROM user_rows WHERE user_id = ? ORDER BY id", (user_id,))
         return [row_id for (row_id,) in cursor]
 
-    def delete_range(self, step_id: str, user_id: str, first_id: int, last_id: int) -> int:
+    def delete_range(
+        self, execution_id: str, step_id: str, user_id: str, first_id: int, last_id: int
+    ) -> int:
         """Delete the user's rows with ids in [first_id, last_id]; how many were still there."""
         with self._transaction() as db:
             deleted = db.execute(
@@ -114,8 +124,9 @@ class UserData:
             ).rowcount
             if deleted:
                 db.execute(
-                    "INSERT INTO erasure_log VALUES (?, ?, ?, ?, ?)",
-                    (step_id, user_id, first_id, last_id, deleted),
+                    "INSERT INTO erasure_log (step_id, user_id, first_id, last_id, rows,"
+                    " execution_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    (step_id, user_id, first_id, last_id, deleted, execution_id),
                 )
             return deleted
 
@@ -128,10 +139,10 @@ class UserData:
 
     def erasures(self, execution_id: str) -> list[Erasure]:
         """What the steps of one execution deleted, in order."""
-        prefix = execution_id + ":"
         with closing(self._connect()) as db:
             cursor = db.execute(
-                "SELECT * FROM erasure_log WHERE substr(step_id, 1, ?) = ? ORDER BY rowid",
-                (len(prefix), prefix),
+                "SELECT step_id, user_id, first_id, last_id, rows, execution_id"
+                " FROM erasure_log WHERE execution_id = ? ORDER BY rowid",
+                (execution_id,),
             )
             return [Erasure(*row) for row in cursor]

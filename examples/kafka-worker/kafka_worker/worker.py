@@ -22,7 +22,7 @@ from resonate.resonate import Resonate
 
 from kafka_worker.steps import Providers
 from kafka_worker.store import UserData, data_dir
-from kafka_worker.workflow import delete_user_data
+from kafka_worker.workflow import WORKFLOW_RETRY, delete_user_data
 
 GROUP = "kafka-worker"
 
@@ -43,7 +43,7 @@ async def main() -> None:
         )
         resonate.with_dependency(Providers(client))
         resonate.with_dependency(UserData(data_dir()))
-        resonate.register(delete_user_data)
+        resonate.register(delete_user_data, retry_policy=WORKFLOW_RETRY)  # see workflow.py
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -17,10 +17,12 @@ import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import msgspec
 import pytest
 from cookbook.processes import ManagedProcess
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
@@ -28,14 +30,18 @@ from kafka_worker.consumer import (
     TOPIC,
     DeletionRequest,
     ensure_topics,
+    hand_over,
     parse,
     read_dead_letters,
     request_producer,
     send_request,
 )
 from kafka_worker.demo import execution_result
+from kafka_worker.steps import Providers
 from kafka_worker.store import UserData
+from kafka_worker.workflow import WORKFLOW_RETRY, delete_user_data
 from resonate.resonate import Resonate
+from resonate.testing import local_resonate
 
 POISON = {
     b"please forget me": "JSON is malformed: invalid character (byte 0)",
@@ -54,6 +60,54 @@ def test_a_valid_record_is_a_request() -> None:
     assert parse(b'{"id": "erase-1", "user_id": "u-1", "extra": 1}') == DeletionRequest(
         "erase-1", "u-1"
     )
+
+
+# What the service told about a deletion answers, and what the execution makes of it: a refusal
+# (a 4xx other than 408 and 429) is asked once and stated in the result; anything that may pass
+# next time is retried (instantly here: the test's Resonate sleeps no backoff) until it does.
+REPORT_ANSWERS = {
+    "refused": ({"mode": "fail_always", "status": 422}, 1, "422 Unprocessable Entity"),
+    "forbidden": ({"mode": "fail_always", "status": 403}, 1, "403 Forbidden"),
+    "unavailable twice": ({"mode": "fail_times", "times": 2, "status": 503}, 3, None),
+    "rate-limited": ({"mode": "fail_times", "times": 1, "status": 429}, 2, None),
+    "timed out": ({"mode": "fail_times", "times": 1, "status": 408}, 2, None),
+}
+
+
+@pytest.mark.parametrize(("fault", "calls", "refusal"), REPORT_ANSWERS.values(), ids=REPORT_ANSWERS)
+def test_a_refused_report_is_stated_once_and_a_failing_one_is_retried(
+    sandbox: RunningSandbox,
+    tmp_path: Path,
+    fault: dict[str, Any],
+    calls: int,
+    refusal: str | None,
+) -> None:
+    execution_id = f"report-{secrets.token_hex(4)}"
+    armed = {**fault, "provider": "api", "action": "call", "key_prefix": f"{execution_id}:"}
+    httpx.post(f"{sandbox.url}/_admin/faults", json=armed).raise_for_status()
+
+    async def run() -> Any:
+        resonate = local_resonate()
+        async with httpx.AsyncClient(base_url=sandbox.url) as client:
+            resonate.with_dependency(Providers(client))
+            resonate.with_dependency(UserData(tmp_path))
+            resonate.register(delete_user_data, retry_policy=WORKFLOW_RETRY)
+            try:
+                return await resonate.run(execution_id, delete_user_data, "ada").result()
+            finally:
+                await resonate.stop()
+
+    result = asyncio.run(run())
+
+    requests = sandbox.records.requests(key_prefix=f"{execution_id}:")
+    assert len(requests) == calls
+    assert result["rows_deleted"] == 80
+    if refusal is None:
+        [effect] = sandbox.records.effects(key_prefix=f"{execution_id}:")
+        assert (result["receipt"], result["report_refused"]) == (effect.resource_id, None)
+    else:
+        assert result["receipt"] is None
+        assert result["report_refused"].startswith(refusal)
 
 
 @pytest.fixture
@@ -81,6 +135,53 @@ def _publish_poison(producer: Any, values: list[bytes | None]) -> dict[str, byte
     """Poison records by their `topic[partition]@offset`."""
     sent = [(producer.send(TOPIC, key=b"poison", value=v), v) for v in values]
     return {f"{m.topic}[{m.partition}]@{m.offset}": v for m, v in ((f.get(10), v) for f, v in sent)}
+
+
+@dataclass(frozen=True)
+class _Record:
+    """The fields of a consumed Kafka record that the hand-over reads."""
+
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    topic: str = TOPIC
+    partition: int = 0
+
+
+def test_an_id_reused_for_another_user_is_dead_lettered_not_dropped(
+    devserver: RunningDevServer, kafka_bootstrap: str, producer: Any
+) -> None:
+    run = secrets.token_hex(3)
+    first = DeletionRequest(f"erase-{run}", f"ada-{run}")
+    reused = DeletionRequest(first.id, f"grace-{run}")  # the same id, another user
+    polls = [
+        [_Record(0, msgspec.json.encode(first))],
+        [_Record(1, msgspec.json.encode(reused)), _Record(2, msgspec.json.encode(first))],
+    ]
+
+    async def hand_over_each_poll() -> Any:
+        client = Resonate(url=devserver.url, group="kafka-worker-tests")
+        try:
+            for records in polls:
+                await hand_over(client.options(target="kafka-worker"), producer, records)
+            return (await client.promises.get(first.id)).param.data
+        finally:
+            await client.stop()
+
+    execution = asyncio.run(hand_over_each_poll())
+
+    letters = read_dead_letters(kafka_bootstrap)
+    assert [(letter.source, letter.reason, letter.value) for letter in letters] == [
+        (
+            f"{TOPIC}[0]@1",
+            f"id {first.id!r} is taken by another request; this one was not started",
+            msgspec.json.encode(reused),
+        )
+    ]
+    # The execution is still the first request's; its repeat attached to it.
+    assert (execution["func"], execution["args"]) == ("delete_user_data", [first.user_id])
+    executions = cast(list[dict[str, Any]], devserver.state()["promises"])
+    assert [p["id"] for p in executions] == [first.id]
 
 
 def _creates(devserver: RunningDevServer, execution_id: str) -> int:
@@ -184,6 +285,7 @@ def test_every_request_is_deleted_once_through_consumer_and_worker_crashes(
             "rows_deleted": 80,
             "batches": 2,
             "receipt": effects[0].resource_id,
+            "report_refused": None,
         }
         # Each batch deleted its rows exactly once, as the store itself recorded it.
         erasures = store.erasures(request.id)
