@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import waitress  # type: ignore[import-untyped]
+import waitress
 from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from pydantic import (

@@ -28,15 +28,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
-from kafka import (  # type: ignore[import-untyped]
+from kafka import (
     KafkaAdminClient,
     KafkaConsumer,
     KafkaProducer,
     OffsetAndMetadata,
     TopicPartition,
 )
-from kafka.admin import NewTopic  # type: ignore[import-untyped]
-from kafka.errors import CommitFailedError, TopicAlreadyExistsError  # type: ignore[import-untyped]
+from kafka.admin import NewTopic
+from kafka.errors import CommitFailedError, TopicAlreadyExistsError
 from resonate.resonate import Resonate
 from resonate.types import PromiseRecord
 
