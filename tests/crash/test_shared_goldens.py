@@ -10,6 +10,7 @@ from cookbook import catalog
 from cookbook.crash.harness import Golden, Outcome
 from cookbook.crash.plan import Checkpoint
 from cookbook.testing import matrix
+from cookbook.testing.fixtures import crash_matrix_group
 
 HELLO = catalog.example("hello")
 
@@ -60,3 +61,22 @@ def test_without_xdist_the_golden_runs_stay_in_the_process(
     matrix.crash_matrix(["hello"])
     matrix.golden_run("hello", HELLO.scenarios[0].name)
     assert fresh_matrix == ["hello"]
+
+
+@pytest.mark.parametrize(
+    ("nodeid", "group"),
+    [
+        (
+            "tests/test_crash_matrix.py::test_recovers_from_crash[saga[booked:car.reserve/before]]",
+            "crash-matrix:saga",
+        ),
+        (
+            "tests/test_crash_matrix.py::test_recovers_from_crash[k8s-drain[pdb:step#1/server-kill]]",
+            "crash-matrix:k8s-drain",
+        ),
+        ("tests/test_demos.py::test_the_demo_runs_as_its_readme_says[saga-None]", None),
+        ("tests/test_crash_matrix.py::test_something_else", None),
+    ],
+)
+def test_crash_points_of_one_example_are_one_xdist_group(nodeid: str, group: str | None) -> None:
+    assert crash_matrix_group(nodeid) == group

@@ -212,6 +212,33 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` that keeps all of an example's crash points in one test process.
+
+    pytest-xdist's own loadgroup marks a group by appending `@<group>` to a test's node id, which
+    pytest 9 no longer carries to the controller: one example's crash points were spread over
+    every process, and each of them started that example's stack. Group by the example the
+    crash-point id names instead; every other test is a group of its own.
+    """
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    scheduler = LoadScopeScheduling(config, log)
+    # Its one extension point is this method; xdist ships no types to subclass it under mypy.
+    scheduler._split_scope = lambda nodeid: crash_matrix_group(nodeid) or nodeid
+    return scheduler
+
+
+def crash_matrix_group(nodeid: str) -> str | None:
+    """The example a crash-matrix test belongs to: its ids read `<example>[<crash point>]`."""
+    module, _, name = nodeid.partition("::")
+    if not module.endswith("test_crash_matrix.py") or "[" not in name:
+        return None
+    return "crash-matrix:" + name.split("[", 2)[1]
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     directory = config.stash.get(_GOLDEN_DIR, None)
     if directory is not None:
