@@ -140,7 +140,8 @@ class DevServer:
         kind, corr_id = flat["kind"], flat.get("corrId")
         touched = touches(flat)
 
-        if (wire := self.tripwires.take(touched, "before")) is not None:
+        journal_seq = len(self.state.journal)
+        if (wire := self.tripwires.take(touched, "before", journal_seq=journal_seq)) is not None:
             await self._trip(wire)
         try:
             applied = self.state.apply(flat)
@@ -153,7 +154,8 @@ class DevServer:
         await asyncio.shield(self._commit(applied))
         if touched:
             self._journal_changed()
-        if (wire := self.tripwires.take(touched, "after")) is not None:
+        journal_seq = len(self.state.journal)
+        if (wire := self.tripwires.take(touched, "after", journal_seq=journal_seq)) is not None:
             await self._trip(wire)
         return _envelope(applied.response)
 

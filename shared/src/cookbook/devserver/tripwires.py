@@ -2,7 +2,10 @@
 
 The dev server sees every durable step's create and settle, so it can kill the process that sent
 one precisely while that process waits for the answer - no timing, and no code in the examples.
-A tripwire fires once, on the first request that touches its promise with its operation.
+A tripwire fires once, on the first request that touches its promise with its operation. A fired
+tripwire records how long the journal was when it fired: a `before` wire's request is never
+applied, so only that position tells the requests the victim made from those of the process that
+recovered after it.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from cookbook.devserver.protocol import Touch
@@ -33,6 +36,8 @@ class Tripwire:
     when: When  # before the request is applied, or after it is durable but before the answer
     victim: Victim
     pid: int | None  # the worker's OS pid when victim == "worker"
+    # Set when it fires: the journal's length then. Entries with a greater `seq` came after.
+    journal_seq: int | None = None
 
     def matches(self, touch: Touch) -> bool:
         return touch.operation == self.operation and touch.promise_id == self.promise_id
@@ -81,13 +86,17 @@ class Tripwires:
         self._armed.append(wire)
         return wire
 
-    def take(self, touches: list[Touch], when: When) -> Tripwire | None:
-        """Disarm and return the first tripwire this request sets off at `when`, if any."""
+    def take(self, touches: list[Touch], when: When, *, journal_seq: int = 0) -> Tripwire | None:
+        """Disarm and return the first tripwire this request sets off at `when`, if any.
+
+        `journal_seq` is the journal's length at that moment, kept in the fired record.
+        """
         for wire in self._armed:
             if wire.when == when and any(wire.matches(t) for t in touches):
                 self._armed.remove(wire)
-                self.fired.append(wire)
-                return wire
+                fired = replace(wire, journal_seq=journal_seq)
+                self.fired.append(fired)
+                return fired
         return None
 
     def disarm_all(self) -> None:
