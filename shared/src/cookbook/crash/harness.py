@@ -383,12 +383,17 @@ class CrashHarness:
         journal, promises = await self._journal(execution_id)
         outcome = outcome.normalized(execution_id, recorded, step_results(execution_id, promises))
         if outcome != golden.outcome:
-            result.problems.append(f"outcome {outcome} differs from the golden {golden.outcome}")
+            result.problems.append(
+                f"the outcome differs from the golden run's: {outcome.state} {outcome.value},"
+                f" not {golden.outcome.state} {golden.outcome.value}"
+            )
         local_steps = {execution_id + c.suffix for c in golden.checkpoints if c.kind == "step"}
         wire = point.tripwire(execution_id, 0)
         rerun = rerun_after_kill(journal, wire, local_steps, await self._fired_at(wire))
         if rerun:
-            result.problems.append(f"completed checkpoints ran again after the kill: {rerun}")
+            labels = {execution_id + c.suffix: c.label for c in golden.checkpoints}
+            again = ", ".join(f"{labels.get(p, p)} ({p.removeprefix(execution_id)})" for p in rerun)
+            result.problems.append(f"checkpoints completed before the kill ran again: {again}")
         effects = self._effect_keys(execution_id, recorded)
         if effects != golden.effects:
             missing = golden.effects - effects

@@ -59,14 +59,17 @@ def write(example: Example, points: Mapping[str, Sequence[str]]) -> Path:
     return path
 
 
-def drift(example: Example, found: Mapping[str, Sequence[str] | None]) -> list[str]:
+def drift(
+    example: Example, found: Mapping[str, Sequence[str] | None], pinned_at: Path | None = None
+) -> list[str]:
     """How the crash points found differ from the pinned ones; empty when they are the same.
 
     `found` maps every scenario to its crash-point ids, or to None when its golden run failed
-    (that scenario's own test says why; its pinned points are then not compared).
+    (that scenario's own test says why; its pinned points are then not compared). `pinned_at`
+    reads the pins from another file than the example's own.
     """
-    path = pin_path(example)
-    shown = path.relative_to(repo_root(example.path))
+    path = pinned_at or pin_path(example)
+    shown = path if pinned_at else path.relative_to(repo_root(example.path))
     fix = f"if the change is deliberate, run `make pin EXAMPLE={example.name}` and commit it"
     if not path.is_file():
         return [f"{shown}: missing; {fix}"]
