@@ -125,4 +125,5 @@ def test_a_dropped_step_passes_its_matrix_and_fails_its_pins(
         "-dropped:sms.send/before",
         "-dropped:sms.send/after-effect",
         "-dropped:sms.send/server-kill",
+        "if the change is deliberate, run `make pin EXAMPLE=mutants` and commit it",
     ]

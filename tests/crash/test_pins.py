@@ -67,8 +67,8 @@ def test_a_dropped_checkpoint_is_a_readable_diff(tmp_path: Path) -> None:
         "@@ -1,2 +1 @@",
         " paid:a/before",
         "-paid:b/before",
+        "if the change is deliberate, run `make pin EXAMPLE=shop` and commit it",
     ]
-    assert problems[-1].endswith("run `make pin EXAMPLE=shop` and commit it")
 
 
 def test_an_added_scenario_point_or_a_missing_file_is_drift_too(tmp_path: Path) -> None:
@@ -77,8 +77,8 @@ def test_an_added_scenario_point_or_a_missing_file_is_drift_too(tmp_path: Path) 
     pins.write(shop, {"paid": ["paid:a/before"]})
     problems = pins.drift(shop, {"paid": ["paid:a/before", "paid:a/server-kill"], "refused": []})
     assert "+paid:a/server-kill" in problems[0]
-    assert (
-        problems[1] == "tests/crash/points/shop.txt: scenario 'refused' has no pinned crash points"
+    assert problems[1].splitlines()[0] == (
+        "tests/crash/points/shop.txt: scenario 'refused' has no pinned crash points"
     )
 
 

@@ -94,5 +94,5 @@ def drift(
             )
             problems.append(f"{shown}: the crash points of {name!r} differ:\n" + "\n".join(diff))
     if problems:
-        problems.append(fix)
+        problems[-1] += f"\n{fix}"
     return problems
