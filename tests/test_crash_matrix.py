@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from cookbook import catalog
+from cookbook.crash import pins
 from cookbook.testing.matrix import MatrixCase, crash_matrix, pin_cases, pin_drift, stop_all
 
 
@@ -27,3 +28,8 @@ def test_recovers_from_crash(case: MatrixCase) -> None:
 def test_crash_points_are_the_pinned_ones(example: catalog.Example) -> None:
     drift = pin_drift(example)
     assert not drift, "\n".join(drift)
+
+
+def test_every_pin_file_belongs_to_an_example() -> None:
+    orphans = pins.orphans(catalog.repo_root(), catalog.examples())
+    assert not orphans, f"no example owns {orphans}: `make pin` removes them"

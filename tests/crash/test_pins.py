@@ -88,6 +88,13 @@ def test_a_failed_golden_run_leaves_its_scenario_uncompared(tmp_path: Path) -> N
     assert pins.drift(shop, {"paid": ["paid:a/before"], "refused": None}) == []
 
 
+def test_the_pins_of_a_renamed_example_are_orphans(tmp_path: Path) -> None:
+    shop = example_in(tmp_path)
+    pins.write(shop, {"paid": []})
+    old_name = pins.write(example_in(tmp_path, "till"), {"paid": []})
+    assert pins.orphans(tmp_path, [shop]) == [old_name]
+
+
 class FakeHarness:
     """Golden runs without processes: one checkpoint each, or an error for `broken` scenarios."""
 

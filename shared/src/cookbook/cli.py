@@ -209,6 +209,10 @@ def pin_examples(names: Sequence[str]) -> int:
         path = pins.write(example, {g.scenario.name: [p.id for p in g.points] for g in goldens})
         total = sum(len(g.points) for g in goldens)
         _say(f"{path.relative_to(catalog.repo_root())}: {total} crash points")
+    if not names:
+        for orphan in pins.orphans(catalog.repo_root(), chosen):
+            orphan.unlink()
+            _say(f"{orphan.relative_to(catalog.repo_root())}: removed (no such example)")
     return 1 if failed else 0
 
 

@@ -27,8 +27,18 @@ HEADER = """\
 """
 
 
+def pin_dir(root: Path) -> Path:
+    return root / "tests" / "crash" / "points"
+
+
 def pin_path(example: Example) -> Path:
-    return repo_root(example.path) / "tests" / "crash" / "points" / f"{example.name}.txt"
+    return pin_dir(repo_root(example.path)) / f"{example.name}.txt"
+
+
+def orphans(root: Path, examples: Sequence[Example]) -> list[Path]:
+    """Pin files no example with scenarios owns any more (it was renamed, or removed)."""
+    owned = {pin_path(e) for e in examples if e.scenarios}
+    return sorted(p for p in pin_dir(root).glob("*.txt") if p not in owned)
 
 
 def render(example: Example, points: Mapping[str, Sequence[str]]) -> str:
