@@ -402,19 +402,6 @@ class CrashHarness:
                 f"effects differ from the golden run: missing {dict(missing)}, extra {dict(extra)}"
             )
 
-    async def _fired_at(self, wire: dict[str, Any]) -> int | None:
-        """The journal's length when this run's tripwire fired (None if the server restarted)."""
-        async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
-            fired = (await server.get("/_cookbook/tripwires")).json()["fired"]
-        return next(
-            (
-                w["journal_seq"]
-                for w in reversed(fired)
-                if (w["operation"], w["promise_id"]) == (wire["operation"], wire["promise_id"])
-            ),
-            None,
-        )
-
     async def _journal(
         self, execution_id: str
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -436,6 +423,19 @@ class CrashHarness:
             response.raise_for_status()
             effects: list[dict[str, Any]] = response.json()
             return effects
+
+    async def _fired_at(self, wire: dict[str, Any]) -> int | None:
+        """The journal's length when this run's tripwire fired (None if the server restarted)."""
+        async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
+            fired = (await server.get("/_cookbook/tripwires")).json()["fired"]
+        return next(
+            (
+                w["journal_seq"]
+                for w in reversed(fired)
+                if (w["operation"], w["promise_id"]) == (wire["operation"], wire["promise_id"])
+            ),
+            None,
+        )
 
     @staticmethod
     def _effect_keys(execution_id: str, effects: list[dict[str, Any]]) -> Counter[EffectKey]:

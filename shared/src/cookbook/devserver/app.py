@@ -57,7 +57,7 @@ class DevServer:
         self.config = config
         self.state = DurableState(config.data_dir, fsync=config.fsync)
         self.router = Router()
-        self.tripwires = Tripwires()
+        self.tripwires = Tripwires(journal_length=lambda: len(self.state.journal))
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -140,8 +140,7 @@ class DevServer:
         kind, corr_id = flat["kind"], flat.get("corrId")
         touched = touches(flat)
 
-        journal_seq = len(self.state.journal)
-        if (wire := self.tripwires.take(touched, "before", journal_seq=journal_seq)) is not None:
+        if (wire := self.tripwires.take(touched, "before")) is not None:
             await self._trip(wire)
         try:
             applied = self.state.apply(flat)
@@ -154,8 +153,7 @@ class DevServer:
         await asyncio.shield(self._commit(applied))
         if touched:
             self._journal_changed()
-        journal_seq = len(self.state.journal)
-        if (wire := self.tripwires.take(touched, "after", journal_seq=journal_seq)) is not None:
+        if (wire := self.tripwires.take(touched, "after")) is not None:
             await self._trip(wire)
         return _envelope(applied.response)
 
@@ -281,7 +279,7 @@ class DevServer:
         return web.json_response(
             {
                 "armed": [w.to_json() for w in self.tripwires.armed()],
-                "fired": [w.to_json() for w in self.tripwires.fired],
+                "fired": self.tripwires.fired_records(),
             }
         )
 

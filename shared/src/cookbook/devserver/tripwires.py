@@ -13,7 +13,8 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from cookbook.devserver.protocol import Touch
@@ -36,8 +37,6 @@ class Tripwire:
     when: When  # before the request is applied, or after it is durable but before the answer
     victim: Victim
     pid: int | None  # the worker's OS pid when victim == "worker"
-    # Set when it fires: the journal's length then. Entries with a greater `seq` came after.
-    journal_seq: int | None = None
 
     def matches(self, touch: Touch) -> bool:
         return touch.operation == self.operation and touch.promise_id == self.promise_id
@@ -52,10 +51,13 @@ class Tripwire:
 
 
 class Tripwires:
-    def __init__(self) -> None:
+    def __init__(self, journal_length: Callable[[], int] = lambda: 0) -> None:
         self._armed: list[Tripwire] = []
         self.fired: list[Tripwire] = []
         self._ids = itertools.count(1)
+        self._journal_length = journal_length
+        # By tripwire id: the journal's length when it fired. Entries with a greater seq came after.
+        self._fired_at: dict[int, int] = {}
 
     def arm(self, spec: Any) -> Tripwire:
         if not isinstance(spec, dict):
@@ -86,18 +88,19 @@ class Tripwires:
         self._armed.append(wire)
         return wire
 
-    def take(self, touches: list[Touch], when: When, *, journal_seq: int = 0) -> Tripwire | None:
-        """Disarm and return the first tripwire this request sets off at `when`, if any.
-
-        `journal_seq` is the journal's length at that moment, kept in the fired record.
-        """
+    def take(self, touches: list[Touch], when: When) -> Tripwire | None:
+        """Disarm and return the first tripwire this request sets off at `when`, if any."""
         for wire in self._armed:
             if wire.when == when and any(wire.matches(t) for t in touches):
                 self._armed.remove(wire)
-                fired = replace(wire, journal_seq=journal_seq)
-                self.fired.append(fired)
-                return fired
+                self.fired.append(wire)
+                self._fired_at[wire.id] = self._journal_length()
+                return wire
         return None
+
+    def fired_records(self) -> list[dict[str, Any]]:
+        """The tripwires that fired, each with `journal_seq`: the journal's length when it did."""
+        return [{**w.to_json(), "journal_seq": self._fired_at[w.id]} for w in self.fired]
 
     def disarm_all(self) -> None:
         self._armed.clear()

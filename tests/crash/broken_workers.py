@@ -1,4 +1,4 @@
-"""Broken workers for the crash harness's own tests: `python -m tests.crash.mutants`.
+"""Broken workers for the crash harness's own tests: `python -m tests.crash.broken_workers`.
 
 Each workflow sends an email, then an SMS, through the provider sandbox (one durable step each,
 keyed by the step's id) and returns the receipts. `correct` does it right; every other one breaks
@@ -31,7 +31,7 @@ from resonate.effects import ResonateEffects
 from resonate.resonate import Resonate
 from resonate.types import PromiseCreateReq, PromiseRecord
 
-GROUP = "crash-mutants"
+GROUP = "broken-workers"
 FORGETFUL = ".forgetful."  # in the execution ids of the `forgetful` scenario (harness: ex.sc.*)
 
 _client: httpx.AsyncClient | None = None
@@ -133,7 +133,7 @@ async def main() -> None:
             resonate.register(workflow)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        print(f"mutant worker {os.getpid()} ready", flush=True)
+        print(f"broken worker {os.getpid()} ready", flush=True)
         await stop.wait()
         await resonate.stop()
 

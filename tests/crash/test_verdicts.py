@@ -1,9 +1,10 @@
 """Every verdict of the crash matrix fails on a worker broken in the way it guards against.
 
-The workers are in tests/crash/mutants.py: a correct two-step workflow (an email, then an SMS,
-through the provider sandbox) and four broken variants of it. Each variant runs at every one of
-its crash points, so the test shows in which phases each check catches it, and that it passes
-where the bug cannot show (before a step completed there is nothing to run again).
+The workers are in tests/crash/broken_workers.py: a correct two-step workflow (an email, then an
+SMS, through the provider sandbox) and four broken variants of it. The correct one runs at every
+crash point; each broken one at every point where a worker dies (a server kill leaves the worker
+running and replays nothing), so the test shows in which phases each check catches it, and that
+it passes where the bug cannot show (before a step completed there is nothing to run again).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from cookbook.stack import Stack
 
 ROOT = Path(__file__).parents[2]
 WORKFLOWS = ("correct", "forgetful", "double_keyed", "dropped", "different")
-MUTANTS = Example(
-    name="mutants",
+BROKEN = Example(
+    name="broken-workers",
     path=Path(__file__).parent,
-    worker="tests.crash.mutants",
-    group="crash-mutants",
+    worker="tests.crash.broken_workers",
+    group="broken-workers",
     demo=None,
     gateway=None,
     services=("sandbox",),
@@ -68,14 +69,14 @@ def harness() -> Iterator[CrashHarness]:
     environ = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     with (
         Stack(sandbox=True, fast_recovery=True, environ=environ) as stack,
-        CrashHarness(MUTANTS, stack) as harness,
+        CrashHarness(BROKEN, stack) as harness,
     ):
         yield harness
 
 
 @pytest.fixture(scope="module")
 def goldens(harness: CrashHarness) -> dict[str, Golden]:
-    return {s.name: harness.golden(s) for s in MUTANTS.scenarios}
+    return {s.name: harness.golden(s) for s in BROKEN.scenarios}
 
 
 @pytest.mark.parametrize("workflow", [w for w in WORKFLOWS if w != "dropped"])
@@ -91,6 +92,8 @@ def test_the_matrix_fails_each_broken_worker_where_its_bug_shows(
 
     failures = {}
     for point in golden.points:
+        if workflow != "correct" and point.phase == "server-kill":
+            continue  # keeps the module near a minute; the correct worker shows this phase
         result = harness.run(golden, point)
         if not result.passed:
             failures[point.id] = "\n".join(result.problems)
@@ -102,17 +105,18 @@ def test_a_dropped_step_passes_its_matrix_and_fails_its_pins(
     harness: CrashHarness, goldens: dict[str, Golden], tmp_path: Path
 ) -> None:
     golden = goldens["dropped"]
-    assert all(harness.run(golden, point).passed for point in golden.points)
+    worker_kills = [p for p in golden.points if p.phase != "server-kill"]
+    assert all(harness.run(golden, point).passed for point in worker_kills)
     # What the pin file says the workflow had before its SMS step was dropped.
     pinned = [
         f"dropped:{step}/{phase}"
         for step in ("email.send", "sms.send")
         for phase in ("before", "after-effect", "server-kill")
     ]
-    pin_file = tmp_path / "mutants.txt"
-    pin_file.write_text(pins.render(MUTANTS, {"dropped": pinned}))
+    pin_file = tmp_path / "broken-workers.txt"
+    pin_file.write_text(pins.render(BROKEN, {"dropped": pinned}))
 
-    problems = pins.drift(MUTANTS, {"dropped": [p.id for p in golden.points]}, pin_file)
+    problems = pins.drift(BROKEN, {"dropped": [p.id for p in golden.points]}, pin_file)
 
     assert problems[0].splitlines() == [
         f"{pin_file}: the crash points of 'dropped' differ:",
@@ -125,5 +129,5 @@ def test_a_dropped_step_passes_its_matrix_and_fails_its_pins(
         "-dropped:sms.send/before",
         "-dropped:sms.send/after-effect",
         "-dropped:sms.send/server-kill",
-        "if the change is deliberate, run `make pin EXAMPLE=mutants` and commit it",
+        "if the change is deliberate, run `make pin EXAMPLE=broken-workers` and commit it",
     ]
