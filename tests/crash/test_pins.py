@@ -10,7 +10,7 @@ import pytest
 from cookbook import catalog
 from cookbook.crash import pins
 from cookbook.crash.harness import Golden, Outcome
-from cookbook.crash.plan import Checkpoint
+from cookbook.crash.plan import Checkpoint, crash_points
 from cookbook.testing import matrix
 
 HELLO = catalog.example("hello")
@@ -137,10 +137,9 @@ def test_a_failed_golden_run_fails_only_its_own_example(fresh_matrix: list[str])
 
     assert ids(params)[0] == "hello[greet/golden-run]"
     assert ids(params)[1:] == [
-        f"wlrf[{scenario}:{label}/{phase}]"
+        f"wlrf[{point.id}]"
         for scenario in ("opened", "refused")
-        for label in ("sms.send", "audit.log")
-        for phase in ("before", "after-effect", "server-kill")
+        for point in crash_points(scenario, [SEND, LOG])
     ]
     with pytest.raises(AssertionError) as failed:
         params[0].values[0].run()
