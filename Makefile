@@ -91,6 +91,10 @@ list: setup ## list the examples
 clean: ## remove .venv and caches
 	rm -rf $(VENV) .cookbook .pytest_cache .mypy_cache .ruff_cache
 
+.PHONY: pin
+pin: setup ## rewrite the pinned crash points (tests/crash/points/) from golden runs (EXAMPLE=<name>)
+	@$(COOKBOOK) pin $(EXAMPLE)
+
 .PHONY: docs
 docs: setup ## refresh README snippets from their sources, and draw each example's promise tree
 	@$(COOKBOOK) docs
@@ -117,6 +121,7 @@ new: setup ## scaffold a new example from the template: make new NAME=<name>
 	@$(uv) lock --quiet
 	@$(MAKE) --no-print-directory setup
 	@$(COOKBOOK) docs --example $(NAME)
+	@$(COOKBOOK) pin $(NAME)
 
 .PHONY: bench-kafka
 bench-kafka: setup ## kafka-worker throughput: 1000 records, produced -> deletion completed

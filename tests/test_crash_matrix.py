@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from cookbook.testing.matrix import MatrixCase, crash_matrix, stop_all
+from cookbook import catalog
+from cookbook.crash import pins
+from cookbook.testing.matrix import MatrixCase, crash_matrix, pin_cases, pin_drift, stop_all
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -18,3 +20,16 @@ def _stop_stacks_after_module() -> Iterator[None]:
 def test_recovers_from_crash(case: MatrixCase) -> None:
     result = case.run()
     assert result.passed, "\n".join(result.problems)
+
+
+# A step that silently disappears shrinks the matrix and passes it: the crash points the golden
+# runs find must be those pinned in tests/crash/points/<example>.txt (`make pin` rewrites them).
+@pytest.mark.parametrize("example", pin_cases())
+def test_crash_points_are_the_pinned_ones(example: catalog.Example) -> None:
+    drift = pin_drift(example)
+    assert not drift, "\n".join(drift)
+
+
+def test_every_pin_file_belongs_to_an_example() -> None:
+    orphans = pins.orphans(catalog.repo_root(), catalog.examples())
+    assert not orphans, f"no example owns {orphans}: `make pin` removes them"

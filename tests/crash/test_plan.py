@@ -70,6 +70,64 @@ def test_a_step_settled_before_the_kill_and_touched_again_is_a_rerun() -> None:
     assert rerun_after_kill(journal, wire, local_steps={X + ":1", X + ":2"}) == [X + ":1"]
 
 
+def numbered(journal: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries as the dev server serves them: each with its position in the journal."""
+    return [{**e, "seq": seq} for seq, e in enumerate(journal, start=1)]
+
+
+def test_a_step_re_run_before_reaching_a_before_wire_is_a_rerun() -> None:
+    # Killed as it asked to create :2: that request was never applied. The new worker then ran
+    # the finished step :1 again (new corrIds) before it created :2 itself.
+    point = CrashPoint("s", Checkpoint(":2", "step", "car.reserve", False), "before")
+    wire = point.tripwire(X, worker_pid=4242)
+    journal = numbered(
+        [
+            entry("create", X + ":1", "a"),
+            entry("settle", X + ":1", "b"),
+            entry("create", X + ":1", "c"),
+            entry("settle", X + ":1", "d"),
+            entry("create", X + ":2", "e"),
+        ]
+    )
+    local = {X + ":1", X + ":2"}
+    assert rerun_after_kill(journal, wire, local, kill_seq=2) == [X + ":1"]
+
+
+def test_an_after_effect_kill_splits_where_the_wire_fired_too() -> None:
+    point = CrashPoint("s", Checkpoint(":2", "step", "car.reserve", False), "after-effect")
+    wire = point.tripwire(X, worker_pid=4242)
+    journal = numbered(
+        [
+            entry("create", X + ":1", "a"),
+            entry("settle", X + ":1", "b"),
+            entry("create", X + ":2", "c"),
+            # killed as it asked to settle :2; the new worker settles :1 again, then :2
+            entry("settle", X + ":1", "d"),
+            entry("settle", X + ":2", "e"),
+        ]
+    )
+    assert rerun_after_kill(journal, wire, {X + ":1", X + ":2"}, kill_seq=3) == [X + ":1"]
+
+
+def test_a_recovery_that_replays_from_the_journal_is_no_rerun_wherever_the_wire_fired() -> None:
+    point = CrashPoint("s", Checkpoint(":2", "step", "car.reserve", False), "before")
+    wire = point.tripwire(X, worker_pid=4242)
+    journal = numbered(
+        [
+            entry("create", X + ":1", "a"),
+            entry("settle", X + ":1", "b"),
+            entry("create", X + ":3", "c"),  # a remote call: re-created on every replay
+            # killed at the create of :2; the new worker re-creates the global :3, retries
+            # its own request once (same corrId), and goes on
+            entry("create", X + ":3", "d"),
+            entry("create", X + ":2", "e"),
+            entry("create", X + ":2", "e"),
+            entry("settle", X + ":2", "f"),
+        ]
+    )
+    assert rerun_after_kill(journal, wire, {X + ":1", X + ":2"}, kill_seq=3) == []
+
+
 def test_a_retried_request_after_a_server_kill_is_not_a_rerun() -> None:
     point = CrashPoint("s", Checkpoint(":1", "step", "car.reserve", False), "server-kill")
     wire = point.tripwire(X, worker_pid=4242)

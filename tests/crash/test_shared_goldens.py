@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from cookbook import catalog
 from cookbook.crash.harness import Golden, Outcome
-from cookbook.crash.plan import Checkpoint
+from cookbook.crash.plan import Checkpoint, crash_points
 from cookbook.testing import matrix
 from cookbook.testing.fixtures import crash_matrix_group
 
 HELLO = catalog.example("hello")
+SMS = Checkpoint(":1", "step", "sms.send", suspended_on=False)
 
 
 @pytest.fixture
@@ -23,9 +24,8 @@ def fresh_matrix(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     def record(example: catalog.Example) -> dict[str, Golden]:
         recorded.append(example.name)
         scenario = example.scenarios[0]
-        checkpoint = Checkpoint(":1", "step", "sms.send", suspended_on=False)
         outcome = Outcome("resolved", "'sent'")
-        golden = Golden(scenario, "golden-id", outcome, [checkpoint], Counter(), 0.5)
+        golden = Golden(scenario, "golden-id", outcome, [SMS], Counter(), 0.5)
         return {scenario.name: golden}
 
     # Restored afterwards, whatever share_goldens_through sets in between.
@@ -49,9 +49,7 @@ def test_a_second_process_loads_the_golden_run_the_first_one_made(
     assert fresh_matrix == ["hello"], "the second process ran the golden run again"
     assert [p.id for p in second] == [p.id for p in first]  # type: ignore[attr-defined]
     assert [p.id for p in first] == [  # type: ignore[attr-defined]
-        "hello[greet:sms.send/before]",
-        "hello[greet:sms.send/after-effect]",
-        "hello[greet:sms.send/server-kill]",
+        f"hello[{point.id}]" for point in crash_points("greet", [SMS])
     ]
 
 

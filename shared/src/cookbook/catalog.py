@@ -56,33 +56,166 @@ def repo_root(start: Path | None = None) -> Path:
     raise CatalogError("not inside the cookbook repository (no examples/ and shared/ found)")
 
 
-def load_example(path: Path) -> Example:
+SERVICES = ("sandbox", "kafka", "kubernetes")
+EXPECTATIONS = ("resolved", "rejected")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key a `[tool.cookbook]` table may have: its type, and whether it must be there."""
+
+    types: tuple[type, ...]
+    required: bool = False
+    items: type | None = None  # for a list: the type of every item
+    choices: tuple[str, ...] = ()  # for a string, or a list of strings: the allowed values
+
+
+_A_STRING, _A_LIST, _A_TABLE_LIST = Key((str,)), Key((list,)), Key((list,), items=dict)
+_REQUIRED_STRING = Key((str,), required=True)
+
+# The schema of `[tool.cookbook]`. A key that is not here is a mistake (a misspelt `expcet` would
+# otherwise be ignored, and the scenario would run expecting the default).
+EXAMPLE_KEYS: dict[str, Key] = {
+    "worker": _REQUIRED_STRING,
+    "group": _REQUIRED_STRING,
+    "demo": _A_STRING,
+    "gateway": _A_STRING,
+    "services": Key((list,), items=str, choices=SERVICES),
+    "scenarios": _A_TABLE_LIST,
+    # The systems that receive an example's effects, read at every crash point; what each table
+    # holds is checked by cookbook.crash.receivers, which reads them.
+    "receivers": _A_TABLE_LIST,
+}
+SCENARIO_KEYS: dict[str, Key] = {
+    "name": _REQUIRED_STRING,
+    "function": _REQUIRED_STRING,
+    "args": _A_LIST,
+    "faults": _A_TABLE_LIST,  # what each fault holds is checked by the sandbox when it is armed
+    "expect": Key((str,), choices=EXPECTATIONS),
+    "signals": _A_LIST,
+    "setup": _A_TABLE_LIST,
+}
+SETUP_KEYS: dict[str, Key] = {
+    "service": _REQUIRED_STRING,
+    "path": _REQUIRED_STRING,
+    "method": _A_STRING,
+    "json": Key((dict, list, str, int, float, bool)),
+}
+
+_NAMES: dict[type, str] = {
+    bool: "a boolean",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    dict: "a table",
+}
+
+
+def _kind(value: Any) -> str:
+    return _NAMES.get(type(value), type(value).__name__)
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    # TOML's booleans are Python ints; `true` is no integer here.
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
+def _check(table: dict[str, Any], keys: dict[str, Key], where: str) -> list[str]:
+    """What is wrong with one table, each problem naming the key: `<where>.<key>: <reason>`."""
+    problems = [
+        f"{where}.{name}: unknown key (known: {', '.join(keys)})"
+        for name in table
+        if name not in keys
+    ]
+    for name, key in keys.items():
+        at = f"{where}.{name}"
+        if name not in table:
+            if key.required:
+                problems.append(f"{at}: missing (required)")
+            continue
+        value = table[name]
+        if not _is(value, key.types):
+            expected = " or ".join(_NAMES[t] for t in key.types)
+            problems.append(f"{at}: expected {expected}, got {_kind(value)}")
+            continue
+        items = list(enumerate(value)) if key.items is not None else [(None, value)]
+        for i, item in items:
+            item_at = at if i is None else f"{at}[{i}]"
+            if key.items is not None and not _is(item, (key.items,)):
+                problems.append(f"{item_at}: expected {_NAMES[key.items]}, got {_kind(item)}")
+            elif key.choices and item not in key.choices:
+                problems.append(f"{item_at}: {item!r} is not one of {', '.join(key.choices)}")
+    return problems
+
+
+def validate(table: Any, where: str = "[tool.cookbook]") -> list[str]:
+    """Every problem with an example's `[tool.cookbook]` table; empty when it is well formed."""
+    if not isinstance(table, dict):
+        return [f"{where}: expected a table, got {_kind(table)}"]
+    problems = _check(table, EXAMPLE_KEYS, where)
+    scenarios = table.get("scenarios")
+    names: list[str] = []
+    for i, scenario in enumerate(scenarios if isinstance(scenarios, list) else []):
+        if not isinstance(scenario, dict):
+            continue
+        at = f"{where[:-1]}.scenarios][{i}]"
+        problems += _check(scenario, SCENARIO_KEYS, at)
+        name = scenario.get("name")
+        if isinstance(name, str):
+            if name in names:
+                problems.append(f"{at}.name: {name!r} names another scenario too")
+            names.append(name)
+        setup = scenario.get("setup")
+        for j, call in enumerate(setup if isinstance(setup, list) else []):
+            if isinstance(call, dict):
+                problems += _check(call, SETUP_KEYS, f"{at}.setup[{j}]")
+    return problems
+
+
+def _shown(path: Path) -> str:
+    """The pyproject.toml's path as a reader finds it: relative to the repository if inside it."""
+    pyproject = path / "pyproject.toml"
     try:
-        table = tomllib.loads((path / "pyproject.toml").read_text())["tool"]["cookbook"]
-        scenarios = tuple(
-            Scenario(
-                name=s["name"],
-                function=s["function"],
-                args=list(s.get("args", [])),
-                faults=list(s.get("faults", [])),
-                expect=s.get("expect", "resolved"),
-                signals=list(s.get("signals", [])),
-                setup=list(s.get("setup", [])),
-            )
-            for s in table.get("scenarios", [])
+        return str(pyproject.resolve().relative_to(repo_root(path)))
+    except (CatalogError, ValueError):
+        return str(pyproject)
+
+
+def load_example(path: Path) -> Example:
+    shown = _shown(path)
+    try:
+        document = tomllib.loads((path / "pyproject.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"{shown}: cannot read it: {exc}") from exc
+    table = document.get("tool", {}).get("cookbook")
+    if table is None:
+        raise CatalogError(f"{shown}: no [tool.cookbook] table")
+    problems = validate(table)
+    if problems:
+        raise CatalogError("\n".join(f"{shown}: {problem}" for problem in problems))
+    scenarios = tuple(
+        Scenario(
+            name=s["name"],
+            function=s["function"],
+            args=list(s.get("args", [])),
+            faults=list(s.get("faults", [])),
+            expect=s.get("expect", "resolved"),
+            signals=list(s.get("signals", [])),
+            setup=list(s.get("setup", [])),
         )
-        return Example(
-            name=path.name,
-            path=path,
-            worker=table["worker"],
-            group=table["group"],
-            demo=table.get("demo"),
-            gateway=table.get("gateway"),
-            services=tuple(table.get("services", [])),
-            scenarios=scenarios,
-        )
-    except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
-        raise CatalogError(f"{path}/pyproject.toml: bad or missing [tool.cookbook]: {exc}") from exc
+        for s in table.get("scenarios", [])
+    )
+    return Example(
+        name=path.name,
+        path=path,
+        worker=table["worker"],
+        group=table["group"],
+        demo=table.get("demo"),
+        gateway=table.get("gateway"),
+        services=tuple(table.get("services", [])),
+        scenarios=scenarios,
+    )
 
 
 def declares_example(path: Path) -> bool:

@@ -1,4 +1,4 @@
-"""`cookbook`: the command line behind the Makefile (run, crash, bench, tree, list, new, docs)."""
+"""`cookbook`: the Makefile's command line (run, crash, pin, bench, tree, list, new, docs)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 import httpx
 
 from cookbook import bench, catalog, diagram, docs, scaffold
-from cookbook.crash.harness import CrashHarness, CrashResult, harness_stack
+from cookbook.crash import pins
+from cookbook.crash.harness import CrashHarness, CrashResult, Golden, harness_stack
 from cookbook.processes import ManagedProcess, stopping
 from cookbook.stack import Stack, gateway_process, stack_for, url_of, worker_process
 
@@ -154,10 +155,12 @@ def crash_example(name: str, only: str | None = None) -> int:
     """Run the crash matrix of one example; one line per crash point, then `N passed, M failed`."""
     example = catalog.example(name)
     results: list[CrashResult] = []
+    found: dict[str, list[str] | None] = {}
     started = time.perf_counter()
     with harness_stack(example) as stack, CrashHarness(example, stack) as harness:
         for scenario in example.scenarios:
             golden = harness.golden(scenario)
+            found[scenario.name] = [p.id for p in golden.points]
             _say(
                 f"{example.name}/{scenario.name}: golden run {golden.outcome.state} in "
                 f"{golden.seconds:.2f}s, {len(golden.checkpoints)} checkpoints, "
@@ -181,9 +184,36 @@ def crash_example(name: str, only: str | None = None) -> int:
             f"recovery: median {statistics.median(recoveries):.2f}s, max {max(recoveries):.2f}s;"
             f" matrix wall time {time.perf_counter() - started:.1f}s"
         )
+    drift = pins.drift(example, found)
+    for problem in drift:
+        _say(f"FAIL {problem}")
     passed = sum(r.passed for r in results)
     _say(f"{passed} passed, {len(results) - passed} failed")
-    return 0 if results and passed == len(results) else 1
+    return 0 if results and passed == len(results) and not drift else 1
+
+
+def pin_examples(names: Sequence[str]) -> int:
+    """Rewrite the pinned crash points of these examples (all of them if none) from golden runs."""
+    chosen = [catalog.example(n) for n in names] if names else catalog.examples()
+    failed = False
+    for example in chosen:
+        if not example.scenarios:
+            continue
+        with harness_stack(example) as stack, CrashHarness(example, stack) as harness:
+            try:
+                goldens: list[Golden] = [harness.golden(s) for s in example.scenarios]
+            except Exception as exc:
+                _say(f"{example.name}: a golden run failed, its pins are left as they were: {exc}")
+                failed = True
+                continue
+        path = pins.write(example, {g.scenario.name: [p.id for p in g.points] for g in goldens})
+        total = sum(len(g.points) for g in goldens)
+        _say(f"{path.relative_to(catalog.repo_root())}: {total} crash points")
+    if not names:
+        for orphan in pins.orphans(catalog.repo_root(), chosen):
+            orphan.unlink()
+            _say(f"{orphan.relative_to(catalog.repo_root())}: removed (no such example)")
+    return 1 if failed else 0
 
 
 def sync_docs(*, check: bool, only: str | None = None, trees: bool = True) -> int:
@@ -258,6 +288,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     bench.add_arguments(
         sub.add_parser("bench", help="measure step overhead, recovery and crash-matrix speed")
     )
+    pin = sub.add_parser(
+        "pin", help="rewrite the pinned crash points (tests/crash/points/) from golden runs"
+    )
+    pin.add_argument("examples", nargs="*", help="only these examples (default: all)")
     tree = sub.add_parser("tree", help="print the promise tree of an execution")
     tree.add_argument("id")
     sub.add_parser("list", help="list the examples")
@@ -278,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 code = run_example(args.example, args.crash, args.also, args.client)
             case "crash":
                 code = crash_example(args.example, args.only)
+            case "pin":
+                code = pin_examples(args.examples)
             case "bench":
                 code = bench.command(args, say=_say)
             case "tree":

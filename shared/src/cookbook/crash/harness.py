@@ -383,11 +383,17 @@ class CrashHarness:
         journal, promises = await self._journal(execution_id)
         outcome = outcome.normalized(execution_id, recorded, step_results(execution_id, promises))
         if outcome != golden.outcome:
-            result.problems.append(f"outcome {outcome} differs from the golden {golden.outcome}")
+            result.problems.append(
+                f"the outcome differs from the golden run's: {outcome.state} {outcome.value},"
+                f" not {golden.outcome.state} {golden.outcome.value}"
+            )
         local_steps = {execution_id + c.suffix for c in golden.checkpoints if c.kind == "step"}
-        rerun = rerun_after_kill(journal, point.tripwire(execution_id, 0), local_steps)
+        wire = point.tripwire(execution_id, 0)
+        rerun = rerun_after_kill(journal, wire, local_steps, await self._fired_at(wire))
         if rerun:
-            result.problems.append(f"completed checkpoints ran again after the kill: {rerun}")
+            labels = {execution_id + c.suffix: c.label for c in golden.checkpoints}
+            again = ", ".join(f"{labels.get(p, p)} ({p.removeprefix(execution_id)})" for p in rerun)
+            result.problems.append(f"checkpoints completed before the kill ran again: {again}")
         effects = self._effect_keys(execution_id, recorded)
         if effects != golden.effects:
             missing = golden.effects - effects
@@ -417,6 +423,19 @@ class CrashHarness:
             response.raise_for_status()
             effects: list[dict[str, Any]] = response.json()
             return effects
+
+    async def _fired_at(self, wire: dict[str, Any]) -> int | None:
+        """The journal's length when this run's tripwire fired (None if the server restarted)."""
+        async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
+            fired = (await server.get("/_cookbook/tripwires")).json()["fired"]
+        return next(
+            (
+                w["journal_seq"]
+                for w in reversed(fired)
+                if (w["operation"], w["promise_id"]) == (wire["operation"], wire["promise_id"])
+            ),
+            None,
+        )
 
     @staticmethod
     def _effect_keys(execution_id: str, effects: list[dict[str, Any]]) -> Counter[EffectKey]:
@@ -464,27 +483,38 @@ def _substitute(value: Any, execution_id: str) -> Any:
 
 
 def rerun_after_kill(
-    journal: list[dict[str, Any]], wire: dict[str, Any], local_steps: set[str]
+    journal: list[dict[str, Any]],
+    wire: dict[str, Any],
+    local_steps: set[str],
+    kill_seq: int | None = None,
 ) -> list[str]:
     """Checkpoints that were complete before the kill and yet did their work again after it.
 
-    The kill happened at the first journal entry matching the tripwire (after it, when the wire
-    fired after the request was applied). Evidence of work done again is a new request settling
-    a promise that was already settled, or creating a local step that was (a replay gets local
-    steps from the journal; global children - promises, sleeps, remote calls - are re-created
-    idempotently on every replay, which does no work). A retried HTTP request keeps its corrId
-    and is not new.
+    The kill happened when the journal was `kill_seq` entries long: the dev server records that
+    when a tripwire fires. Without it (a server kill loses the record with the process that kept
+    it), the kill happened at the first journal entry matching an `after` tripwire, which was
+    applied before it fired. (Splitting a `before` wire's journal at its first match would be
+    wrong: that request was never applied, so the first match is the recovering worker's, and
+    everything the recovery re-ran on the way there would count as "before the kill".)
+
+    Evidence of work done again is a new request settling a promise that was already settled,
+    or creating a local step that was (a replay gets local steps from the journal; global
+    children - promises, sleeps, remote calls - are re-created idempotently on every replay,
+    which does no work). A retried HTTP request keeps its corrId and is not new.
     """
-    kill_at = next(
-        (
-            i
-            for i, e in enumerate(journal)
-            if e["operation"] == wire["operation"] and e["promise_id"] == wire["promise_id"]
-        ),
-        len(journal),
-    )
-    if wire["when"] == "after":
-        kill_at += 1
+    if kill_seq is not None:
+        kill_at = sum(1 for e in journal if e["seq"] <= kill_seq)
+    else:
+        kill_at = next(
+            (
+                i
+                for i, e in enumerate(journal)
+                if e["operation"] == wire["operation"] and e["promise_id"] == wire["promise_id"]
+            ),
+            len(journal),
+        )
+        if wire["when"] == "after":
+            kill_at += 1
     before, after = journal[:kill_at], journal[kill_at:]
     settled = {e["promise_id"] for e in before if e["operation"] == "settle"}
     seen = {(e["promise_id"], e["corr_id"]) for e in before}

@@ -57,7 +57,7 @@ class DevServer:
         self.config = config
         self.state = DurableState(config.data_dir, fsync=config.fsync)
         self.router = Router()
-        self.tripwires = Tripwires()
+        self.tripwires = Tripwires(journal_length=lambda: len(self.state.journal))
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -279,7 +279,7 @@ class DevServer:
         return web.json_response(
             {
                 "armed": [w.to_json() for w in self.tripwires.armed()],
-                "fired": [w.to_json() for w in self.tripwires.fired],
+                "fired": self.tripwires.fired_records(),
             }
         )
 

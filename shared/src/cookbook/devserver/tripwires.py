@@ -2,7 +2,10 @@
 
 The dev server sees every durable step's create and settle, so it can kill the process that sent
 one precisely while that process waits for the answer - no timing, and no code in the examples.
-A tripwire fires once, on the first request that touches its promise with its operation.
+A tripwire fires once, on the first request that touches its promise with its operation. A fired
+tripwire records how long the journal was when it fired: a `before` wire's request is never
+applied, so only that position tells the requests the victim made from those of the process that
+recovered after it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -47,10 +51,13 @@ class Tripwire:
 
 
 class Tripwires:
-    def __init__(self) -> None:
+    def __init__(self, journal_length: Callable[[], int] = lambda: 0) -> None:
         self._armed: list[Tripwire] = []
         self.fired: list[Tripwire] = []
         self._ids = itertools.count(1)
+        self._journal_length = journal_length
+        # By tripwire id: the journal's length when it fired. Entries with a greater seq came after.
+        self._fired_at: dict[int, int] = {}
 
     def arm(self, spec: Any) -> Tripwire:
         if not isinstance(spec, dict):
@@ -87,8 +94,13 @@ class Tripwires:
             if wire.when == when and any(wire.matches(t) for t in touches):
                 self._armed.remove(wire)
                 self.fired.append(wire)
+                self._fired_at[wire.id] = self._journal_length()
                 return wire
         return None
+
+    def fired_records(self) -> list[dict[str, Any]]:
+        """The tripwires that fired, each with `journal_seq`: the journal's length when it did."""
+        return [{**w.to_json(), "journal_seq": self._fired_at[w.id]} for w in self.fired]
 
     def disarm_all(self) -> None:
         self._armed.clear()

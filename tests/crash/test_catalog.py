@@ -1,0 +1,131 @@
+"""`[tool.cookbook]` is validated: a misspelt or mistyped key is an error naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cookbook import catalog
+
+ROOT = catalog.repo_root(Path(__file__))
+
+GOOD = """
+[tool.cookbook]
+worker = "demo.worker"
+group = "demo"
+services = ["sandbox"]
+receivers = [{ anything = "its own module checks it" }]
+
+[[tool.cookbook.scenarios]]
+name = "booked"
+function = "book"
+args = [1]
+
+[[tool.cookbook.scenarios]]
+name = "refused"
+function = "book"
+expect = "rejected"
+faults = [{ provider = "car", status = 409 }]
+[[tool.cookbook.scenarios.setup]]
+service = "kubernetes"
+path = "/_admin/reset"
+json = { nodes = ["a"] }
+"""
+
+
+def example_at(tmp_path: Path, toml: str) -> Path:
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    (folder / "pyproject.toml").write_text(toml)
+    return folder
+
+
+def problems_of(tmp_path: Path, toml: str) -> list[str]:
+    with pytest.raises(catalog.CatalogError) as raised:
+        catalog.load_example(example_at(tmp_path, toml))
+    return str(raised.value).splitlines()
+
+
+def test_a_well_formed_table_loads(tmp_path: Path) -> None:
+    example = catalog.load_example(example_at(tmp_path, GOOD))
+    assert [s.expect for s in example.scenarios] == ["resolved", "rejected"]
+    assert example.scenarios[1].setup[0]["json"] == {"nodes": ["a"]}
+
+
+def test_a_misspelt_scenario_key_names_the_file_the_scenario_and_the_key(tmp_path: Path) -> None:
+    toml = GOOD.replace('expect = "rejected"', 'expcet = "rejected"')
+    [problem] = problems_of(tmp_path, toml)
+    assert problem.startswith(
+        f"{tmp_path}/demo/pyproject.toml: [tool.cookbook.scenarios][1].expcet: unknown key"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            ('group = "demo"', "group = 7"),
+            "[tool.cookbook].group: expected a string, got an integer",
+        ),
+        (
+            ('group = "demo"', 'group = "demo"\nworkers = 2'),
+            "[tool.cookbook].workers: unknown key",
+        ),
+        (('worker = "demo.worker"', ""), "[tool.cookbook].worker: missing (required)"),
+        (
+            ('services = ["sandbox"]', 'services = ["sandbox", "redis"]'),
+            "[tool.cookbook].services[1]: 'redis' is not one of sandbox, kafka, kubernetes",
+        ),
+        (
+            ('services = ["sandbox"]', 'services = "sandbox"'),
+            "[tool.cookbook].services: expected a list, got a string",
+        ),
+        (
+            ("receivers = [{", 'receivers = ["flights", {'),
+            "[tool.cookbook].receivers[0]: expected a table, got a string",
+        ),
+        (
+            ('expect = "rejected"', 'expect = "failed"'),
+            "[tool.cookbook.scenarios][1].expect: 'failed' is not one of resolved, rejected",
+        ),
+        (
+            ("args = [1]", "args = 1"),
+            "[tool.cookbook.scenarios][0].args: expected a list, got an integer",
+        ),
+        (
+            ('name = "refused"', 'name = "booked"'),
+            "[tool.cookbook.scenarios][1].name: 'booked' names another scenario too",
+        ),
+        (
+            ('path = "/_admin/reset"', 'paht = "/_admin/reset"'),
+            "[tool.cookbook.scenarios][1].setup[0].paht: unknown key",
+        ),
+        (
+            ('function = "book"\nargs', "function = true\nargs"),
+            "[tool.cookbook.scenarios][0].function: expected a string, got a boolean",
+        ),
+    ],
+)
+def test_wrong_keys_and_types_are_errors_naming_the_key(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
+    toml = GOOD.replace(*change)
+    assert toml != GOOD
+    problems = problems_of(tmp_path, toml)
+    assert any(p.startswith(f"{tmp_path}/demo/pyproject.toml: {expected}") for p in problems), (
+        problems
+    )
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    toml = GOOD.replace('expect = "rejected"', 'expcet = "rejected"').replace("group =", "grop =")
+    assert len(problems_of(tmp_path, toml)) == 3  # expcet, grop, and the group it lacks
+
+
+def test_a_file_in_this_repository_is_named_by_its_path_in_it() -> None:
+    assert catalog.validate({"worker": "w", "group": "g", "sevices": []}) == [
+        "[tool.cookbook].sevices: unknown key (known: worker, group, demo, gateway, services, "
+        "scenarios, receivers)"
+    ]
+    with pytest.raises(catalog.CatalogError, match=r"^examples/saga/missing/pyproject.toml: "):
+        catalog.load_example(ROOT / "examples" / "saga" / "missing")
