@@ -40,10 +40,12 @@ def book(gateway: httpx.Client, trip: dict[str, Any]) -> None:
         case "booked":
             confirmations = ", ".join(f"{p} {c}" for p, c in status["confirmations"].items())
             print(f"✓ booked: {confirmations}")
-        case "rolled_back":
-            print(f"✗ rolled back: {status['failed']} said no ({status['reason']})")
-            for step, undone in enumerate(status["cancelled"], 1):
-                print(f"  ↩ {step}. cancelled {undone['provider']} {undone['reservation_id']}")
+        case "rolled_back" | "rollback_incomplete":
+            print(f"✗ {status['status']}: {status['failed']} said no ({status['reason']})")
+            for step, undo in enumerate(status["undo"], 1):
+                what = undo.get("reservation_id") or ""
+                why = f": {undo['reason']}" if "reason" in undo else ""
+                print(f"  ↩ {step}. {undo['outcome']} {undo['provider']} {what}{why}")
         case _:
             print(f"! {status['status']}: {status.get('reason')}")
 
