@@ -108,9 +108,14 @@ async def cancel(ctx: Context, reservation: Reservation) -> Compensation:
     provider = reservation.provider
     if reservation.id is not None:
         which = {"reservation_id": reservation.id}
+        print(f"cancelling {provider} {reservation.id} (step {ctx.info.id})", flush=True)
     else:
         which = {"reservation_key": str(reservation.request_key)}
-    print(f"cancelling {provider} {next(iter(which.values()))} (step {ctx.info.id})", flush=True)
+        print(
+            f"cancelling {provider} whatever key {reservation.request_key} booked"
+            f" (step {ctx.info.id})",
+            flush=True,
+        )
     response = await _post(ctx, f"/{provider}/cancel", which)
     if response.is_error:  # a final no: the reservation stays, and a person must see to it
         refusal = _describe(response)
@@ -129,10 +134,10 @@ async def _post(ctx: Context, path: str, body: dict[str, Any]) -> httpx.Response
     try:
         response = await providers.client.post(path, json=body, headers={"Idempotency-Key": key})
     except httpx.TransportError as exc:  # timed out, refused, reset: the call may have landed
-        print(f"{path}: {type(exc).__name__}; the step will be retried", flush=True)
+        print(f"{path}: {type(exc).__name__} (transient: may have landed)", flush=True)
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}", key) from exc
     if response.is_server_error or response.status_code in (408, 429):
-        print(f"{path} answered {response.status_code}; the step will be retried", flush=True)
+        print(f"{path} answered {response.status_code} (transient)", flush=True)
         raise ProviderUnavailableError(f"{path}: {_describe(response)}", key)
     return response
 
