@@ -57,7 +57,7 @@ class TripStatus(BaseModel):
     # still in place (`undo` says which, and why); failed: the workflow itself failed.
     status: Literal["pending", "booked", "rolled_back", "rollback_incomplete", "failed"]
     confirmations: dict[str, str] | None = None  # booked: provider -> reservation id
-    failed: str | None = None  # rolled_back, rollback_incomplete: the provider that said no
+    failed: str | None = None  # rolled_back, rollback_incomplete: the provider that failed
     reason: str | None = None  # rolled_back, rollback_incomplete, failed: why
     undo: list[Undo] | None = None  # rolled_back, rollback_incomplete: in the order undone
 

@@ -148,9 +148,9 @@ RESERVE_RETRIES = Linear(delay=1, max_retries=3)
 # succeeds, the traveller holds a reservation they will pay for. When it does give up, the
 # reservation is reported as left in place, and the remaining cancellations still run.
 CANCEL_RETRIES = Exponential(delay=1, factor=2, max_retries=12, max_delay=300)
-# The workflow itself calls no provider: what it raises before its first step (nothing it can
-# raise but a bug) would fail again. The SDK default would retry it 30 times with doubling
-# delays while holding the lease; the worker registers it with this policy instead.
+# The workflow itself calls no provider: what fails before its first step (a trip argument that
+# does not decode, or a bug) fails the same way every time. The SDK default would retry it 30
+# times with doubling delays while holding the lease; the worker registers it with this instead.
 WORKFLOW_RETRIES = Never()
 
 
