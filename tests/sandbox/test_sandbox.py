@@ -278,6 +278,71 @@ async def test_cancel_semantics(client: httpx.AsyncClient, records: SandboxRecor
     assert [(e.idempotency_key, e.resource_id) for e in cancels] == [("c-1", reservation_id)]
 
 
+async def test_cancel_by_key_cancels_the_reservation_that_landed(
+    client: httpx.AsyncClient, records: SandboxRecords
+) -> None:
+    reserved = await post(client, "/hotel/reserve", {"city": "Oslo"}, key="trip-1:2")
+
+    cancelled = await post(client, "/hotel/cancel", {"reservation_key": "trip-1:2"}, key="c-1")
+    again = await post(client, "/hotel/cancel", {"reservation_key": "trip-1:2"}, key="c-2")
+
+    assert cancelled.status_code == again.status_code == 200
+    assert cancelled.json()["id"] == again.json()["id"] == reserved.json()["id"]
+    assert cancelled.json()["status"] == again.json()["status"] == "cancelled"
+    cancels = [e for e in records.effects() if e.action == "cancel"]
+    assert [(e.idempotency_key, e.resource_id) for e in cancels] == [("c-1", reserved.json()["id"])]
+    # A key names one provider's reservation request, not another's.
+    other = await post(client, "/car/cancel", {"reservation_key": "trip-1:2"}, key="c-3")
+    assert other.status_code == 404
+
+
+async def test_cancel_by_key_before_the_request_arrives_voids_it(
+    client: httpx.AsyncClient, records: SandboxRecords
+) -> None:
+    voided = await post(client, "/hotel/cancel", {"reservation_key": "trip-2:2"}, key="c-1")
+    repeated = await post(client, "/hotel/cancel", {"reservation_key": "trip-2:2"}, key="c-2")
+
+    late = await post(client, "/hotel/reserve", {"city": "Oslo"}, key="trip-2:2")
+    retried = await post(client, "/hotel/reserve", {"city": "Oslo"}, key="trip-2:2")
+
+    assert voided.status_code == repeated.status_code == 200
+    assert voided.json()["status"] == repeated.json()["status"] == "voided"
+    assert late.status_code == retried.status_code == 409
+    assert "cancelled before it arrived" in late.json()["error"]
+    assert [(e.provider, e.action, e.idempotency_key) for e in records.effects()] == [
+        ("hotel", "cancel", "c-1")
+    ]
+    assert (await post(client, "/hotel/reserve", {"city": "Oslo"}, key="trip-3:2")).is_success
+
+
+async def test_a_late_request_is_refused_once_its_key_is_voided(
+    db_path: Path, records: SandboxRecords
+) -> None:
+    app = create_app(db_path)
+    faults = app.state.faults
+    arrived = asyncio.Event()
+    count_request = faults.on_request
+
+    def on_request(provider: str, action: str, key: str | None) -> Any:
+        arrived.set()
+        return count_request(provider, action, key)
+
+    faults.on_request = on_request
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
+        # The request reaches the provider and is delayed when its sender gives up and cancels it.
+        await add_fault(client, provider="hotel", action="reserve", mode="latency", latency_ms=300)
+        late = asyncio.create_task(post(client, "/hotel/reserve", {"city": "Oslo"}, key="trip-4:2"))
+        await arrived.wait()
+
+        voided = await post(client, "/hotel/cancel", {"reservation_key": "trip-4:2"}, key="c-1")
+
+        assert voided.json()["status"] == "voided"
+        assert (await late).status_code == 409
+    app.state.store.close()
+    assert [e.action for e in records.effects()] == ["cancel"]
+
+
 async def test_refund_semantics(client: httpx.AsyncClient, records: SandboxRecords) -> None:
     assert (await post(client, "/payment/refund", {"charge_id": "nope"})).status_code == 404
 
@@ -314,7 +379,13 @@ async def test_bad_bodies_are_422(
 
 @pytest.mark.parametrize(
     ("path", "body"),
-    [("/car/cancel", {}), ("/car/cancel", {"reservation_id": 7}), ("/payment/refund", {})],
+    [
+        ("/car/cancel", {}),
+        ("/car/cancel", {"reservation_id": 7}),
+        ("/car/cancel", {"reservation_id": "car_1", "reservation_key": "k"}),
+        ("/car/cancel", {"reservation_key": ""}),
+        ("/payment/refund", {}),
+    ],
 )
 async def test_action_specific_fields_are_validated(
     client: httpx.AsyncClient, path: str, body: dict[str, Any]

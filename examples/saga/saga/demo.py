@@ -1,7 +1,9 @@
 """`python -m saga.demo`: book two trips through the gateway and tell what happens to each.
 
 The first trip goes through. For the second, the simulated car provider is told to refuse, so the
-workflow cancels the hotel, then the flight, and the trip ends rolled back. Like any HTTP client,
+workflow cancels the hotel, then the flight, and the trip ends rolled back. For the third, the
+hotel provider keeps failing: whether it booked is unknown, so the hotel is cancelled by the key
+the reservation was sent with, and then the flight. Like any HTTP client,
 the demo gets 202 and a status URL for each booking, and polls that URL until the trip settles.
 """
 
@@ -13,6 +15,13 @@ import time
 from typing import Any
 
 import httpx
+
+UNDONE = {
+    "cancelled": "cancelled {reservation_id}",
+    "voided": "the reservation never arrived; the provider will refuse it if it does",
+    "refused": "NOT cancelled, the provider refused ({reason})",
+    "unreachable": "NOT cancelled, the provider kept failing ({reason})",
+}
 
 
 def trip_request(who: str, name: str, origin: str, destination: str, city: str) -> dict[str, Any]:
@@ -40,10 +49,10 @@ def book(gateway: httpx.Client, trip: dict[str, Any]) -> None:
         case "booked":
             confirmations = ", ".join(f"{p} {c}" for p, c in status["confirmations"].items())
             print(f"✓ booked: {confirmations}")
-        case "rolled_back":
-            print(f"✗ rolled back: {status['failed']} said no ({status['reason']})")
-            for step, undone in enumerate(status["cancelled"], 1):
-                print(f"  ↩ {step}. cancelled {undone['provider']} {undone['reservation_id']}")
+        case "rolled_back" | "rollback_incomplete":
+            print(f"✗ {status['status']}: {status['failed']} failed ({status['reason']})")
+            for step, undo in enumerate(status["undo"], 1):
+                print(f"  ↩ {step}. {undo['provider']}: {UNDONE[undo['outcome']].format(**undo)}")
         case _:
             print(f"! {status['status']}: {status.get('reason')}")
 
@@ -67,17 +76,30 @@ def main() -> None:
             "· make the simulated car provider fail for this trip: it will answer "
             "409 Conflict (no cars left) to every reservation for it"
         )
-        httpx.post(
-            f"{providers}/_admin/faults",
-            json={
-                "provider": "car",
-                "action": "reserve",
-                "mode": "fail_always",
-                "status": 409,
-                "key_prefix": f"{grace['trip_id']}:",
-            },
-        ).raise_for_status()
+        make_fail(providers, "car", grace, status=409)
         book(gateway, grace)
+        print()
+        alan = trip_request("alan", "Alan Turing", "MAN", "CDG", "Paris")
+        print(
+            "· make the simulated hotel provider fail for this trip: it will answer "
+            "503 Service Unavailable to every reservation for it, so whether it booked is unknown"
+        )
+        make_fail(providers, "hotel", alan, status=503)
+        book(gateway, alan)
+
+
+def make_fail(providers: str, provider: str, trip: dict[str, Any], status: int) -> None:
+    """Make one simulated provider answer `status` to every reservation for this trip."""
+    httpx.post(
+        f"{providers}/_admin/faults",
+        json={
+            "provider": provider,
+            "action": "reserve",
+            "mode": "fail_always",
+            "status": status,
+            "key_prefix": f"{trip['trip_id']}:",
+        },
+    ).raise_for_status()
 
 
 if __name__ == "__main__":

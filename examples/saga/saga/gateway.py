@@ -18,8 +18,8 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
@@ -29,6 +29,8 @@ from pydantic import BaseModel, ValidationError
 from resonate.error import ServerError
 from resonate.resonate import Resonate
 from resonate.types import PromiseRecord
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga.workflow import Trip, TripId, TripRolledBackError
 
@@ -40,18 +42,56 @@ class Accepted(BaseModel):
     status_url: str
 
 
-class Cancellation(BaseModel):
+class Undo(BaseModel):
+    """What became of one reservation when the trip was rolled back (see `Compensation`)."""
+
     provider: str
-    reservation_id: str
+    outcome: Literal["cancelled", "voided", "refused", "unreachable"]
+    reservation_id: str | None = None
+    reason: str | None = None
 
 
 class TripStatus(BaseModel):
     trip_id: str
-    status: Literal["pending", "booked", "rolled_back", "failed"]
+    # rolled_back: everything booked was undone; rollback_incomplete: some reservations are
+    # still in place (`undo` says which, and why); failed: the workflow itself failed.
+    status: Literal["pending", "booked", "rolled_back", "rollback_incomplete", "failed"]
     confirmations: dict[str, str] | None = None  # booked: provider -> reservation id
-    failed: str | None = None  # rolled_back: the provider that said no
-    reason: str | None = None  # rolled_back, failed: why
-    cancelled: list[Cancellation] | None = None  # rolled_back: in the order they were undone
+    failed: str | None = None  # rolled_back, rollback_incomplete: the provider that failed
+    reason: str | None = None  # rolled_back, rollback_incomplete, failed: why
+    undo: list[Undo] | None = None  # rolled_back, rollback_incomplete: in the order undone
+
+
+class Problem(BaseModel):
+    """A 4xx answer: what is wrong."""
+
+    detail: str
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class FieldProblems(BaseModel):
+    """A 422 answer: one entry per wrong field, the input not echoed."""
+
+    detail: list[FieldProblem]
+
+
+def _answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers an operation gives, with their bodies, for the OpenAPI document."""
+    described = {
+        400: (Problem, "the body could not be read"),
+        404: (Problem, "no such trip"),
+        409: (Problem, "the trip id is taken by a different request"),
+        413: (Problem, f"the body is over {MAX_BODY_BYTES // 1024} KiB"),
+        422: (FieldProblems, "the request does not match the schema: which fields, and why"),
+    }
+    return {
+        code: {"model": described[code][0], "description": described[code][1]} for code in codes
+    }
 
 
 @dataclass(frozen=True)
@@ -73,7 +113,7 @@ WorkersDep = Annotated[Workers, Depends(_workers)]
 router = APIRouter()
 
 
-@router.post("/trips", status_code=202, responses={409: {"description": "trip id taken"}})
+@router.post("/trips", status_code=202, responses=_answers(400, 409, 413, 422))
 async def book(trip: Trip, response: Response, workers: WorkersDep) -> Accepted:
     # Starting an id that exists attaches to that execution without comparing arguments, so the
     # stored request is compared afterwards: of two racing POSTs with different bodies, one is 409.
@@ -88,7 +128,7 @@ async def book(trip: Trip, response: Response, workers: WorkersDep) -> Accepted:
     return Accepted(trip_id=trip.trip_id, status_url=status_url)
 
 
-@router.get("/trips/{trip_id}", response_model_exclude_none=True)
+@router.get("/trips/{trip_id}", response_model_exclude_none=True, responses=_answers(404, 422))
 async def status(trip_id: TripId, workers: WorkersDep) -> TripStatus:
     resonate = workers.resonate
     try:
@@ -106,15 +146,12 @@ async def status(trip_id: TripId, workers: WorkersDep) -> TripStatus:
     except TripRolledBackError as rolled_back:
         return TripStatus(
             trip_id=trip_id,
-            status="rolled_back",
+            status="rollback_incomplete" if rolled_back.left_in_place else "rolled_back",
             failed=rolled_back.failed,
             reason=rolled_back.reason,
-            cancelled=[
-                Cancellation(provider=provider, reservation_id=reservation_id)
-                for provider, reservation_id in rolled_back.cancelled
-            ],
+            undo=[Undo.model_validate(asdict(c)) for c in rolled_back.compensations],
         )
-    except Exception as exc:  # e.g. a cancellation that kept failing: a human must look
+    except Exception as exc:  # not a trip outcome (a bug, say): a person must look
         return TripStatus(trip_id=trip_id, status="failed", reason=str(exc))
     return TripStatus(trip_id=trip_id, status="booked", confirmations=confirmations)
 
@@ -129,9 +166,10 @@ def create_app(resonate_url: str, group: str) -> FastAPI:
         yield
         await resonate.stop()
 
-    app = FastAPI(title="saga gateway", lifespan=lifespan, max_body_size=MAX_BODY_BYTES)
+    app = FastAPI(title="saga gateway", lifespan=lifespan)
     app.state.workers = Workers(resonate, group)
     app.include_router(router)
+    app.add_middleware(_BodyLimit)
 
     @app.exception_handler(RequestValidationError)
     async def field_errors(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -140,6 +178,47 @@ def create_app(resonate_url: str, group: str) -> FastAPI:
         return JSONResponse({"detail": fields}, status_code=422)
 
     return app
+
+
+class _BodyLimit:
+    """Refuses a body over MAX_BODY_BYTES: a 413 with the same JSON body as every other error.
+
+    (FastAPI's own `max_body_size` answers a declared Content-Length over the limit in plain
+    text, which the OpenAPI document could not describe.) The body is read here, bounded, and
+    handed on whole: it is at most 16 KiB.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = JSONResponse(
+            Problem(detail=f"the body is over {MAX_BODY_BYTES // 1024} KiB").model_dump(), 413
+        )
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            await too_large(scope, receive, send)
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY_BYTES:
+                await too_large(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        whole: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replay() -> Message:
+            return whole.pop() if whole else await receive()
+
+        await self.app(scope, replay, send)
 
 
 def _trip_of(record: PromiseRecord) -> Trip | None:

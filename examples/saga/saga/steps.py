@@ -1,24 +1,27 @@
 """The steps: reserve or cancel with the flight, hotel and car providers (third-party APIs).
 
-Each call carries an Idempotency-Key derived from the step's durable id, which is stable across
-retries and crashes. If this process dies after a provider booked but before the step's result was
+Each call carries an Idempotency-Key: the step's durable id, which is stable across retries and
+crashes. If this process dies after a provider booked but before the step's result was
 checkpointed, the step runs again on another worker, sends the same key, and the provider answers
 with the original booking instead of booking twice.
 
-A provider can fail in two ways, and the steps keep them apart:
-  transient  5xx, 408, 429, a timeout, a dropped connection: it may pass. The step raises
-             `ProviderUnavailableError`, and the SDK runs it again after a short backoff (the
-             retry policy the workflow passes with the call).
-  permanent  any other 4xx, e.g. "no availability": asking again cannot help. `reserve` returns a
-             `Refused` value instead of raising, because SDK 0.8.1 retries every exception a step
-             raises (it has no non-retryable error), and a value is also checkpointed: after a
-             crash, the workflow sees the same refusal without asking the provider again.
+A provider can answer in three ways, and the steps keep them apart:
+  yes        2xx: the reservation id (or the cancellation).
+  no         any 4xx but 408 and 429, e.g. "no availability": asking again cannot help. The step
+             returns a `Refused` value instead of raising, because SDK 0.8.1 retries every
+             exception a step raises (it has no non-retryable error), and a value is also
+             checkpointed: after a crash, the workflow sees the same refusal without asking again.
+  not now    5xx, 408, 429, a timeout, a dropped connection: it may pass, and the call may have
+             landed (a timeout says nothing about what the provider did). The step raises
+             `ProviderUnavailableError`, and the SDK runs it again under the retry policy the
+             workflow gives with the call. If the retries run out, the error tells the workflow
+             the call's key: its outcome is unknown, and the key is how to undo it all the same.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from resonate.context import Context
@@ -33,14 +36,55 @@ class Providers:
 
 @dataclass(frozen=True)
 class Refused:
-    """A provider's final no to a reservation."""
+    """A provider's final no."""
 
     provider: str
     reason: str
 
 
 class ProviderUnavailableError(Exception):
-    """A provider call failed in a way that may pass; the step is retried."""
+    """A provider call failed in a way that may pass; the step is retried.
+
+    `idempotency_key` is the call's key: when the retries run out, the call may still have landed,
+    and the provider can be asked to undo whatever that key did.
+    """
+
+    def __init__(self, message: str, idempotency_key: str) -> None:
+        super().__init__(message, idempotency_key)  # what pickle rebuilds the error from
+        self.message = message
+        self.idempotency_key = idempotency_key
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Something to undo if the trip fails: a booking, or a call that may have booked."""
+
+    provider: str
+    id: str | None = None  # confirmed: the provider's reservation id
+    # Unconfirmed: the reservation call's Idempotency-Key. It kept failing or timing out, so the
+    # provider may hold a reservation whose id never reached us.
+    request_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Compensation:
+    """What undoing one reservation came to."""
+
+    provider: str
+    # cancelled  the reservation existed and is cancelled
+    # voided     the reservation call never arrived; the provider will refuse it if it ever does
+    # refused    the provider will not cancel it (a 4xx): it is still booked
+    # unreachable  the provider kept failing through every retry: it may still be booked
+    outcome: Literal["cancelled", "voided", "refused", "unreachable"]
+    reservation_id: str | None = None
+    reason: str | None = None  # refused, unreachable: the provider's answer
+
+    @property
+    def undone(self) -> bool:
+        return self.outcome in ("cancelled", "voided")
 
 
 async def reserve(ctx: Context, provider: str, request: dict[str, Any]) -> str | Refused:
@@ -55,28 +99,46 @@ async def reserve(ctx: Context, provider: str, request: dict[str, Any]) -> str |
     return reservation_id
 
 
-async def cancel(ctx: Context, provider: str, reservation_id: str) -> None:
-    """Undo one reservation. Cancelling an already cancelled reservation succeeds."""
-    print(f"cancelling {provider} {reservation_id} (step {ctx.info.id})", flush=True)
-    response = await _post(ctx, f"/{provider}/cancel", {"reservation_id": reservation_id})
-    if response.is_error:
-        # Not a business outcome: a provider that will not cancel its own reservation needs a
-        # human. Raising retries it (harmlessly) and then fails the workflow with this message.
-        raise RuntimeError(f"{provider} refused to cancel {reservation_id}: {_describe(response)}")
+async def cancel(ctx: Context, reservation: Reservation) -> Compensation:
+    """Undo one reservation: by its id, or, unconfirmed, by the key it was requested with.
+
+    Cancelling twice succeeds, and so does cancelling by a key whose call never arrived: the
+    provider then voids the key, so that the call is refused if it arrives late.
+    """
+    provider = reservation.provider
+    if reservation.id is not None:
+        which = {"reservation_id": reservation.id}
+        print(f"cancelling {provider} {reservation.id} (step {ctx.info.id})", flush=True)
+    else:
+        which = {"reservation_key": str(reservation.request_key)}
+        print(
+            f"cancelling {provider} whatever key {reservation.request_key} booked"
+            f" (step {ctx.info.id})",
+            flush=True,
+        )
+    response = await _post(ctx, f"/{provider}/cancel", which)
+    if response.is_error:  # a final no: the reservation stays, and a person must see to it
+        refusal = _describe(response)
+        print(f"{provider} will not cancel: {refusal}", flush=True)
+        return Compensation(provider, "refused", reservation.id, refusal)
+    answer = response.json()
+    if answer["status"] == "voided":
+        return Compensation(provider, "voided")
+    return Compensation(provider, "cancelled", str(answer["id"]))
 
 
 async def _post(ctx: Context, path: str, body: dict[str, Any]) -> httpx.Response:
     """POST with the step's idempotency key; a transient failure raises, to be retried."""
     providers = ctx.get_dependency(Providers)
+    key = ctx.info.id
     try:
-        response = await providers.client.post(
-            path, json=body, headers={"Idempotency-Key": ctx.info.id}
-        )
+        response = await providers.client.post(path, json=body, headers={"Idempotency-Key": key})
     except httpx.TransportError as exc:  # timed out, refused, reset: the call may have landed
-        raise ProviderUnavailableError(f"{path}: {type(exc).__name__}") from exc
+        print(f"{path}: {type(exc).__name__} (transient: may have landed)", flush=True)
+        raise ProviderUnavailableError(f"{path}: {type(exc).__name__}", key) from exc
     if response.is_server_error or response.status_code in (408, 429):
-        print(f"{path} answered {response.status_code}; the step will be retried", flush=True)
-        raise ProviderUnavailableError(f"{path}: {_describe(response)}")
+        print(f"{path} answered {response.status_code} (transient)", flush=True)
+        raise ProviderUnavailableError(f"{path}: {_describe(response)}", key)
     return response
 
 

@@ -6,6 +6,8 @@ dev server and the official Resonate server:
   RESONATE_GROUP        the worker group clients send work to (default: saga)
   RESONATE_TTL_SECONDS  task lease; a dead worker's work moves on after at most this long
   PROVIDER_API_URL      the flight, hotel and car providers the steps call
+  PROVIDER_TIMEOUT_SECONDS  how long one provider call may take (default 10); a call that takes
+                        longer counts as a transient failure that may have landed
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import httpx
 from resonate.resonate import Resonate
 
 from saga.steps import Providers
-from saga.workflow import book_trip
+from saga.workflow import WORKFLOW_RETRIES, book_trip
 
 GROUP = "saga"
 
@@ -29,7 +31,8 @@ async def main() -> None:
     if not os.environ.get("RESONATE_URL"):
         sys.exit("saga.worker: RESONATE_URL is not set (start a server, or use `make run-saga`)")
     async with httpx.AsyncClient(
-        base_url=os.environ.get("PROVIDER_API_URL", "http://127.0.0.1:8100"), timeout=10
+        base_url=os.environ.get("PROVIDER_API_URL", "http://127.0.0.1:8100"),
+        timeout=float(os.environ.get("PROVIDER_TIMEOUT_SECONDS", "10")),
     ) as client:
         resonate = Resonate(
             url=os.environ["RESONATE_URL"],
@@ -37,7 +40,7 @@ async def main() -> None:
             ttl=timedelta(seconds=float(os.environ.get("RESONATE_TTL_SECONDS", "30"))),
         )
         resonate.with_dependency(Providers(client))
-        resonate.register(book_trip)
+        resonate.register(book_trip, retry_policy=WORKFLOW_RETRIES)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)

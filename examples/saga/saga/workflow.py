@@ -1,22 +1,33 @@
 """The durable workflow: book a flight, a hotel and a car for a trip, or undo what was booked.
 
-A saga. Each reservation is a checkpointed step. When a provider says no for good, the
-reservations already made are cancelled, newest first, each cancellation a checkpointed step of
-its own, and the trip fails with `TripRolledBackError`. A crash anywhere, also halfway through
-the cancellations, resumes where it stopped: a worker that picks the trip up replays the workflow
-from the top and gets every finished step from the journal instead of calling the provider again.
+A saga. Each reservation is a checkpointed step. When a provider says no for good, or keeps
+failing through every retry, the reservations already made are cancelled, newest first, each
+cancellation a checkpointed step of its own, and the trip fails with `TripRolledBackError`. A call
+that kept failing may still have booked: it is cancelled too, by the key it was sent with. A
+cancellation that fails is reported, and the others still run. A crash anywhere, also halfway
+through the cancellations, resumes where it stopped: a worker that picks the trip up replays the
+workflow from the top and gets every finished step from the journal instead of calling the
+provider again.
 """
 
 from __future__ import annotations
 
-from datetime import date
+import re
+from datetime import date, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from resonate.context import Context
-from resonate.retry import Exponential
+from resonate.retry import Exponential, Linear, Never
 
-from saga.steps import ProviderUnavailableError, Refused, cancel, reserve
+from saga.steps import (
+    Compensation,
+    ProviderUnavailableError,
+    Refused,
+    Reservation,
+    cancel,
+    reserve,
+)
 
 # -- the trip request: checked by the gateway, and again whenever a worker decodes it ----------
 
@@ -26,8 +37,20 @@ Text = Annotated[
     StringConstraints(max_length=100, pattern=r"^[^\p{C}\s](?:[^\p{C}]*[^\p{C}\s])?$"),
 ]
 Airport = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
-# JSON has no dates: an ISO string ("2030-05-01") is the one value not taken strictly as typed.
-Day = Annotated[date, Field(strict=False)]
+
+
+def _iso_date(value: object) -> object:
+    # JSON has no dates, so a date arrives as a string, and pydantic's lax date parsing would also
+    # take a number (or a numeric string) as Unix seconds: `"departs": 86400` is 1970-01-02.
+    # Only an ISO calendar date gets through; a `date` made in Python passes as it is.
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        raise ValueError("must be an ISO date string, YYYY-MM-DD")
+    return value
+
+
+Day = Annotated[date, Field(strict=False), BeforeValidator(_iso_date)]
 Count = Annotated[int, Field(ge=1, le=30)]  # nights, rental days
 # The trip id becomes the execution id, and Resonate ids may not contain ':' (it names steps).
 TripId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -84,46 +107,80 @@ class Trip(_Strict):
 
 
 class TripRolledBackError(Exception):
-    """The trip could not be booked, and every reservation made for it was cancelled.
+    """The trip could not be booked, and what was booked for it was undone as far as it could be.
+
+    `compensations` says, newest first, what became of each reservation made or perhaps made:
+    cancelled, voided (the call never arrived and never will), or still in place (`left_in_place`:
+    the provider refused to cancel, or kept failing), which a person must see to.
 
     The workflow raises it; the SDK stores it with the execution (pickled) and raises it again
     wherever the execution is awaited, so the gateway can tell what failed and what was undone.
     """
 
-    def __init__(self, failed: str, reason: str, cancelled: list[tuple[str, str]]) -> None:
-        super().__init__(failed, reason, cancelled)  # what pickle rebuilds the error from
+    def __init__(self, failed: str, reason: str, compensations: list[Compensation]) -> None:
+        super().__init__(failed, reason, compensations)  # what pickle rebuilds the error from
         self.failed = failed
         self.reason = reason
-        self.cancelled = cancelled  # (provider, reservation id), in the order they were undone
+        self.compensations = compensations
+
+    @property
+    def left_in_place(self) -> list[Compensation]:
+        return [c for c in self.compensations if not c.undone]
 
     def __str__(self) -> str:
-        undone = ", then ".join(f"{provider} {id_}" for provider, id_ in self.cancelled)
-        return f"trip rolled back: {self.failed} failed ({self.reason}); cancelled {undone or '-'}"
+        undone = ", then ".join(
+            f"{c.outcome} {c.provider} {c.reservation_id or ''}".rstrip()
+            for c in self.compensations
+        )
+        return (
+            f"trip rolled back: {self.failed} failed ({self.reason}); {undone or 'nothing to undo'}"
+        )
 
 
 # -- the workflow ------------------------------------------------------------------------------
 
-# Transient failures are retried in place after 0.2, 0.4, 0.8 and 1.6 s; then the step gives up.
-# (The SDK annotates retry delays as whole seconds, but sleeps for fractions of one too.)
-RESERVE_RETRIES = Exponential(delay=0.1, factor=2, max_retries=4, max_delay=2)  # type: ignore[arg-type]
-# A cancellation gives up much later (after about 20 s here; hours in production): until it
-# succeeds, the traveller holds a reservation they will pay for.
-CANCEL_RETRIES = Exponential(delay=0.1, factor=2, max_retries=8, max_delay=5)  # type: ignore[arg-type]
+# The SDK takes retry delays in whole seconds: `Linear` waits 1, 2, 3 s before the retries.
+# A booking the traveller is waiting for retries a transient failure three times, over about 6 s:
+# a provider's restart or a short overload passes; one that is down for longer is not waited for,
+# and the trip is rolled back.
+RESERVE_RETRIES = Linear(delay=1, max_retries=3)
+# A cancellation gives up much later (2, 4, 8 ... 256 s, then 300 s: about 28 minutes): until it
+# succeeds, the traveller holds a reservation they will pay for. When it does give up, the
+# reservation is reported as left in place, and the remaining cancellations still run.
+CANCEL_RETRIES = Exponential(delay=1, factor=2, max_retries=12, max_delay=300)
+# The workflow itself calls no provider: what fails before its first step (a trip argument that
+# does not decode, or a bug) fails the same way every time. The SDK default would retry it 30
+# times with doubling delays while holding the lease; the worker registers it with this instead.
+WORKFLOW_RETRIES = Never()
 
 
 async def book_trip(ctx: Context, trip: Trip) -> dict[str, str]:
     booking = ctx.options(retry_policy=RESERVE_RETRIES)
-    undoing = ctx.options(retry_policy=CANCEL_RETRIES)
     booked: dict[str, str] = {}  # provider -> reservation id, in booking order
+    to_undo: list[Reservation] = []  # what a failure must undo, in booking order
     for provider, request in trip.requests():
         try:
             outcome = await booking.run(reserve, provider, request)
-        except ProviderUnavailableError as exc:  # still failing after every retry: as good as a no
-            outcome = Refused(provider, str(exc))
+        except ProviderUnavailableError as unknown:  # failing after every retry: it may have landed
+            to_undo.append(Reservation(provider, request_key=unknown.idempotency_key))
+            outcome = Refused(provider, str(unknown))
         if isinstance(outcome, Refused):
-            undo = list(reversed(booked.items()))
-            for done, reservation_id in undo:
-                await undoing.run(cancel, done, reservation_id)
-            raise TripRolledBackError(provider, outcome.reason, undo)
+            compensations = await undo(ctx, to_undo)
+            raise TripRolledBackError(provider, outcome.reason, compensations)
         booked[provider] = outcome
+        to_undo.append(Reservation(provider, id=outcome))
     return booked
+
+
+async def undo(ctx: Context, reservations: list[Reservation]) -> list[Compensation]:
+    """Cancel each reservation, newest first; one that cannot be undone does not stop the rest."""
+    undoing = ctx.options(retry_policy=CANCEL_RETRIES)
+    compensations: list[Compensation] = []
+    for reservation in reversed(reservations):
+        try:
+            compensations.append(await undoing.run(cancel, reservation))
+        except ProviderUnavailableError as failing:  # after every retry: report it, and go on
+            compensations.append(
+                Compensation(reservation.provider, "unreachable", reservation.id, str(failing))
+            )
+    return compensations

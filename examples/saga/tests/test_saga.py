@@ -23,9 +23,12 @@ import pytest
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.bodies import REMOVED, as_json, changed
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
+from resonate.error import SerializationError
 from resonate.resonate import Resonate
 from resonate.types import Value
 from saga.workflow import TripRolledBackError
+
+PROVIDER_TIMEOUT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,17 @@ class SagaStack:
         status: dict[str, Any] = self.gateway.get(f"/trips/{trip_id}").json()
         return status
 
-    def arm_fault(self, trip_id: str, **fault: Any) -> None:
-        """Make one simulated provider fail, for this trip's calls only."""
+    def arm_fault(self, trip_id: str, **fault: Any) -> str:
+        """Make one simulated provider fail, for this trip's calls only; the fault's id."""
         response = httpx.post(
             f"{self.sandbox.url}/_admin/faults", json={**fault, "key_prefix": f"{trip_id}:"}
         )
         response.raise_for_status()
+        fault_id: str = response.json()["id"]
+        return fault_id
+
+    def disarm_fault(self, fault_id: str) -> None:
+        httpx.delete(f"{self.sandbox.url}/_admin/faults/{fault_id}").raise_for_status()
 
     def promise_count(self) -> int:
         promises: list[object] = self.server.state()["promises"]  # type: ignore[assignment]
@@ -68,7 +76,13 @@ def stack(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> 
     data_dir = tmp_path_factory.mktemp("devserver")
     with devserver_process(data_dir) as server:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
-        env = {**inherited, "RESONATE_URL": url_of(server), "PROVIDER_API_URL": sandbox.url}
+        env = {
+            **inherited,
+            "RESONATE_URL": url_of(server),
+            "PROVIDER_API_URL": sandbox.url,
+            # Short, so that a provider call can time out (after landing) within a test.
+            "PROVIDER_TIMEOUT_SECONDS": str(PROVIDER_TIMEOUT_SECONDS),
+        }
         with (
             worker_process("saga.worker", env),
             gateway_process("saga.gateway", env) as gateway,
@@ -153,9 +167,9 @@ def test_car_refusal_cancels_hotel_then_flight_exactly_once(stack: SagaStack) ->
         "status": "rolled_back",
         "failed": "car",
         "reason": "HTTP 409 Conflict: injected failure",
-        "cancelled": [
-            {"provider": "hotel", "reservation_id": hotel.resource_id},
-            {"provider": "flight", "reservation_id": flight.resource_id},
+        "undo": [
+            {"provider": "hotel", "outcome": "cancelled", "reservation_id": hotel.resource_id},
+            {"provider": "flight", "outcome": "cancelled", "reservation_id": flight.resource_id},
         ],
     }
 
@@ -184,18 +198,149 @@ def test_transient_hotel_failure_is_retried_without_rebooking_the_flight(stack: 
 
 def test_provider_down_for_good_rolls_back_once_the_retries_run_out(stack: SagaStack) -> None:
     trip = trip_request()
-    stack.arm_fault(trip["trip_id"], provider="hotel", action="reserve", status=503)
+    hotel_down = stack.arm_fault(trip["trip_id"], provider="hotel", action="reserve", status=503)
 
     assert stack.gateway.post("/trips", json=trip).status_code == 202
     status = stack.wait_settled(trip["trip_id"])
 
+    # The hotel's answer never came: it is cancelled by the key it was requested with, which
+    # voids that key at the provider, and then the flight is cancelled.
+    requests = stack.sandbox.records.requests(key_prefix=f"{trip['trip_id']}:")
+    hotel_key = next(r.idempotency_key for r in requests if r.provider == "hotel")
+    assert [(r.provider, r.action, r.status_code, r.body) for r in requests[-2:]] == [
+        ("hotel", "cancel", 200, {"reservation_key": hotel_key}),
+        ("flight", "cancel", 200, {"reservation_id": _reserved(stack, trip)}),
+    ]
+    assert calls(stack, trip["trip_id"])[:-2] == [
+        ("flight", "reserve", 200),
+        *[("hotel", "reserve", 503)] * 4,  # the first attempt and 3 retries
+    ]
     assert status["status"] == "rolled_back"
     assert status["failed"] == "hotel"
-    assert calls(stack, trip["trip_id"]) == [
-        ("flight", "reserve", 200),
-        *[("hotel", "reserve", 503)] * 5,  # the first attempt and 4 retries
-        ("flight", "cancel", 200),
+    assert status["undo"] == [
+        {"provider": "hotel", "outcome": "voided"},
+        {"provider": "flight", "outcome": "cancelled", "reservation_id": _reserved(stack, trip)},
     ]
+    # Were the hotel's request still on its way, it would be refused when it arrived.
+    stack.disarm_fault(hotel_down)
+    late = httpx.post(
+        f"{stack.sandbox.url}/hotel/reserve",
+        json=requests[1].body,
+        headers={"Idempotency-Key": str(hotel_key)},
+    )
+    assert late.status_code == 409
+    assert "cancelled before it arrived" in late.json()["error"]
+
+
+def test_a_reservation_that_timed_out_but_landed_is_cancelled(stack: SagaStack) -> None:
+    trip = trip_request()
+    # Every hotel call takes longer than the worker waits: it times out, but the hotel books.
+    stack.arm_fault(
+        trip["trip_id"],
+        provider="hotel",
+        action="reserve",
+        mode="latency",
+        latency_ms=int(PROVIDER_TIMEOUT_SECONDS * 2500),
+    )
+
+    assert stack.gateway.post("/trips", json=trip).status_code == 202
+    status = stack.wait_settled(trip["trip_id"])
+
+    effects = stack.sandbox.records.effects(key_prefix=f"{trip['trip_id']}:")
+    flight, hotel, hotel_cancel, flight_cancel = effects
+    assert [(e.provider, e.action) for e in effects] == [
+        ("flight", "reserve"),
+        ("hotel", "reserve"),
+        ("hotel", "cancel"),
+        ("flight", "cancel"),
+    ]
+    assert hotel_cancel.body == {"reservation_key": hotel.idempotency_key}
+    assert hotel_cancel.response["id"] == hotel.resource_id
+    assert flight_cancel.body == {"reservation_id": flight.resource_id}
+    # The calls the worker gave up on land late, each one answered from its key. (Waited for,
+    # also so that a later test does not count them.)
+    deadline = time.monotonic() + 10
+    while len(attempts := stack.sandbox.records.requests(key_prefix=hotel.idempotency_key)) < 4:
+        assert time.monotonic() < deadline, attempts
+        time.sleep(0.1)
+    assert [(r.status_code, r.replayed) for r in attempts] == [(200, False), *[(200, True)] * 3]
+    assert status["status"] == "rolled_back"
+    assert status["failed"] == "hotel"
+    assert "ReadTimeout" in status["reason"]
+    assert status["undo"] == [
+        {"provider": "hotel", "outcome": "cancelled", "reservation_id": hotel.resource_id},
+        {"provider": "flight", "outcome": "cancelled", "reservation_id": flight.resource_id},
+    ]
+
+
+def test_a_cancellation_refused_is_reported_and_the_rest_are_still_undone(
+    stack: SagaStack,
+) -> None:
+    trip = trip_request()
+    stack.arm_fault(trip["trip_id"], provider="car", action="reserve", status=409)
+    stack.arm_fault(trip["trip_id"], provider="hotel", action="cancel", status=409)
+
+    assert stack.gateway.post("/trips", json=trip).status_code == 202
+    status = stack.wait_settled(trip["trip_id"])
+
+    effects = stack.sandbox.records.effects(key_prefix=f"{trip['trip_id']}:")
+    flight, hotel, _ = effects
+    assert [(e.provider, e.action) for e in effects] == [
+        ("flight", "reserve"),
+        ("hotel", "reserve"),
+        ("flight", "cancel"),
+    ]
+    # A refusal to cancel is final too: asked once, not retried.
+    assert [c for c in calls(stack, trip["trip_id"]) if c[:2] == ("hotel", "cancel")] == [
+        ("hotel", "cancel", 409)
+    ]
+    assert status == {
+        "trip_id": trip["trip_id"],
+        "status": "rollback_incomplete",
+        "failed": "car",
+        "reason": "HTTP 409 Conflict: injected failure",
+        "undo": [
+            {
+                "provider": "hotel",
+                "outcome": "refused",
+                "reservation_id": hotel.resource_id,
+                "reason": "HTTP 409 Conflict: injected failure",
+            },
+            {"provider": "flight", "outcome": "cancelled", "reservation_id": flight.resource_id},
+        ],
+    }
+
+
+def test_a_workflow_started_with_a_bad_trip_fails_at_once_instead_of_retrying(
+    stack: SagaStack,
+) -> None:
+    # Not through the gateway, which validates: a client that starts `book_trip` directly. The
+    # worker cannot decode the trip; retrying cannot help, and the SDK's default policy would
+    # retry it 30 times, with doubling delays, before failing it.
+    execution_id = f"bad-trip-{secrets.token_hex(4)}"
+
+    async def start() -> str:
+        client = Resonate(url=stack.server.url, group="saga-tests")
+        try:
+            handle = client.options(target="saga").rpc(execution_id, "book_trip", {"trip_id": 1})
+            with pytest.raises(SerializationError, match=r"validation errors? for Trip") as failed:
+                await asyncio.wait_for(handle.result(), 10)
+            return str(failed.value)
+        finally:
+            await client.stop()
+
+    started = time.monotonic()
+    error = asyncio.run(start())
+
+    assert time.monotonic() - started < 10
+    assert "trip_id" in error
+    assert calls(stack, execution_id) == []
+
+
+def _reserved(stack: SagaStack, trip: dict[str, Any]) -> str:
+    """The flight's reservation id for this trip."""
+    effects = stack.sandbox.records.effects(key_prefix=f"{trip['trip_id']}:")
+    return next(e.resource_id for e in effects if (e.provider, e.action) == ("flight", "reserve"))
 
 
 def test_twenty_identical_posts_start_one_execution(stack: SagaStack) -> None:
@@ -299,6 +444,9 @@ HOSTILE: dict[str, bytes] = {
     "airport number": as_json(_changed("flight.origin", 123)),
     "date impossible": as_json(_changed("flight.departs", "2030-02-30")),
     "date words": as_json(_changed("flight.departs", "next tuesday")),
+    "date as Unix seconds": as_json(_changed("flight.departs", 86400)),
+    "date as a numeric string": as_json(_changed("flight.departs", "86400")),
+    "date with a time": as_json(_changed("hotel.check_in", "2030-05-01T00:00:00")),
     "nights negative": as_json(_changed("hotel.nights", -1)),
     "nights zero": as_json(_changed("hotel.nights", 0)),
     "nights huge": as_json(_changed("hotel.nights", 10**12)),
@@ -330,3 +478,67 @@ def test_hostile_request_is_rejected_and_nothing_is_stored(stack: SagaStack, bod
         assert response.json()["detail"], "a 422 names the fields that are wrong"
     assert stack.promise_count() == promises_before
     assert len(stack.sandbox.records.requests()) == provider_calls_before
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [("flight.departs", 86400), ("flight.departs", "86400"), ("hotel.check_in", 1.5e9)],
+)
+def test_a_date_that_is_not_an_iso_string_is_422_naming_the_field(
+    stack: SagaStack, path: str, value: Any
+) -> None:
+    response = stack.gateway.post("/trips", json=_changed(path, value))
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {
+            "loc": ["body", *path.split(".")],
+            "msg": "Value error, must be an ISO date string, YYYY-MM-DD",
+            "type": "value_error",
+        }
+    ]
+
+
+def test_the_openapi_document_declares_every_answer_with_its_body(stack: SagaStack) -> None:
+    document = stack.gateway.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+
+    def answers(path: str, method: str) -> dict[str, str]:
+        responses = document["paths"][path][method]["responses"]
+        return {
+            code: response["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+            for code, response in responses.items()
+        }
+
+    assert answers("/trips", "post") == {
+        "202": "Accepted",
+        "400": "Problem",
+        "409": "Problem",
+        "413": "Problem",
+        "422": "FieldProblems",
+    }
+    assert answers("/trips/{trip_id}", "get") == {
+        "200": "TripStatus",
+        "404": "Problem",
+        "422": "FieldProblems",
+    }
+    assert schemas["Problem"]["required"] == ["detail"]
+    # The answers given are the answers declared.
+    too_big = stack.gateway.post(
+        "/trips", json=_changed("hotel.city", "A" * 20_000), headers={"Accept": "*/*"}
+    )
+    assert too_big.status_code == 413
+    assert too_big.headers["content-type"] == "application/json"
+    assert set(too_big.json()) == {"detail"}
+    streamed = stack.gateway.post(  # no Content-Length: sent in chunks
+        "/trips",
+        content=iter([b'{"trip_id": "', b"A" * 20_000, b'"}']),
+        headers={"Content-Type": "application/json"},
+    )
+    assert streamed.status_code == 413
+    assert streamed.json() == too_big.json()
+    unreadable = stack.gateway.post(
+        "/trips", content=b"[" * 5_000 + b"]" * 5_000, headers={"Content-Type": "application/json"}
+    )
+    assert unreadable.status_code in (400, 422)
+    assert unreadable.headers["content-type"] == "application/json"

@@ -17,7 +17,15 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from starlette.requests import ClientDisconnect
 
 from cookbook.sandbox.store import (
@@ -145,8 +153,24 @@ class FaultRegistry:
 
 
 class CancelBody(BaseModel):
+    """Cancel by reservation id, or by the Idempotency-Key the reservation was requested with.
+
+    The key is for a caller whose reservation call timed out: it never got the id, and the
+    request may yet arrive. If it did arrive, its reservation is cancelled; if not, the key is
+    voided, and a reservation request with that key is refused whenever it comes.
+    """
+
     model_config = ConfigDict(extra="allow")
-    reservation_id: str = Field(min_length=1)
+    reservation_id: str | None = Field(default=None, min_length=1)
+    reservation_key: str | None = Field(
+        default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH
+    )
+
+    @model_validator(mode="after")
+    def _one_reservation(self) -> CancelBody:
+        if (self.reservation_id is None) == (self.reservation_key is None):
+            raise ValueError("give either reservation_id or reservation_key")
+        return self
 
 
 class RefundBody(BaseModel):
@@ -187,13 +211,39 @@ def _not_found(call: Incoming, what: str, resource_id: str) -> ActionResult:
 
 
 def _reserve(call: Incoming, tx: Transaction) -> ActionResult:
+    if call.idempotency_key is not None and tx.void_of(call.idempotency_key) is not None:
+        return ActionResult(
+            409,
+            {
+                "error": f"reservation request {call.idempotency_key!r} was cancelled"
+                " before it arrived",
+                "provider": call.provider,
+                "action": call.action,
+            },
+        )
     reservation_id = _new_id(call.provider)
     tx.create(reservation_id, call.provider, "reservation", "reserved", call.body)
     return ActionResult(200, _reply(call, reservation_id, "reserved"), reservation_id)
 
 
 def _cancel(call: Incoming, tx: Transaction) -> ActionResult:
-    reservation_id: str = call.body["reservation_id"]
+    key: str | None = call.body.get("reservation_key")
+    if key is None:
+        reservation_id: str = call.body["reservation_id"]
+    else:
+        stored = tx.stored_response(key)
+        if stored is None:
+            # The request never arrived (or is still on its way): make sure it never acts.
+            void_id = tx.void_of(key)
+            if void_id is not None:
+                return ActionResult(200, _reply(call, void_id, "voided"))
+            void_id = _new_id(call.provider)
+            tx.void(key, call.provider, void_id)
+            return ActionResult(200, _reply(call, void_id, "voided"), void_id)
+        provider, action, response = stored
+        if (provider, action) != (call.provider, "reserve"):
+            return _not_found(call, "reservation request", key)
+        reservation_id = response["id"]
     reservation = tx.get(reservation_id)
     if reservation is None or (reservation.provider, reservation.kind) != (
         call.provider,

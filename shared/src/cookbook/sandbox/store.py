@@ -65,6 +65,14 @@ CREATE TABLE IF NOT EXISTS resources (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+
+-- Reservation requests cancelled by their Idempotency-Key before they arrived: refused if they do.
+CREATE TABLE IF NOT EXISTS voided_keys (
+    key TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    void_id TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -167,6 +175,25 @@ class Transaction:
             "INSERT INTO resources (id, provider, kind, status, related_id, body, created_at,"
             " updated_at) VALUES (?, ?, ?, ?, NULL, ?, ?, ?)",
             (resource_id, provider, kind, status, canonical_json(body), self._now, self._now),
+        )
+
+    def stored_response(self, key: str) -> tuple[str, str, JSONObject] | None:
+        """(provider, action, response) of the request that succeeded under `key`, if any."""
+        row = self._conn.execute(
+            "SELECT provider, action, response FROM idempotency WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1], json.loads(row[2]))
+
+    def void_of(self, key: str) -> str | None:
+        """The void recorded for a request key (see `void`), if any."""
+        row = self._conn.execute("SELECT void_id FROM voided_keys WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def void(self, key: str, provider: str, void_id: str) -> None:
+        """Record that a request with this key must be refused if it ever arrives."""
+        self._conn.execute(
+            "INSERT INTO voided_keys (key, provider, void_id, created_at) VALUES (?, ?, ?, ?)",
+            (key, provider, void_id, self._now),
         )
 
     def update(self, resource_id: str, status: str, related_id: str | None = None) -> None:
@@ -434,7 +461,7 @@ class SandboxStore:
 
     def wipe(self) -> None:
         with self._transaction() as conn:
-            for table in ("requests", "effects", "idempotency", "resources"):
+            for table in ("requests", "effects", "idempotency", "resources", "voided_keys"):
                 conn.execute(f"DELETE FROM {table}")
 
 
