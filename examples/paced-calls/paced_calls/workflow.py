@@ -13,7 +13,7 @@ from datetime import timedelta
 from resonate.context import Context
 from resonate.retry import Exponential
 
-from rate_limiter.steps import call_api
+from paced_calls.steps import call_api
 
 # A failing call is retried on its own (the calls before it are already journaled); a retry only
 # ever lengthens the gap before the next call, so it cannot break the rate.

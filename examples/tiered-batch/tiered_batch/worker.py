@@ -1,9 +1,9 @@
-"""`python -m priority_queue.worker`: a worker process that executes `process_batch` workflows.
+"""`python -m tiered_batch.worker`: a worker process that executes `process_batch` workflows.
 
 Everything it needs comes from the environment, so the same code runs against the cookbook's
 dev server and the official Resonate server:
   RESONATE_URL          the Resonate server (required)
-  RESONATE_GROUP        the worker group clients send work to (default: priority-queue)
+  RESONATE_GROUP        the worker group clients send work to (default: tiered-batch)
   RESONATE_TTL_SECONDS  task lease; a dead worker's work moves on after at most this long
   PROVIDER_API_URL      the provider API the jobs call
 """
@@ -20,17 +20,17 @@ import httpx
 from resonate.resonate import Resonate
 from resonate.retry import Never
 
-from priority_queue.steps import Providers
-from priority_queue.workflow import process_batch
+from tiered_batch.steps import Providers
+from tiered_batch.workflow import process_batch
 
-GROUP = "priority-queue"
+GROUP = "tiered-batch"
 
 
 async def main() -> None:
     if not os.environ.get("RESONATE_URL"):
         sys.exit(
-            "priority_queue.worker: RESONATE_URL is not set"
-            " (start a server, or use `make run-priority-queue`)"
+            "tiered_batch.worker: RESONATE_URL is not set"
+            " (start a server, or use `make run-tiered-batch`)"
         )
     async with httpx.AsyncClient(
         base_url=os.environ.get("PROVIDER_API_URL", "http://127.0.0.1:8100"), timeout=10
@@ -49,7 +49,7 @@ async def main() -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        print(f"priority-queue worker {os.getpid()} ready", flush=True)
+        print(f"tiered-batch worker {os.getpid()} ready", flush=True)
         await stop.wait()
         await resonate.stop()
 

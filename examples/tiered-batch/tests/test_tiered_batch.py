@@ -1,4 +1,4 @@
-"""priority-queue end to end: a real dev server, a worker process, the provider sandbox.
+"""tiered-batch end to end: a real dev server, a worker process, the provider sandbox.
 
 Order and concurrency are asserted on the provider's own clock: the start and end time the sandbox
 recorded for every call it received, failed attempts included.
@@ -16,8 +16,8 @@ import httpx
 import pytest
 from cookbook.sandbox.store import RequestRecord
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
-from priority_queue.workflow import MAX_IN_FLIGHT, TIERS, InvalidBatchError
 from resonate.resonate import Resonate
+from tiered_batch.workflow import MAX_IN_FLIGHT, TIERS, InvalidBatchError
 
 TIMEOUT = 30
 
@@ -27,14 +27,14 @@ def resonate_url(
     devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
 ) -> str:
     start_worker(
-        "priority_queue.worker",
+        "tiered_batch.worker",
         {"RESONATE_URL": devserver.url, "PROVIDER_API_URL": sandbox.url, "PATH": "/usr/bin:/bin"},
     )
     return devserver.url
 
 
 def new_execution_id() -> str:
-    return f"priority-queue-test-{secrets.token_hex(4)}"
+    return f"tiered-batch-test-{secrets.token_hex(4)}"
 
 
 def job(job_id: str, priority: str) -> dict[str, str]:
@@ -50,11 +50,9 @@ def add_fault(sandbox: RunningSandbox, key_prefix: str, **spec: Any) -> None:
 
 def process_batch(url: str, execution_id: str, jobs: list[dict[str, str]]) -> Any:
     async def run() -> Any:
-        client = Resonate(url=url, group="priority-queue-tests")
+        client = Resonate(url=url, group="tiered-batch-tests")
         try:
-            handle = client.options(target="priority-queue").rpc(
-                execution_id, "process_batch", jobs
-            )
+            handle = client.options(target="tiered-batch").rpc(execution_id, "process_batch", jobs)
             return await asyncio.wait_for(handle.result(), TIMEOUT)
         finally:
             await client.stop()

@@ -13,7 +13,7 @@ from collections.abc import Awaitable
 from resonate.context import Context
 from resonate.retry import Exponential
 
-from priority_queue.steps import Job, run_job
+from tiered_batch.steps import Job, run_job
 
 TIERS = ("critical", "high", "normal", "low")  # highest first
 MAX_IN_FLIGHT = 2

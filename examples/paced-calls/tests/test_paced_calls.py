@@ -1,4 +1,4 @@
-"""rate-limiter end to end: a real dev server, worker processes, the provider sandbox.
+"""paced-calls end to end: a real dev server, worker processes, the provider sandbox.
 
 The spacing is measured where it matters, on the receiving side: the sandbox's own timestamp of
 each call it acted on.
@@ -29,7 +29,7 @@ TIMEOUT_S = 30
 
 def _worker(start_worker: ProcessFactory, devserver: RunningDevServer, url: str) -> ManagedProcess:
     env = {"RESONATE_URL": devserver.url, "PROVIDER_API_URL": url, "PATH": "/usr/bin:/bin"}
-    return start_worker("rate_limiter.worker", env)
+    return start_worker("paced_calls.worker", env)
 
 
 async def _send_batch(
@@ -37,9 +37,9 @@ async def _send_batch(
     execution_id: str,
     while_running: Callable[[], Awaitable[None]] | None = None,
 ) -> list[str]:
-    client = Resonate(url=devserver.url, group="rate-limiter-tests")
+    client = Resonate(url=devserver.url, group="paced-calls-tests")
     try:
-        handle = client.options(target="rate-limiter").rpc(
+        handle = client.options(target="paced-calls").rpc(
             execution_id, "send_batch", RECORDS, INTERVAL_MS
         )
         if while_running is not None:
@@ -86,7 +86,7 @@ def test_calls_arrive_one_interval_apart(
     devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
 ) -> None:
     _worker(start_worker, devserver, sandbox.url)
-    execution_id = f"rate-limiter-test-{secrets.token_hex(4)}"
+    execution_id = f"paced-calls-test-{secrets.token_hex(4)}"
 
     receipts = asyncio.run(_send_batch(devserver, execution_id))
 
@@ -99,7 +99,7 @@ def test_a_worker_killed_while_sleeping_resumes_at_the_next_call_without_a_burst
     devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
 ) -> None:
     first = _worker(start_worker, devserver, sandbox.url)
-    execution_id = f"rate-limiter-test-{secrets.token_hex(4)}"
+    execution_id = f"paced-calls-test-{secrets.token_hex(4)}"
     # Dies right after call 1, once the workflow is suspended on its first sleep (`:2`).
     _kill_at(devserver, first, "suspend", f"{execution_id}:2", "after")
     restarted_at = 0.0
@@ -125,7 +125,7 @@ def test_a_call_whose_result_was_lost_is_not_repeated_and_the_rate_holds(
     devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
 ) -> None:
     first = _worker(start_worker, devserver, sandbox.url)
-    execution_id = f"rate-limiter-test-{secrets.token_hex(4)}"
+    execution_id = f"paced-calls-test-{secrets.token_hex(4)}"
     # Dies after the API acted on call 2 (`:3`), before the step could checkpoint its result.
     _kill_at(devserver, first, "settle", f"{execution_id}:3", "before")
 

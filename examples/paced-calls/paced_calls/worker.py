@@ -1,9 +1,9 @@
-"""`python -m rate_limiter.worker`: a worker process that executes `send_batch` workflows.
+"""`python -m paced_calls.worker`: a worker process that executes `send_batch` workflows.
 
 Everything it needs comes from the environment, so the same code runs against the cookbook's
 dev server and the official Resonate server:
   RESONATE_URL          the Resonate server (required)
-  RESONATE_GROUP        the worker group clients send work to (default: rate-limiter)
+  RESONATE_GROUP        the worker group clients send work to (default: paced-calls)
   RESONATE_TTL_SECONDS  task lease; a dead worker's work moves on after at most this long
   PROVIDER_API_URL      the third-party API the steps call
 """
@@ -19,17 +19,17 @@ from datetime import timedelta
 import httpx
 from resonate.resonate import Resonate
 
-from rate_limiter.steps import Providers
-from rate_limiter.workflow import send_batch
+from paced_calls.steps import Providers
+from paced_calls.workflow import send_batch
 
-GROUP = "rate-limiter"
+GROUP = "paced-calls"
 
 
 async def main() -> None:
     if not os.environ.get("RESONATE_URL"):
         sys.exit(
-            "rate_limiter.worker: RESONATE_URL is not set "
-            "(start a server, or use `make run-rate-limiter`)"
+            "paced_calls.worker: RESONATE_URL is not set "
+            "(start a server, or use `make run-paced-calls`)"
         )
     async with httpx.AsyncClient(
         base_url=os.environ.get("PROVIDER_API_URL", "http://127.0.0.1:8100"), timeout=10
@@ -44,7 +44,7 @@ async def main() -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        print(f"rate-limiter worker {os.getpid()} ready", flush=True)
+        print(f"paced-calls worker {os.getpid()} ready", flush=True)
         await stop.wait()
         await resonate.stop()
 
