@@ -15,6 +15,7 @@ import httpx
 import pytest
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from fan_out.workflow import CHANNELS, RETRY
+from resonate.error import ApplicationError
 from resonate.resonate import Resonate
 
 TIMEOUT = 30
@@ -95,9 +96,12 @@ def test_channels_are_sent_in_parallel_and_each_exactly_once(
     assert slowest <= elapsed < slowest + 0.4 < total
 
 
-def test_a_flaky_channel_retries_alone(resonate_url: str, sandbox: RunningSandbox) -> None:
+@pytest.mark.parametrize("status", [503, 429, 408])
+def test_a_flaky_channel_retries_alone(
+    resonate_url: str, sandbox: RunningSandbox, status: int
+) -> None:
     execution_id = new_execution_id()
-    add_fault(sandbox, execution_id, provider="sms", mode="fail_times", times=2, status=503)
+    add_fault(sandbox, execution_id, provider="sms", mode="fail_times", times=2, status=status)
 
     [notification] = notify(resonate_url, execution_id)
 
@@ -113,7 +117,8 @@ def test_a_flaky_channel_retries_alone(resonate_url: str, sandbox: RunningSandbo
 @pytest.mark.parametrize(
     ("status", "reason", "attempts"),
     [
-        (410, "refused: 410 injected failure", 1),  # a 4xx is not worth retrying
+        (410, "refused: 410 injected failure", 1),  # a refusal is not worth retrying
+        (422, "refused: 422 injected failure", 1),
         (503, "unavailable: answered 503", 1 + RETRY.max_retries),  # retried, then given up
     ],
 )
@@ -133,3 +138,24 @@ def test_a_channel_that_fails_for_good_is_named_and_the_others_are_not_resent(
     # Asking again (twice, at once) returns the stored outcome: nothing is sent a second time.
     assert notify(resonate_url, execution_id, times=2) == [notification, notification]
     assert requests_per_channel(sandbox, execution_id) == sent
+
+
+def test_a_call_that_cannot_start_fails_at_once_instead_of_being_retried(
+    resonate_url: str, sandbox: RunningSandbox
+) -> None:
+    # No text: the body fails before its first step, the same way on every attempt. Under the
+    # SDK's default policy it would be retried (2 s, 4 s, 8 s, ...) and outlive the timeout.
+    execution_id = new_execution_id()
+
+    async def run() -> Any:
+        client = Resonate(url=resonate_url, group="fan-out-tests")
+        try:
+            handle = client.options(target="fan-out").rpc(execution_id, "notify", "ada@example.com")
+            return await asyncio.wait_for(handle.result(), TIMEOUT)
+        finally:
+            await client.stop()
+
+    with pytest.raises(ApplicationError, match="missing a required argument: 'text'"):
+        asyncio.run(run())
+
+    assert requests_per_channel(sandbox, execution_id) == {}
