@@ -96,9 +96,10 @@ def test_tiers_run_strictly_in_order_at_most_two_at_a_time(
     ]
     add_fault(sandbox, execution_id + ":", mode="latency", latency_ms=150)
 
-    receipts = process_batch(resonate_url, execution_id, jobs)
+    result = process_batch(resonate_url, execution_id, jobs)
 
-    assert receipts == receipts_recorded(sandbox, execution_id)
+    receipts = result["receipts"]
+    assert result == {"receipts": receipts_recorded(sandbox, execution_id), "refused": {}}
     # Tier by tier, and in the order given within a tier.
     assert list(receipts) == [j["id"] for tier in TIERS for j in jobs if j["priority"] == tier]
     calls = sandbox.records.requests(key_prefix=execution_id + ":")
@@ -112,24 +113,44 @@ def test_tiers_run_strictly_in_order_at_most_two_at_a_time(
     assert most_in_flight(calls) == MAX_IN_FLIGHT == 2
 
 
+@pytest.mark.parametrize("status", [503, 429, 408])
 def test_a_failing_job_retries_without_rerunning_completed_jobs(
-    resonate_url: str, sandbox: RunningSandbox
+    resonate_url: str, sandbox: RunningSandbox, status: int
 ) -> None:
     execution_id = new_execution_id()
     jobs = [job("a", "critical"), job("b", "high"), job("c", "high"), job("d", "normal")]
     # Steps are numbered in the order the jobs start: c is step 3, running alongside b.
-    add_fault(sandbox, f"{execution_id}:3", mode="fail_times", times=2, status=503)
+    add_fault(sandbox, f"{execution_id}:3", mode="fail_times", times=2, status=status)
 
-    receipts = process_batch(resonate_url, execution_id, jobs)
+    result = process_batch(resonate_url, execution_id, jobs)
 
-    assert receipts == receipts_recorded(sandbox, execution_id)
-    assert list(receipts) == ["a", "b", "c", "d"]
+    assert result == {"receipts": receipts_recorded(sandbox, execution_id), "refused": {}}
+    assert list(result["receipts"]) == ["a", "b", "c", "d"]
     calls = sandbox.records.requests(key_prefix=execution_id + ":")
     assert Counter(c.body["job"] for c in calls) == {"a": 1, "b": 1, "c": 3, "d": 1}
-    assert [c.status_code for c in calls if c.body["job"] == "c"] == [503, 503, 200]
+    assert [c.status_code for c in calls if c.body["job"] == "c"] == [status, status, 200]
     # The next tier waited for the retried job.
     [d] = [c for c in calls if c.body["job"] == "d"]
     assert d.started_at > max(c.finished_at for c in calls if c.body["job"] == "c")
+
+
+@pytest.mark.parametrize("status", [400, 403, 422])
+def test_a_refused_job_is_a_result_asked_once_and_the_next_tier_goes_on(
+    resonate_url: str, sandbox: RunningSandbox, status: int
+) -> None:
+    execution_id = new_execution_id()
+    jobs = [job("a", "critical"), job("b", "high"), job("c", "high"), job("d", "normal")]
+    add_fault(sandbox, f"{execution_id}:3", mode="fail_always", status=status)  # job c
+
+    result = process_batch(resonate_url, execution_id, jobs)
+
+    assert result == {
+        "receipts": receipts_recorded(sandbox, execution_id),
+        "refused": {"c": f"{status} injected failure"},
+    }
+    assert list(result["receipts"]) == ["a", "b", "d"]
+    calls = sandbox.records.requests(key_prefix=execution_id + ":")
+    assert Counter(c.body["job"] for c in calls) == {"a": 1, "b": 1, "c": 1, "d": 1}
 
 
 @pytest.mark.parametrize(

@@ -47,8 +47,10 @@ async def main() -> None:
             print(f"    {job['priority']:<8} {job['id']}")
         print("  (each job takes 0.3s at the provider, which fails the first call twice)")
         handle = resonate.options(target="tiered-batch").rpc(execution_id, "process_batch", BATCH)
-        receipts = await handle.result()
-        print(f"✓ {len(receipts)} jobs done: {', '.join(receipts)}")
+        result = await handle.result()
+        print(f"✓ {len(result['receipts'])} jobs done: {', '.join(result['receipts'])}")
+        for job_id, refusal in result["refused"].items():
+            print(f"✗ {job_id} refused by the provider: {refusal}")
         await print_timeline(sandbox, scope)
 
         bad = [*BATCH[:2], {"id": "refund-1042", "priority": "urgent", "task": "refund again"}]

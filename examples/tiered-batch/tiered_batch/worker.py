@@ -42,9 +42,9 @@ async def main() -> None:
         )
         resonate.with_dependency(Providers(client))
         # A body that fails before its first durable call counts as a leaf to the SDK, which
-        # would retry it (by default for minutes). A batch rejected by validation fails the same
-        # way every time, so it must fail at once. (Once a workflow has made a durable call, the
-        # SDK never retries it anyway: only its steps are retried.)
+        # would retry it (by default 30 times, doubling, holding its lease). A batch rejected by
+        # validation fails the same way every time, so it must fail at once. (Once a workflow has
+        # made a durable call, the SDK never retries it anyway: only its steps are retried.)
         resonate.register(process_batch, retry_policy=Never())
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
