@@ -28,9 +28,13 @@ async def main() -> None:
     handle = resonate.options(target="paced-calls").rpc(
         execution_id, "send_batch", RECORDS, INTERVAL_MS
     )
-    receipts: list[str] = await handle.result()
+    # This client did not register `send_batch`, so each result arrives as plain JSON.
+    results = await handle.result()
     await resonate.stop()
-    print(f"✓ {len(receipts)} calls made")
+    print(f"✓ {sum(r['receipt'] is not None for r in results)} calls taken by the API")
+    for result in results:
+        if result["refusal"] is not None:
+            print(f"✗ {result['record']} refused: {result['refusal']}")
 
     # The sandbox's admin API (a demo-only view): when did each call reach the provider?
     async with httpx.AsyncClient(base_url=os.environ["PROVIDER_API_URL"]) as sandbox:
