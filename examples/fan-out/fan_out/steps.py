@@ -57,8 +57,16 @@ async def send(ctx: Context, channel: str, to: str, text: str) -> Delivery:
         print(f"{channel}: provider answered {response.status_code}", flush=True)
         raise ChannelUnavailableError(f"unavailable: answered {response.status_code}")
     if response.is_client_error:
-        reason = response.json().get("error", response.reason_phrase)
+        reason = _reason(response)
         print(f"{channel}: provider refused it ({response.status_code})", flush=True)
         return Delivery(channel, failure=f"refused: {response.status_code} {reason}")
     receipt: str = response.json()["id"]
     return Delivery(channel, receipt=receipt)
+
+
+def _reason(response: httpx.Response) -> str:
+    """The provider's own words for a refusal, or the status's if its body is not that JSON."""
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.reason_phrase

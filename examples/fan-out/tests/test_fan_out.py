@@ -14,9 +14,12 @@ from typing import Any
 import httpx
 import pytest
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from fan_out.steps import Delivery, Providers, send
 from fan_out.workflow import CHANNELS, RETRY
+from resonate.dependencies import DependencyMap
 from resonate.error import ApplicationError
 from resonate.resonate import Resonate
+from resonate.testing import root_context
 
 TIMEOUT = 30
 
@@ -159,3 +162,19 @@ def test_a_call_that_cannot_start_fails_at_once_instead_of_being_retried(
         asyncio.run(run())
 
     assert requests_per_channel(sandbox, execution_id) == {}
+
+
+def test_a_refusal_without_a_json_body_is_still_a_refusal() -> None:
+    # A proxy in front of a provider may refuse with an HTML page: still a refusal, not a crash.
+    def proxy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, text="<html>Forbidden</html>")
+
+    async def send_once() -> Delivery:
+        transport = httpx.MockTransport(proxy)
+        async with httpx.AsyncClient(transport=transport, base_url="http://providers") as client:
+            deps = DependencyMap()
+            deps.insert(Providers(client))
+            ctx = root_context(id="notify-1", deps=deps)
+            return await send(ctx, "push", "ada@example.com", "hi")
+
+    assert asyncio.run(send_once()) == Delivery("push", failure="refused: 403 Forbidden")
