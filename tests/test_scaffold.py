@@ -52,12 +52,24 @@ def test_a_scaffolded_example_runs_and_survives_its_crash_matrix(tmp_path: Path)
     run = make(copy, "run-demo-app")
     crash = make(copy, "crash-demo-app")
     checks = make(copy, "lint", "types")
+    # The scaffolded tests: among them, that a refusal is not retried and an outage is.
+    tests = subprocess.run(
+        [copy / ".venv" / "bin" / "pytest", "-q", "-p", "no:cacheprovider", "examples/demo-app"],
+        cwd=copy,
+        env={k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "RESONATE_URL")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
     assert run.returncode == 0, run.stdout + run.stderr
     assert "✓ {'first':" in run.stdout
     assert crash.returncode == 0, crash.stdout + crash.stderr
     assert crash.stdout.strip().endswith("6 passed, 0 failed")
     assert checks.returncode == 0, checks.stdout + checks.stderr
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "3 passed" in tests.stdout
     assert "[demo-app](examples/demo-app)" in (copy / "README.md").read_text()
     assert "  demo-app-worker:\n" in (copy / "docker-compose.yml").read_text()
 

@@ -11,16 +11,20 @@ from __future__ import annotations
 from resonate.context import Context
 from resonate.retry import Exponential
 
-from event_sourcing.account import Account, Event
-from event_sourcing.steps import apply_event
+from event_sourcing.account import Event
+from event_sourcing.steps import Projection, apply_event
 
-# Only the publish call can fail (the statement service is down); applying is pure. A rejected
-# event is a value in the projection, not an error, so it is never retried.
-RETRY = Exponential(delay=1, factor=2, max_retries=5, max_delay=30)
+# Only the publish call can fail for a while (the statement service is down); applying is pure.
+# The stream cannot skip an event, so the step waits out a restart of the service: 6 retries,
+# 2 s doubling to 30 s (about 90 s in all). Longer is an outage: the execution fails, naming
+# the event. A rejected event, or a record the service refuses, is a value, never retried.
+RETRY = Exponential(delay=1, factor=2, max_retries=6, max_delay=30)
 
 
-async def project_account(ctx: Context, events: list[Event]) -> Account:
-    account = Account()
+async def project_account(ctx: Context, events: list[Event]) -> Projection:
+    projection = Projection()
     for sequence, event in enumerate(events, start=1):
-        account = await ctx.options(retry_policy=RETRY).run(apply_event, account, sequence, event)
-    return account
+        projection = await ctx.options(retry_policy=RETRY).run(
+            apply_event, projection, sequence, event
+        )
+    return projection

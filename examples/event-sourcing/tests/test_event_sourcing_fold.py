@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from event_sourcing.account import Account, Event, Rejection, apply, fold
-from event_sourcing.steps import Providers
+from event_sourcing.steps import Projection, Providers
 from event_sourcing.workflow import project_account
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -94,7 +94,9 @@ def test_the_fold_never_overdraws_and_accounts_for_every_event(events: list[Even
     assert account.balance == deposits - withdrawals
 
 
-async def _project_locally(events: list[Event]) -> tuple[str, Account, list[tuple[str, Any]]]:
+async def _project_locally(
+    events: list[Event],
+) -> tuple[str, Projection, list[tuple[str, Any]]]:
     """Run the real workflow in-process: its id, its result, and what it published, in order."""
     execution_id = f"prop-{secrets.token_hex(4)}"
     published: list[tuple[str, Any]] = []
@@ -110,18 +112,20 @@ async def _project_locally(events: list[Event]) -> tuple[str, Account, list[tupl
             resonate.with_dependency(Providers(client))
             resonate.register(project_account)
             handle = resonate.run(execution_id, project_account, events)
-            account: Account = await handle.result()
+            projection: Projection = await handle.result()
         finally:
             await resonate.stop()
-    return execution_id, account, published
+    return execution_id, projection, published
 
 
 @settings(max_examples=200, deadline=None)
 @given(_streams)
 def test_the_workflow_equals_the_pure_fold(events: list[Event]) -> None:
-    execution_id, account, published = asyncio.run(_project_locally(events))
+    execution_id, projection, published = asyncio.run(_project_locally(events))
 
+    account = projection.account
     assert account == fold(events)
+    assert projection.unrecorded == ()
     # One publish per event, keyed by its own step, in stream order, with the fold's verdict.
     keys = [f"{execution_id}:{n}" for n in range(1, len(events) + 1)]
     assert [key for key, _ in published] == keys

@@ -4,8 +4,9 @@ The call carries an Idempotency-Key taken from the step's durable id, which is s
 retries and crashes, so a step that runs again after a crash gets the provider's original answer
 instead of sending the message twice.
 
-The step tells two kinds of failure apart. A provider that is down (a 5xx, a timeout) may work on
-the next attempt: the step raises and the SDK retries it. A provider that refuses the message (a
+The step tells two kinds of failure apart. A provider that is down, overloaded or silent (a 5xx,
+a 408 or 429, a timeout, a refused connection) may work on the next attempt: the step raises and
+its retry policy tries again, with the same key. A provider that refuses the message (any other
 4xx: a bad address, an unsubscribed device) will refuse it again: the step returns the refusal as
 its result, so it is not retried.
 """
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 
 import httpx
 from resonate.context import Context
+
+# Client errors that say "not now" rather than "no": Request Timeout and Too Many Requests.
+RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
 
 
 @dataclass(frozen=True)
@@ -49,12 +53,20 @@ async def send(ctx: Context, channel: str, to: str, text: str) -> Delivery:
         )
     except httpx.TransportError as exc:
         raise ChannelUnavailableError(f"unavailable: {type(exc).__name__}") from exc
-    if response.is_server_error:
+    if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         print(f"{channel}: provider answered {response.status_code}", flush=True)
         raise ChannelUnavailableError(f"unavailable: answered {response.status_code}")
     if response.is_client_error:
-        reason = response.json().get("error", response.reason_phrase)
+        reason = _reason(response)
         print(f"{channel}: provider refused it ({response.status_code})", flush=True)
         return Delivery(channel, failure=f"refused: {response.status_code} {reason}")
     receipt: str = response.json()["id"]
     return Delivery(channel, receipt=receipt)
+
+
+def _reason(response: httpx.Response) -> str:
+    """The provider's own words for a refusal, or the status's if its body is not that JSON."""
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.reason_phrase

@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import httpx
 from resonate.resonate import Resonate
+from resonate.retry import Never
 
 from fan_out.steps import Providers
 from fan_out.workflow import notify
@@ -39,7 +40,10 @@ async def main() -> None:
             ttl=timedelta(seconds=float(os.environ.get("RESONATE_TTL_SECONDS", "30"))),
         )
         resonate.with_dependency(Providers(client))
-        resonate.register(notify)
+        # The workflow itself is never retried; its steps are, each by its own policy. The SDK's
+        # default (30 retries, doubling) would retry a body that fails before its first step (bad
+        # arguments, a bug) for hours, holding its lease, to fail the same way every time.
+        resonate.register(notify, retry_policy=Never())
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)

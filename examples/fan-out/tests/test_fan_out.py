@@ -14,8 +14,12 @@ from typing import Any
 import httpx
 import pytest
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from fan_out.steps import Delivery, Providers, send
 from fan_out.workflow import CHANNELS, RETRY
+from resonate.dependencies import DependencyMap
+from resonate.error import ApplicationError
 from resonate.resonate import Resonate
+from resonate.testing import root_context
 
 TIMEOUT = 30
 
@@ -95,9 +99,12 @@ def test_channels_are_sent_in_parallel_and_each_exactly_once(
     assert slowest <= elapsed < slowest + 0.4 < total
 
 
-def test_a_flaky_channel_retries_alone(resonate_url: str, sandbox: RunningSandbox) -> None:
+@pytest.mark.parametrize("status", [503, 429, 408])
+def test_a_flaky_channel_retries_alone(
+    resonate_url: str, sandbox: RunningSandbox, status: int
+) -> None:
     execution_id = new_execution_id()
-    add_fault(sandbox, execution_id, provider="sms", mode="fail_times", times=2, status=503)
+    add_fault(sandbox, execution_id, provider="sms", mode="fail_times", times=2, status=status)
 
     [notification] = notify(resonate_url, execution_id)
 
@@ -113,7 +120,8 @@ def test_a_flaky_channel_retries_alone(resonate_url: str, sandbox: RunningSandbo
 @pytest.mark.parametrize(
     ("status", "reason", "attempts"),
     [
-        (410, "refused: 410 injected failure", 1),  # a 4xx is not worth retrying
+        (410, "refused: 410 injected failure", 1),  # a refusal is not worth retrying
+        (422, "refused: 422 injected failure", 1),
         (503, "unavailable: answered 503", 1 + RETRY.max_retries),  # retried, then given up
     ],
 )
@@ -133,3 +141,40 @@ def test_a_channel_that_fails_for_good_is_named_and_the_others_are_not_resent(
     # Asking again (twice, at once) returns the stored outcome: nothing is sent a second time.
     assert notify(resonate_url, execution_id, times=2) == [notification, notification]
     assert requests_per_channel(sandbox, execution_id) == sent
+
+
+def test_a_call_that_cannot_start_fails_at_once_instead_of_being_retried(
+    resonate_url: str, sandbox: RunningSandbox
+) -> None:
+    # No text: the body fails before its first step, the same way on every attempt. Under the
+    # SDK's default policy it would be retried (2 s, 4 s, 8 s, ...) and outlive the timeout.
+    execution_id = new_execution_id()
+
+    async def run() -> Any:
+        client = Resonate(url=resonate_url, group="fan-out-tests")
+        try:
+            handle = client.options(target="fan-out").rpc(execution_id, "notify", "ada@example.com")
+            return await asyncio.wait_for(handle.result(), TIMEOUT)
+        finally:
+            await client.stop()
+
+    with pytest.raises(ApplicationError, match="missing a required argument: 'text'"):
+        asyncio.run(run())
+
+    assert requests_per_channel(sandbox, execution_id) == {}
+
+
+def test_a_refusal_without_a_json_body_is_still_a_refusal() -> None:
+    # A proxy in front of a provider may refuse with an HTML page: still a refusal, not a crash.
+    def proxy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, text="<html>Forbidden</html>")
+
+    async def send_once() -> Delivery:
+        transport = httpx.MockTransport(proxy)
+        async with httpx.AsyncClient(transport=transport, base_url="http://providers") as client:
+            deps = DependencyMap()
+            deps.insert(Providers(client))
+            ctx = root_context(id="notify-1", deps=deps)
+            return await send(ctx, "push", "ada@example.com", "hi")
+
+    assert asyncio.run(send_once()) == Delivery("push", failure="refused: 403 Forbidden")

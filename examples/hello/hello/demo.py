@@ -16,9 +16,13 @@ async def main(name: str) -> None:
     execution_id = f"hello-{name.lower()}-{int(time.time())}"
     print(f"→ greet({name!r}) as execution {execution_id}")
     handle = resonate.options(target="hello").rpc(execution_id, "greet", name)
-    receipts = await handle.result()
-    print(f"✓ email receipt {receipts['email']}")
-    print(f"✓ sms receipt   {receipts['sms']}")
+    # This client did not register `greet`, so each delivery arrives as plain JSON.
+    deliveries = await handle.result()
+    for channel, delivery in deliveries.items():
+        if delivery["receipt"] is not None:
+            print(f"✓ {channel:<5} receipt {delivery['receipt']}")
+        else:
+            print(f"✗ {channel:<5} refused: {delivery['refusal']}")
     await resonate.stop()
 
 

@@ -6,6 +6,7 @@ Assertions are on the two systems' own records (the SQLite files), read with pla
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import sqlite3
 from contextlib import closing
@@ -224,6 +225,44 @@ def test_opens_an_account_and_a_refused_one_stays_invisible(
     assert [row[:3] for row in ledger_rows(environ)] == [(ada_id, 840, 1)]
     assert asyncio.run(read_account(stores, ada_id)) == Account(ada_id, "Ada Lovelace", 840, 1, 0)
     assert asyncio.run(read_account(stores, grace_id)) is None
+
+
+@pytest.mark.parametrize(
+    ("ledger", "code", "problem"),
+    [
+        (2**32, 1, "ledger 4294967296 is outside 0..4294967295"),
+        (-1, 1, "ledger -1 is outside 0..4294967295"),
+        (840, 2**16, "code 65536 is outside 0..65535"),
+    ],
+)
+def test_a_request_the_ledger_cannot_hold_fails_at_once_and_writes_nothing(
+    devserver: RunningDevServer,
+    start_worker: ProcessFactory,
+    environ: dict[str, str],
+    ledger: int,
+    code: int,
+    problem: str,
+) -> None:
+    # Refused before the first step. Were the workflow registered without a policy, the SDK would
+    # retry the body (2 s, 4 s, 8 s, ...), and the test would time out instead.
+    start_worker("wlrf.worker", {"RESONATE_URL": devserver.url, **environ})
+    execution_id = f"wlrf-test-{secrets.token_hex(4)}"
+
+    async def scenario() -> None:
+        client = Resonate(url=devserver.url, group="wlrf-tests")
+        try:
+            handle = client.options(target="wlrf").rpc(
+                execution_id, "open_account", "Ada", ledger, code
+            )
+            await asyncio.wait_for(handle.result(), 10)
+        finally:
+            await client.stop()
+
+    with pytest.raises(ValueError, match=f"invalid account: {re.escape(problem)}$"):
+        asyncio.run(scenario())
+
+    assert reference_rows(environ) == []
+    assert ledger_rows(environ) == []
 
 
 @pytest.mark.parametrize(

@@ -199,7 +199,7 @@ class AnsweringClient(SilentClient):
 
 
 def test_a_ledger_that_does_not_answer_is_reported_within_the_timeout() -> None:
-    ledger = TigerBeetleLedger(SilentClient(), "TigerBeetle at test", timeout=0.2)  # type: ignore[arg-type]
+    ledger = TigerBeetleLedger(SilentClient(), "TigerBeetle at test", timeout=0.2)
 
     async def ask() -> float:
         started = time.perf_counter()
@@ -211,7 +211,7 @@ def test_a_ledger_that_does_not_answer_is_reported_within_the_timeout() -> None:
 
 
 def test_answers_pass_through_unchanged() -> None:
-    ledger = TigerBeetleLedger(AnsweringClient(), "TigerBeetle at test")  # type: ignore[arg-type]
+    ledger = TigerBeetleLedger(AnsweringClient(), "TigerBeetle at test")
 
     found = asyncio.run(ledger.lookup_accounts([3, 4]))
 

@@ -46,6 +46,18 @@ class Ledger(Protocol):
     async def close(self) -> None: ...
 
 
+class LedgerClient(Protocol):
+    """What `TigerBeetleLedger` needs of `tigerbeetle.ClientAsync` (tests pass a fake)."""
+
+    async def create_accounts(
+        self, accounts: list[tb.Account], /
+    ) -> list[tb.CreateAccountResult]: ...
+
+    async def lookup_accounts(self, ids: list[int], /) -> list[tb.Account]: ...
+
+    async def close(self) -> None: ...
+
+
 class LedgerUnavailableError(Exception):
     """The ledger did not answer in time. Transient: the step is retried."""
 
@@ -65,7 +77,7 @@ class TigerBeetleLedger:
 
     def __init__(
         self,
-        client: tb.ClientAsync,
+        client: LedgerClient,
         description: str,
         timeout: float = LEDGER_TIMEOUT_SECONDS,
     ) -> None:

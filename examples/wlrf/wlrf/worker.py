@@ -20,6 +20,7 @@ import sys
 from datetime import timedelta
 
 from resonate.resonate import Resonate
+from resonate.retry import Never
 
 from wlrf.ledger import LedgerUnavailableError
 from wlrf.steps import open_stores
@@ -49,7 +50,10 @@ async def main() -> None:
         ttl=timedelta(seconds=float(os.environ.get("RESONATE_TTL_SECONDS", "30"))),
     )
     resonate.with_dependency(stores)
-    resonate.register(open_account)
+    # The workflow itself is never retried; its steps are, each by its own policy. A request it
+    # refuses before its first step (a ledger or code out of range) would fail the same way on
+    # every attempt, and the SDK's default (30 retries, doubling) would hold its lease for hours.
+    resonate.register(open_account, retry_policy=Never())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -23,12 +23,32 @@ from wlrf.steps import (
     write_reference,
 )
 
-# Transient failures (a locked database, a ledger that did not answer) are retried a few
-# times; a refusal by the ledger is a value, checked below, and never retried.
-STEP_RETRIES = Exponential(delay=1, factor=2, max_retries=4, max_delay=10)  # 2, 4, 8, 10 s
+# Transient failures (a locked database, a ledger that did not answer within its 5 s timeout)
+# are retried 4 times, 2, 4, 8 and 10 s apart: about half a minute, enough for a TigerBeetle
+# replica to fail over or a SQLite writer to finish; then the execution fails, naming the step.
+# Every write is idempotent, so a retry after a timeout that did land is answered `exists`. A
+# refusal by the ledger is a value, checked below, and never retried.
+STEP_RETRIES = Exponential(delay=1, factor=2, max_retries=4, max_delay=10)
+
+
+# TigerBeetle's field sizes: `ledger` is a u32 and `code` a u16.
+LEDGER_MAX = 2**32 - 1
+CODE_MAX = 2**16 - 1
+
+
+def validate(ledger: int, code: int) -> None:
+    """A value the ledger cannot even hold is a bad request: refused before anything is written."""
+    problems = [
+        f"{name} {value} is outside 0..{top}"
+        for name, value, top in (("ledger", ledger, LEDGER_MAX), ("code", code, CODE_MAX))
+        if not 0 <= value <= top
+    ]
+    if problems:
+        raise ValueError("invalid account: " + "; ".join(problems))
 
 
 async def open_account(ctx: Context, holder: str, ledger: int, code: int) -> None:
+    validate(ledger, code)  # before the first step: a bad request writes nothing, and fails at once
     step = ctx.options(retry_policy=STEP_RETRIES)
     # Generated once and journaled: a resumed execution reuses it, so both systems get one id.
     account_id = await step.run(new_account_id)

@@ -9,19 +9,35 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 
 from resonate.context import Context
-from resonate.retry import Exponential
+from resonate.retry import Constant
 
-from priority_queue.steps import Job, run_job
+from tiered_batch.steps import Job, JobResult, run_job
 
 TIERS = ("critical", "high", "normal", "low")  # highest first
 MAX_IN_FLIGHT = 2
 
-# 5 retries, 0.2 s apart at first and doubling up to 2 s: about 5 s before a job is given up and
-# the batch fails. (The SDK annotates delays as whole seconds but sleeps for any number;
-# sub-second delays keep demos and tests fast.)
-RETRY = Exponential(delay=0.1, factor=2, max_retries=5, max_delay=2)  # type: ignore[arg-type]
+# A job whose provider is down gets 3 more attempts, 1 s apart. Every lower tier waits behind
+# it, so it is given up after about 3 s, failing the batch, rather than stalling the rest behind
+# a long backoff. (Delays are whole seconds: the SDK's policies take `int`.) A job the provider
+# refuses is not retried at all: the refusal is its result.
+RETRY = Constant(delay=1, max_retries=3)
+
+
+@dataclass
+class BatchResult:
+    """The provider's receipt per job it ran, and its answer per job it refused, in run order."""
+
+    receipts: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def add(self, job_id: str, result: JobResult) -> None:
+        if result.receipt is not None:
+            self.receipts[job_id] = result.receipt
+        else:
+            self.refused[job_id] = result.refusal or "refused"
 
 
 class InvalidBatchError(ValueError):
@@ -42,19 +58,19 @@ def validate(jobs: list[Job]) -> None:
         raise InvalidBatchError("invalid batch: " + "; ".join(problems))
 
 
-async def process_batch(ctx: Context, jobs: list[Job]) -> dict[str, str]:
+async def process_batch(ctx: Context, jobs: list[Job]) -> BatchResult:
     validate(jobs)  # before the first step, so a bad batch runs nothing
-    receipts: dict[str, str] = {}
+    result = BatchResult()
     for tier in TIERS:
         # A window of at most MAX_IN_FLIGHT running jobs: the next job starts when the oldest
         # one finishes. Awaiting the oldest (not whichever finishes first) keeps the order of
         # the ctx.run calls, which numbers the steps, the same on every replay.
-        window: deque[tuple[str, Awaitable[str]]] = deque()
+        window: deque[tuple[str, Awaitable[JobResult]]] = deque()
         for job in [job for job in jobs if job.priority == tier]:
             if len(window) == MAX_IN_FLIGHT:
                 job_id, running = window.popleft()
-                receipts[job_id] = await running
+                result.add(job_id, await running)
             window.append((job.id, ctx.options(retry_policy=RETRY).run(run_job, job)))
         for job_id, running in window:
-            receipts[job_id] = await running
-    return receipts
+            result.add(job_id, await running)
+    return result

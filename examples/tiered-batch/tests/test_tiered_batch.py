@@ -1,4 +1,4 @@
-"""priority-queue end to end: a real dev server, a worker process, the provider sandbox.
+"""tiered-batch end to end: a real dev server, a worker process, the provider sandbox.
 
 Order and concurrency are asserted on the provider's own clock: the start and end time the sandbox
 recorded for every call it received, failed attempts included.
@@ -16,8 +16,8 @@ import httpx
 import pytest
 from cookbook.sandbox.store import RequestRecord
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
-from priority_queue.workflow import MAX_IN_FLIGHT, TIERS, InvalidBatchError
 from resonate.resonate import Resonate
+from tiered_batch.workflow import MAX_IN_FLIGHT, TIERS, InvalidBatchError
 
 TIMEOUT = 30
 
@@ -27,14 +27,14 @@ def resonate_url(
     devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
 ) -> str:
     start_worker(
-        "priority_queue.worker",
+        "tiered_batch.worker",
         {"RESONATE_URL": devserver.url, "PROVIDER_API_URL": sandbox.url, "PATH": "/usr/bin:/bin"},
     )
     return devserver.url
 
 
 def new_execution_id() -> str:
-    return f"priority-queue-test-{secrets.token_hex(4)}"
+    return f"tiered-batch-test-{secrets.token_hex(4)}"
 
 
 def job(job_id: str, priority: str) -> dict[str, str]:
@@ -50,11 +50,9 @@ def add_fault(sandbox: RunningSandbox, key_prefix: str, **spec: Any) -> None:
 
 def process_batch(url: str, execution_id: str, jobs: list[dict[str, str]]) -> Any:
     async def run() -> Any:
-        client = Resonate(url=url, group="priority-queue-tests")
+        client = Resonate(url=url, group="tiered-batch-tests")
         try:
-            handle = client.options(target="priority-queue").rpc(
-                execution_id, "process_batch", jobs
-            )
+            handle = client.options(target="tiered-batch").rpc(execution_id, "process_batch", jobs)
             return await asyncio.wait_for(handle.result(), TIMEOUT)
         finally:
             await client.stop()
@@ -98,9 +96,10 @@ def test_tiers_run_strictly_in_order_at_most_two_at_a_time(
     ]
     add_fault(sandbox, execution_id + ":", mode="latency", latency_ms=150)
 
-    receipts = process_batch(resonate_url, execution_id, jobs)
+    result = process_batch(resonate_url, execution_id, jobs)
 
-    assert receipts == receipts_recorded(sandbox, execution_id)
+    receipts = result["receipts"]
+    assert result == {"receipts": receipts_recorded(sandbox, execution_id), "refused": {}}
     # Tier by tier, and in the order given within a tier.
     assert list(receipts) == [j["id"] for tier in TIERS for j in jobs if j["priority"] == tier]
     calls = sandbox.records.requests(key_prefix=execution_id + ":")
@@ -114,24 +113,44 @@ def test_tiers_run_strictly_in_order_at_most_two_at_a_time(
     assert most_in_flight(calls) == MAX_IN_FLIGHT == 2
 
 
+@pytest.mark.parametrize("status", [503, 429, 408])
 def test_a_failing_job_retries_without_rerunning_completed_jobs(
-    resonate_url: str, sandbox: RunningSandbox
+    resonate_url: str, sandbox: RunningSandbox, status: int
 ) -> None:
     execution_id = new_execution_id()
     jobs = [job("a", "critical"), job("b", "high"), job("c", "high"), job("d", "normal")]
     # Steps are numbered in the order the jobs start: c is step 3, running alongside b.
-    add_fault(sandbox, f"{execution_id}:3", mode="fail_times", times=2, status=503)
+    add_fault(sandbox, f"{execution_id}:3", mode="fail_times", times=2, status=status)
 
-    receipts = process_batch(resonate_url, execution_id, jobs)
+    result = process_batch(resonate_url, execution_id, jobs)
 
-    assert receipts == receipts_recorded(sandbox, execution_id)
-    assert list(receipts) == ["a", "b", "c", "d"]
+    assert result == {"receipts": receipts_recorded(sandbox, execution_id), "refused": {}}
+    assert list(result["receipts"]) == ["a", "b", "c", "d"]
     calls = sandbox.records.requests(key_prefix=execution_id + ":")
     assert Counter(c.body["job"] for c in calls) == {"a": 1, "b": 1, "c": 3, "d": 1}
-    assert [c.status_code for c in calls if c.body["job"] == "c"] == [503, 503, 200]
+    assert [c.status_code for c in calls if c.body["job"] == "c"] == [status, status, 200]
     # The next tier waited for the retried job.
     [d] = [c for c in calls if c.body["job"] == "d"]
     assert d.started_at > max(c.finished_at for c in calls if c.body["job"] == "c")
+
+
+@pytest.mark.parametrize("status", [400, 403, 422])
+def test_a_refused_job_is_a_result_asked_once_and_the_next_tier_goes_on(
+    resonate_url: str, sandbox: RunningSandbox, status: int
+) -> None:
+    execution_id = new_execution_id()
+    jobs = [job("a", "critical"), job("b", "high"), job("c", "high"), job("d", "normal")]
+    add_fault(sandbox, f"{execution_id}:3", mode="fail_always", status=status)  # job c
+
+    result = process_batch(resonate_url, execution_id, jobs)
+
+    assert result == {
+        "receipts": receipts_recorded(sandbox, execution_id),
+        "refused": {"c": f"{status} injected failure"},
+    }
+    assert list(result["receipts"]) == ["a", "b", "d"]
+    calls = sandbox.records.requests(key_prefix=execution_id + ":")
+    assert Counter(c.body["job"] for c in calls) == {"a": 1, "b": 1, "c": 1, "d": 1}
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,11 @@
-"""`python -m priority_queue.worker`: a worker process that executes `process_batch` workflows.
+"""`python -m paced_calls.worker`: a worker process that executes `send_batch` workflows.
 
 Everything it needs comes from the environment, so the same code runs against the cookbook's
 dev server and the official Resonate server:
   RESONATE_URL          the Resonate server (required)
-  RESONATE_GROUP        the worker group clients send work to (default: priority-queue)
+  RESONATE_GROUP        the worker group clients send work to (default: paced-calls)
   RESONATE_TTL_SECONDS  task lease; a dead worker's work moves on after at most this long
-  PROVIDER_API_URL      the provider API the jobs call
+  PROVIDER_API_URL      the third-party API the steps call
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ import httpx
 from resonate.resonate import Resonate
 from resonate.retry import Never
 
-from priority_queue.steps import Providers
-from priority_queue.workflow import process_batch
+from paced_calls.steps import Providers
+from paced_calls.workflow import send_batch
 
-GROUP = "priority-queue"
+GROUP = "paced-calls"
 
 
 async def main() -> None:
     if not os.environ.get("RESONATE_URL"):
         sys.exit(
-            "priority_queue.worker: RESONATE_URL is not set"
-            " (start a server, or use `make run-priority-queue`)"
+            "paced_calls.worker: RESONATE_URL is not set "
+            "(start a server, or use `make run-paced-calls`)"
         )
     async with httpx.AsyncClient(
         base_url=os.environ.get("PROVIDER_API_URL", "http://127.0.0.1:8100"), timeout=10
@@ -41,15 +41,14 @@ async def main() -> None:
             ttl=timedelta(seconds=float(os.environ.get("RESONATE_TTL_SECONDS", "30"))),
         )
         resonate.with_dependency(Providers(client))
-        # A body that fails before its first durable call counts as a leaf to the SDK, which
-        # would retry it (by default for minutes). A batch rejected by validation fails the same
-        # way every time, so it must fail at once. (Once a workflow has made a durable call, the
-        # SDK never retries it anyway: only its steps are retried.)
-        resonate.register(process_batch, retry_policy=Never())
+        # The workflow itself is never retried; its steps are, each by its own policy. The SDK's
+        # default (30 retries, doubling) would retry a body that fails before its first step (bad
+        # arguments, a bug) for hours, holding its lease, to fail the same way every time.
+        resonate.register(send_batch, retry_policy=Never())
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        print(f"priority-queue worker {os.getpid()} ready", flush=True)
+        print(f"paced-calls worker {os.getpid()} ready", flush=True)
         await stop.wait()
         await resonate.stop()
 

@@ -1,4 +1,4 @@
-"""rate-limiter end to end: a real dev server, worker processes, the provider sandbox.
+"""paced-calls end to end: a real dev server, worker processes, the provider sandbox.
 
 The spacing is measured where it matters, on the receiving side: the sandbox's own timestamp of
 each call it acted on.
@@ -11,11 +11,14 @@ import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
+import pytest
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from resonate.error import ApplicationError
 from resonate.resonate import Resonate
 
 RECORDS = ["contact-1", "contact-2", "contact-3", "contact-4"]
@@ -29,25 +32,33 @@ TIMEOUT_S = 30
 
 def _worker(start_worker: ProcessFactory, devserver: RunningDevServer, url: str) -> ManagedProcess:
     env = {"RESONATE_URL": devserver.url, "PROVIDER_API_URL": url, "PATH": "/usr/bin:/bin"}
-    return start_worker("rate_limiter.worker", env)
+    return start_worker("paced_calls.worker", env)
 
 
 async def _send_batch(
     devserver: RunningDevServer,
     execution_id: str,
     while_running: Callable[[], Awaitable[None]] | None = None,
-) -> list[str]:
-    client = Resonate(url=devserver.url, group="rate-limiter-tests")
+    args: tuple[object, ...] = (RECORDS, INTERVAL_MS),
+) -> list[str | None]:
+    """The receipt of each call, in order (None for a call the API refused)."""
+    client = Resonate(url=devserver.url, group="paced-calls-tests")
     try:
-        handle = client.options(target="rate-limiter").rpc(
-            execution_id, "send_batch", RECORDS, INTERVAL_MS
-        )
+        handle = client.options(target="paced-calls").rpc(execution_id, "send_batch", *args)
         if while_running is not None:
             await while_running()
-        receipts: list[str] = await asyncio.wait_for(handle.result(), TIMEOUT_S)
-        return receipts
+        results: list[dict[str, Any]] = await asyncio.wait_for(handle.result(), TIMEOUT_S)
+        assert [r["record"] for r in results] == RECORDS
+        return [r["receipt"] for r in results]
     finally:
         await client.stop()
+
+
+def _add_fault(sandbox: RunningSandbox, key_prefix: str, **spec: Any) -> None:
+    response = httpx.post(
+        f"{sandbox.url}/_admin/faults", json={"provider": "api", "key_prefix": key_prefix, **spec}
+    )
+    response.raise_for_status()
 
 
 def _kill_at(
@@ -86,7 +97,7 @@ def test_calls_arrive_one_interval_apart(
     devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
 ) -> None:
     _worker(start_worker, devserver, sandbox.url)
-    execution_id = f"rate-limiter-test-{secrets.token_hex(4)}"
+    execution_id = f"paced-calls-test-{secrets.token_hex(4)}"
 
     receipts = asyncio.run(_send_batch(devserver, execution_id))
 
@@ -99,7 +110,7 @@ def test_a_worker_killed_while_sleeping_resumes_at_the_next_call_without_a_burst
     devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
 ) -> None:
     first = _worker(start_worker, devserver, sandbox.url)
-    execution_id = f"rate-limiter-test-{secrets.token_hex(4)}"
+    execution_id = f"paced-calls-test-{secrets.token_hex(4)}"
     # Dies right after call 1, once the workflow is suspended on its first sleep (`:2`).
     _kill_at(devserver, first, "suspend", f"{execution_id}:2", "after")
     restarted_at = 0.0
@@ -125,7 +136,7 @@ def test_a_call_whose_result_was_lost_is_not_repeated_and_the_rate_holds(
     devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
 ) -> None:
     first = _worker(start_worker, devserver, sandbox.url)
-    execution_id = f"rate-limiter-test-{secrets.token_hex(4)}"
+    execution_id = f"paced-calls-test-{secrets.token_hex(4)}"
     # Dies after the API acted on call 2 (`:3`), before the step could checkpoint its result.
     _kill_at(devserver, first, "settle", f"{execution_id}:3", "before")
 
@@ -141,3 +152,71 @@ def test_a_call_whose_result_was_lost_is_not_repeated_and_the_rate_holds(
     # Call 2 was sent again by the new worker, and the API answered from its idempotency store.
     again = sandbox.records.requests(key_prefix=f"{execution_id}:3")
     assert [r.replayed for r in again] == [False, True]
+
+
+@pytest.mark.parametrize("status", [400, 409, 422])
+def test_a_refused_record_is_a_result_sent_once_and_the_batch_goes_on_at_the_rate(
+    devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory, status: int
+) -> None:
+    _worker(start_worker, devserver, sandbox.url)
+    execution_id = f"paced-calls-test-{secrets.token_hex(4)}"
+    _add_fault(sandbox, f"{execution_id}:3", mode="fail_always", status=status)  # call 2
+
+    async def send() -> Any:
+        client = Resonate(url=devserver.url, group="paced-calls-tests")
+        try:
+            handle = client.options(target="paced-calls").rpc(
+                execution_id, "send_batch", RECORDS, INTERVAL_MS
+            )
+            return await asyncio.wait_for(handle.result(), TIMEOUT_S)
+        finally:
+            await client.stop()
+
+    results = asyncio.run(send())
+
+    assert results[1] == {
+        "record": "contact-2",
+        "receipt": None,
+        "refusal": f"{status} injected failure",
+    }
+    assert [r.idempotency_key for r in sandbox.records.requests(key_prefix=execution_id + ":")] == [
+        f"{execution_id}:{n}" for n in (1, 3, 5, 7)
+    ]
+    effects = sandbox.records.effects(key_prefix=execution_id + ":")
+    assert [r["receipt"] for r in results] == [
+        effects[0].resource_id,
+        None,
+        effects[1].resource_id,
+        effects[2].resource_id,
+    ]
+
+
+@pytest.mark.parametrize("status", [503, 429, 408])
+def test_a_call_the_api_cannot_take_now_is_retried_and_only_lengthens_its_gap(
+    devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory, status: int
+) -> None:
+    _worker(start_worker, devserver, sandbox.url)
+    execution_id = f"paced-calls-test-{secrets.token_hex(4)}"
+    _add_fault(sandbox, f"{execution_id}:3", mode="fail_times", times=1, status=status)
+
+    receipts = asyncio.run(_send_batch(devserver, execution_id))
+
+    effects = sandbox.records.effects(key_prefix=execution_id + ":")
+    _assert_each_call_once_and_spaced(effects, execution_id)
+    assert receipts == [e.resource_id for e in effects]
+    again = sandbox.records.requests(key_prefix=f"{execution_id}:3")
+    assert [r.status_code for r in again] == [status, 200]
+
+
+def test_a_call_that_cannot_start_fails_at_once_instead_of_being_retried(
+    devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
+) -> None:
+    # No interval: the body fails before its first step, the same way on every attempt. Under the
+    # SDK's default policy it would be retried (2 s, 4 s, 8 s, ...) and outlive the timeout.
+    _worker(start_worker, devserver, sandbox.url)
+    execution_id = f"paced-calls-test-{secrets.token_hex(4)}"
+
+    with pytest.raises(ApplicationError, match="missing a required argument: 'interval_ms'"):
+        asyncio.run(_send_batch(devserver, execution_id, args=(RECORDS,)))
+
+    assert sandbox.records.requests(key_prefix=execution_id + ":") == []

@@ -1,4 +1,4 @@
-"""`python -m priority_queue.demo`: run a batch of jobs, show the providers' clock, try a bad batch.
+"""`python -m tiered_batch.demo`: run a batch of jobs, show the providers' clock, try a bad batch.
 
 Through the sandbox's admin API the demo gives every job 0.3 s of work and makes the provider fail
 the first call twice, so the order of the tiers, the window of two and the retry show in the
@@ -29,7 +29,7 @@ BATCH = [
 
 async def main() -> None:
     # A client, not a worker: it joins its own group so it is never handed workflow work.
-    resonate = Resonate(url=os.environ["RESONATE_URL"], group="priority-queue-clients")
+    resonate = Resonate(url=os.environ["RESONATE_URL"], group="tiered-batch-clients")
     sandbox = httpx.AsyncClient(base_url=os.environ["PROVIDER_API_URL"])
     execution_id = f"batch-{int(time.time())}"
     scope = execution_id + ":"  # the Idempotency-Keys of this execution's steps
@@ -46,16 +46,18 @@ async def main() -> None:
         for job in BATCH:
             print(f"    {job['priority']:<8} {job['id']}")
         print("  (each job takes 0.3s at the provider, which fails the first call twice)")
-        handle = resonate.options(target="priority-queue").rpc(execution_id, "process_batch", BATCH)
-        receipts = await handle.result()
-        print(f"✓ {len(receipts)} jobs done: {', '.join(receipts)}")
+        handle = resonate.options(target="tiered-batch").rpc(execution_id, "process_batch", BATCH)
+        result = await handle.result()
+        print(f"✓ {len(result['receipts'])} jobs done: {', '.join(result['receipts'])}")
+        for job_id, refusal in result["refused"].items():
+            print(f"✗ {job_id} refused by the provider: {refusal}")
         await print_timeline(sandbox, scope)
 
         bad = [*BATCH[:2], {"id": "refund-1042", "priority": "urgent", "task": "refund again"}]
         print(f"\n→ process_batch with a bad batch as execution {execution_id}-bad")
         try:
             await (
-                resonate.options(target="priority-queue")
+                resonate.options(target="tiered-batch")
                 .rpc(f"{execution_id}-bad", "process_batch", bad)
                 .result()
             )

@@ -1,4 +1,4 @@
-"""`python -m rate_limiter.demo`: sync four records to a partner API at one call per second.
+"""`python -m paced_calls.demo`: sync four records to a partner API at one call per second.
 
 It starts one `send_batch` workflow on the workers, waits for it, then asks the API's sandbox
 when each call actually arrived, so the spacing can be seen (and checked) from the receiving side.
@@ -19,18 +19,22 @@ INTERVAL_MS = 1000
 
 async def main() -> None:
     # A client, not a worker: it joins its own group so it is never handed workflow work.
-    resonate = Resonate(url=os.environ["RESONATE_URL"], group="rate-limiter-clients")
-    execution_id = f"rate-limiter-{int(time.time())}"
+    resonate = Resonate(url=os.environ["RESONATE_URL"], group="paced-calls-clients")
+    execution_id = f"paced-calls-{int(time.time())}"
     print(
         f"→ send_batch({len(RECORDS)} records, one call per {INTERVAL_MS} ms) "
         f"as execution {execution_id}"
     )
-    handle = resonate.options(target="rate-limiter").rpc(
+    handle = resonate.options(target="paced-calls").rpc(
         execution_id, "send_batch", RECORDS, INTERVAL_MS
     )
-    receipts: list[str] = await handle.result()
+    # This client did not register `send_batch`, so each result arrives as plain JSON.
+    results = await handle.result()
     await resonate.stop()
-    print(f"✓ {len(receipts)} calls made")
+    print(f"✓ {sum(r['receipt'] is not None for r in results)} calls taken by the API")
+    for result in results:
+        if result["refusal"] is not None:
+            print(f"✗ {result['record']} refused: {result['refusal']}")
 
     # The sandbox's admin API (a demo-only view): when did each call reach the provider?
     async with httpx.AsyncClient(base_url=os.environ["PROVIDER_API_URL"]) as sandbox:

@@ -13,20 +13,20 @@ from datetime import timedelta
 from resonate.context import Context
 from resonate.retry import Exponential
 
-from rate_limiter.steps import call_api
+from paced_calls.steps import CallResult, call_api
 
-# A failing call is retried on its own (the calls before it are already journaled); a retry only
-# ever lengthens the gap before the next call, so it cannot break the rate.
+# A call the API could not take now (a 5xx, a 429, no answer) is retried on its own, the calls
+# before it being journaled: 5 retries, 2 s doubling to 30 s (about 1 minute), which outlasts a
+# typical 429 window. A retry only ever lengthens the gap before the next call, so it cannot break
+# the rate. A record the API refuses is the call's result, never retried.
 RETRY = Exponential(delay=1, factor=2, max_retries=5, max_delay=30)
 
 
-async def send_batch(ctx: Context, records: list[str], interval_ms: int) -> list[str]:
-    receipts: list[str] = []
+async def send_batch(ctx: Context, records: list[str], interval_ms: int) -> list[CallResult]:
+    results: list[CallResult] = []
     for position, record in enumerate(records, start=1):
         if position > 1:
             await ctx.sleep(timedelta(milliseconds=interval_ms))
-        receipt = await ctx.options(retry_policy=RETRY).run(
-            call_api, record, position, len(records)
-        )
-        receipts.append(receipt)
-    return receipts
+        result = await ctx.options(retry_policy=RETRY).run(call_api, record, position, len(records))
+        results.append(result)
+    return results
