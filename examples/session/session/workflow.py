@@ -21,9 +21,16 @@ from resonate.context import Context
 from resonate.error import ApplicationError
 from resonate.retry import Exponential
 
-from session.steps import issue_token, record_activity, revoke_token, stop_timer
+from session.steps import (
+    Refused,
+    open_round,
+    record_activity,
+    register_token,
+    revoke_token,
+    stop_timer,
+)
 
-type EndedBy = Literal["logout", "idle-timeout"]
+type EndedBy = Literal["logout", "idle-timeout", "refused"]
 
 
 @dataclass(frozen=True)
@@ -34,26 +41,42 @@ class Activity:
 
 @dataclass(frozen=True)
 class SessionEnded:
-    """What a finished session returns: also what `GET /sessions/{id}` shows once it ended."""
+    """What a finished session returns: also what `GET /sessions/{id}` shows once it ended.
+
+    No bearer token: the session only ever holds the provider's credential id, a handle that
+    names the credential (to record activity against it and revoke it) without granting anything.
+    """
 
     user: str
-    token: str  # issued at login, revoked at the end
+    credential_id: str | None  # None if the provider refused the login
     ended_by: EndedBy
     activities: list[Activity]
+    # Why the provider refused something (the login, an activity, or the revocation itself).
+    refusal: str | None = None
 
 
-# A provider call that fails is retried after 2, 4, 8 and 16 s, then every 30 s: ten retries in
-# three and a half minutes. A revocation in particular must not be given up on lightly.
+# A provider call that fails transiently (5xx, 408, 429, a timeout, a lost connection) is retried
+# after 2, 4, 8 and 16 s, then every 30 s: ten retries in three and a half minutes, long enough to
+# ride out a provider's restart or a rate limit, short enough that a session whose provider is
+# down fails visibly (`GET` shows `failed`) instead of hanging. A refusal is never retried: the
+# steps return it as a value.
 RETRIES = Exponential(delay=1, factor=2, max_retries=10, max_delay=30)
 
 
-async def session(ctx: Context, user: str, idle_timeout_seconds: int) -> SessionEnded:
+async def session(
+    ctx: Context, user: str, idle_timeout_seconds: int, token_sha256: str
+) -> SessionEnded:
     steps = ctx.options(retry_policy=RETRIES)
-    token = await steps.run(issue_token, user)
+    credential = await steps.run(register_token, user, token_sha256)
+    if isinstance(credential, Refused):
+        return SessionEnded(user, None, "refused", [], credential.reason)
     idle_timeout = timedelta(seconds=idle_timeout_seconds)
     activities: list[Activity] = []
     ended_by: EndedBy
+    refusal: str | None = None
+    round_no = 0
     while True:
+        round_no += 1
         # The user's next move, put here by the gateway. The server will not resolve it past its
         # deadline (it times it out instead), so a move either came in time or was refused, and
         # every replay finds the same answer.
@@ -62,6 +85,8 @@ async def session(ctx: Context, user: str, idle_timeout_seconds: int) -> Session
         # does only once something touches it): this timer, with the same deadline (set a
         # millisecond later), is what wakes the workflow up.
         idle_timer = ctx.sleep(idle_timeout)
+        # Tell the gateway where this round's move goes, under a round id of the example's own.
+        await steps.run(open_round, ctx.info.id, round_no, await next_move.id())
         try:
             move = await next_move  # suspends on both; either one settling resumes the workflow
         except ApplicationError:  # timed out: no move before the deadline
@@ -74,10 +99,15 @@ async def session(ctx: Context, user: str, idle_timeout_seconds: int) -> Session
         await idle_timer
         match move:
             case {"type": "activity", "activity_id": str(activity_id), "action": str(action)}:
-                await steps.run(record_activity, token, activity_id, action)
+                recorded = await steps.run(record_activity, credential, activity_id, action)
+                if isinstance(recorded, Refused):  # the provider no longer honours the credential
+                    ended_by, refusal = "refused", recorded.reason
+                    break
                 activities.append(Activity(activity_id, action))
             case _:  # a logout; anything else fails closed, the same way
                 ended_by = "logout"
                 break
-    await steps.run(revoke_token, token)
-    return SessionEnded(user, token, ended_by, activities)
+    revoked = await steps.run(revoke_token, credential)
+    if isinstance(revoked, Refused):  # e.g. already revoked by the provider: a human may look
+        refusal = revoked.reason if refusal is None else f"{refusal}; {revoked.reason}"
+    return SessionEnded(user, credential, ended_by, activities, refusal)
