@@ -291,6 +291,7 @@ async def _authorized(sessions: Sessions, session_id: str, bearer: BearerDep) ->
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI entries of the error answers an operation gives, each with its body."""
     descriptions = {
+        400: "the body is not JSON",
         401: "no token sent",
         404: "no such session with this token",
         409: "the session exists with another login, or has ended",
@@ -307,7 +308,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 router = APIRouter()
 
 
-@router.post("/sessions", status_code=202, responses=_errors(409, 413))
+@router.post("/sessions", status_code=202, responses=_errors(400, 409, 413))
 async def login(body: Login, response: Response, sessions: SessionsDep) -> LoginAccepted:
     # Starting an id that exists attaches to that execution without comparing arguments, so the
     # stored login is compared afterwards. Each login mints its own token, so of two POSTs with
@@ -328,7 +329,9 @@ async def login(body: Login, response: Response, sessions: SessionsDep) -> Login
 
 
 @router.post(
-    "/sessions/{session_id}/activity", status_code=202, responses=_errors(401, 404, 409, 413, 503)
+    "/sessions/{session_id}/activity",
+    status_code=202,
+    responses=_errors(400, 401, 404, 409, 413, 503),
 )
 async def activity(
     session_id: SessionId, body: ActivityRequest, sessions: SessionsDep, bearer: BearerDep

@@ -25,8 +25,12 @@ from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from resonate.promises import Promises
 from resonate.resonate import Resonate
-from resonate.types import Value
+from resonate.send import PromiseSearchResult
+from resonate.types import PromiseRecord, Value
+from session.gateway import Sessions, create_app
+from session.steps import ROUND_TAG
 
 TIMEOUT_S = 30
 # How late the idle timeout may revoke the token, measured from the timer's deadline as the server
@@ -302,7 +306,8 @@ def test_the_token_is_nowhere_in_the_server_or_in_any_answer(stack: Stack) -> No
     held = [
         name for name, text in places.items() if any(f in text for f in encodings(digest(token)))
     ]
-    assert "/_cookbook/state" in held and any(name.startswith("data dir") for name in held), held
+    assert "/_cookbook/state" in held
+    assert any(name.startswith("data dir") for name in held), held
 
 
 def test_a_request_without_the_sessions_token_is_refused(stack: Stack) -> None:
@@ -362,6 +367,108 @@ def test_a_provider_outage_is_retried_with_the_same_key(stack: Stack) -> None:
     assert [r.status_code for r in requests] == [429, 200]
     assert len({r.idempotency_key for r in requests}) == 1
     assert ops(stack.effects(session_id)) == ["issue_token"]
+
+
+# -- reading state -----------------------------------------------------------------------------
+
+
+class RecordingPromises(Promises):
+    """The Resonate client's promises API, noting every id read or settled and every search."""
+
+    def __init__(self, inner: Promises) -> None:
+        super().__init__(inner.sender, inner.codec)
+        self.touched: list[str] = []
+        self.searched: list[dict[str, str] | None] = []
+        self.found: list[PromiseRecord] = []
+
+    async def get(self, id: str) -> PromiseRecord:
+        self.touched.append(id)
+        return await super().get(id)
+
+    async def resolve(self, id: str, value: Value) -> PromiseRecord:
+        self.touched.append(id)
+        return await super().resolve(id, value)
+
+    async def search(
+        self, state: str | None, tags: dict[str, str] | None, limit: int | None, cursor: str | None
+    ) -> PromiseSearchResult:
+        self.searched.append(tags)
+        result = await super().search(state, tags, limit, cursor)
+        self.found += result.promises
+        return result
+
+
+def test_the_gateway_reads_only_ids_it_chose_or_was_told(stack: Stack) -> None:
+    session_id = stack.login()
+    stack.act(session_id, "opened /reports")
+    stack.wait_for(session_id, lambda s: len(s["activities"]) == 1 and "idle_deadline" in s)
+
+    async def look_up_and_log_out() -> RecordingPromises:
+        resonate = Resonate(url=stack.server.url, group="session-tests")
+        recorder = resonate.promises = RecordingPromises(resonate.promises)
+        sessions = Sessions(resonate, "session", 60)
+        try:
+            login = await sessions.started_with(session_id)
+            assert login is not None
+            view = await sessions.view(session_id, login)
+            assert (view.state, len(view.activities)) == ("active", 1)
+            assert await sessions.deliver(session_id, {"type": "logout"}) == "delivered"
+        finally:
+            await resonate.stop()
+        return recorder
+
+    recorder = asyncio.run(look_up_and_log_out())
+
+    # The session id is the gateway's; the promises of the moves are named by the round records
+    # (which it finds by the tag the session gives them): no id is built from the SDK's scheme.
+    rounds = [record.param.data for record in recorder.found]
+    told = {str(r["move"]) for r in rounds if isinstance(r, dict)}
+    assert set(recorder.touched) <= {session_id} | told, set(recorder.touched) - told
+    assert set(recorder.touched) & told, "the move was delivered into the promise it was told of"
+    assert recorder.searched
+    assert all(tags == {ROUND_TAG: session_id} for tags in recorder.searched)
+    assert stack.wait_ended(session_id)["ended_by"] == "logout"
+
+
+# -- the OpenAPI document ------------------------------------------------------------------------
+
+# Every answer each operation gives, as the tests of this module see them.
+ANSWERS = {
+    ("post", "/sessions"): {"202", "400", "409", "413", "422"},
+    ("post", "/sessions/{session_id}/activity"): {
+        *("202", "400", "401", "404", "409", "413", "422", "503")
+    },
+    ("post", "/sessions/{session_id}/logout"): {"202", "401", "404", "409", "422", "503"},
+    ("get", "/sessions/{session_id}"): {"200", "401", "404", "422"},
+}
+
+
+def test_the_openapi_document_declares_every_answer_with_its_body() -> None:
+    document = create_app("http://127.0.0.1:9", "session", 60).openapi()
+    operations = {
+        (method, path): operation
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    }
+
+    assert set(operations) == set(ANSWERS)
+    for key, operation in operations.items():
+        assert set(operation["responses"]) == ANSWERS[key], key
+        for status, answer in operation["responses"].items():
+            body = answer["content"]["application/json"]["schema"]
+            model = "FieldErrors" if status == "422" else "Error" if status >= "400" else None
+            if model is not None:
+                assert body == {"$ref": f"#/components/schemas/{model}"}, (key, status)
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_a_body_that_is_not_json_is_400(stack: Stack) -> None:
+    login = stack.gateway.post(
+        "/sessions", content=b"\xff{", headers={"Content-Type": "application/json"}
+    )
+
+    assert login.status_code == 400
+    assert login.json() == {"detail": "There was an error parsing the body"}
 
 
 # -- identity and input ------------------------------------------------------------------------
