@@ -42,7 +42,6 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 from resonate.error import ServerError
-from resonate.promises import Promises
 from resonate.resonate import Resonate
 from resonate.types import PromiseRecord, Value
 
@@ -162,10 +161,6 @@ class Sessions:
     group: str
     default_idle_timeout_seconds: int
 
-    @property
-    def promises(self) -> Promises:
-        return self.resonate.promises
-
     async def started_with(self, session_id: str) -> StartedWith | None:
         """What a session was started with; None if there is no such session."""
         root = await self._root(session_id)
@@ -179,16 +174,16 @@ class Sessions:
         """
         give_up = time.monotonic() + DELIVERY_WAIT_SECONDS
         while time.monotonic() < give_up:
-            if (await self.promises.get(session_id)).state != "pending":
+            if (await self.resonate.promises.get(session_id)).state != "pending":
                 return "ended"
             rounds = await self._rounds(session_id)
-            current = None if not rounds else await self.promises.get(rounds[-1].move_id)
+            current = None if not rounds else await self.resonate.promises.get(rounds[-1].move_id)
             if current is None or current.state == "resolved":  # the next round is not open yet
                 await asyncio.sleep(DELIVERY_POLL_SECONDS)
                 continue
             if current.state != "pending":  # the server timed it out at its deadline
                 return "timed-out"
-            settled = await self.promises.resolve(current.id, Value(data=move))
+            settled = await self.resonate.promises.resolve(current.id, Value(data=move))
             if settled.state != "resolved":  # too late: the server timed the promise out instead
                 return "timed-out"
             if settled.value.data == move:
@@ -197,7 +192,7 @@ class Sessions:
         raise HTTPException(503, "the session is busy; try again", headers={"Retry-After": "1"})
 
     async def view(self, session_id: str, login: StartedWith) -> SessionView:
-        root = await self.promises.get(session_id)
+        root = await self.resonate.promises.get(session_id)
         view = SessionView(
             session_id=session_id,
             user=login.user,
@@ -220,7 +215,7 @@ class Sessions:
                 rounds = await self._rounds(session_id)
                 if not rounds:  # the login has not completed yet
                     return view
-                moves = [await self.promises.get(r.move_id) for r in rounds]
+                moves = [await self.resonate.promises.get(r.move_id) for r in rounds]
                 # None for a moment between two rounds, while an activity is being recorded.
                 waiting = moves[-1].timeout_at / 1000 if moves[-1].state == "pending" else None
                 return view.model_copy(
@@ -241,7 +236,7 @@ class Sessions:
 
     async def _root(self, session_id: str) -> PromiseRecord | None:
         try:
-            return await self.promises.get(session_id)
+            return await self.resonate.promises.get(session_id)
         except ServerError as exc:
             if exc.code != 404:
                 raise
@@ -252,7 +247,7 @@ class Sessions:
         found: list[Round] = []
         cursor: str | None = None
         while True:
-            page = await self.promises.search(None, {ROUND_TAG: session_id}, 100, cursor)
+            page = await self.resonate.promises.search(None, {ROUND_TAG: session_id}, 100, cursor)
             found += [r for p in page.promises if (r := _round_of(p)) is not None]
             cursor = page.cursor
             if cursor is None:

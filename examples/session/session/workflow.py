@@ -1,10 +1,13 @@
 """The durable workflow: one user session, from login to logout or idle timeout.
 
-The session is one execution, keyed by the session id. Login issues a token; then, round after
-round, the workflow waits for the next thing the user does (an activity or a logout, delivered by
-the gateway into a latent promise) or for the idle timeout, whichever comes first. Each activity
-is recorded by its own checkpointed step and starts a new round, so the idle timer restarts. When
-the user logs out or the timer fires, the token is revoked and the session ends.
+The session is one execution, keyed by the session id. It is started with the SHA-256 digest of
+the bearer token the gateway gave the user, never the token. Login registers the credential with
+the identity provider; then, round after round, the workflow waits for the next thing the user
+does (an activity or a logout, delivered by the gateway into a latent promise whose id the round
+publishes) or for the idle timeout, whichever comes first. Each activity is recorded by its own
+checkpointed step and starts a new round, so the idle timer restarts. When the user logs out or
+the timer fires, the credential is revoked and the session ends. A refusal by the provider (a
+4xx) is a value that ends the session as "refused"; only outages are retried.
 
 Nothing lives in the worker's memory between two rounds: a worker that dies while the session is
 idle loses nothing, and the next one waits for the same deadline, which the server stored when
