@@ -462,9 +462,12 @@ def test_the_openapi_document_declares_every_answer_with_its_body() -> None:
     assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
-def test_a_body_that_is_not_json_is_400(stack: Stack) -> None:
+@pytest.mark.parametrize(
+    "body", [b"\xff{", b"[" * 1500 + b"]" * 1500], ids=["not utf-8", "nested 1500 deep"]
+)
+def test_a_body_that_is_not_json_or_too_deep_is_400(stack: Stack, body: bytes) -> None:
     login = stack.gateway.post(
-        "/sessions", content=b"\xff{", headers={"Content-Type": "application/json"}
+        "/sessions", content=body, headers={"Content-Type": "application/json"}
     )
 
     assert login.status_code == 400
