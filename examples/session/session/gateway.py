@@ -263,10 +263,6 @@ SessionsDep = Annotated[Sessions, Depends(_sessions)]
 _BEARER = HTTPBearer(auto_error=False, description="the token the login answered")
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 
-UNAUTHORIZED = HTTPException(
-    401, "send the login's token: Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
-)
-
 
 async def _authorized(sessions: Sessions, session_id: str, bearer: BearerDep) -> StartedWith:
     """The session's login, if the request presents its token; else 401 or 404.
@@ -275,7 +271,11 @@ async def _authorized(sessions: Sessions, session_id: str, bearer: BearerDep) ->
     other session ids exist. The digests are compared in constant time.
     """
     if bearer is None:
-        raise UNAUTHORIZED
+        raise HTTPException(
+            401,
+            "send the login's token: Authorization: Bearer <token>",
+            {"WWW-Authenticate": "Bearer"},
+        )
     login = await sessions.started_with(session_id)
     presented = token_digest(bearer.credentials)
     if login is None or not hmac.compare_digest(presented, login.token_sha256):
