@@ -118,8 +118,8 @@ class SessionView(BaseModel):
     state: Literal["starting", "active", "ended", "failed"]
     idle_timeout_seconds: int
     idle_deadline: datetime | None = None  # active: when it ends unless the user does something
-    ended_by: Literal["logout", "idle-timeout", "refused"] | None = None
-    refusal: str | None = None  # ended: what the identity provider refused, if anything
+    ended_by: Literal["logout", "idle-timeout", "refused", "provider-unavailable"] | None = None
+    problem: str | None = None  # ended: what the identity provider refused, or why unreachable
     reason: str | None = None  # failed: why
     activities: list[Activity]
 
@@ -207,7 +207,7 @@ class Sessions:
                     update={
                         "state": "ended",
                         "ended_by": ended.ended_by,
-                        "refusal": ended.refusal,
+                        "problem": ended.problem,
                         "activities": ended.activities,
                     }
                 )

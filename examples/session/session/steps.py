@@ -78,6 +78,16 @@ async def revoke_token(ctx: Context, credential_id: str) -> str | Refused:
     return await _call(ctx, {"op": "revoke_token", "credential_id": credential_id})
 
 
+async def revoke_by_digest(ctx: Context, token_sha256: str) -> str | Refused:
+    """Revoke whatever credential the provider holds for this digest: a no-op if it has none.
+
+    For a registration whose outcome is unknown (it ran out of retries, and a call that timed out
+    may have landed): the session never learned a credential id, but the digest names it too.
+    """
+    print(f"revoking any credential of the token's digest (step {ctx.info.id})", flush=True)
+    return await _call(ctx, {"op": "revoke_token", "token_sha256": token_sha256})
+
+
 async def open_round(ctx: Context, session_id: str, round_no: int, move_id: str) -> None:
     """Record, under an id the example chooses, which promise this round's move goes into.
 

@@ -29,11 +29,12 @@ from session.steps import (
     open_round,
     record_activity,
     register_token,
+    revoke_by_digest,
     revoke_token,
     stop_timer,
 )
 
-type EndedBy = Literal["logout", "idle-timeout", "refused"]
+type EndedBy = Literal["logout", "idle-timeout", "refused", "provider-unavailable"]
 
 
 @dataclass(frozen=True)
@@ -54,15 +55,16 @@ class SessionEnded:
     credential_id: str | None  # None if the provider refused the login
     ended_by: EndedBy
     activities: list[Activity]
-    # Why the provider refused something (the login, an activity, or the revocation itself).
-    refusal: str | None = None
+    # What the provider refused (the login, an activity, or the revocation itself), or why it
+    # could not be reached.
+    problem: str | None = None
 
 
 # A provider call that fails transiently (5xx, 408, 429, a timeout, a lost connection) is retried
 # after 2, 4, 8 and 16 s, then every 30 s: ten retries in three and a half minutes, long enough to
 # ride out a provider's restart or a rate limit, short enough that a session whose provider is
-# down fails visibly (`GET` shows `failed`) instead of hanging. A refusal is never retried: the
-# steps return it as a value.
+# down ends (or, if even the revocation cannot be made, fails visibly) instead of hanging. A
+# refusal is never retried: the steps return it as a value.
 RETRIES = Exponential(delay=1, factor=2, max_retries=10, max_delay=30)
 
 
@@ -70,13 +72,19 @@ async def session(
     ctx: Context, user: str, idle_timeout_seconds: int, token_sha256: str
 ) -> SessionEnded:
     steps = ctx.options(retry_policy=RETRIES)
-    credential = await steps.run(register_token, user, token_sha256)
+    try:
+        credential = await steps.run(register_token, user, token_sha256)
+    except Exception:
+        # Out of retries, and a call that timed out may have landed: revoke whatever credential
+        # the digest names before the session fails, so that no token it never saw stays valid.
+        await steps.run(revoke_by_digest, token_sha256)
+        raise
     if isinstance(credential, Refused):
         return SessionEnded(user, None, "refused", [], credential.reason)
     idle_timeout = timedelta(seconds=idle_timeout_seconds)
     activities: list[Activity] = []
     ended_by: EndedBy
-    refusal: str | None = None
+    problem: str | None = None
     round_no = 0
     while True:
         round_no += 1
@@ -102,15 +110,20 @@ async def session(
         await idle_timer
         match move:
             case {"type": "activity", "activity_id": str(activity_id), "action": str(action)}:
-                recorded = await steps.run(record_activity, credential, activity_id, action)
+                try:
+                    recorded = await steps.run(record_activity, credential, activity_id, action)
+                except Exception as exc:  # out of retries: end the session rather than fail open
+                    ended_by, problem = "provider-unavailable", str(exc)
+                    break
                 if isinstance(recorded, Refused):  # the provider no longer honours the credential
-                    ended_by, refusal = "refused", recorded.reason
+                    ended_by, problem = "refused", recorded.reason
                     break
                 activities.append(Activity(activity_id, action))
             case _:  # a logout; anything else fails closed, the same way
                 ended_by = "logout"
                 break
+    # Out of retries here, the session fails (`GET` shows `failed`): a human must revoke it.
     revoked = await steps.run(revoke_token, credential)
     if isinstance(revoked, Refused):  # e.g. already revoked by the provider: a human may look
-        refusal = revoked.reason if refusal is None else f"{refusal}; {revoked.reason}"
-    return SessionEnded(user, credential, ended_by, activities, refusal)
+        problem = revoked.reason if problem is None else f"{problem}; {revoked.reason}"
+    return SessionEnded(user, credential, ended_by, activities, problem)

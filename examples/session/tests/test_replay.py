@@ -8,12 +8,17 @@ which the server decides once (resolved before the deadline, or timed out).
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import dataclass, field
 
+import httpx
 import pytest
 from resonate.context import Context
-from resonate.error import Suspended
-from resonate.testing import pending_promise, resolved_promise, root_context
+from resonate.dependencies import DependencyMap
+from resonate.error import ApplicationError, Suspended
+from resonate.testing import pending_promise, rejected_promise, resolved_promise, root_context
 from resonate.types import PromiseRecord
+from session.steps import Providers
 from session.workflow import Activity, SessionEnded, session
 
 ID = "s-1"
@@ -27,11 +32,13 @@ def timed_out(promise_id: str) -> PromiseRecord:
     return PromiseRecord(id=promise_id, state="rejected_timedout", timeout_at=1, settled_at=1)
 
 
-def replay(journal: list[PromiseRecord]) -> SessionEnded | list[str]:
+def replay(
+    journal: list[PromiseRecord], provider: DependencyMap | None = None
+) -> SessionEnded | list[str]:
     """Run the body over `journal`: its result, or the promises it suspended on."""
 
     async def run() -> SessionEnded | list[str]:
-        ctx: Context = root_context(id=ID, preload=journal)
+        ctx: Context = root_context(id=ID, preload=journal, deps=provider)
         try:
             return await session(ctx, "ada", 60, DIGEST)
         except Suspended:
@@ -158,3 +165,54 @@ def test_a_refused_activity_ends_the_session_and_revokes_the_credential() -> Non
     ]
 
     assert replay(journal) == SessionEnded("ada", "cred_1", "refused", [], refused)
+
+
+# -- outages: a step out of retries has an unknown outcome -------------------------------------
+
+
+@dataclass
+class FakeProvider:
+    """The identity provider, in process: every call succeeds and is noted."""
+
+    calls: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+    def dependencies(self) -> DependencyMap:
+        def answer(request: httpx.Request) -> httpx.Response:
+            self.calls.append((request.headers["Idempotency-Key"], json.loads(request.content)))
+            return httpx.Response(200, json={"id": f"api_{len(self.calls)}"})
+
+        client = httpx.AsyncClient(
+            base_url="http://provider", transport=httpx.MockTransport(answer)
+        )
+        deps = DependencyMap()
+        deps.insert(Providers(client))
+        return deps
+
+
+def test_a_login_out_of_retries_revokes_whatever_its_digest_names_then_fails() -> None:
+    provider = FakeProvider()
+    journal = [rejected_promise(f"{ID}:1", "identity provider answered 503 to issue_token")]
+
+    with pytest.raises(ApplicationError, match="503"):
+        replay(journal, provider.dependencies())
+
+    # The registration may have landed: the credential is revoked by the digest, the only name the
+    # session has for it, before the session fails.
+    assert provider.calls == [(f"{ID}:2", {"op": "revoke_token", "token_sha256": DIGEST})]
+
+
+def test_an_activity_out_of_retries_ends_the_session_and_revokes_the_credential() -> None:
+    provider = FakeProvider()
+    journal = [
+        LOGGED_IN,
+        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((2, ACTIVITY), (3, None), (4, None))],
+        resolved_promise(f"{ID}:5"),
+        rejected_promise(f"{ID}:6", "identity provider answered 503 to record_activity"),
+    ]
+
+    ended = replay(journal, provider.dependencies())
+
+    assert isinstance(ended, SessionEnded)
+    assert (ended.ended_by, ended.activities) == ("provider-unavailable", [])
+    assert "503" in (ended.problem or "")
+    assert provider.calls == [(f"{ID}:7", {"op": "revoke_token", "credential_id": "cred_1"})]

@@ -350,7 +350,7 @@ def test_a_refused_login_is_an_answer_and_is_not_retried(stack: Stack) -> None:
     ended = stack.wait_ended(session_id)
 
     assert ended["ended_by"] == "refused"
-    assert "identity provider refused issue_token: 403" in ended["refusal"]
+    assert "identity provider refused issue_token: 403" in ended["problem"]
     requests = stack.sandbox.records.requests(f"{session_id}:")
     assert [r.status_code for r in requests] == [403]  # asked once: a refusal is not retried
     assert stack.effects(session_id) == []
