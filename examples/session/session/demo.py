@@ -13,6 +13,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,59 +22,80 @@ import httpx
 ADA_IDLE_TIMEOUT_SECONDS = 4
 
 
-def login(gateway: httpx.Client, user: str, idle_timeout_seconds: int) -> str:
+@dataclass(frozen=True)
+class Login:
+    """A session as its user holds it: its id, and the token that proves it is theirs."""
+
+    session_id: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def login(gateway: httpx.Client, user: str, idle_timeout_seconds: int) -> Login:
     session_id = f"{user}-{secrets.token_hex(3)}"
     print(f"→ POST /sessions {session_id}: {user} logs in, idle timeout {idle_timeout_seconds}s")
     body = {"session_id": session_id, "user": user, "idle_timeout_seconds": idle_timeout_seconds}
-    accepted = gateway.post("/sessions", json=body).raise_for_status()
-    print(f"← {accepted.status_code} Accepted: GET {accepted.json()['status_url']}")
-    session = wait_for(gateway, session_id, lambda s: s["state"] != "starting")
-    print(f"✓ logged in; token {session['token']}")
-    return session_id
+    accepted = gateway.post("/sessions", json=body).raise_for_status().json()
+    # The token is the user's secret: the demo shows only its first characters.
+    print(f"← 202 Accepted: token {accepted['token'][:6]}…; GET {accepted['status_url']}")
+    session = Login(session_id, accepted["token"])
+    wait_for(gateway, session, lambda s: s["state"] != "starting")
+    print(f"✓ {user} logged in")
+    return session
 
 
-def act(gateway: httpx.Client, session_id: str, action: str) -> None:
-    response = gateway.post(f"/sessions/{session_id}/activity", json={"action": action})
-    print(f"→ POST /sessions/{session_id}/activity {action!r} ← {response.status_code}", end="")
+def act(gateway: httpx.Client, session: Login, action: str) -> None:
+    response = gateway.post(
+        f"/sessions/{session.session_id}/activity", json={"action": action}, headers=session.auth
+    )
+    print(
+        f"→ POST /sessions/{session.session_id}/activity {action!r} ← {response.status_code}",
+        end="",
+    )
     print(f" {response.json()['detail']}" if response.is_error else "")
 
 
-def logout(gateway: httpx.Client, session_id: str) -> None:
-    response = gateway.post(f"/sessions/{session_id}/logout")
-    print(f"→ POST /sessions/{session_id}/logout ← {response.status_code}")
+def logout(gateway: httpx.Client, session: Login) -> None:
+    response = gateway.post(f"/sessions/{session.session_id}/logout", headers=session.auth)
+    print(f"→ POST /sessions/{session.session_id}/logout ← {response.status_code}")
 
 
-def wait_until_ended(gateway: httpx.Client, session_id: str) -> dict[str, Any]:
-    session = wait_for(gateway, session_id, lambda s: s["state"] not in ("starting", "active"))
-    if session["state"] == "ended":
-        user, token, ended_by = session["user"], session["token"], session["ended_by"]
-        print(f"✓ {user}: session ended by {ended_by}; token {token} revoked")
+def wait_until_ended(gateway: httpx.Client, session: Login) -> dict[str, Any]:
+    ended = wait_for(gateway, session, lambda s: s["state"] not in ("starting", "active"))
+    if ended["state"] == "ended":
+        print(f"✓ {ended['user']}: session ended by {ended['ended_by']}; credential revoked")
     else:
-        print(f"! {session['user']}: session {session['state']}: {session.get('reason')}")
-    return session
+        print(f"! {ended['user']}: session {ended['state']}: {ended.get('reason')}")
+    return ended
 
 
 def wait_for(
     gateway: httpx.Client,
-    session_id: str,
+    session: Login,
     done: Callable[[dict[str, Any]], bool],
     timeout: float = 60,
 ) -> dict[str, Any]:
     """Poll the session's status until `done` says so (the demo is an ordinary HTTP client)."""
     give_up = time.monotonic() + timeout
+    url = f"/sessions/{session.session_id}"
     while True:
-        session: dict[str, Any] = gateway.get(f"/sessions/{session_id}").raise_for_status().json()
-        if done(session) or time.monotonic() > give_up:
-            return session
+        view: dict[str, Any] = gateway.get(url, headers=session.auth).raise_for_status().json()
+        if done(view) or time.monotonic() > give_up:
+            return view
         time.sleep(0.05)
 
 
-def revoked_at(providers: httpx.Client, session_id: str) -> float:
+def revoked_at(providers: httpx.Client, session: Login) -> float:
     """When the identity provider revoked the session's token, by its own clock.
 
     Read from the sandbox's admin API, a demo-only view of what the provider recorded.
     """
-    effects = providers.get("/_admin/effects", params={"key_prefix": f"{session_id}:"}).json()
+    effects = providers.get(
+        "/_admin/effects", params={"key_prefix": f"{session.session_id}:"}
+    ).json()
     return float(next(e["started_at"] for e in effects if e["body"]["op"] == "revoke_token"))
 
 

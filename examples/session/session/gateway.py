@@ -1,9 +1,16 @@
 """`python -m session.gateway`: the HTTP API. Log in, report activity, log out, look a session up.
 
-The session id is the execution id. An activity or a logout is delivered by resolving the latent
-promise the session is waiting on; everything `GET` shows is read back from the execution (its
-argument, its steps, its promises, its result). The gateway keeps nothing of its own, so any
-number of gateways can serve the same sessions and a restart loses nothing.
+The session id is the execution id. At login the gateway mints the bearer token, answers it to
+the caller once, and starts the session with its SHA-256 digest only: no copy of the token is
+kept anywhere, so neither the Resonate server's log nor anything it shows holds it. Every later
+request presents the token (`Authorization: Bearer ...`), and the gateway compares its digest
+with the one the session was started with.
+
+An activity or a logout is delivered by resolving the promise the session is waiting on, which the
+session names in a round record under an id of the example's own (`<session id>.round.<n>`);
+everything `GET` shows is read back from the execution (its argument, its round records and the
+promises they name, its result). The gateway keeps nothing of its own, so any number of gateways
+can serve the same sessions and a restart loses nothing.
   RESONATE_URL                  the Resonate server (required)
   RESONATE_GROUP                the worker group that runs sessions (default: session)
   SESSION_IDLE_TIMEOUT_SECONDS  the idle timeout of a login that asks for none (default 1800)
@@ -14,6 +21,8 @@ number of gateways can serve the same sessions and a restart loses nothing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
 import secrets
 import signal
@@ -24,17 +33,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 from resonate.error import ServerError
 from resonate.resonate import Resonate
 from resonate.types import PromiseRecord, Value
 
+from session.steps import ROUND_TAG
 from session.workflow import Activity, SessionEnded
 
 MAX_BODY_BYTES = 4 * 1024
@@ -44,9 +55,12 @@ MAX_SESSION_LIFETIME = timedelta(days=30)
 # promise to deliver into; a request waits this long for the next one, then gets a 503.
 DELIVERY_WAIT_SECONDS = 10.0
 DELIVERY_POLL_SECONDS = 0.05
+# 256 random bits: a digest of it cannot be reversed by guessing, so an unsalted SHA-256 is enough.
+TOKEN_BYTES = 32
 
-# The session id becomes the execution id, and Resonate ids may not contain ':' (it names steps).
-SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+# The session id becomes the execution id. Resonate ids may not contain ':' (it names steps), and
+# '.' is kept out too: the example names a session's round records `<session id>.round.<n>`.
+SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 # Visible text: no control or format characters, no leading or trailing whitespace.
 Text = Annotated[
     str,
@@ -63,6 +77,10 @@ REFUSED = {
 }
 
 
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -75,6 +93,12 @@ class Login(_Strict):
 
 class ActivityRequest(_Strict):
     action: Text
+
+
+class LoginAccepted(BaseModel):
+    session_id: str
+    status_url: str
+    token: str = Field(description="the bearer token: shown once, here, and stored nowhere")
 
 
 class Accepted(BaseModel):
@@ -93,11 +117,40 @@ class SessionView(BaseModel):
     user: str
     state: Literal["starting", "active", "ended", "failed"]
     idle_timeout_seconds: int
-    token: str | None = None  # once issued
     idle_deadline: datetime | None = None  # active: when it ends unless the user does something
-    ended_by: Literal["logout", "idle-timeout"] | None = None
+    ended_by: Literal["logout", "idle-timeout", "refused", "provider-unavailable"] | None = None
+    problem: str | None = None  # ended: what the identity provider refused, or why unreachable
     reason: str | None = None  # failed: why
     activities: list[Activity]
+
+
+class Error(BaseModel):
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class FieldErrors(BaseModel):
+    detail: list[FieldError]
+
+
+@dataclass(frozen=True)
+class StartedWith:
+    """What a session was started with, read back from its execution."""
+
+    user: str
+    idle_timeout_seconds: int
+    token_sha256: str
+
+
+@dataclass(frozen=True)
+class Round:
+    number: int
+    move_id: str  # the promise this round's move goes into, as the session named it
 
 
 @dataclass(frozen=True)
@@ -108,13 +161,13 @@ class Sessions:
     group: str
     default_idle_timeout_seconds: int
 
-    async def started_with(self, session_id: str) -> tuple[str, int] | None:
-        """The (user, idle timeout) a session was started with; None if there is no such session."""
+    async def started_with(self, session_id: str) -> StartedWith | None:
+        """What a session was started with; None if there is no such session."""
         root = await self._root(session_id)
         return None if root is None else _login_of(root)
 
     async def deliver(self, session_id: str, move: dict[str, str]) -> Delivery:
-        """Resolve the latent promise the session is waiting on with `move`.
+        """Resolve the promise of the session's current round with `move`.
 
         Another request may resolve the same promise first (the server keeps the first value),
         and between two rounds there is no promise to resolve: either way, try the next round.
@@ -123,12 +176,14 @@ class Sessions:
         while time.monotonic() < give_up:
             if (await self.resonate.promises.get(session_id)).state != "pending":
                 return "ended"
-            waiting = await self.resonate.promises.search("pending", _latent(session_id), 10, None)
-            if not waiting.promises:
+            rounds = await self._rounds(session_id)
+            current = None if not rounds else await self.resonate.promises.get(rounds[-1].move_id)
+            if current is None or current.state == "resolved":  # the next round is not open yet
                 await asyncio.sleep(DELIVERY_POLL_SECONDS)
                 continue
-            newest = max(waiting.promises, key=_step)
-            settled = await self.resonate.promises.resolve(newest.id, Value(data=move))
+            if current.state != "pending":  # the server timed it out at its deadline
+                return "timed-out"
+            settled = await self.resonate.promises.resolve(current.id, Value(data=move))
             if settled.state != "resolved":  # too late: the server timed the promise out instead
                 return "timed-out"
             if settled.value.data == move:
@@ -136,17 +191,13 @@ class Sessions:
             # Another request's move got there first; this one goes into the next round.
         raise HTTPException(503, "the session is busy; try again", headers={"Retry-After": "1"})
 
-    async def view(self, session_id: str) -> SessionView | None:
-        root = await self._root(session_id)
-        login = None if root is None else _login_of(root)
-        if root is None or login is None:
-            return None
-        user, idle_timeout_seconds = login
+    async def view(self, session_id: str, login: StartedWith) -> SessionView:
+        root = await self.resonate.promises.get(session_id)
         view = SessionView(
             session_id=session_id,
-            user=user,
+            user=login.user,
             state="starting",
-            idle_timeout_seconds=idle_timeout_seconds,
+            idle_timeout_seconds=login.idle_timeout_seconds,
             activities=[],
         )
         match root.state:
@@ -155,25 +206,24 @@ class Sessions:
                 return view.model_copy(
                     update={
                         "state": "ended",
-                        "token": ended.token,
                         "ended_by": ended.ended_by,
+                        "problem": ended.problem,
                         "activities": ended.activities,
                     }
                 )
             case "pending":
-                token = await self._login_step_result(session_id)
-                if token is None:
+                rounds = await self._rounds(session_id)
+                if not rounds:  # the login has not completed yet
                     return view
-                moves = await self._moves(session_id)
+                moves = [await self.resonate.promises.get(r.move_id) for r in rounds]
                 # None for a moment between two rounds, while an activity is being recorded.
-                waiting = [p.timeout_at / 1000 for p in moves if p.state == "pending"]
+                waiting = moves[-1].timeout_at / 1000 if moves[-1].state == "pending" else None
                 return view.model_copy(
                     update={
                         "state": "active",
-                        "token": token,
-                        "idle_deadline": datetime.fromtimestamp(waiting[-1], UTC)
-                        if waiting
-                        else None,
+                        "idle_deadline": None
+                        if waiting is None
+                        else datetime.fromtimestamp(waiting, UTC),
                         "activities": [a for p in moves if (a := _activity_of(p)) is not None],
                     }
                 )
@@ -192,26 +242,16 @@ class Sessions:
                 raise
             return None
 
-    async def _login_step_result(self, session_id: str) -> str | None:
-        # The login is the workflow's first durable call, so its step id is `<session id>:1`.
-        try:
-            step = await self.resonate.promises.get(f"{session_id}:1")
-        except ServerError as exc:
-            if exc.code != 404:
-                raise
-            return None
-        return str(step.value.data) if step.state == "resolved" else None
-
-    async def _moves(self, session_id: str) -> list[PromiseRecord]:
-        """The session's latent promises (one per round, `<session id>:<step>`), oldest first."""
-        found: list[PromiseRecord] = []
+    async def _rounds(self, session_id: str) -> list[Round]:
+        """The session's round records, oldest first: found by the tag the session gives them."""
+        found: list[Round] = []
         cursor: str | None = None
         while True:
-            page = await self.resonate.promises.search(None, _latent(session_id), 100, cursor)
-            found += page.promises
+            page = await self.resonate.promises.search(None, {ROUND_TAG: session_id}, 100, cursor)
+            found += [r for p in page.promises if (r := _round_of(p)) is not None]
             cursor = page.cursor
             if cursor is None:
-                return sorted(found, key=_step)
+                return sorted(found, key=lambda r: r.number)
 
 
 def _sessions(request: Request) -> Sessions:
@@ -220,35 +260,78 @@ def _sessions(request: Request) -> Sessions:
 
 
 SessionsDep = Annotated[Sessions, Depends(_sessions)]
+_BEARER = HTTPBearer(auto_error=False, description="the token the login answered")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+
+
+async def _authorized(sessions: Sessions, session_id: str, bearer: BearerDep) -> StartedWith:
+    """The session's login, if the request presents its token; else 401 or 404.
+
+    An unknown session and a wrong token get the same 404: a token holder cannot probe which
+    other session ids exist. The digests are compared in constant time.
+    """
+    if bearer is None:
+        raise HTTPException(
+            401,
+            "send the login's token: Authorization: Bearer <token>",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    login = await sessions.started_with(session_id)
+    presented = token_digest(bearer.credentials)
+    if login is None or not hmac.compare_digest(presented, login.token_sha256):
+        raise HTTPException(404, f"no session {session_id!r} with this token")
+    return login
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entries of the error answers an operation gives, each with its body."""
+    descriptions = {
+        400: "the body is not JSON",
+        401: "no token sent",
+        404: "no such session with this token",
+        409: "the session exists with another login, or has ended",
+        413: f"the body is over {MAX_BODY_BYTES} bytes",
+        503: "the session is between two rounds for too long; try again",
+    }
+    responses: dict[int | str, dict[str, Any]] = {
+        status: {"model": Error, "description": descriptions[status]} for status in statuses
+    }
+    responses[422] = {"model": FieldErrors, "description": "which fields are wrong, and why"}
+    return responses
+
 
 router = APIRouter()
 
 
-@router.post("/sessions", status_code=202, responses={409: {"description": "session id taken"}})
-async def login(body: Login, response: Response, sessions: SessionsDep) -> Accepted:
+@router.post("/sessions", status_code=202, responses=_errors(400, 409, 413))
+async def login(body: Login, response: Response, sessions: SessionsDep) -> LoginAccepted:
     # Starting an id that exists attaches to that execution without comparing arguments, so the
-    # stored login is compared afterwards: of two racing POSTs with different bodies, one is 409.
+    # stored login is compared afterwards. Each login mints its own token, so of two POSTs with
+    # the same session id only one started the session: the other gets 409, never a token that
+    # would not work (the first one's is stored nowhere to hand out again).
     idle_timeout = body.idle_timeout_seconds or sessions.default_idle_timeout_seconds
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    wanted = StartedWith(body.user, idle_timeout, token_digest(token))
     started = sessions.resonate.options(target=sessions.group, timeout=MAX_SESSION_LIFETIME).rpc(
-        body.session_id, "session", body.user, idle_timeout
+        body.session_id, "session", wanted.user, idle_timeout, wanted.token_sha256
     )
     await started.id()
-    if await sessions.started_with(body.session_id) != (body.user, idle_timeout):
-        raise HTTPException(409, f"session {body.session_id!r} exists with a different login")
+    if await sessions.started_with(body.session_id) != wanted:
+        raise HTTPException(409, f"session {body.session_id!r} exists: log in with a new id")
     response.headers["Location"] = status_url = f"/sessions/{body.session_id}"
-    return Accepted(session_id=body.session_id, status_url=status_url)
+    response.headers["Cache-Control"] = "no-store"  # the answer holds a credential
+    return LoginAccepted(session_id=body.session_id, status_url=status_url, token=token)
 
 
 @router.post(
     "/sessions/{session_id}/activity",
     status_code=202,
-    responses={404: {"description": "no such session"}, 409: {"description": "session ended"}},
+    responses=_errors(400, 401, 404, 409, 413, 503),
 )
 async def activity(
-    session_id: SessionId, body: ActivityRequest, sessions: SessionsDep
+    session_id: SessionId, body: ActivityRequest, sessions: SessionsDep, bearer: BearerDep
 ) -> ActivityAccepted:
-    if await sessions.started_with(session_id) is None:
-        raise HTTPException(404, f"no session {session_id!r}")
+    await _authorized(sessions, session_id, bearer)
     activity_id = secrets.token_hex(8)
     move = {"type": "activity", "activity_id": activity_id, "action": body.action}
     if (delivery := await sessions.deliver(session_id, move)) != "delivered":
@@ -257,24 +340,18 @@ async def activity(
 
 
 @router.post(
-    "/sessions/{session_id}/logout",
-    status_code=202,
-    responses={404: {"description": "no such session"}, 409: {"description": "session ended"}},
+    "/sessions/{session_id}/logout", status_code=202, responses=_errors(401, 404, 409, 503)
 )
-async def logout(session_id: SessionId, sessions: SessionsDep) -> Accepted:
-    if await sessions.started_with(session_id) is None:
-        raise HTTPException(404, f"no session {session_id!r}")
+async def logout(session_id: SessionId, sessions: SessionsDep, bearer: BearerDep) -> Accepted:
+    await _authorized(sessions, session_id, bearer)
     if (delivery := await sessions.deliver(session_id, {"type": "logout"})) != "delivered":
         raise HTTPException(409, REFUSED[delivery])
     return Accepted(session_id=session_id, status_url=f"/sessions/{session_id}")
 
 
-@router.get("/sessions/{session_id}", response_model_exclude_none=True)
-async def status(session_id: SessionId, sessions: SessionsDep) -> SessionView:
-    view = await sessions.view(session_id)
-    if view is None:
-        raise HTTPException(404, f"no session {session_id!r}")
-    return view
+@router.get("/sessions/{session_id}", response_model_exclude_none=True, responses=_errors(401, 404))
+async def status(session_id: SessionId, sessions: SessionsDep, bearer: BearerDep) -> SessionView:
+    return await sessions.view(session_id, await _authorized(sessions, session_id, bearer))
 
 
 def create_app(resonate_url: str, group: str, default_idle_timeout_seconds: int) -> FastAPI:
@@ -300,13 +377,12 @@ def create_app(resonate_url: str, group: str, default_idle_timeout_seconds: int)
     return app
 
 
-def _latent(session_id: str) -> dict[str, str]:
-    """Search tags for the session's latent promises: the ones the gateway delivers moves into."""
-    return {"resonate:origin": session_id, "resonate:external": "true"}
-
-
-def _step(record: PromiseRecord) -> int:
-    return int(record.id.rsplit(":", 1)[1])
+def _round_of(record: PromiseRecord) -> Round | None:
+    match record.param.data:
+        case {"round": int(number), "move": str(move_id)}:
+            return Round(number, move_id)
+        case _:
+            return None
 
 
 def _activity_of(move: PromiseRecord) -> Activity | None:
@@ -317,14 +393,14 @@ def _activity_of(move: PromiseRecord) -> Activity | None:
             return None
 
 
-def _login_of(record: PromiseRecord) -> tuple[str, int] | None:
-    """The (user, idle timeout) an execution was started with; None if it is not a session."""
+def _login_of(record: PromiseRecord) -> StartedWith | None:
+    """What an execution was started with; None if it is not a session."""
     param = record.param.data
     if not isinstance(param, dict) or param.get("func") != "session":
         return None
     match param.get("args"):
-        case [str(user), int(idle_timeout_seconds)]:
-            return user, idle_timeout_seconds
+        case [str(user), int(idle_timeout_seconds), str(token_sha256)]:
+            return StartedWith(user, idle_timeout_seconds, token_sha256)
         case _:
             return None
 

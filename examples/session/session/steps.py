@@ -1,11 +1,14 @@
-"""The steps: calls to the identity provider's API, and stopping a timer that is no longer needed.
+"""The steps: calls to the identity provider's API, publishing a round, and stopping a timer.
 
 Each provider call carries an Idempotency-Key derived from the step's durable id, which is stable
-across retries and crashes. If this process dies after the provider acted (issued a token,
-recorded an activity, revoked a token) but before the step's result was checkpointed, the step runs
-again on another worker, sends the same key, and the provider answers with its original response
-instead of acting twice. That is also why the token is stable: it is the provider's answer to the
-login step, stored with the step.
+across retries and crashes. If this process dies after the provider acted (registered a
+credential, recorded an activity, revoked a credential) but before the step's result was
+checkpointed, the step runs again on another worker, sends the same key, and the provider answers
+with its original response instead of acting twice. That is also why the credential id is stable:
+it is the provider's answer to the login step, stored with the step.
+
+No step ever sees the bearer token itself: the provider is given its SHA-256 digest, and answers
+with a credential id, a handle that names the credential without granting anything.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from resonate.context import Context
 from resonate.resonate import Resonate
 from resonate.types import Value
 
+# The tag of a session's round records, whose value is the session id: the gateway finds them by it.
+ROUND_TAG = "session-round-of"
+
 
 @dataclass(frozen=True)
 class Providers:
@@ -26,26 +32,74 @@ class Providers:
 
 
 @dataclass(frozen=True)
-class Timers:
-    """The worker's own Resonate client, to stop a durable timer early (a worker dependency)."""
+class Server:
+    """The worker's own Resonate client, for promises the workflow does not await (a dependency)."""
 
     resonate: Resonate
 
 
-async def issue_token(ctx: Context, user: str) -> str:
-    print(f"issuing a token for {user} (step {ctx.info.id})", flush=True)
-    return await _call(ctx, {"op": "issue_token", "user": user})
+@dataclass(frozen=True)
+class Refused:
+    """The provider said no (a 4xx other than 408 and 429): asking again gets the same answer."""
+
+    status: int
+    reason: str
 
 
-async def record_activity(ctx: Context, token: str, activity_id: str, action: str) -> str:
+class ProviderUnavailableError(Exception):
+    """A 5xx, 408 or 429: the provider may answer next time, so the step's retry policy retries."""
+
+
+def round_id(session_id: str, round_no: int) -> str:
+    """The id of a round's record. Session ids have no '.', so no session can take this id."""
+    return f"{session_id}.round.{round_no}"
+
+
+async def register_token(ctx: Context, user: str, token_sha256: str) -> str | Refused:
+    print(f"registering a credential for {user} (step {ctx.info.id})", flush=True)
+    return await _call(ctx, {"op": "issue_token", "user": user, "token_sha256": token_sha256})
+
+
+async def record_activity(
+    ctx: Context, credential_id: str, activity_id: str, action: str
+) -> str | Refused:
     print(f"recording activity {action!r} (step {ctx.info.id})", flush=True)
-    body = {"op": "record_activity", "token": token, "activity_id": activity_id, "action": action}
+    body = {
+        "op": "record_activity",
+        "credential_id": credential_id,
+        "activity_id": activity_id,
+        "action": action,
+    }
     return await _call(ctx, body)
 
 
-async def revoke_token(ctx: Context, token: str) -> str:
-    print(f"revoking token {token} (step {ctx.info.id})", flush=True)
-    return await _call(ctx, {"op": "revoke_token", "token": token})
+async def revoke_token(ctx: Context, credential_id: str) -> str | Refused:
+    print(f"revoking credential {credential_id} (step {ctx.info.id})", flush=True)
+    return await _call(ctx, {"op": "revoke_token", "credential_id": credential_id})
+
+
+async def revoke_by_digest(ctx: Context, token_sha256: str) -> str | Refused:
+    """Revoke whatever credential the provider holds for this digest: a no-op if it has none.
+
+    For a registration whose outcome is unknown (it ran out of retries, and a call that timed out
+    may have landed): the session never learned a credential id, but the digest names it too.
+    """
+    print(f"revoking any credential of the token's digest (step {ctx.info.id})", flush=True)
+    return await _call(ctx, {"op": "revoke_token", "token_sha256": token_sha256})
+
+
+async def open_round(ctx: Context, session_id: str, round_no: int, move_id: str) -> None:
+    """Record, under an id the example chooses, which promise this round's move goes into.
+
+    The move's own id is the SDK's to choose; the gateway learns it from here, never by guessing.
+    Creating a promise that exists returns it unchanged, so a re-run after a crash is harmless.
+    """
+    await ctx.get_dependency(Server).resonate.promises.create(
+        round_id(session_id, round_no),
+        ctx.info.timeout_at,
+        Value(data={"round": round_no, "move": move_id}),
+        {ROUND_TAG: session_id},
+    )
 
 
 async def stop_timer(ctx: Context, timer_id: str) -> None:
@@ -54,18 +108,40 @@ async def stop_timer(ctx: Context, timer_id: str) -> None:
     A workflow completes only once every durable call it made has settled, its sleeps included,
     so a timer left running would hold the session open until its deadline.
     """
-    promises = ctx.get_dependency(Timers).resonate.promises
+    promises = ctx.get_dependency(Server).resonate.promises
     # Read first: after a crash this step may run again, and an already stopped (or already
     # fired) timer needs nothing more.
     if (await promises.get(timer_id)).state == "pending":
         await promises.resolve(timer_id, Value())
 
 
-async def _call(ctx: Context, body: dict[str, str]) -> str:
+async def _call(ctx: Context, body: dict[str, str]) -> str | Refused:
+    """The provider's answer: the id of what it acted on, or its refusal as a value.
+
+    A refusal is returned, not raised, so it is checkpointed once and never retried. A 5xx, 408,
+    429, a timeout or a lost connection raises, and the step's retry policy tries again with the
+    same Idempotency-Key: a call that timed out may have landed, and the key makes the provider
+    answer a repeat with what it did the first time.
+    """
     providers = ctx.get_dependency(Providers)
     response = await providers.client.post(
         "/api/call", json=body, headers={"Idempotency-Key": ctx.info.id}
     )
-    response.raise_for_status()  # a 5xx raises, and the SDK retries the step with backoff
+    status = response.status_code
+    if status in (408, 429) or status >= 500:
+        raise ProviderUnavailableError(f"identity provider answered {status} to {body['op']}")
+    if not response.is_success:
+        return Refused(
+            status, f"identity provider refused {body['op']}: {status} {_error(response)}"
+        )
     resource_id: str = response.json()["id"]
     return resource_id
+
+
+def _error(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return str(error) if error else response.reason_phrase

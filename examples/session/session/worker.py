@@ -20,7 +20,7 @@ import httpx
 from resonate.resonate import Resonate
 from resonate.retry import Never
 
-from session.steps import Providers, Timers
+from session.steps import Providers, Server
 from session.workflow import session
 
 GROUP = "session"
@@ -40,9 +40,12 @@ async def main() -> None:
             ttl=timedelta(seconds=float(os.environ.get("RESONATE_TTL_SECONDS", "30"))),
         )
         resonate.with_dependency(Providers(client))
-        resonate.with_dependency(Timers(resonate))
-        # Bad arguments fail the session at once instead of being retried (steps have their own
-        # policy).
+        resonate.with_dependency(Server(resonate))
+        # The workflow itself is never retried. Once it made its first durable call it could not
+        # be anyway (the SDK retries only bodies that made none); before that, the only thing that
+        # can raise is bad arguments, which fail the same way every time: the SDK's default would
+        # retry them 30 times with doubling delays, holding the lease. Transient provider failures
+        # are retried step by step, by the steps' own policy (RETRIES in workflow.py).
         resonate.register(session, retry_policy=Never())
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

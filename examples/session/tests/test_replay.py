@@ -8,16 +8,23 @@ which the server decides once (resolved before the deadline, or timed out).
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import dataclass, field
 
+import httpx
 import pytest
 from resonate.context import Context
-from resonate.error import Suspended
-from resonate.testing import pending_promise, resolved_promise, root_context
+from resonate.dependencies import DependencyMap
+from resonate.error import ApplicationError, Suspended
+from resonate.testing import pending_promise, rejected_promise, resolved_promise, root_context
 from resonate.types import PromiseRecord
+from session.steps import Providers
 from session.workflow import Activity, SessionEnded, session
 
 ID = "s-1"
+DIGEST = "0" * 64
 ACTIVITY = {"type": "activity", "activity_id": "a1", "action": "opened /reports"}
+REFUSED_LOGIN = "identity provider refused issue_token: 403 locked"
 
 
 def timed_out(promise_id: str) -> PromiseRecord:
@@ -25,13 +32,15 @@ def timed_out(promise_id: str) -> PromiseRecord:
     return PromiseRecord(id=promise_id, state="rejected_timedout", timeout_at=1, settled_at=1)
 
 
-def replay(journal: list[PromiseRecord]) -> SessionEnded | list[str]:
+def replay(
+    journal: list[PromiseRecord], provider: DependencyMap | None = None
+) -> SessionEnded | list[str]:
     """Run the body over `journal`: its result, or the promises it suspended on."""
 
     async def run() -> SessionEnded | list[str]:
-        ctx: Context = root_context(id=ID, preload=journal)
+        ctx: Context = root_context(id=ID, preload=journal, deps=provider)
         try:
-            return await session(ctx, "ada", 60)
+            return await session(ctx, "ada", 60, DIGEST)
         except Suspended:
             await ctx.flush_local_work()
             return ctx.take_remote_todos()
@@ -39,7 +48,14 @@ def replay(journal: list[PromiseRecord]) -> SessionEnded | list[str]:
     return asyncio.run(run())
 
 
-LOGGED_IN = resolved_promise(f"{ID}:1", "tok_1")
+# Step ids: the login `:1`; each round creates its move and its timer, publishes the round (a
+# step), then stops the timer and records the activity: five ids, `:2` to `:6` for the first.
+LOGGED_IN = resolved_promise(f"{ID}:1", "cred_1")
+
+
+def opened(move: int) -> PromiseRecord:
+    """The round record step, done: the round that waits on `move` was published."""
+    return resolved_promise(f"{ID}:{move + 2}")
 
 
 def test_a_move_that_came_in_time_wins_even_if_the_timer_fired_since() -> None:
@@ -47,12 +63,14 @@ def test_a_move_that_came_in_time_wins_even_if_the_timer_fired_since() -> None:
         LOGGED_IN,
         resolved_promise(f"{ID}:2", ACTIVITY),
         resolved_promise(f"{ID}:3"),  # the timer fired too, before this replay ran
-        resolved_promise(f"{ID}:4"),  # timer stopped (a no-op by then)
-        resolved_promise(f"{ID}:5", "api_rec_1"),  # activity recorded
+        opened(2),
+        resolved_promise(f"{ID}:5"),  # timer stopped (a no-op by then)
+        resolved_promise(f"{ID}:6", "api_rec_1"),  # activity recorded
+        opened(7),
     ]
 
-    # The activity was taken: the workflow goes on to wait for the next move (`:6`, `:7`).
-    assert replay(journal) == [f"{ID}:6", f"{ID}:7"]
+    # The activity was taken: the workflow goes on to wait for the next move (`:7`, `:8`).
+    assert replay(journal) == [f"{ID}:7", f"{ID}:8"]
 
 
 def test_a_move_that_timed_out_ends_the_session() -> None:
@@ -60,16 +78,17 @@ def test_a_move_that_timed_out_ends_the_session() -> None:
         LOGGED_IN,
         timed_out(f"{ID}:2"),
         resolved_promise(f"{ID}:3"),
-        resolved_promise(f"{ID}:4", "api_revoke_1"),  # the token revoked
+        opened(2),
+        resolved_promise(f"{ID}:5", "api_revoke_1"),  # the credential revoked
     ]
 
-    assert replay(journal) == SessionEnded("ada", "tok_1", "idle-timeout", [])
+    assert replay(journal) == SessionEnded("ada", "cred_1", "idle-timeout", [])
 
 
 def test_a_move_timed_out_by_a_late_request_waits_for_its_timer_to_end() -> None:
     # A late activity touched the move after its deadline, which timed it out and woke the
     # workflow before the server's next tick fired the timer: the session ends once it has.
-    journal = [LOGGED_IN, timed_out(f"{ID}:2"), pending_promise(f"{ID}:3")]
+    journal = [LOGGED_IN, timed_out(f"{ID}:2"), pending_promise(f"{ID}:3"), opened(2)]
 
     assert replay(journal) == [f"{ID}:3"]
 
@@ -78,13 +97,13 @@ def test_a_fired_timer_alone_decides_nothing() -> None:
     # This replay read the move while it was still pending, and the timer after it fired. It does
     # not conclude "idle": it waits for the move alone, which the server, past the deadline, will
     # answer at once with the final state (resolved in time, or timed out).
-    journal = [LOGGED_IN, pending_promise(f"{ID}:2"), resolved_promise(f"{ID}:3")]
+    journal = [LOGGED_IN, pending_promise(f"{ID}:2"), resolved_promise(f"{ID}:3"), opened(2)]
 
     assert replay(journal) == [f"{ID}:2"]
 
 
 def test_while_both_are_pending_the_session_waits_for_either() -> None:
-    journal = [LOGGED_IN, pending_promise(f"{ID}:2"), pending_promise(f"{ID}:3")]
+    journal = [LOGGED_IN, pending_promise(f"{ID}:2"), pending_promise(f"{ID}:3"), opened(2)]
 
     assert replay(journal) == [f"{ID}:2", f"{ID}:3"]
 
@@ -95,11 +114,12 @@ def test_a_logout_or_anything_unknown_ends_the_session(move: object) -> None:
         LOGGED_IN,
         resolved_promise(f"{ID}:2", move),
         resolved_promise(f"{ID}:3"),
-        resolved_promise(f"{ID}:4"),
-        resolved_promise(f"{ID}:5", "api_revoke_1"),
+        opened(2),
+        resolved_promise(f"{ID}:5"),
+        resolved_promise(f"{ID}:6", "api_revoke_1"),
     ]
 
-    assert replay(journal) == SessionEnded("ada", "tok_1", "logout", [])
+    assert replay(journal) == SessionEnded("ada", "cred_1", "logout", [])
 
 
 def test_recorded_activities_are_returned_in_order() -> None:
@@ -107,17 +127,92 @@ def test_recorded_activities_are_returned_in_order() -> None:
     journal = [
         LOGGED_IN,
         *[resolved_promise(f"{ID}:{n}", v) for n, v in ((2, ACTIVITY), (3, None), (4, None))],
-        resolved_promise(f"{ID}:5", "api_rec_1"),
-        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((6, second), (7, None), (8, None))],
-        resolved_promise(f"{ID}:9", "api_rec_2"),
-        timed_out(f"{ID}:10"),
-        resolved_promise(f"{ID}:11"),
-        resolved_promise(f"{ID}:12", "api_revoke_1"),
+        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((5, None), (6, "api_rec_1"))],
+        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((7, second), (8, None), (9, None))],
+        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((10, None), (11, "api_rec_2"))],
+        timed_out(f"{ID}:12"),
+        resolved_promise(f"{ID}:13"),
+        opened(12),
+        resolved_promise(f"{ID}:15", "api_revoke_1"),
     ]
 
     assert replay(journal) == SessionEnded(
         "ada",
-        "tok_1",
+        "cred_1",
         "idle-timeout",
         [Activity("a1", "opened /reports"), Activity("a2", "downloaded q3.pdf")],
     )
+
+
+# -- refusals: a 4xx from the provider is a value in the journal, and decides the way forward ----
+
+
+def test_a_refused_login_ends_the_session_at_once() -> None:
+    # Nothing to revoke and no round to open: the refusal is the session's result.
+    journal = [resolved_promise(f"{ID}:1", {"status": 403, "reason": REFUSED_LOGIN})]
+
+    assert replay(journal) == SessionEnded("ada", None, "refused", [], REFUSED_LOGIN)
+
+
+def test_a_refused_activity_ends_the_session_and_revokes_the_credential() -> None:
+    refused = "identity provider refused record_activity: 401"
+    journal = [
+        LOGGED_IN,
+        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((2, ACTIVITY), (3, None), (4, None))],
+        resolved_promise(f"{ID}:5"),
+        resolved_promise(f"{ID}:6", {"status": 401, "reason": refused}),
+        resolved_promise(f"{ID}:7", "api_revoke_1"),  # the revocation: no round is opened
+    ]
+
+    assert replay(journal) == SessionEnded("ada", "cred_1", "refused", [], refused)
+
+
+# -- outages: a step out of retries has an unknown outcome -------------------------------------
+
+
+@dataclass
+class FakeProvider:
+    """The identity provider, in process: every call succeeds and is noted."""
+
+    calls: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+    def dependencies(self) -> DependencyMap:
+        def answer(request: httpx.Request) -> httpx.Response:
+            self.calls.append((request.headers["Idempotency-Key"], json.loads(request.content)))
+            return httpx.Response(200, json={"id": f"api_{len(self.calls)}"})
+
+        client = httpx.AsyncClient(
+            base_url="http://provider", transport=httpx.MockTransport(answer)
+        )
+        deps = DependencyMap()
+        deps.insert(Providers(client))
+        return deps
+
+
+def test_a_login_out_of_retries_revokes_whatever_its_digest_names_then_fails() -> None:
+    provider = FakeProvider()
+    journal = [rejected_promise(f"{ID}:1", "identity provider answered 503 to issue_token")]
+
+    with pytest.raises(ApplicationError, match="503"):
+        replay(journal, provider.dependencies())
+
+    # The registration may have landed: the credential is revoked by the digest, the only name the
+    # session has for it, before the session fails.
+    assert provider.calls == [(f"{ID}:2", {"op": "revoke_token", "token_sha256": DIGEST})]
+
+
+def test_an_activity_out_of_retries_ends_the_session_and_revokes_the_credential() -> None:
+    provider = FakeProvider()
+    journal = [
+        LOGGED_IN,
+        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((2, ACTIVITY), (3, None), (4, None))],
+        resolved_promise(f"{ID}:5"),
+        rejected_promise(f"{ID}:6", "identity provider answered 503 to record_activity"),
+    ]
+
+    ended = replay(journal, provider.dependencies())
+
+    assert isinstance(ended, SessionEnded)
+    assert (ended.ended_by, ended.activities) == ("provider-unavailable", [])
+    assert "503" in (ended.problem or "")
+    assert provider.calls == [(f"{ID}:7", {"op": "revoke_token", "credential_id": "cred_1"})]

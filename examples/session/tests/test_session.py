@@ -9,11 +9,13 @@ stack; the crash tests start their own, to kill its worker.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -23,8 +25,12 @@ from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from resonate.promises import Promises
 from resonate.resonate import Resonate
-from resonate.types import Value
+from resonate.send import PromiseSearchResult
+from resonate.types import PromiseRecord, Value
+from session.gateway import Sessions, create_app
+from session.steps import ROUND_TAG
 
 TIMEOUT_S = 30
 # How late the idle timeout may revoke the token, measured from the timer's deadline as the server
@@ -41,20 +47,38 @@ class Stack:
     gateway: httpx.Client
     server: RunningDevServer
     sandbox: RunningSandbox
+    tokens: dict[str, str] = field(default_factory=dict)  # session id -> the token its login got
 
     def login(self, idle_timeout_seconds: int = 60, user: str = "Zoë") -> str:
         session_id = f"test-{secrets.token_hex(4)}"
+        self.start_login(session_id, user, idle_timeout_seconds)
+        self.wait_for(session_id, lambda s: s["state"] != "starting")
+        return session_id
+
+    def start_login(
+        self, session_id: str, user: str = "Zoë", idle_timeout_seconds: int = 60
+    ) -> None:
         body = {
             "session_id": session_id,
             "user": user,
             "idle_timeout_seconds": idle_timeout_seconds,
         }
-        assert self.gateway.post("/sessions", json=body).status_code == 202
-        self.wait_for(session_id, lambda s: s["state"] != "starting")
-        return session_id
+        response = self.gateway.post("/sessions", json=body)
+        assert response.status_code == 202, response.text
+        self.tokens[session_id] = response.json()["token"]
+
+    def auth(self, session_id: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[session_id]}"}
+
+    def get(self, session_id: str) -> httpx.Response:
+        return self.gateway.get(f"/sessions/{session_id}", headers=self.auth(session_id))
+
+    def post(self, session_id: str, what: str, body: Any = None) -> httpx.Response:
+        url = f"/sessions/{session_id}/{what}"
+        return self.gateway.post(url, json=body, headers=self.auth(session_id))
 
     def act(self, session_id: str, action: str) -> str:
-        response = self.gateway.post(f"/sessions/{session_id}/activity", json={"action": action})
+        response = self.post(session_id, "activity", {"action": action})
         assert response.status_code == 202, response.text
         activity_id: str = response.json()["activity_id"]
         return activity_id
@@ -63,7 +87,7 @@ class Stack:
         """Poll the session's status, as any HTTP client would, until `done` says so."""
         give_up = time.monotonic() + TIMEOUT_S
         while time.monotonic() < give_up:
-            session: dict[str, Any] = self.gateway.get(f"/sessions/{session_id}").json()
+            session: dict[str, Any] = self.get(session_id).json()
             if done(session):
                 return session
             time.sleep(0.05)
@@ -83,19 +107,27 @@ class Stack:
         return self.sandbox.records.effects(key_prefix=f"{session_id}:")
 
     def promise_count(self) -> int:
-        promises: list[object] = self.server.state()["promises"]  # type: ignore[assignment]
-        return len(promises)
+        return len(server_promises(self.server))
+
+
+def server_promises(server: RunningDevServer, origin: str | None = None) -> list[dict[str, Any]]:
+    promises = server.state(origin)["promises"]
+    assert isinstance(promises, list)
+    return promises
 
 
 def ops(effects: list[EffectRecord]) -> list[str]:
     return [e.body["op"] for e in effects]
 
 
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def newest_timer(server: RunningDevServer, session_id: str) -> dict[str, Any]:
-    """The session's newest idle timer, as the server stores it."""
-    promises: list[dict[str, Any]] = server.state(session_id)["promises"]  # type: ignore[assignment]
-    timers = [p for p in promises if p["tags"].get("resonate:timer") == "true"]
-    return max(timers, key=lambda p: int(p["id"].rsplit(":", 1)[1]))
+    """The session's newest idle timer, as the server stores it (each round's is due later)."""
+    timers = [p for p in server_promises(server, session_id) if p["tags"].get("resonate:timer")]
+    return max(timers, key=lambda p: int(p["timeoutAt"]))
 
 
 def timer_deadline(server: RunningDevServer, session_id: str) -> float:
@@ -129,29 +161,29 @@ def stack(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_login_activities_and_logout_each_reach_the_provider_once(stack: Stack) -> None:
     session_id = stack.login()
-    active = stack.gateway.get(f"/sessions/{session_id}").json()
+    active = stack.get(session_id).json()
     first = stack.act(session_id, "opened /reports")
     second = stack.act(session_id, "downloaded q3.pdf")
     both = stack.wait_for(session_id, lambda s: len(s["activities"]) == 2)
 
-    assert stack.gateway.post(f"/sessions/{session_id}/logout").status_code == 202
+    assert stack.post(session_id, "logout").status_code == 202
     ended = stack.wait_ended(session_id)
 
     issue, record_first, record_second, revoke = effects = stack.effects(session_id)
     assert ops(effects) == ["issue_token", "record_activity", "record_activity", "revoke_token"]
     assert set(stack.sandbox.records.effect_counts_by_key(f"{session_id}:").values()) == {1}
-    token = issue.resource_id
-    assert issue.body == {"op": "issue_token", "user": "Zoë"}
+    credential = issue.resource_id
+    token_sha256 = digest(stack.tokens[session_id])
+    assert issue.body == {"op": "issue_token", "user": "Zoë", "token_sha256": token_sha256}
     assert record_first.body == {
         "op": "record_activity",
-        "token": token,
+        "credential_id": credential,
         "activity_id": first,
         "action": "opened /reports",
     }
     assert record_second.body["activity_id"] == second
-    assert revoke.body == {"op": "revoke_token", "token": token}
+    assert revoke.body == {"op": "revoke_token", "credential_id": credential}
     assert active["state"] == "active"
-    assert active["token"] == token
     assert active["activities"] == []
     assert both["activities"] == [
         {"activity_id": first, "action": "opened /reports"},
@@ -162,7 +194,6 @@ def test_login_activities_and_logout_each_reach_the_provider_once(stack: Stack) 
         "user": "Zoë",
         "state": "ended",
         "idle_timeout_seconds": 60,
-        "token": token,
         "ended_by": "logout",
         "activities": both["activities"],
     }
@@ -170,11 +201,11 @@ def test_login_activities_and_logout_each_reach_the_provider_once(stack: Stack) 
 
 def test_after_the_session_ended_activity_and_logout_are_409(stack: Stack) -> None:
     session_id = stack.login()
-    assert stack.gateway.post(f"/sessions/{session_id}/logout").status_code == 202
+    assert stack.post(session_id, "logout").status_code == 202
     stack.wait_ended(session_id)
 
-    late = stack.gateway.post(f"/sessions/{session_id}/activity", json={"action": "late"})
-    again = stack.gateway.post(f"/sessions/{session_id}/logout")
+    late = stack.post(session_id, "activity", {"action": "late"})
+    again = stack.post(session_id, "logout")
 
     assert late.status_code == 409
     assert late.json()["detail"] == "the session has ended"
@@ -208,7 +239,9 @@ def test_concurrent_activities_are_each_recorded_once(stack: Stack) -> None:
     actions = [f"clicked button {n}" for n in range(8)]
 
     async def post_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=stack.gateway.base_url, timeout=TIMEOUT_S) as client:
+        async with httpx.AsyncClient(
+            base_url=stack.gateway.base_url, timeout=TIMEOUT_S, headers=stack.auth(session_id)
+        ) as client:
             return await asyncio.gather(
                 *(
                     client.post(f"/sessions/{session_id}/activity", json={"action": action})
@@ -218,7 +251,7 @@ def test_concurrent_activities_are_each_recorded_once(stack: Stack) -> None:
 
     responses = asyncio.run(post_all())
     assert [r.status_code for r in responses] == [202] * len(actions)
-    stack.gateway.post(f"/sessions/{session_id}/logout")
+    stack.post(session_id, "logout")
     ended = stack.wait_ended(session_id)
 
     accepted = {r.json()["activity_id"]: r.json()["action"] for r in responses}
@@ -228,34 +261,249 @@ def test_concurrent_activities_are_each_recorded_once(stack: Stack) -> None:
     assert set(stack.sandbox.records.effect_counts_by_key(f"{session_id}:").values()) == {1}
 
 
+# -- the token -----------------------------------------------------------------------------------
+
+
+def encodings(secret: str) -> list[str]:
+    """`secret` as it could sit in a stored document: plain, or inside base64 at any alignment.
+
+    The SDK stores values as base64 of their JSON, so a plaintext token in a promise would not
+    show up as itself. Of each alignment, only the characters that depend on the secret alone.
+    """
+    raw = secret.encode()
+    forms = [secret]
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw).decode()
+        forms.append(encoded[(shift * 4 + 2) // 3 : -4])
+    return forms
+
+
+def test_the_token_is_nowhere_in_the_server_or_in_any_answer(stack: Stack) -> None:
+    session_id = stack.login()
+    token = stack.tokens[session_id]
+    stack.act(session_id, "opened /reports")
+    active = stack.get(session_id)
+    stack.post(session_id, "logout")
+    stack.wait_ended(session_id)
+    ended = stack.get(session_id)
+
+    places = {
+        "GET while active": active.text,
+        "GET once ended": ended.text,
+        "/_cookbook/state": httpx.get(f"{stack.server.url}/_cookbook/state").text,
+        "/_cookbook/journal": httpx.get(f"{stack.server.url}/_cookbook/journal").text,
+        **{
+            f"data dir {path.name}": path.read_bytes().decode("utf-8", "replace")
+            for path in stack.server.data_dir.rglob("*")
+            if path.is_file()
+        },
+    }
+    assert any(name.startswith("data dir") for name in places), "the WAL was not found"
+    found = [name for name, text in places.items() if any(f in text for f in encodings(token))]
+    assert found == [], f"the bearer token is readable in {found}"
+    # What the session holds instead is the token's digest; finding it also shows that the scan
+    # sees through the server's base64.
+    held = [
+        name for name, text in places.items() if any(f in text for f in encodings(digest(token)))
+    ]
+    assert "/_cookbook/state" in held
+    assert any(name.startswith("data dir") for name in held), held
+
+
+def test_a_request_without_the_sessions_token_is_refused(stack: Stack) -> None:
+    session_id = stack.login()
+    other = stack.login()
+    url = f"/sessions/{session_id}"
+
+    no_token = [
+        stack.gateway.get(url),
+        stack.gateway.post(f"{url}/activity", json={"action": "x"}),
+        stack.gateway.post(f"{url}/logout"),
+    ]
+    others_token = [
+        stack.gateway.get(url, headers=stack.auth(other)),
+        stack.gateway.post(f"{url}/activity", json={"action": "x"}, headers=stack.auth(other)),
+        stack.gateway.post(f"{url}/logout", headers=stack.auth(other)),
+    ]
+
+    assert [r.status_code for r in no_token] == [401] * 3
+    assert all(r.headers["WWW-Authenticate"] == "Bearer" for r in no_token)
+    # The same answer as for a session that does not exist: no probing which ids do.
+    assert [r.status_code for r in others_token] == [404] * 3
+    assert stack.get(session_id).json()["state"] == "active"
+    assert ops(stack.effects(session_id)) == ["issue_token"]
+
+
+# -- the identity provider's refusals and outages ------------------------------------------------
+
+
+def add_fault(stack: Stack, **fault: Any) -> None:
+    response = httpx.post(f"{stack.sandbox.url}/_admin/faults", json={"provider": "api", **fault})
+    assert response.status_code == 201, response.text
+
+
+def test_a_refused_login_is_an_answer_and_is_not_retried(stack: Stack) -> None:
+    session_id = f"test-{secrets.token_hex(4)}"
+    add_fault(stack, mode="fail_always", status=403, key_prefix=f"{session_id}:")
+
+    stack.start_login(session_id)
+    ended = stack.wait_ended(session_id)
+
+    assert ended["ended_by"] == "refused"
+    assert "identity provider refused issue_token: 403" in ended["problem"]
+    requests = stack.sandbox.records.requests(f"{session_id}:")
+    assert [r.status_code for r in requests] == [403]  # asked once: a refusal is not retried
+    assert stack.effects(session_id) == []
+
+
+def test_a_provider_outage_is_retried_with_the_same_key(stack: Stack) -> None:
+    session_id = f"test-{secrets.token_hex(4)}"
+    add_fault(stack, mode="fail_times", times=1, status=429, key_prefix=f"{session_id}:")
+
+    stack.start_login(session_id)
+    stack.wait_for(session_id, lambda s: s["state"] == "active")
+
+    requests = stack.sandbox.records.requests(f"{session_id}:")
+    assert [r.status_code for r in requests] == [429, 200]
+    assert len({r.idempotency_key for r in requests}) == 1
+    assert ops(stack.effects(session_id)) == ["issue_token"]
+
+
+# -- reading state -----------------------------------------------------------------------------
+
+
+class RecordingPromises(Promises):
+    """The Resonate client's promises API, noting every id read or settled and every search."""
+
+    def __init__(self, inner: Promises) -> None:
+        super().__init__(inner.sender, inner.codec)
+        self.touched: list[str] = []
+        self.searched: list[dict[str, str] | None] = []
+        self.found: list[PromiseRecord] = []
+
+    async def get(self, id: str) -> PromiseRecord:
+        self.touched.append(id)
+        return await super().get(id)
+
+    async def resolve(self, id: str, value: Value) -> PromiseRecord:
+        self.touched.append(id)
+        return await super().resolve(id, value)
+
+    async def search(
+        self, state: str | None, tags: dict[str, str] | None, limit: int | None, cursor: str | None
+    ) -> PromiseSearchResult:
+        self.searched.append(tags)
+        result = await super().search(state, tags, limit, cursor)
+        self.found += result.promises
+        return result
+
+
+def test_the_gateway_reads_only_ids_it_chose_or_was_told(stack: Stack) -> None:
+    session_id = stack.login()
+    stack.act(session_id, "opened /reports")
+    stack.wait_for(session_id, lambda s: len(s["activities"]) == 1 and "idle_deadline" in s)
+
+    async def look_up_and_log_out() -> RecordingPromises:
+        resonate = Resonate(url=stack.server.url, group="session-tests")
+        recorder = resonate.promises = RecordingPromises(resonate.promises)
+        sessions = Sessions(resonate, "session", 60)
+        try:
+            login = await sessions.started_with(session_id)
+            assert login is not None
+            view = await sessions.view(session_id, login)
+            assert (view.state, len(view.activities)) == ("active", 1)
+            assert await sessions.deliver(session_id, {"type": "logout"}) == "delivered"
+        finally:
+            await resonate.stop()
+        return recorder
+
+    recorder = asyncio.run(look_up_and_log_out())
+
+    # The session id is the gateway's; the promises of the moves are named by the round records
+    # (which it finds by the tag the session gives them): no id is built from the SDK's scheme.
+    rounds = [record.param.data for record in recorder.found]
+    told = {str(r["move"]) for r in rounds if isinstance(r, dict)}
+    assert set(recorder.touched) <= {session_id} | told, set(recorder.touched) - told
+    assert set(recorder.touched) & told, "the move was delivered into the promise it was told of"
+    assert recorder.searched
+    assert all(tags == {ROUND_TAG: session_id} for tags in recorder.searched)
+    assert stack.wait_ended(session_id)["ended_by"] == "logout"
+
+
+# -- the OpenAPI document ------------------------------------------------------------------------
+
+# Every answer each operation gives, as the tests of this module see them.
+ANSWERS = {
+    ("post", "/sessions"): {"202", "400", "409", "413", "422"},
+    ("post", "/sessions/{session_id}/activity"): {
+        *("202", "400", "401", "404", "409", "413", "422", "503")
+    },
+    ("post", "/sessions/{session_id}/logout"): {"202", "401", "404", "409", "422", "503"},
+    ("get", "/sessions/{session_id}"): {"200", "401", "404", "422"},
+}
+
+
+def test_the_openapi_document_declares_every_answer_with_its_body() -> None:
+    document = create_app("http://127.0.0.1:9", "session", 60).openapi()
+    operations = {
+        (method, path): operation
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    }
+
+    assert set(operations) == set(ANSWERS)
+    for key, operation in operations.items():
+        assert set(operation["responses"]) == ANSWERS[key], key
+        for status, answer in operation["responses"].items():
+            body = answer["content"]["application/json"]["schema"]
+            model = "FieldErrors" if status == "422" else "Error" if status >= "400" else None
+            if model is not None:
+                assert body == {"$ref": f"#/components/schemas/{model}"}, (key, status)
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+@pytest.mark.parametrize(
+    "body", [b"\xff{", b"[" * 1500 + b"]" * 1500], ids=["not utf-8", "nested 1500 deep"]
+)
+def test_a_body_that_is_not_json_or_too_deep_is_400(stack: Stack, body: bytes) -> None:
+    login = stack.gateway.post(
+        "/sessions", content=body, headers={"Content-Type": "application/json"}
+    )
+
+    assert login.status_code == 400
+    assert login.json() == {"detail": "There was an error parsing the body"}
+
+
 # -- identity and input ------------------------------------------------------------------------
 
 
-def test_logging_in_again_attaches_and_a_different_login_is_409(stack: Stack) -> None:
+def test_a_session_id_is_logged_into_once(stack: Stack) -> None:
     session_id = stack.login(idle_timeout_seconds=60, user="ada")
     same = {"session_id": session_id, "user": "ada", "idle_timeout_seconds": 60}
 
+    # The first login's token is stored nowhere: a second login cannot be given it, nor a token
+    # of its own for a session started with another one's digest.
     again = stack.gateway.post("/sessions", json=same)
     other_user = stack.gateway.post("/sessions", json={**same, "user": "grace"})
-    other_timeout = stack.gateway.post("/sessions", json={**same, "idle_timeout_seconds": 30})
 
-    assert again.status_code == 202
+    assert again.status_code == 409
     assert other_user.status_code == 409
-    assert other_timeout.status_code == 409
-    assert "exists with a different login" in other_user.json()["detail"]
+    assert "log in with a new id" in again.json()["detail"]
+    assert "token" not in again.json()
     assert ops(stack.effects(session_id)) == ["issue_token"]
+    assert stack.get(session_id).json()["state"] == "active"  # the first token still works
 
 
 def test_unknown_sessions_are_404(stack: Stack) -> None:
     unknown = f"no-such-session-{secrets.token_hex(4)}"
-    assert stack.gateway.get(f"/sessions/{unknown}").status_code == 404
-    assert (
-        stack.gateway.post(f"/sessions/{unknown}/activity", json={"action": "x"}).status_code == 404
-    )
-    assert stack.gateway.post(f"/sessions/{unknown}/logout").status_code == 404
+    stack.tokens[unknown] = "a-token-nobody-was-given"
+    assert stack.get(unknown).status_code == 404
+    assert stack.post(unknown, "activity", {"action": "x"}).status_code == 404
+    assert stack.post(unknown, "logout").status_code == 404
 
     # A promise that is not a session is not shown as one, nor resolved.
     other = f"not-a-session-{secrets.token_hex(4)}"
+    stack.tokens[other] = "a-token-nobody-was-given"
 
     async def create_promise() -> None:
         client = Resonate(url=stack.server.url, group="session-tests")
@@ -266,8 +514,8 @@ def test_unknown_sessions_are_404(stack: Stack) -> None:
             await client.stop()
 
     asyncio.run(create_promise())
-    assert stack.gateway.get(f"/sessions/{other}").status_code == 404
-    assert stack.gateway.post(f"/sessions/{other}/logout").status_code == 404
+    assert stack.get(other).status_code == 404
+    assert stack.post(other, "logout").status_code == 404
 
 
 BAD_LOGINS: dict[str, Any] = {
@@ -276,6 +524,7 @@ BAD_LOGINS: dict[str, Any] = {
     "missing user": {"session_id": "s-1"},
     "missing session id": {"user": "ada"},
     "session id with colon": {"session_id": "s:1", "user": "ada"},
+    "session id with dot": {"session_id": "s.round.1", "user": "ada"},
     "session id too long": {"session_id": "s" * 65, "user": "ada"},
     "user empty": {"session_id": "s-1", "user": ""},
     "user control character": {"session_id": "s-1", "user": "ada\x00"},
@@ -320,20 +569,21 @@ def idle_session(stack: Stack) -> str:
 def test_a_bad_activity_is_422_and_changes_nothing(
     stack: Stack, idle_session: str, body: Any
 ) -> None:
-    before = stack.gateway.get(f"/sessions/{idle_session}").json()
+    before = stack.get(idle_session).json()
 
-    response = stack.gateway.post(f"/sessions/{idle_session}/activity", json=body)
+    response = stack.post(idle_session, "activity", body)
 
     assert response.status_code == 422, response.text
-    assert stack.gateway.get(f"/sessions/{idle_session}").json() == before
+    assert stack.get(idle_session).json() == before
     assert ops(stack.effects(idle_session)) == ["issue_token"]
 
 
 def test_oversized_bodies_and_bad_ids_are_refused(stack: Stack, idle_session: str) -> None:
     huge = {"action": "a" * 10_000}
-    assert stack.gateway.post(f"/sessions/{idle_session}/activity", json=huge).status_code == 413
-    assert stack.gateway.get("/sessions/test:1").status_code == 422
-    assert stack.gateway.post("/sessions/test:1/logout").status_code == 422
+    assert stack.post(idle_session, "activity", huge).status_code == 413
+    auth = stack.auth(idle_session)
+    assert stack.gateway.get("/sessions/test:1", headers=auth).status_code == 422
+    assert stack.gateway.post("/sessions/test.1/logout", headers=auth).status_code == 422
 
 
 # -- crashes -----------------------------------------------------------------------------------
@@ -341,7 +591,7 @@ def test_oversized_bodies_and_bad_ids_are_refused(stack: Stack, idle_session: st
 
 @dataclass(frozen=True)
 class CrashStack(Stack):
-    start_worker: Callable[[], ManagedProcess]
+    start_worker: Callable[[], ManagedProcess] = field(kw_only=True)
 
     def kill_worker_once_idle(self, worker: ManagedProcess, session_id: str, step: int) -> None:
         """Arm the dev server to SIGKILL `worker` right after the session suspended on `step`."""
@@ -363,12 +613,15 @@ def crash_stack(
     env = {"RESONATE_URL": devserver.url, "PROVIDER_API_URL": sandbox.url, "PATH": "/usr/bin:/bin"}
     gateway = start_process(gateway_process("session.gateway", {**os.environ, **env}))
     with httpx.Client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client:
-        yield CrashStack(client, devserver, sandbox, lambda: start_worker("session.worker", env))
+        yield CrashStack(
+            client, devserver, sandbox, start_worker=lambda: start_worker("session.worker", env)
+        )
 
 
-# Step ids: login `:1`; round 1 waits on `:2` (the latent promise) and `:3` (the timer), stops
-# the timer `:4` and records the activity `:5`; round 2 waits on `:6` and `:7`.
-ROUND_2_WAIT = 6
+# Step ids: login `:1`; round 1 waits on `:2` (the latent promise) and `:3` (the timer), once it
+# published the round `:4`; it stops the timer `:5` and records the activity `:6`; round 2 waits on
+# `:7` and `:8`. (The test arms a tripwire by id; the example's code never builds these ids.)
+ROUND_2_WAIT = 7
 
 
 def test_a_worker_killed_while_idle_does_not_restart_the_timer(crash_stack: CrashStack) -> None:
@@ -392,7 +645,7 @@ def test_a_worker_killed_while_idle_does_not_restart_the_timer(crash_stack: Cras
     assert record.finished_at < killed_at < deadline  # the worker that set the timer died idle
     assert 3 <= deadline - record.finished_at < 3.1
     assert 0 <= revoke.started_at - deadline < DEADLINE_TOLERANCE_S, revoke.started_at - deadline
-    assert revoke.body["token"] == issue.resource_id
+    assert revoke.body["credential_id"] == issue.resource_id
 
 
 def test_with_no_worker_at_the_deadline_the_session_still_times_out(
@@ -407,7 +660,7 @@ def test_with_no_worker_at_the_deadline_the_session_still_times_out(
     wait_until_the_timer_fired(stack.server, session_id)  # with no worker alive
 
     # The server refuses the late activity: the promise it would go into timed out at the deadline.
-    late = stack.gateway.post(f"/sessions/{session_id}/activity", json={"action": "too late"})
+    late = stack.post(session_id, "activity", {"action": "too late"})
     restarted_at = time.time()
     stack.start_worker()
     ended = stack.wait_ended(session_id)
