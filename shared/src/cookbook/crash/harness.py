@@ -29,6 +29,7 @@ from resonate.resonate import Resonate
 from resonate.types import Value
 
 from cookbook.catalog import Example, Scenario
+from cookbook.crash import receivers
 from cookbook.crash.plan import Checkpoint, CrashPoint, checkpoints, crash_points
 from cookbook.processes import ManagedProcess
 from cookbook.stack import Stack, stack_for, worker_process
@@ -84,6 +85,8 @@ class Golden:
     seconds: float
     # The execution's promises as the dev server holds them (ids, tags, states): its tree.
     promises: list[dict[str, Any]] = field(default_factory=list)
+    # What each receiving system recorded during the run (cookbook.crash.receivers).
+    received: receivers.Received = field(default_factory=dict)
 
     @property
     def points(self) -> list[CrashPoint]:
@@ -99,6 +102,7 @@ class Golden:
             "effects": [[*key, count] for key, count in self.effects.items()],
             "seconds": self.seconds,
             "promises": self.promises,
+            "received": receivers.received_to_json(self.received),
         }
 
     @classmethod
@@ -114,6 +118,7 @@ class Golden:
             ),
             data["seconds"],
             data["promises"],
+            receivers.received_from_json(data.get("received", {})),
         )
 
 
@@ -141,6 +146,7 @@ class CrashHarness:
         # The worker that finished the last run. It is the next run's first worker, as a
         # long-lived worker would be: a run then costs one worker start-up, not two.
         self._standby: ManagedProcess | None = None
+        self.receivers = receivers.declared_by(example.path, example.name)
 
     def close(self) -> None:
         """Stop the worker kept for the next run."""
@@ -278,6 +284,7 @@ class CrashHarness:
         client = self._client()
         worker = self._first_worker()
         try:
+            marks = await self._watermarks()
             started = time.perf_counter()
             handle = await self._start(client, scenario, execution_id)
             async with self._signalling(client, scenario, execution_id):
@@ -306,6 +313,7 @@ class CrashHarness:
             self._effect_keys(execution_id, effects),
             seconds,
             promises,
+            await self._received(marks, execution_id, effects, promises),
         )
 
     async def _crash(self, golden: Golden, point: CrashPoint) -> CrashResult:
@@ -318,6 +326,7 @@ class CrashHarness:
         verified = False
         client = self._client()
         try:
+            marks = await self._watermarks()
             async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
                 armed = await server.post(
                     "/_cookbook/tripwires", json=point.tripwire(execution_id, first.pid)
@@ -341,7 +350,7 @@ class CrashHarness:
                     result.worker_pids.append(second.pid)
                 outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
                 result.recovery_seconds = time.perf_counter() - killed_at
-            await self._verify(golden, point, execution_id, outcome, result)
+            await self._verify(golden, point, execution_id, outcome, result, marks)
             verified = True
         except TimeoutError:
             result.problems.append(f"the execution did not complete within {COMPLETE_TIMEOUT}s")
@@ -378,9 +387,13 @@ class CrashHarness:
         execution_id: str,
         outcome: Outcome,
         result: CrashResult,
+        marks: receivers.Watermarks | None = None,
     ) -> None:
         recorded = await self._effects(execution_id)
         journal, promises = await self._journal(execution_id)
+        if marks is not None:
+            got = await self._received(marks, execution_id, recorded, promises)
+            result.problems += receivers.differences(golden.received, got)
         outcome = outcome.normalized(execution_id, recorded, step_results(execution_id, promises))
         if outcome != golden.outcome:
             result.problems.append(f"outcome {outcome} differs from the golden {golden.outcome}")
@@ -395,6 +408,34 @@ class CrashHarness:
             result.problems.append(
                 f"effects differ from the golden run: missing {dict(missing)}, extra {dict(extra)}"
             )
+
+    # -- receiving systems (cookbook.crash.receivers) --------------------------------------------
+
+    def _place(self) -> receivers.Place:
+        worker_dir = self.stack.workdir / "worker-files"  # see _worker
+        return receivers.Place(self.stack.service_url, worker_dir, bool(self.stack.provider_url))
+
+    async def _watermarks(self) -> receivers.Watermarks:
+        place = self._place()
+        return await receivers.watermarks(receivers.active(self.receivers, place), place)
+
+    async def _received(
+        self,
+        marks: receivers.Watermarks,
+        execution_id: str,
+        effects: list[dict[str, Any]],
+        promises: list[dict[str, Any]],
+    ) -> receivers.Received:
+        """What every receiving system recorded since `marks`, with ids named as in outcomes."""
+        place = self._place()
+        active = receivers.active(self.receivers, place)
+        recorded = await receivers.recorded_since(active, place, marks)
+        results = step_results(execution_id, promises)
+
+        def normalise(text: str) -> str:
+            return Outcome("", text).normalized(execution_id, effects, results).value
+
+        return receivers.received(active, recorded, normalise)
 
     async def _journal(
         self, execution_id: str
