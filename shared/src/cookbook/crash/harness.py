@@ -17,9 +17,10 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Self
@@ -35,6 +36,8 @@ from cookbook.processes import ManagedProcess
 from cookbook.stack import Stack, stack_for, worker_process
 
 KILL_TIMEOUT = 30.0
+# How long a continued worker has to send its late writes (it resumes where it stopped).
+LATE_WRITES_TIMEOUT = 15.0
 COMPLETE_TIMEOUT = 60.0
 WORKER_TTL_SECONDS = "5"
 
@@ -334,6 +337,14 @@ class CrashHarness:
                 armed.raise_for_status()
             handle = await self._start(client, golden.scenario, execution_id)
             async with self._signalling(client, golden.scenario, execution_id):
+                if point.phase == "stall":
+                    stalled = await self._stall(first, handle, execution_id, result)
+                    if stalled is None:
+                        return result
+                    second, outcome = stalled
+                    await self._verify(golden, point, execution_id, outcome, result, marks)
+                    verified = True
+                    return result
                 victim = self.stack.devserver if point.kills_server else first
                 assert victim is not None
                 killed = await self._killed(victim, handle)
@@ -355,6 +366,9 @@ class CrashHarness:
         except TimeoutError:
             result.problems.append(f"the execution did not complete within {COMPLETE_TIMEOUT}s")
         finally:
+            if point.phase == "stall":  # a stopped worker would not even hear SIGTERM
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(first.pid, signal.SIGCONT)
             await client.stop()
             if verified and result.passed:  # the survivor is idle, its run complete
                 self._keep_for_next_run(second or first, first)
@@ -366,6 +380,75 @@ class CrashHarness:
                 await server.delete("/_cookbook/tripwires")
             result.total_seconds = time.perf_counter() - started
         return result
+
+    async def _stall(
+        self, first: ManagedProcess, handle: Any, execution_id: str, result: CrashResult
+    ) -> tuple[ManagedProcess, Outcome] | None:
+        """Stall `first` at the wire, let another worker finish, continue `first`.
+
+        Returns the worker that took over and the run's outcome (None: no stall happened).
+
+        Waits for events throughout: the dev server's journal shows the stalled worker's lease
+        lapsing, the handle the run's end, and the journal again the late writes refused.
+        """
+        stalled = asyncio.ensure_future(self._journal_entry(execution_id, 0, _lapsed))
+        done = asyncio.ensure_future(handle.result())
+        finished, _ = await asyncio.wait(
+            {stalled, done}, timeout=KILL_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        if stalled not in finished:
+            stalled.cancel()
+            done.cancel()
+            result.problems.append(
+                "the execution ended before reaching the crash point"
+                if done in finished
+                else f"the stalled worker's lease did not lapse within {KILL_TIMEOUT}s"
+            )
+            return None
+        done.cancel()
+        stalled_at = time.perf_counter()
+        second = await asyncio.to_thread(self._worker("worker-2").start)
+        result.worker_pids.append(second.pid)
+        outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
+        result.recovery_seconds = time.perf_counter() - stalled_at
+        journal, _ = await self._journal(execution_id)
+        resumed_at = journal[-1]["seq"] if journal else 0
+        os.kill(first.pid, signal.SIGCONT)
+        try:
+            await asyncio.wait_for(
+                self._journal_entry(execution_id, resumed_at, _refused_release),
+                LATE_WRITES_TIMEOUT,
+            )
+        except TimeoutError:
+            result.problems.append(
+                f"the stalled worker, continued, did not give its task up (a refused release)"
+                f" within {LATE_WRITES_TIMEOUT}s"
+            )
+        journal, _ = await self._journal(execution_id)
+        if accepted := accepted_late_writes(journal, resumed_at, execution_id):
+            result.problems.append(
+                f"the stalled worker's late writes were accepted, not fenced off: {accepted}"
+            )
+        return second, outcome
+
+    async def _journal_entry(
+        self, execution_id: str, after: int, wanted: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any]:
+        """The first journal entry of the execution after `after` that is `wanted` (long poll)."""
+        seen = after
+        async with httpx.AsyncClient(base_url=self.stack.resonate_url, timeout=40) as server:
+            while True:
+                page = (
+                    await server.get(
+                        "/_cookbook/journal",
+                        params={"origin": execution_id, "after": seen, "wait": 10},
+                    )
+                ).json()
+                seen = page["last_seq"]
+                entries: list[dict[str, Any]] = page["entries"]
+                for entry in entries:
+                    if wanted(entry):
+                        return entry
 
     async def _killed(self, victim: ManagedProcess, handle: Any) -> int | None:
         """The victim's exit code once the tripwire killed it; None if the run ended first."""
@@ -394,6 +477,7 @@ class CrashHarness:
         if marks is not None:
             got = await self._received(marks, execution_id, recorded, promises)
             result.problems += receivers.differences(golden.received, got)
+        journal = [e for e in journal if e.get("status", 200) < 400]  # refused: it did nothing
         outcome = outcome.normalized(execution_id, recorded, step_results(execution_id, promises))
         if outcome != golden.outcome:
             result.problems.append(f"outcome {outcome} differs from the golden {golden.outcome}")
@@ -541,3 +625,30 @@ def rerun_after_kill(
             )
         }
     )
+
+
+def accepted_late_writes(
+    journal: list[dict[str, Any]], resumed_at: int, execution_id: str
+) -> list[str]:
+    """Writes that changed a promise after a stalled worker was continued (and should not have).
+
+    The run was complete by then, so any create, settle or suspend the server accepted after
+    `resumed_at` came from the worker whose lease had lapsed: it was not fenced off.
+    """
+    return [
+        f"{e['operation']} {e['promise_id'].removeprefix(execution_id)} ({e['status']})"
+        for e in journal
+        if e["seq"] > resumed_at
+        and e["operation"] in ("create", "settle", "suspend")
+        and e["status"] < 300
+    ]
+
+
+def _lapsed(entry: dict[str, Any]) -> bool:
+    """The dev server let a stalled worker's lease lapse (DevServer._stall)."""
+    return bool(entry["operation"] == "release" and entry["corr_id"] == "devserver-stall")
+
+
+def _refused_release(entry: dict[str, Any]) -> bool:
+    """A worker gave up a task it no longer held: what SDK 0.8.1 does after a fenced write."""
+    return bool(entry["operation"] == "release" and entry["status"] >= 400)

@@ -101,10 +101,14 @@ def declared(example_name: str, table: Mapping[str, Any]) -> list[Receiver]:
     where = f"{example_name}: [tool.cookbook] receivers"
     if not isinstance(raw, list):
         raise ReceiverError(f"{where}: must be a list of tables ([[tool.cookbook.receivers]])")
-    found = [_receiver(f"{where}[{i}]", entry) for i, entry in enumerate(raw)]
-    names = Counter(r.name for r in found)
-    if twice := sorted(n for n, count in names.items() if count > 1 or n == SANDBOX.name):
-        raise ReceiverError(f"{where}: name {twice[0]!r} is used twice (sandbox is built in)")
+    found: list[Receiver] = []
+    for i, entry in enumerate(raw):
+        receiver = _receiver(f"{where}[{i}]", entry)
+        if receiver.name in {SANDBOX.name, *(r.name for r in found)}:
+            raise ReceiverError(
+                f"{where}[{i}].name: {receiver.name!r} is taken (the sandbox is built in)"
+            )
+        found.append(receiver)
     return found
 
 
