@@ -51,6 +51,7 @@ def test_a_second_process_loads_the_golden_run_the_first_one_made(
         "hello[greet:sms.send/before]",
         "hello[greet:sms.send/after-effect]",
         "hello[greet:sms.send/server-kill]",
+        "hello[greet:sms.send/stall]",
     ]
 
 
