@@ -7,8 +7,9 @@ a way the workflow itself cannot see (the outcome and the journal look right).
 from __future__ import annotations
 
 import pytest
+from cookbook import catalog
 from cookbook.crash.harness import CrashHarness, CrashResult
-from cookbook.crash.receivers import ReceiverError, declared
+from cookbook.crash.receivers import ReceiverError, declared, declared_by
 
 from tests.crash.conftest import APPENDING, BOOK, WITHOUT_KEY, run_at
 
@@ -86,3 +87,15 @@ def test_a_bad_declaration_names_the_example_and_the_key(
 
     assert str(raised.value).startswith("saga: [tool.cookbook] receivers[0]")
     assert message in str(raised.value)
+
+
+def test_every_example_whose_effects_land_outside_the_sandbox_declares_them() -> None:
+    declarations = {e.name: declared_by(e.path, e.name) for e in catalog.examples()}
+
+    assert {
+        name: sorted(r.name for r in found) for name, found in declarations.items() if found
+    } == {
+        "k8s-drain": ["kubernetes"],
+        "kafka-worker": ["user-data store"],
+        "wlrf": ["ledger stand-in", "reference store"],
+    }
