@@ -6,9 +6,11 @@ a way the workflow itself cannot see (the outcome and the journal look right).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from cookbook import catalog
-from cookbook.crash.harness import CrashHarness, CrashResult
+from cookbook.crash.harness import CrashHarness, CrashResult, Golden
 from cookbook.crash.receivers import ReceiverError, declared, declared_by
 
 from tests.crash.conftest import APPENDING, BOOK, WITHOUT_KEY, run_at
@@ -28,6 +30,14 @@ def test_the_golden_run_records_what_every_receiving_system_received(
         "bookings file": ['{"booking": "<id>", "confirmation": "<effect:1>"}'],
         "flight provider": ['{"action": "reserve", "provider": "flight"}'],
     }
+
+
+def test_what_was_received_survives_the_trip_through_json(mutants_harness: CrashHarness) -> None:
+    # Parallel test processes share golden runs as JSON (cookbook.testing.matrix).
+    golden = mutants_harness.golden(BOOK)
+    shared = json.loads(json.dumps(golden.to_json()))
+
+    assert Golden.from_json(shared, mutants_harness.example) == golden
 
 
 def test_a_correct_workflow_passes_at_its_after_effect_point(mutants_harness: CrashHarness) -> None:
