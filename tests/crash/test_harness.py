@@ -62,6 +62,8 @@ def test_the_golden_run_finds_every_kind_of_checkpoint(golden: Golden) -> None:
         "approve:step#2/before",
         "approve:step#2/after-effect",
         "approve:step#2/server-kill",
+        "approve:step#1/stall",
+        "approve:step#2/stall",
     ]
 
 

@@ -54,6 +54,8 @@ def test_checkpoints_are_named_by_the_effect_they_applied_in_creation_order() ->
         (":3", "before"),
         (":3", "after-effect"),
         (":3", "server-kill"),
+        (":1", "stall"),
+        (":3", "stall"),
     ]
 
 

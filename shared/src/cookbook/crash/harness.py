@@ -17,9 +17,10 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Self
@@ -29,11 +30,14 @@ from resonate.resonate import Resonate
 from resonate.types import Value
 
 from cookbook.catalog import Example, Scenario
+from cookbook.crash import receivers
 from cookbook.crash.plan import Checkpoint, CrashPoint, checkpoints, crash_points
 from cookbook.processes import ManagedProcess
 from cookbook.stack import Stack, stack_for, worker_process
 
 KILL_TIMEOUT = 30.0
+# How long a continued worker has to send its late writes (it resumes where it stopped).
+LATE_WRITES_TIMEOUT = 15.0
 COMPLETE_TIMEOUT = 60.0
 WORKER_TTL_SECONDS = "5"
 
@@ -84,6 +88,8 @@ class Golden:
     seconds: float
     # The execution's promises as the dev server holds them (ids, tags, states): its tree.
     promises: list[dict[str, Any]] = field(default_factory=list)
+    # What each receiving system recorded during the run (cookbook.crash.receivers).
+    received: receivers.Received = field(default_factory=dict)
 
     @property
     def points(self) -> list[CrashPoint]:
@@ -99,6 +105,7 @@ class Golden:
             "effects": [[*key, count] for key, count in self.effects.items()],
             "seconds": self.seconds,
             "promises": self.promises,
+            "received": receivers.received_to_json(self.received),
         }
 
     @classmethod
@@ -114,6 +121,7 @@ class Golden:
             ),
             data["seconds"],
             data["promises"],
+            receivers.received_from_json(data.get("received", {})),
         )
 
 
@@ -141,6 +149,7 @@ class CrashHarness:
         # The worker that finished the last run. It is the next run's first worker, as a
         # long-lived worker would be: a run then costs one worker start-up, not two.
         self._standby: ManagedProcess | None = None
+        self.receivers = receivers.declared_by(example.path, example.name)
 
     def close(self) -> None:
         """Stop the worker kept for the next run."""
@@ -278,6 +287,7 @@ class CrashHarness:
         client = self._client()
         worker = self._first_worker()
         try:
+            marks = await self._watermarks()
             started = time.perf_counter()
             handle = await self._start(client, scenario, execution_id)
             async with self._signalling(client, scenario, execution_id):
@@ -306,6 +316,7 @@ class CrashHarness:
             self._effect_keys(execution_id, effects),
             seconds,
             promises,
+            await self._received(marks, execution_id, effects, promises),
         )
 
     async def _crash(self, golden: Golden, point: CrashPoint) -> CrashResult:
@@ -318,6 +329,7 @@ class CrashHarness:
         verified = False
         client = self._client()
         try:
+            marks = await self._watermarks()
             async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
                 armed = await server.post(
                     "/_cookbook/tripwires", json=point.tripwire(execution_id, first.pid)
@@ -325,6 +337,14 @@ class CrashHarness:
                 armed.raise_for_status()
             handle = await self._start(client, golden.scenario, execution_id)
             async with self._signalling(client, golden.scenario, execution_id):
+                if point.phase == "stall":
+                    stalled = await self._stall(first, handle, execution_id, result)
+                    if stalled is None:
+                        return result
+                    second, outcome = stalled
+                    await self._verify(golden, point, execution_id, outcome, result, marks)
+                    verified = True
+                    return result
                 victim = self.stack.devserver if point.kills_server else first
                 assert victim is not None
                 killed = await self._killed(victim, handle)
@@ -341,11 +361,14 @@ class CrashHarness:
                     result.worker_pids.append(second.pid)
                 outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
                 result.recovery_seconds = time.perf_counter() - killed_at
-            await self._verify(golden, point, execution_id, outcome, result)
+            await self._verify(golden, point, execution_id, outcome, result, marks)
             verified = True
         except TimeoutError:
             result.problems.append(f"the execution did not complete within {COMPLETE_TIMEOUT}s")
         finally:
+            if point.phase == "stall":  # a stopped worker would not even hear SIGTERM
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(first.pid, signal.SIGCONT)
             await client.stop()
             if verified and result.passed:  # the survivor is idle, its run complete
                 self._keep_for_next_run(second or first, first)
@@ -357,6 +380,77 @@ class CrashHarness:
                 await server.delete("/_cookbook/tripwires")
             result.total_seconds = time.perf_counter() - started
         return result
+
+    async def _stall(
+        self, first: ManagedProcess, handle: Any, execution_id: str, result: CrashResult
+    ) -> tuple[ManagedProcess, Outcome] | None:
+        """Stall `first` at the wire, let another worker finish, continue `first`.
+
+        Returns the worker that took over and the run's outcome (None: no stall happened).
+
+        Waits for events throughout: the dev server's journal shows the stalled worker's lease
+        lapsing, the handle the run's end, and the journal again the late writes refused.
+        """
+        stalled = asyncio.ensure_future(self._journal_entry(execution_id, 0, _lapsed))
+        done = asyncio.ensure_future(handle.result())
+        finished, _ = await asyncio.wait(
+            {stalled, done}, timeout=KILL_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        if stalled not in finished:
+            stalled.cancel()
+            done.cancel()
+            result.problems.append(
+                "the execution ended before reaching the crash point"
+                if done in finished
+                else f"the stalled worker's lease did not lapse within {KILL_TIMEOUT}s"
+            )
+            return None
+        done.cancel()
+        stalled_at = time.perf_counter()
+        second = await asyncio.to_thread(self._worker("worker-2").start)
+        result.worker_pids.append(second.pid)
+        outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
+        result.recovery_seconds = time.perf_counter() - stalled_at
+        journal, _ = await self._journal(execution_id)
+        resumed_at = journal[-1]["seq"] if journal else 0
+        os.kill(first.pid, signal.SIGCONT)
+        try:
+            await asyncio.wait_for(
+                self._journal_entry(execution_id, resumed_at, _refused_release),
+                LATE_WRITES_TIMEOUT,
+            )
+        except TimeoutError:
+            result.problems.append(
+                f"the stalled worker, continued, did not give its task up (a refused release)"
+                f" within {LATE_WRITES_TIMEOUT}s"
+            )
+        # Fenced off, it has nothing left to do: no need for a graceful stop (0.3 s a point).
+        await asyncio.to_thread(first.kill)
+        journal, _ = await self._journal(execution_id)
+        if accepted := accepted_late_writes(journal, resumed_at, execution_id):
+            result.problems.append(
+                f"the stalled worker's late writes were accepted, not fenced off: {accepted}"
+            )
+        return second, outcome
+
+    async def _journal_entry(
+        self, execution_id: str, after: int, wanted: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any]:
+        """The first journal entry of the execution after `after` that is `wanted` (long poll)."""
+        seen = after
+        async with httpx.AsyncClient(base_url=self.stack.resonate_url, timeout=40) as server:
+            while True:
+                page = (
+                    await server.get(
+                        "/_cookbook/journal",
+                        params={"origin": execution_id, "after": seen, "wait": 10},
+                    )
+                ).json()
+                seen = page["last_seq"]
+                entries: list[dict[str, Any]] = page["entries"]
+                for entry in entries:
+                    if wanted(entry):
+                        return entry
 
     async def _killed(self, victim: ManagedProcess, handle: Any) -> int | None:
         """The victim's exit code once the tripwire killed it; None if the run ended first."""
@@ -378,9 +472,14 @@ class CrashHarness:
         execution_id: str,
         outcome: Outcome,
         result: CrashResult,
+        marks: receivers.Watermarks | None = None,
     ) -> None:
         recorded = await self._effects(execution_id)
         journal, promises = await self._journal(execution_id)
+        if marks is not None:
+            got = await self._received(marks, execution_id, recorded, promises)
+            result.problems += receivers.differences(golden.received, got)
+        journal = [e for e in journal if e.get("status", 200) < 400]  # refused: it did nothing
         outcome = outcome.normalized(execution_id, recorded, step_results(execution_id, promises))
         if outcome != golden.outcome:
             result.problems.append(
@@ -401,6 +500,34 @@ class CrashHarness:
             result.problems.append(
                 f"effects differ from the golden run: missing {dict(missing)}, extra {dict(extra)}"
             )
+
+    # -- receiving systems (cookbook.crash.receivers) --------------------------------------------
+
+    def _place(self) -> receivers.Place:
+        worker_dir = self.stack.workdir / "worker-files"  # see _worker
+        return receivers.Place(self.stack.service_url, worker_dir, bool(self.stack.provider_url))
+
+    async def _watermarks(self) -> receivers.Watermarks:
+        place = self._place()
+        return await receivers.watermarks(receivers.active(self.receivers, place), place)
+
+    async def _received(
+        self,
+        marks: receivers.Watermarks,
+        execution_id: str,
+        effects: list[dict[str, Any]],
+        promises: list[dict[str, Any]],
+    ) -> receivers.Received:
+        """What every receiving system recorded since `marks`, with ids named as in outcomes."""
+        place = self._place()
+        active = receivers.active(self.receivers, place)
+        recorded = await receivers.recorded_since(active, place, marks)
+        results = step_results(execution_id, promises)
+
+        def normalise(text: str) -> str:
+            return Outcome("", text).normalized(execution_id, effects, results).value
+
+        return receivers.received(active, recorded, normalise)
 
     async def _journal(
         self, execution_id: str
@@ -530,3 +657,30 @@ def rerun_after_kill(
             )
         }
     )
+
+
+def accepted_late_writes(
+    journal: list[dict[str, Any]], resumed_at: int, execution_id: str
+) -> list[str]:
+    """Writes that changed a promise after a stalled worker was continued (and should not have).
+
+    The run was complete by then, so any create, settle or suspend the server accepted after
+    `resumed_at` came from the worker whose lease had lapsed: it was not fenced off.
+    """
+    return [
+        f"{e['operation']} {e['promise_id'].removeprefix(execution_id)} ({e['status']})"
+        for e in journal
+        if e["seq"] > resumed_at
+        and e["operation"] in ("create", "settle", "suspend")
+        and e["status"] < 300
+    ]
+
+
+def _lapsed(entry: dict[str, Any]) -> bool:
+    """The dev server let a stalled worker's lease lapse (DevServer._stall)."""
+    return bool(entry["operation"] == "release" and entry["corr_id"] == "devserver-stall")
+
+
+def _refused_release(entry: dict[str, Any]) -> bool:
+    """A worker gave up a task it no longer held: what SDK 0.8.1 does after a fenced write."""
+    return bool(entry["operation"] == "release" and entry["status"] >= 400)

@@ -8,6 +8,9 @@ execution created). Every checkpoint gives crash points, each one a tripwire on 
                 checkpoint is not, so the step runs again and must be deduplicated downstream
   suspended     the worker dies right after the workflow suspended on a sleep, promise or call
   server-kill   the dev server dies right after the checkpoint is durable, before it answers
+  stall         the worker stops (SIGSTOP) as the step starts, its lease lapses and another
+                worker finishes the run; then it is continued, and its late writes must be
+                refused and its late effect deduplicated (see `stall_points`)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 type CheckpointKind = Literal["step", "rpc", "sleep", "promise"]
-type Phase = Literal["before", "after-effect", "suspended", "server-kill"]
+type Phase = Literal["before", "after-effect", "suspended", "server-kill", "stall"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ class CrashPoint:
                 return _wire("settle", promise_id, "before", worker_pid)
             case "suspended":
                 return _wire("suspend", promise_id, "after", worker_pid)
+            case "stall":
+                # After the step's promise is created, before the worker hears so: continued,
+                # it runs the step's effect late, then tries to store the result.
+                return {**_wire("create", promise_id, "after", worker_pid), "action": "stall"}
             case "server-kill":
                 operation = "settle" if self.checkpoint.kind in ("step", "rpc") else "suspend"
                 return {
@@ -161,4 +168,19 @@ def crash_points(scenario: str, found: list[Checkpoint]) -> list[CrashPoint]:
         if c.kind in ("step", "rpc") or c.suspended_on:
             phases.append("server-kill")
         points += [CrashPoint(scenario, c, phase) for phase in phases]
-    return points
+    return points + stall_points(scenario, found)
+
+
+def stall_points(scenario: str, found: list[Checkpoint]) -> list[CrashPoint]:
+    """Where a worker is stalled: as it starts the first and the last step of the scenario.
+
+    A lease can lapse wherever a worker holds one, i.e. while it runs a step; but what a stall
+    adds to the kill phases (every step's effect is already repeated at its after-effect point)
+    is the order: the stalled worker's late effect and writes arrive after the whole run has
+    finished elsewhere. Stalling at the first step lets the rest of the run happen in between;
+    at the last, the late write is the one right before completion. Two points per scenario,
+    rather than one per step, keep the matrix's growth near a fifth.
+    """
+    steps = [c for c in found if c.kind == "step"]
+    chosen = steps[:1] + steps[1:][-1:]
+    return [CrashPoint(scenario, c, "stall") for c in chosen]

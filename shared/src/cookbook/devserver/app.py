@@ -25,7 +25,7 @@ from resonate.connections.local import (
 from resonate.error import ServerError
 
 from cookbook.devserver.protocol import touches
-from cookbook.devserver.router import Router
+from cookbook.devserver.router import Router, Subscriber
 from cookbook.devserver.state import Applied, DurableState
 from cookbook.devserver.tripwires import Tripwire, TripwireError, Tripwires
 
@@ -63,6 +63,8 @@ class DevServer:
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._journal_grew = asyncio.Event()
+        # Each open SSE stream's handler, so that a stalled worker's stream can be cut.
+        self._streams: dict[Subscriber, asyncio.Task[Any]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -141,7 +143,7 @@ class DevServer:
         touched = touches(flat)
 
         if (wire := self.tripwires.take(touched, "before")) is not None:
-            await self._trip(wire)
+            await self._trip(wire, flat)
         try:
             applied = self.state.apply(flat)
         except ServerError as exc:
@@ -154,10 +156,10 @@ class DevServer:
         if touched:
             self._journal_changed()
         if (wire := self.tripwires.take(touched, "after")) is not None:
-            await self._trip(wire)
+            await self._trip(wire, flat)
         return _envelope(applied.response)
 
-    async def _trip(self, wire: Tripwire) -> None:
+    async def _trip(self, wire: Tripwire, request: dict[str, Any]) -> None:
         log.info(
             "tripwire %s: killing the %s at %s %s (%s)",
             wire.id,
@@ -166,10 +168,35 @@ class DevServer:
             wire.promise_id,
             wire.when,
         )
+        holder = self.state.lease_holder(request)
         wire.fire()
+        if wire.action == "stall":
+            await self._stall(holder)
+            return  # the answer waits in the stopped worker's socket until it is continued
         # The worker is dead and will never read an answer; hold this request until its
         # connection closes (aiohttp then cancels the handler) so nothing is applied for it.
         await asyncio.Event().wait()
+
+    async def _stall(self, holder: str | None) -> None:
+        """Let the stopped worker's leases lapse now, and cut its stream, as a real expiry would.
+
+        A stopped process sends no heartbeat, so its leases would lapse after the ttl anyway,
+        with exactly this transition (the task back to pending at a new version, its `execute`
+        sent again): doing it at once only skips the wait. Its stream is cut because a server
+        cannot tell a paused worker from a partitioned one: work pushed into its socket would sit
+        unread (the server re-sends an `execute` only after 30 s). When it is continued, its
+        writes carry the old task version and must be refused.
+        """
+        if holder is None:
+            log.warning("stall: the request was made under no lease; nothing to let lapse")
+            return
+        for subscriber, handler in list(self._streams.items()):
+            if subscriber.pid == holder:
+                self.router.unsubscribe(subscriber, [])
+                handler.cancel()
+        for applied in self.state.release_leases_of(holder, corr_id="devserver-stall"):
+            await self._commit(applied)
+        self._journal_changed()
 
     async def _handle_poll(self, request: web.Request) -> web.StreamResponse:
         group, pid = request.match_info["group"], request.match_info["pid"]
@@ -178,6 +205,9 @@ class DevServer:
         )
         await response.prepare(request)
         subscriber = self.router.subscribe(group, pid)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._streams[subscriber] = handler
         loop = asyncio.get_running_loop()
         rotate_at = loop.time() + self.config.sse_rotate_seconds
         unsent: list[tuple[str, str]] = []
@@ -198,6 +228,7 @@ class DevServer:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self._streams.pop(subscriber, None)
             if not rotated:
                 # The stream broke: what it was just sent may have died in its socket buffer.
                 unsent += [

@@ -38,6 +38,8 @@ class JournalEntry:
     promise_id: str
     # A retried HTTP request keeps its corrId; a re-executed step sends a new one.
     corr_id: str
+    # The status the request was answered with: a fenced-off write is refused (409).
+    status: int = 200
 
 
 @dataclass
@@ -73,8 +75,8 @@ class DurableState:
             now = int(record["now"])
             self._last_now = max(self._last_now, now)
             if "req" in record:
-                self._apply_unlogged(now, record["req"])
-                self._journal(now, record["req"])
+                replayed = self._apply_unlogged(now, record["req"])
+                self._journal(now, record["req"], _status(replayed))
             else:
                 self.server.tick(now)
             self.replayed_records += 1
@@ -134,13 +136,18 @@ class DurableState:
         kind = request.get("kind")
         if kind == "promise.search":
             return Applied(self._search(request), [], 0)
+        status = 500
         try:
             response = self._apply_unlogged(now, request, raise_errors=True)
+            status = _status(response)
+        except ServerError as exc:
+            status = exc.code
+            raise
         finally:
             seq = 0
             if kind not in READ_ONLY_KINDS:
                 seq = self.wal.append({"now": now, "req": request})
-                self._journal(now, request)
+                self._journal(now, request, status)
         outgoing = self.server.outgoing
         self.server.outgoing = []
         return Applied(response, outgoing, seq)
@@ -190,20 +197,26 @@ class DurableState:
                 return True
         return False
 
-    def _journal(self, now: int, request: Any) -> None:
+    def _journal(self, now: int, request: Any, status: int) -> None:
         if not isinstance(request, dict):
             return
         kind, corr_id = str(request.get("kind", "")), str(request.get("corrId", ""))
         for touch in touches(request):
             self.journal.append(
                 JournalEntry(
-                    len(self.journal) + 1, now, kind, touch.operation, touch.promise_id, corr_id
+                    len(self.journal) + 1,
+                    now,
+                    kind,
+                    touch.operation,
+                    touch.promise_id,
+                    corr_id,
+                    status,
                 )
             )
 
     # -- leases ---------------------------------------------------------------------------------
 
-    def release_leases_of(self, pid: str) -> list[Applied]:
+    def release_leases_of(self, pid: str, corr_id: str = "devserver") -> list[Applied]:
         """Release every task leased to `pid`, as if its lease had lapsed right now."""
         released = []
         for task in sorted(self.server.tasks.values(), key=lambda t: t.id):
@@ -212,13 +225,19 @@ class DurableState:
                     self.apply(
                         {
                             "kind": "task.release",
-                            "corrId": "devserver",
+                            "corrId": corr_id,
                             "id": task.id,
                             "version": task.version,
                         }
                     )
                 )
         return released
+
+    def lease_holder(self, request: dict[str, Any]) -> str | None:
+        """The worker (its Resonate pid) holding the lease a task request was made under."""
+        task_id = request.get("id")
+        task = self.server.tasks.get(task_id) if isinstance(task_id, str) else None
+        return task.pid if task is not None and task.state == "acquired" else None
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -276,3 +295,8 @@ class DurableState:
             if belongs(t.id)
         ]
         return {"promises": promises, "tasks": tasks}
+
+
+def _status(response: dict[str, Any]) -> int:
+    status = response.get("status", 200)
+    return status if isinstance(status, int) else 200

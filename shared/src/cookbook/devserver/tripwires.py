@@ -21,6 +21,9 @@ from cookbook.devserver.protocol import Touch
 
 type When = Literal["before", "after"]
 type Victim = Literal["worker", "server"]
+# kill: SIGKILL, a crash. stall: SIGSTOP, a worker that stops (a GC pause, a partition) and may
+# come back later; the server then lets its lease lapse at once (see DevServer._stall).
+type Action = Literal["kill", "stall"]
 
 OPERATIONS = ("create", "settle", "suspend")
 
@@ -37,6 +40,7 @@ class Tripwire:
     when: When  # before the request is applied, or after it is durable but before the answer
     victim: Victim
     pid: int | None  # the worker's OS pid when victim == "worker"
+    action: Action = "kill"
 
     def matches(self, touch: Touch) -> bool:
         return touch.operation == self.operation and touch.promise_id == self.promise_id
@@ -44,7 +48,7 @@ class Tripwire:
     def fire(self) -> None:
         pid = os.getpid() if self.victim == "server" else self.pid
         assert pid is not None
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGSTOP if self.action == "stall" else signal.SIGKILL)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +81,11 @@ class Tripwires:
         pid = spec.get("pid")
         if victim == "worker" and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1):
             raise TripwireError("pid: the worker's OS process id is required (an int > 1)")
+        action = spec.get("action", "kill")
+        if action not in ("kill", "stall"):
+            raise TripwireError("action: must be 'kill' or 'stall'")
+        if action == "stall" and victim != "worker":
+            raise TripwireError("action: only a worker can be stalled")
         wire = Tripwire(
             next(self._ids),
             operation,
@@ -84,6 +93,7 @@ class Tripwires:
             when,
             victim,
             pid if victim == "worker" else None,
+            action,
         )
         self._armed.append(wire)
         return wire
