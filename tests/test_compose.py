@@ -45,7 +45,7 @@ SAFE_DEFAULTS = {
     "TIGERBEETLE_CLUSTER_ID": "0, the cluster the compose TigerBeetle replica is formatted with",
     "REFERENCE_DB": "a file inside WLRF_DATA_DIR",
     "LEDGER_STANDIN_DB": "a file inside WLRF_DATA_DIR (unused when TIGERBEETLE_ADDRESS is set)",
-    "PROVIDER_TIMEOUT_SECONDS": "saga's 10 s per provider call suits the sandbox and real providers",
+    "PROVIDER_TIMEOUT_SECONDS": "saga's 10 s per provider call suits the sandbox and most APIs",
 }
 
 # What an example's `[tool.cookbook] services` entry needs from compose: the service it waits
