@@ -66,7 +66,7 @@ def test_a_scaffolded_example_runs_and_survives_its_crash_matrix(tmp_path: Path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "✓ {'first':" in run.stdout
     assert crash.returncode == 0, crash.stdout + crash.stderr
-    assert crash.stdout.strip().endswith("6 passed, 0 failed")
+    assert crash.stdout.strip().endswith("8 passed, 0 failed")
     assert checks.returncode == 0, checks.stdout + checks.stderr
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "3 passed" in tests.stdout
