@@ -5,6 +5,9 @@
   builds `<id>:1` breaks on another SDK release or server, and teaches a user to do the same.
   Example code reads state through documented API and the ids it chose itself.
 - It has no `# type: ignore`: a user copies it, so it is typed the way it should be written.
+- Every function it registers with Resonate names its retry policy: under SDK 0.8.1's default a
+  workflow that raises before its first durable call is retried 30 times with doubling delays
+  while holding its lease, which is never what an example means.
 - It imports no `cookbook` module: tests/test_examples.py checks that; here that check is only
   shown to catch an offender.
 
@@ -133,6 +136,26 @@ def type_ignores(source: str) -> list[Finding]:
     ]
 
 
+def registrations_without_a_retry_policy(source: str) -> list[Finding]:
+    """`<resonate>.register(fn, ...)` calls, and `@<resonate>.register` decorators, that leave the
+    retry policy to the SDK's default."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        decorators = getattr(node, "decorator_list", [])
+        calls = [node] if isinstance(node, ast.Call) else []
+        calls += [d for d in decorators if isinstance(d, ast.Call)]
+        bare = [d for d in decorators if isinstance(d, ast.Attribute) and d.attr == "register"]
+        found += [Finding(d.lineno, "@register without a retry_policy") for d in bare]
+        for call in calls:
+            if (
+                isinstance(call.func, ast.Attribute)
+                and call.func.attr == "register"
+                and "retry_policy" not in {k.arg for k in call.keywords}
+            ):
+                found.append(Finding(call.lineno, "register(...) without a retry_policy="))
+    return sorted(found, key=lambda f: f.line)
+
+
 def runtime_modules() -> list[Path]:
     return [
         path
@@ -170,6 +193,42 @@ def test_runtime_code_has_no_type_ignore(example: catalog.Example) -> None:
     }
     if found:
         pytest.fail(report("code a user copies is typed", found), pytrace=False)
+
+
+@pytest.mark.parametrize("example", catalog.examples(ROOT), ids=lambda e: e.name)
+def test_every_registered_function_names_its_retry_policy(example: catalog.Example) -> None:
+    found = {
+        path: findings
+        for path in sorted((example.path / example.package).rglob("*.py"))
+        if (findings := registrations_without_a_retry_policy(path.read_text()))
+    }
+    if found:
+        pytest.fail(report("a retry policy is chosen on purpose", found), pytrace=False)
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "resonate.register(book_trip)",
+        "app.resonate.register(book_trip, name='book')",
+        "@resonate.register\ndef f(ctx): ...",
+        "@resonate.register(name='f')\ndef f(ctx): ...",
+    ],
+)
+def test_the_retry_policy_check_catches(snippet: str) -> None:
+    assert registrations_without_a_retry_policy(snippet)
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "resonate.register(book_trip, retry_policy=Never())",
+        "@resonate.register(retry_policy=WORKFLOW_RETRIES)\ndef f(ctx): ...",
+        "registry.add(book_trip)",
+    ],
+)
+def test_the_retry_policy_check_leaves_alone(snippet: str) -> None:
+    assert not registrations_without_a_retry_policy(snippet)
 
 
 # -- the checks catch what they are for (mutants), and only that --------------------------------
