@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cookbook.catalog import Example, Scenario
-from cookbook.crash.harness import CrashHarness, Golden
+from cookbook.crash.harness import CrashHarness, Golden, Outcome
 from cookbook.stack import Stack
+from resonate.types import Value
 
 ROOT = Path(__file__).parents[2]
 APPROVAL = Scenario("approve", "approval", [5], signals=[{"verdict": "approved"}])
@@ -94,3 +97,33 @@ def test_the_worker_that_took_over_starts_the_next_run(
     assert server_kill.worker_pids == [took_over]  # kept running; the server died instead
     assert after.worker_pids[0] == took_over
     assert killed not in after.worker_pids
+
+
+def test_a_signal_whose_delivery_fails_is_delivered_again(harness: CrashHarness) -> None:
+    # A server-kill crash point kills the dev server while the harness may be answering a latent
+    # promise; the signal must still arrive once the server is back, not be dropped with the
+    # failed call (the workflow would then wait for it forever).
+    async def run() -> Outcome:
+        client = harness._client()
+        resolve = client.promises.resolve
+        failures = [ConnectionError("the dev server is restarting")]
+
+        async def flaky_resolve(promise_id: str, value: Value) -> Any:
+            if failures:
+                raise failures.pop()
+            return await resolve(promise_id, value)
+
+        client.promises.resolve = flaky_resolve  # type: ignore[method-assign]
+        try:
+            worker = harness._first_worker()
+            execution_id = harness._new_id(APPROVAL, "flaky-signal")
+            handle = await harness._start(client, APPROVAL, execution_id)
+            async with harness._signalling(client, APPROVAL, execution_id):
+                outcome = await asyncio.wait_for(Outcome.of(handle), 30)
+            harness._keep_for_next_run(worker)
+            assert not failures, "the failing delivery was never tried"
+            return outcome
+        finally:
+            await client.stop()
+
+    assert asyncio.run(run()) == Outcome("resolved", "'approved 5'")

@@ -233,6 +233,9 @@ class CrashHarness:
     ) -> None:
         # Resolve a promise only once the workflow has suspended on it, as a person would: that
         # is what makes the "suspended" crash points real.
+        # The promises it suspended on and nobody answered yet, in that order (a dict as an
+        # ordered set).
+        waiting: dict[str, None] = {}
         answered: set[str] = set()
         seen = 0
         async with httpx.AsyncClient(base_url=self.stack.resonate_url, timeout=40) as server:
@@ -241,33 +244,42 @@ class CrashHarness:
                     page = (
                         await server.get(
                             "/_cookbook/journal",
-                            params={"origin": execution_id, "after": seen, "wait": 10},
+                            # Don't wait for news while a signal is owed: deliver it now.
+                            params={
+                                "origin": execution_id,
+                                "after": seen,
+                                "wait": 0 if waiting else 10,
+                            },
                         )
                     ).json()
                     seen = page["last_seq"]
-                    waits = [
-                        e["promise_id"]
-                        for e in page["entries"]
-                        if e["operation"] == "suspend" and e["promise_id"] not in answered
-                    ]
-                    if not waits:
+                    for entry in page["entries"]:
+                        promise_id = entry["promise_id"]
+                        if entry["operation"] == "suspend" and promise_id not in answered:
+                            waiting[promise_id] = None
+                    if not waiting:
                         continue
                     state = (
                         await server.get("/_cookbook/state", params={"origin": execution_id})
                     ).json()
-                except httpx.TransportError:
-                    # The dev server is being killed and restarted by this very crash point.
-                    await asyncio.sleep(0.1)
-                    continue
-                latent = {
-                    p["id"]
-                    for p in state["promises"]
-                    if p["tags"].get("resonate:external") == "true" and p["state"] == "pending"
-                }
-                for promise_id in waits:
-                    if promise_id in latent and signals:
-                        await client.promises.resolve(promise_id, Value(data=signals.pop(0)))
+                    latent = {
+                        p["id"]
+                        for p in state["promises"]
+                        if p["tags"].get("resonate:external") == "true" and p["state"] == "pending"
+                    }
+                    waiting = {promise_id: None for promise_id in waiting if promise_id in latent}
+                    for promise_id in list(waiting):
+                        if not signals:
+                            break
+                        await client.promises.resolve(promise_id, Value(data=signals[0]))
+                        # Taken only once delivered: a signal whose delivery failed is owed still.
+                        signals.pop(0)
                         answered.add(promise_id)
+                        del waiting[promise_id]
+                except Exception:
+                    # The dev server is being killed and restarted by this very crash point (the
+                    # SDK's client raises its own errors for that); try again shortly.
+                    await asyncio.sleep(0.1)
 
     def _first_worker(self) -> ManagedProcess:
         standby, self._standby = self._standby, None
