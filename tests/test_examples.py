@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from cookbook import catalog, diagram, docs
+from cookbook.crash import pins
 from cookbook.crash.harness import Golden, Outcome
 from cookbook.crash.plan import Checkpoint
 from cookbook.testing import matrix
@@ -176,3 +177,41 @@ def test_the_tree_checker_notices_drift(tmp_path: Path) -> None:
     assert [d.ref for d in drifted] == ["tree: refused"]
     readme.write_text(text)
     assert docs.render_trees(readme, {"refused": drawn}) == (text, [])
+
+
+CRASH_HEADER = re.compile(
+    r"^(?P<example>[\w-]+)/(?P<scenario>[\w-]+): golden run \w+ in [\d.]+s, \d+ checkpoints?,"
+    r" (?P<points>\d+) crash points?$",
+    re.MULTILINE,
+)
+CRASH_TOTAL = re.compile(r"^(\d+) passed, (\d+) failed$", re.MULTILINE)
+
+
+def shown_crash_points(readme: str) -> tuple[dict[str, int], int | None]:
+    """What a README's `make crash-<x>` output says: points per scenario, and the total passed."""
+    per_scenario = {m["scenario"]: int(m["points"]) for m in CRASH_HEADER.finditer(readme)}
+    totals = CRASH_TOTAL.findall(readme)
+    return per_scenario, int(totals[-1][0]) if totals else None
+
+
+@pytest.mark.parametrize("example", EXAMPLE_DIRS, ids=lambda p: p.name)
+def test_readme_crash_output_matches_the_pinned_crash_points(example: Path) -> None:
+    # The output a README shows is a real run; it must also still be the run of today's matrix.
+    pinned = pins.parse(pins.pin_path(catalog.load_example(example)).read_text())
+    per_scenario, total = shown_crash_points((example / "README.md").read_text())
+    assert per_scenario == {scenario: len(points) for scenario, points in pinned.items()}, (
+        f"{example.name}/README.md shows another crash matrix than tests/crash/points pins:"
+        " run `make crash-<example>` and show its output"
+    )
+    assert total == sum(len(points) for points in pinned.values())
+
+
+def test_the_readme_crash_output_check_reads_what_a_run_prints() -> None:
+    shown = (
+        "saga/booked: golden run resolved in 0.38s, 3 checkpoints, 9 crash points\n"
+        "  ok   saga[booked:flight.reserve/before]  recovered in 0.41s\n"
+        "tiered-batch/invalid: golden run rejected in 0.20s, 0 checkpoints, 0 crash points\n"
+        "9 passed, 0 failed\n"
+    )
+    assert shown_crash_points(shown) == ({"booked": 9, "invalid": 0}, 9)
+    assert shown_crash_points("no output shown") == ({}, None)
