@@ -75,8 +75,8 @@ bench: setup ## benchmark vs DBOS+SQLite, recovery, crash-matrix speed -> bench-
 	@$(COOKBOOK) bench $(ARGS)
 
 .PHONY: devserver
-devserver: setup ## run the embedded Resonate dev server in the foreground on :8001
-	@$(BIN)/python -m cookbook.devserver --port $${PORT:-8001} --data-dir .cookbook/devserver
+devserver: setup ## run the embedded Resonate dev server in the foreground on :8001 (TOKEN=<t>: require a bearer token)
+	@$(if $(TOKEN),RESONATE_DEVSERVER_TOKENS='$(TOKEN)' )$(BIN)/python -m cookbook.devserver --port $${PORT:-8001} --data-dir .cookbook/devserver
 
 .PHONY: tree
 tree: setup ## print an execution's promise tree: make tree ID=<execution id>

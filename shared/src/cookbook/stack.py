@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -27,6 +27,7 @@ def devserver_process(
     fast_recovery: bool = False,
     sse_rotate_seconds: float | None = None,
     on_line: LineHandler | None = None,
+    tokens: Sequence[str] = (),
 ) -> ManagedProcess:
     argv = [
         sys.executable,
@@ -42,7 +43,15 @@ def devserver_process(
         argv.append("--release-leases-on-disconnect")
     if sse_rotate_seconds is not None:
         argv += ["--sse-rotate-seconds", str(sse_rotate_seconds)]
-    return ManagedProcess("devserver", argv, ready=r"devserver listening on (\S+)", on_line=on_line)
+    # Auth is on only when asked for here: a token exported in the shell for `make devserver`
+    # must not lock out the workers an embedded server is started for. Tokens travel in the
+    # environment, not argv, to stay out of the process list.
+    env = {k: v for k, v in os.environ.items() if k != "RESONATE_DEVSERVER_TOKENS"}
+    if tokens:
+        env["RESONATE_DEVSERVER_TOKENS"] = ",".join(tokens)
+    return ManagedProcess(
+        "devserver", argv, ready=r"devserver listening on (\S+)", env=env, on_line=on_line
+    )
 
 
 def sandbox_process(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
 from cookbook.devserver.app import DEFAULT_SSE_ROTATE_SECONDS, DevServer, DevServerConfig
+from cookbook.devserver.auth import TOKENS_ENV, is_loopback, tokens_from_env
 from cookbook.devserver.wal import LogInUseError
 
 
@@ -20,7 +22,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
         description="A standalone Resonate dev server: the SDK's server state machine behind "
         "the official HTTP+SSE protocol, with a write-ahead log so it survives its own SIGKILL.",
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; anything but loopback needs a token (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="require 'Authorization: Bearer TOKEN' on every request, stream and cookbook "
+        f"endpoint (repeatable; also {TOKENS_ENV}, comma-separated, which keeps tokens out "
+        "of the process list)",
+    )
     parser.add_argument("--port", type=int, default=8001, help="0 picks a free port")
     parser.add_argument(
         "--data-dir",
@@ -49,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
     )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    tokens = tuple(dict.fromkeys([*args.token, *tokens_from_env(os.environ)]))
+    if any(not t.strip() or t != t.strip() or "," in t for t in tokens):
+        parser.error("--token must be non-empty, without spaces at either end or commas")
+    if not tokens and not is_loopback(args.host):
+        parser.error(
+            f"refusing to listen on {args.host} without auth: give --token (or {TOKENS_ENV}) "
+            "or listen on 127.0.0.1"
+        )
     if not 0 < args.sse_rotate_seconds < 300:
         parser.error("--sse-rotate-seconds must be between 0 and 300 (SDK 0.8.1 times out at 300)")
     return DevServerConfig(
@@ -59,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
         sse_rotate_seconds=args.sse_rotate_seconds,
         release_leases_on_disconnect=args.release_leases_on_disconnect,
         fsync=not args.no_fsync,
+        tokens=tokens,
     ), args.quiet
 
 
@@ -69,6 +93,8 @@ async def serve(config: DevServerConfig, quiet: bool) -> None:
     # One parseable line: launchers and tests wait for it to learn the port.
     print(f"devserver listening on {url}", flush=True)
     if not quiet:
+        auth = f"bearer token required ({len(config.tokens)} accepted)" if config.tokens else "off"
+        print(f"  auth: {auth}", flush=True)
         print(
             f"  data: {config.data_dir}/wal.jsonl ({server.state.replayed_records} records "
             f"replayed, ready in {time.perf_counter() - started:.2f}s)",

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from resonate.connections.local import (
 )
 from resonate.error import ServerError
 
+from cookbook.devserver.auth import BearerAuth, is_loopback
 from cookbook.devserver.protocol import touches
 from cookbook.devserver.router import Router, Subscriber
 from cookbook.devserver.state import Applied, DurableState
@@ -50,11 +52,20 @@ class DevServerConfig:
     # once, so its tasks are redelivered without waiting out the ttl.
     release_leases_on_disconnect: bool = False
     fsync: bool = True
+    # Bearer tokens a request must present (any one of them); empty: the server is open, and
+    # then it may only listen on a loopback address.
+    tokens: tuple[str, ...] = ()
 
 
 class DevServer:
     def __init__(self, config: DevServerConfig) -> None:
         self.config = config
+        self.auth = BearerAuth(config.tokens)
+        if not self.auth.enabled and not is_loopback(config.host):
+            raise ValueError(
+                f"refusing to listen on {config.host} without a token: anyone who can reach it "
+                "could read and change every promise; give a token or listen on 127.0.0.1"
+            )
         self.state = DurableState(config.data_dir, fsync=config.fsync)
         self.router = Router()
         self.tripwires = Tripwires(journal_length=lambda: len(self.state.journal))
@@ -71,7 +82,9 @@ class DevServer:
     async def start(self, sock: socket.socket | None = None) -> str:
         owed = self.state.open()
         app = web.Application(
-            handler_args={"handler_cancellation": True}, client_max_size=64 * 1024 * 1024
+            handler_args={"handler_cancellation": True},
+            client_max_size=64 * 1024 * 1024,
+            middlewares=[self._require_token],
         )
         app.add_routes(
             [
@@ -126,6 +139,27 @@ class DevServer:
     def _publish(self, outgoing: list[OutgoingMessage]) -> None:
         for message in outgoing:
             self.router.publish(message.address, msgspec.json.encode(message.message).decode())
+
+    # -- auth --------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _require_token(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Refuse, before any handler runs, whatever comes without a valid bearer token."""
+        reason = self.auth.refusal(request.headers.get("Authorization"))
+        if reason is None:
+            return await handler(request)
+        kind: Any = None
+        corr_id: Any = None
+        if request.method == "POST" and request.path == "/":
+            # Echo kind and corrId, as any answer must, so the SDK surfaces the 401 itself.
+            kind, corr_id = _kind_and_corr_id(await request.read())
+        log.warning("401 %s %s from %s: %s", request.method, request.path, request.remote, reason)
+        response = _envelope_error(kind, corr_id, 401, f"unauthorized: {reason}")
+        response.set_status(401)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="resonate"'
+        return response
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -340,6 +374,17 @@ def _envelope(flat: dict[str, Any]) -> web.Response:
     return web.Response(
         body=msgspec.json.encode(wrap_response_envelope(flat)), content_type="application/json"
     )
+
+
+def _kind_and_corr_id(body: bytes) -> tuple[Any, Any]:
+    try:
+        envelope = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None, None
+    if not isinstance(envelope, dict):
+        return None, None
+    head = envelope.get("head")
+    return envelope.get("kind"), head.get("corrId") if isinstance(head, dict) else None
 
 
 def _envelope_error(kind: Any, corr_id: Any, status: int, message: str) -> web.Response:

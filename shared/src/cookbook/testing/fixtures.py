@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,18 +36,27 @@ class RunningDevServer:
     data_dir: Path
     fast_recovery: bool
     sse_rotate_seconds: float | None = None
+    tokens: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
         return url_of(self.process)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """What the cookbook endpoints need: the first token, when auth is on."""
+        return {"Authorization": f"Bearer {self.tokens[0]}"} if self.tokens else {}
+
     def state(self, origin: str | None = None) -> dict[str, object]:
         params = {"origin": origin} if origin else {}
-        result: dict[str, object] = httpx.get(f"{self.url}/_cookbook/state", params=params).json()
+        response = httpx.get(f"{self.url}/_cookbook/state", params=params, headers=self.headers)
+        result: dict[str, object] = response.json()
         return result
 
     def journal(self, origin: str) -> list[dict[str, object]]:
-        response = httpx.get(f"{self.url}/_cookbook/journal", params={"origin": origin})
+        response = httpx.get(
+            f"{self.url}/_cookbook/journal", params={"origin": origin}, headers=self.headers
+        )
         entries: list[dict[str, object]] = response.json()["entries"]
         return entries
 
@@ -61,7 +70,7 @@ class RunningDevServer:
         """
         wire: dict[str, object] = {"operation": operation, "promise_id": promise_id, "when": when}
         wire |= {"victim": "worker", "pid": pid} if pid is not None else {"victim": "server"}
-        response = httpx.post(f"{self.url}/_cookbook/tripwires", json=wire)
+        response = httpx.post(f"{self.url}/_cookbook/tripwires", json=wire, headers=self.headers)
         assert response.status_code == 201, response.text
 
     def wait_for(self, operation: str, promise_id: str, timeout: float = 30.0) -> dict[str, object]:
@@ -76,6 +85,7 @@ class RunningDevServer:
             page = httpx.get(
                 f"{self.url}/_cookbook/journal",
                 params={"origin": origin, "after": seen, "wait": min(remaining, 10)},
+                headers=self.headers,
                 timeout=15,
             ).json()
             seen = page["last_seq"]
@@ -97,6 +107,7 @@ class RunningDevServer:
             port=port,
             fast_recovery=self.fast_recovery,
             sse_rotate_seconds=self.sse_rotate_seconds,
+            tokens=self.tokens,
         ).start()
 
 
@@ -130,19 +141,26 @@ def start_process() -> Iterator[Callable[[ManagedProcess], ManagedProcess]]:
 
 @pytest.fixture
 def start_devserver(tmp_path: Path) -> Iterator[DevServerFactory]:
-    """Start dev servers (`fast_recovery=`, `sse_rotate_seconds=`); all stopped at teardown."""
+    """Start dev servers (`fast_recovery=`, `sse_rotate_seconds=`, `tokens=`); all stopped at
+    teardown. With tokens, requests need `Authorization: Bearer <one of them>`."""
     started: list[RunningDevServer] = []
 
     def start(
         *,
         fast_recovery: bool = True,
         sse_rotate_seconds: float | None = None,
+        tokens: Sequence[str] = (),
     ) -> RunningDevServer:
         data_dir = tmp_path / f"devserver-{len(started)}"
         process = devserver_process(
-            data_dir, fast_recovery=fast_recovery, sse_rotate_seconds=sse_rotate_seconds
+            data_dir,
+            fast_recovery=fast_recovery,
+            sse_rotate_seconds=sse_rotate_seconds,
+            tokens=tokens,
         )
-        server = RunningDevServer(process.start(), data_dir, fast_recovery, sse_rotate_seconds)
+        server = RunningDevServer(
+            process.start(), data_dir, fast_recovery, sse_rotate_seconds, tuple(tokens)
+        )
         started.append(server)
         return server
 
