@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from cookbook.devserver.__main__ import parse_args
+from cookbook.devserver.app import DevServer, DevServerConfig
 from cookbook.devserver.auth import TOKENS_ENV
 from cookbook.testing.fixtures import DevServerFactory, ProcessFactory
 from resonate.error import ServerError
@@ -148,3 +150,11 @@ def test_a_reachable_host_without_a_token_is_refused(
     assert f"refusing to listen on {host} without auth" in capsys.readouterr().err
     assert parse_args(["--host", host, "--token", TOKEN])[0].host == host
     assert parse_args(["--host", "localhost"])[0].host == "localhost"
+
+
+def test_an_embedded_server_on_a_reachable_host_without_a_token_is_refused(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="without a token"):
+        DevServer(DevServerConfig(data_dir=tmp_path, host="0.0.0.0"))
+    DevServer(DevServerConfig(data_dir=tmp_path, host="0.0.0.0", tokens=(TOKEN,)))
