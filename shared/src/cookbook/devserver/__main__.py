@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from cookbook.devserver.app import DEFAULT_SSE_ROTATE_SECONDS, DevServer, DevServerConfig
-from cookbook.devserver.wal import LogInUseError
+from cookbook.devserver.wal import CorruptLogError, LogInUseError
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         asyncio.run(serve(config, quiet))
-    except LogInUseError as exc:
+    except (LogInUseError, CorruptLogError) as exc:
         sys.exit(f"devserver: {exc}")
     except OSError as exc:
         sys.exit(f"devserver: cannot listen on {config.host}:{config.port}: {exc.strerror}")
