@@ -44,14 +44,15 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _is_record(line: bytes) -> bool:
+def _parse(line: bytes) -> Record | None:
+    """The record on one line of the log, or None if the line is not a whole, readable record."""
     if not line.endswith(b"\n"):
-        return False
+        return None
     try:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(record, dict) and isinstance(record.get("now"), int)
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("now"), int) else None
 
 
 class WriteAheadLog:
@@ -95,11 +96,12 @@ class WriteAheadLog:
         good_bytes = 0
         with self.path.open("rb") as f:
             for line in f:
-                if not _is_record(line):
+                record = _parse(line)
+                if record is None:
                     self._refuse_if_followed_by_records(f, good_bytes)
                     break  # the crash hit mid-write: this record was never acknowledged
                 good_bytes += len(line)
-                yield json.loads(line)
+                yield record
         if good_bytes != self.path.stat().st_size:
             with self.path.open("r+b") as f:
                 f.truncate(good_bytes)
@@ -108,7 +110,7 @@ class WriteAheadLog:
 
     def _refuse_if_followed_by_records(self, rest: BinaryIO, bad_offset: int) -> None:
         for line in rest:
-            if _is_record(line):
+            if _parse(line) is not None:
                 raise CorruptLogError(
                     f"{self.path}: unreadable record at byte offset {bad_offset}, followed by "
                     "readable ones; only a torn last record can be dropped safely, so the dev "
