@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cookbook.devserver.app import DEFAULT_SSE_ROTATE_SECONDS, DevServer, DevServerConfig
 from cookbook.devserver.auth import TOKENS_ENV, is_loopback, tokens_from_env
-from cookbook.devserver.wal import LogInUseError
+from cookbook.devserver.wal import CorruptLogError, LogInUseError
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         asyncio.run(serve(config, quiet))
-    except LogInUseError as exc:
+    except (LogInUseError, CorruptLogError) as exc:
         sys.exit(f"devserver: {exc}")
     except OSError as exc:
         sys.exit(f"devserver: cannot listen on {config.host}:{config.port}: {exc.strerror}")

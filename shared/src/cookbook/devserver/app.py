@@ -313,7 +313,12 @@ class DevServer:
         )
 
     async def _handle_state(self, request: web.Request) -> web.Response:
-        return web.json_response(self.state.snapshot(request.query.get("origin")))
+        covered = self.state.wal_seq()
+        snapshot = self.state.snapshot(request.query.get("origin"))
+        # Like every answer: nothing is shown before it is on disk (a change applied by a request
+        # still waiting for its fsync would otherwise be seen, then lost to a crash).
+        await self.state.wal.durable(covered)
+        return web.json_response(snapshot)
 
     async def _handle_journal(self, request: web.Request) -> web.Response:
         """Journal entries of one execution; with `after` and `wait`, a long poll for new ones."""
@@ -331,14 +336,16 @@ class DevServer:
                 if origin is None or e.promise_id == origin or e.promise_id.startswith(origin + ":")
             ]
 
-        entries = matching()
+        covered, entries = self.state.wal_seq(), matching()
         if not entries and wait > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     while not entries:
                         await self._journal_grew.wait()
-                        entries = matching()
-        return web.json_response({"entries": entries, "last_seq": len(self.state.journal)})
+                        covered, entries = self.state.wal_seq(), matching()
+        last_seq = len(self.state.journal)
+        await self.state.wal.durable(covered)  # durable state only, as in _handle_state
+        return web.json_response({"entries": entries, "last_seq": last_seq})
 
     async def _handle_list_tripwires(self, _: web.Request) -> web.Response:
         return web.json_response(

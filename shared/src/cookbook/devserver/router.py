@@ -5,6 +5,11 @@ group (round-robin), `poll://uni@<group>/<pid>` reaches that process only. A mes
 nobody is listening on is held, not dropped, and handed to the first subscriber that matches: the
 SDK's server re-sends an `execute` only after 30 s and never re-sends an `unblock`, so a dropped
 message would stall a resumed workflow.
+
+What is held is bounded: the same message held twice (a re-send) is held once, at most
+`MAX_HELD_PER_ADDRESS` per address are kept (the oldest go first, with a warning), and messages for
+a pid that has had no stream for `FORGET_ABSENT_PID_SECONDS` are dropped: that process is gone, and
+the work it held leases on is handed out again when those leases lapse.
 """
 
 from __future__ import annotations
@@ -12,12 +17,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
 MAX_HELD_PER_ADDRESS = 10_000
+# An SDK worker reconnects at once after a stream ends (a rotation, a dev server restart); one that
+# stays away this long is dead (or stopped, and then its leases were let go: see DevServer._stall).
+FORGET_ABSENT_PID_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -64,10 +74,23 @@ class Subscriber:
 
 
 class Router:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_held_per_address: int = MAX_HELD_PER_ADDRESS,
+        forget_absent_pid_after: float = FORGET_ABSENT_PID_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._groups: dict[str, dict[str, Subscriber]] = {}
         self._turns: dict[str, itertools.count[int]] = {}
-        self._held: dict[Address, deque[tuple[str, str]]] = {}
+        # Insertion-ordered sets: a re-sent message is held once, in its first place.
+        self._held: dict[Address, dict[tuple[str, str], None]] = {}
+        self._over_bound: set[Address] = set()
+        self._max_held = max_held_per_address
+        # When each pid with held unicast messages was last seen with a stream (or first addressed).
+        self._absent_since: dict[Address, float] = {}
+        self._forget_after = forget_absent_pid_after
+        self._clock = clock
 
     def publish(self, address: str, message: str) -> None:
         target = Address.parse(address)
@@ -78,8 +101,45 @@ class Router:
         if subscriber is not None:
             subscriber.queue.put_nowait((address, message))
             return
-        held = self._held.setdefault(target, deque(maxlen=MAX_HELD_PER_ADDRESS))
-        held.append((address, message))
+        self._forget_dead_pids()
+        self._hold(target, (address, message))
+
+    def _hold(self, target: Address, item: tuple[str, str]) -> None:
+        held = self._held.setdefault(target, {})
+        if item in held:
+            return
+        if target.pid is not None:
+            self._absent_since.setdefault(target, self._clock())
+        held[item] = None
+        if len(held) > self._max_held:
+            del held[next(iter(held))]
+            if target not in self._over_bound:
+                self._over_bound.add(target)
+                log.warning(
+                    "holding %d messages for group %r%s with no live worker; dropping the "
+                    "oldest from now on (is a worker for this group running?)",
+                    len(held),
+                    target.group,
+                    f" pid {target.pid!r}" if target.pid is not None else "",
+                )
+
+    def _forget_dead_pids(self) -> None:
+        now = self._clock()
+        for address, since in list(self._absent_since.items()):
+            if now - since < self._forget_after:
+                continue
+            del self._absent_since[address]
+            dropped = self._held.pop(address, {})
+            self._over_bound.discard(address)
+            if dropped:
+                log.info(
+                    "forgetting pid %r of group %r (no stream for %.0f s): dropped %d messages "
+                    "held for it",
+                    address.pid,
+                    address.group,
+                    now - since,
+                    len(dropped),
+                )
 
     def subscribe(self, group: str, pid: str) -> Subscriber:
         members = self._groups.setdefault(group, {})
@@ -90,7 +150,9 @@ class Router:
             # The same process reconnected before we noticed its old stream die.
             self._drain_into(previous, subscriber)
         for address in (Address(group, pid), Address(group, None)):
-            for item in self._held.pop(address, ()):
+            self._absent_since.pop(address, None)
+            self._over_bound.discard(address)
+            for item in self._held.pop(address, {}):
                 subscriber.queue.put_nowait(item)
         return subscriber
 
@@ -103,6 +165,11 @@ class Router:
         members = self._groups.get(subscriber.group, {})
         if members.get(subscriber.pid) is subscriber:
             del members[subscriber.pid]
+        if not members:
+            self._groups.pop(subscriber.group, None)
+            self._turns.pop(subscriber.group, None)
+        if subscriber.pid not in members:
+            self._absent_since[Address(subscriber.group, subscriber.pid)] = self._clock()
         pending = [*unsent]
         while not subscriber.queue.empty():
             pending.append(subscriber.queue.get_nowait())
@@ -114,6 +181,7 @@ class Router:
         return sorted((g, p) for g, members in self._groups.items() for p in members)
 
     def held_count(self) -> int:
+        self._forget_dead_pids()
         return sum(len(q) for q in self._held.values())
 
     def _pick(self, target: Address) -> Subscriber | None:

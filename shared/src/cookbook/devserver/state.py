@@ -135,7 +135,8 @@ class DurableState:
         now = self.now()
         kind = request.get("kind")
         if kind == "promise.search":
-            return Applied(self._search(request), [], 0)
+            # A read answers only once everything it may show is on disk (DevServer._commit waits).
+            return Applied(self._search(request), [], self.wal.appended)
         status = 500
         try:
             response = self._apply_unlogged(now, request, raise_errors=True)
@@ -144,7 +145,8 @@ class DurableState:
             status = exc.code
             raise
         finally:
-            seq = 0
+            # A read is not logged, but waits for what it read to be durable.
+            seq = self.wal.appended
             if kind not in READ_ONLY_KINDS:
                 seq = self.wal.append({"now": now, "req": request})
                 self._journal(now, request, status)

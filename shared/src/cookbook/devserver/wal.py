@@ -27,6 +27,34 @@ class LogInUseError(RuntimeError):
     """Another live dev server owns this log; two writers would corrupt it."""
 
 
+class CorruptLogError(RuntimeError):
+    """A record in the middle of the log is unreadable: replaying past it would lose history."""
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the entries of `directory` (a file just created or renamed in it) survive a power cut.
+
+    fsync on a file makes its bytes durable, not its name: until the directory itself is synced, a
+    crash of the machine may leave a fully written log that no directory entry points to.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _parse(line: bytes) -> Record | None:
+    """The record on one line of the log, or None if the line is not a whole, readable record."""
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("now"), int) else None
+
+
 class WriteAheadLog:
     def __init__(self, path: Path, *, fsync: bool = True) -> None:
         self.path = path
@@ -39,7 +67,13 @@ class WriteAheadLog:
 
     def lock(self) -> None:
         """Take the log for this process (released by the kernel when the process dies)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True)
+        except FileExistsError:
+            pass
+        else:
+            if self._fsync:
+                fsync_directory(self.path.parent.parent)
         self._lock = (self.path.parent / "lock").open("a+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -50,27 +84,46 @@ class WriteAheadLog:
             ) from None
 
     def replay(self) -> Iterator[Record]:
-        """Yield every complete record, then truncate a torn tail left by a crash mid-write."""
+        """Yield every complete record, then truncate a torn tail left by a crash mid-write.
+
+        Only a tail may be torn: an append is one write at the end of the file, so a crash can
+        damage the last record, never one with a good record after it. A bad record followed by
+        good ones means the file was damaged some other way; truncating there would silently drop
+        every acknowledged change after it, so replay refuses and leaves the file as it is.
+        """
         if not self.path.exists():
             return
         good_bytes = 0
         with self.path.open("rb") as f:
             for line in f:
-                if not line.endswith(b"\n"):
+                record = _parse(line)
+                if record is None:
+                    self._refuse_if_followed_by_records(f, good_bytes)
                     break  # the crash hit mid-write: this record was never acknowledged
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break
                 good_bytes += len(line)
                 yield record
         if good_bytes != self.path.stat().st_size:
             with self.path.open("r+b") as f:
                 f.truncate(good_bytes)
+                if self._fsync:
+                    os.fsync(f.fileno())
+
+    def _refuse_if_followed_by_records(self, rest: BinaryIO, bad_offset: int) -> None:
+        for line in rest:
+            if _parse(line) is not None:
+                raise CorruptLogError(
+                    f"{self.path}: unreadable record at byte offset {bad_offset}, followed by "
+                    "readable ones; only a torn last record can be dropped safely, so the dev "
+                    "server will not start on this log (the file is left untouched: repair or "
+                    "move it, or point --data-dir at a fresh directory)"
+                )
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
         self._file = self.path.open("ab")
+        if created and self._fsync:
+            fsync_directory(self.path.parent)
 
     def close(self) -> None:
         if self._file is not None:
