@@ -26,6 +26,7 @@ def devserver_process(
     port: int = 0,
     fast_recovery: bool = False,
     sse_rotate_seconds: float | None = None,
+    skip_time: bool = False,
     on_line: LineHandler | None = None,
 ) -> ManagedProcess:
     argv = [
@@ -42,6 +43,8 @@ def devserver_process(
         argv.append("--release-leases-on-disconnect")
     if sse_rotate_seconds is not None:
         argv += ["--sse-rotate-seconds", str(sse_rotate_seconds)]
+    if skip_time:
+        argv.append("--skip-time")
     return ManagedProcess("devserver", argv, ready=r"devserver listening on (\S+)", on_line=on_line)
 
 
@@ -72,11 +75,14 @@ class Stack:
         narrate: LineHandler | None = None,
         kafka: bool = False,
         kubernetes: bool = False,
+        skip_time: bool = False,
     ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="cookbook-")
         self.workdir = workdir if workdir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
         self.fast_recovery = fast_recovery
+        # Only the embedded dev server can skip time; an external server is used as it is.
+        self.skip_time = skip_time
         self.devserver: ManagedProcess | None = None
         self.sandbox: ManagedProcess | None = None
         self._want_sandbox = sandbox
@@ -110,7 +116,9 @@ class Stack:
         try:
             if not self.resonate_url:
                 self.devserver = devserver_process(
-                    self.workdir / "devserver", fast_recovery=self.fast_recovery
+                    self.workdir / "devserver",
+                    fast_recovery=self.fast_recovery,
+                    skip_time=self.skip_time,
                 ).start()
                 self.resonate_url = url_of(self.devserver)
             if self._want_sandbox:
@@ -145,7 +153,10 @@ class Stack:
         port = int(self.resonate_url.rsplit(":", 1)[1])
         self.devserver.stop()
         self.devserver = devserver_process(
-            self.workdir / "devserver", port=port, fast_recovery=self.fast_recovery
+            self.workdir / "devserver",
+            port=port,
+            fast_recovery=self.fast_recovery,
+            skip_time=self.skip_time,
         ).start()
 
     def env(self, **extra: str) -> dict[str, str]:

@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
         action="store_true",
         help="skip fsync (faster, loses the tail of the log on a machine crash)",
     )
+    parser.add_argument(
+        "--skip-time",
+        action="store_true",
+        help="for tests and demos: when every execution is suspended, fire the earliest "
+        "pending timer (a durable sleep, a promise timeout) at once",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if not 0 < args.sse_rotate_seconds < 300:
@@ -59,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
         sse_rotate_seconds=args.sse_rotate_seconds,
         release_leases_on_disconnect=args.release_leases_on_disconnect,
         fsync=not args.no_fsync,
+        skip_time=args.skip_time,
     ), args.quiet
 
 

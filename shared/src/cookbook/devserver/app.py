@@ -50,6 +50,9 @@ class DevServerConfig:
     # once, so its tasks are redelivered without waiting out the ttl.
     release_leases_on_disconnect: bool = False
     fsync: bool = True
+    # Opt-in, for tests and demos: when every execution is suspended, fire the earliest pending
+    # timer at once (see DurableState.skip_to_next_timer).
+    skip_time: bool = False
 
 
 class DevServer:
@@ -111,6 +114,8 @@ class DevServer:
             applied = self.state.tick()
             if applied is not None:
                 await self._commit(applied)
+            if self.config.skip_time and (skipped := self.state.skip_to_next_timer()) is not None:
+                await self._commit(skipped)
             await asyncio.sleep(self.config.tick_seconds)
 
     async def _commit(self, applied: Applied) -> None:

@@ -36,6 +36,7 @@ class RunningDevServer:
     data_dir: Path
     fast_recovery: bool
     sse_rotate_seconds: float | None = None
+    skip_time: bool = False
 
     @property
     def url(self) -> str:
@@ -97,6 +98,7 @@ class RunningDevServer:
             port=port,
             fast_recovery=self.fast_recovery,
             sse_rotate_seconds=self.sse_rotate_seconds,
+            skip_time=self.skip_time,
         ).start()
 
 
@@ -130,19 +132,26 @@ def start_process() -> Iterator[Callable[[ManagedProcess], ManagedProcess]]:
 
 @pytest.fixture
 def start_devserver(tmp_path: Path) -> Iterator[DevServerFactory]:
-    """Start dev servers (`fast_recovery=`, `sse_rotate_seconds=`); all stopped at teardown."""
+    """Start dev servers (`fast_recovery=`, `sse_rotate_seconds=`, `skip_time=`); all stopped
+    at teardown."""
     started: list[RunningDevServer] = []
 
     def start(
         *,
         fast_recovery: bool = True,
         sse_rotate_seconds: float | None = None,
+        skip_time: bool = False,
     ) -> RunningDevServer:
         data_dir = tmp_path / f"devserver-{len(started)}"
         process = devserver_process(
-            data_dir, fast_recovery=fast_recovery, sse_rotate_seconds=sse_rotate_seconds
+            data_dir,
+            fast_recovery=fast_recovery,
+            sse_rotate_seconds=sse_rotate_seconds,
+            skip_time=skip_time,
         )
-        server = RunningDevServer(process.start(), data_dir, fast_recovery, sse_rotate_seconds)
+        server = RunningDevServer(
+            process.start(), data_dir, fast_recovery, sse_rotate_seconds, skip_time
+        )
         started.append(server)
         return server
 
