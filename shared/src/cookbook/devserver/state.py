@@ -186,12 +186,7 @@ class DurableState:
         if self._any_execution_active():
             return None
         now = self.now()
-        deadlines = [
-            pt.timeout
-            for pt in self.server.p_timeouts
-            if (promise := self.server.promises.get(pt.id)) is not None
-            and promise.state == "pending"
-        ]
+        deadlines = self._timer_deadlines()
         if not deadlines or min(deadlines) <= now:
             return None  # nothing to skip to, or the ordinary tick fires it
         shift = min(deadlines) - now
@@ -200,6 +195,19 @@ class DurableState:
         outgoing = self.server.outgoing
         self.server.outgoing = []
         return Applied({}, outgoing, seq)
+
+    def _timer_deadlines(self) -> list[int]:
+        """The deadlines a tick would act on by itself: pending promises with a timeout entry.
+
+        Anything else the tick loop learns to fire by itself (a schedule's next tick, the
+        timeout of a promise without a target) belongs here too, or skipping stops short of it.
+        """
+        return [
+            pt.timeout
+            for pt in self.server.p_timeouts
+            if (promise := self.server.promises.get(pt.id)) is not None
+            and promise.state == "pending"
+        ]
 
     def _any_execution_active(self) -> bool:
         """Whether some task other than a timer's is waiting for a worker or leased to one.
