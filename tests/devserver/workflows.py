@@ -1,6 +1,7 @@
 """A tiny worker for the dev server's own tests: `python -m tests.devserver.workflows`.
 
-`count(n)` runs n no-op steps; `nap(ms)` sleeps durably; `approval(amount)` waits for a signal.
+`count(n)` runs n no-op steps; `nap(ms)` sleeps durably; `approval(amount)` waits for a signal;
+`reminder(ms)` is a step, a durable sleep and a step (time skipping runs it with a 30-day sleep).
 Steps append to a file named by STEP_LOG, so tests can see which steps ran in which process.
 """
 
@@ -50,6 +51,15 @@ async def approval(ctx: Context, amount: int) -> str:
     return f"{decision['verdict']} {amount}"
 
 
+async def reminder(ctx: Context, ms: int) -> str:
+    """A step, a long durable sleep started before a (slow) step, then another step."""
+    wake = ctx.sleep(timedelta(milliseconds=ms))
+    first = await ctx.run(step, 1)
+    await wake
+    second = await ctx.run(step, 2)
+    return f"reminded after steps {first} and {second}"
+
+
 async def main() -> None:
     resonate = Resonate(
         url=os.environ["RESONATE_URL"],
@@ -59,6 +69,7 @@ async def main() -> None:
     resonate.register(count)
     resonate.register(nap)
     resonate.register(approval)
+    resonate.register(reminder)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(f"test worker {os.getpid()} ready", flush=True)

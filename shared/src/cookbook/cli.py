@@ -41,13 +41,16 @@ def run_example(
     crash: str | None = None,
     also: Sequence[str] = (),
     client: str | None = None,
+    skip_time: bool = False,
 ) -> int:
     """Start what an example needs, run its narrated demo, stop everything.
 
     With `crash`, the worker is SIGKILLed right after that provider acted for it (before the step
     could checkpoint), and a fresh worker takes over: the output shows what it replayed. `also`
     starts more long-running modules of the example (each prints a line with `ready`), and
-    `client` ("module args...") runs instead of the demo, e.g. a benchmark.
+    `client` ("module args...") runs instead of the demo, e.g. a benchmark. `skip_time` starts
+    the embedded dev server with time skipping (durable sleeps and timeouts fire as soon as every
+    execution is suspended).
     """
     example = catalog.example(name)
     if example.demo is None and client is None:
@@ -57,8 +60,14 @@ def run_example(
     started = time.perf_counter()
     # A benchmark client wants the machine to itself, not a line of narration per call.
     quiet = client is not None
-    with stack_for(example.services, narrate=None if quiet else _prefixed("provider")) as stack:
+    with stack_for(
+        example.services,
+        narrate=None if quiet else _prefixed("provider"),
+        skip_time=skip_time,
+    ) as stack:
         where = "embedded dev server" if stack.embedded else "RESONATE_URL"
+        if skip_time:
+            where += ", time skipping" if stack.embedded else "; --skip-time ignored: not embedded"
         _say(f"· resonate server: {stack.resonate_url} ({where})")
         if stack.provider_url:
             _say(f"· provider sandbox: {stack.provider_url}")
@@ -282,6 +291,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="also run this module of the example for the duration (repeatable)",
     )
     run.add_argument("--client", metavar='"MODULE ARGS"', help="run this instead of the demo")
+    run.add_argument(
+        "--skip-time",
+        action="store_true",
+        help="embedded dev server only: fire durable sleeps and timeouts as soon as every "
+        "execution is suspended",
+    )
     crash = sub.add_parser("crash", help="run an example's crash matrix")
     crash.add_argument("example")
     crash.add_argument("-k", dest="only", help="only crash points whose id contains this")
@@ -309,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         match args.command:
             case "run":
-                code = run_example(args.example, args.crash, args.also, args.client)
+                code = run_example(args.example, args.crash, args.also, args.client, args.skip_time)
             case "crash":
                 code = crash_example(args.example, args.only)
             case "pin":

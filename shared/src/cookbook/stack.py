@@ -26,6 +26,7 @@ def devserver_process(
     port: int = 0,
     fast_recovery: bool = False,
     sse_rotate_seconds: float | None = None,
+    skip_time: bool = False,
     on_line: LineHandler | None = None,
     tokens: Sequence[str] = (),
 ) -> ManagedProcess:
@@ -43,6 +44,8 @@ def devserver_process(
         argv.append("--release-leases-on-disconnect")
     if sse_rotate_seconds is not None:
         argv += ["--sse-rotate-seconds", str(sse_rotate_seconds)]
+    if skip_time:
+        argv.append("--skip-time")
     # Auth is on only when asked for here: a token exported in the shell for `make devserver`
     # must not lock out the workers an embedded server is started for. Tokens travel in the
     # environment, not argv, to stay out of the process list.
@@ -81,11 +84,14 @@ class Stack:
         narrate: LineHandler | None = None,
         kafka: bool = False,
         kubernetes: bool = False,
+        skip_time: bool = False,
     ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="cookbook-")
         self.workdir = workdir if workdir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
         self.fast_recovery = fast_recovery
+        # Only the embedded dev server can skip time; an external server is used as it is.
+        self.skip_time = skip_time
         self.devserver: ManagedProcess | None = None
         self.sandbox: ManagedProcess | None = None
         self._want_sandbox = sandbox
@@ -119,7 +125,9 @@ class Stack:
         try:
             if not self.resonate_url:
                 self.devserver = devserver_process(
-                    self.workdir / "devserver", fast_recovery=self.fast_recovery
+                    self.workdir / "devserver",
+                    fast_recovery=self.fast_recovery,
+                    skip_time=self.skip_time,
                 ).start()
                 self.resonate_url = url_of(self.devserver)
             if self._want_sandbox:
@@ -154,7 +162,10 @@ class Stack:
         port = int(self.resonate_url.rsplit(":", 1)[1])
         self.devserver.stop()
         self.devserver = devserver_process(
-            self.workdir / "devserver", port=port, fast_recovery=self.fast_recovery
+            self.workdir / "devserver",
+            port=port,
+            fast_recovery=self.fast_recovery,
+            skip_time=self.skip_time,
         ).start()
 
     def env(self, **extra: str) -> dict[str, str]:

@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
         action="store_true",
         help="skip fsync (faster, loses the tail of the log on a machine crash)",
     )
+    parser.add_argument(
+        "--skip-time",
+        action="store_true",
+        help="for tests and demos: when every execution is suspended, fire the earliest "
+        "pending timer (a durable sleep, a promise timeout) at once",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     tokens = tuple(dict.fromkeys([*args.token, *tokens_from_env(os.environ)]))
@@ -83,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
         release_leases_on_disconnect=args.release_leases_on_disconnect,
         fsync=not args.no_fsync,
         tokens=tokens,
+        skip_time=args.skip_time,
     ), args.quiet
 
 

@@ -55,6 +55,9 @@ class DevServerConfig:
     # Bearer tokens a request must present (any one of them); empty: the server is open, and
     # then it may only listen on a loopback address.
     tokens: tuple[str, ...] = ()
+    # Opt-in, for tests and demos: when every execution is suspended, fire the earliest pending
+    # timer at once (see DurableState.skip_to_next_timer).
+    skip_time: bool = False
 
 
 class DevServer:
@@ -124,6 +127,8 @@ class DevServer:
             applied = self.state.tick()
             if applied is not None:
                 await self._commit(applied)
+            if self.config.skip_time and (skipped := self.state.skip_to_next_timer()) is not None:
+                await self._commit(skipped)
             await asyncio.sleep(self.config.tick_seconds)
 
     async def _commit(self, applied: Applied) -> None:

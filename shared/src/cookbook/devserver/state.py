@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resonate.connections.local import OutgoingMessage
+from resonate.connections.local import I64_MAX, OutgoingMessage
 from resonate.error import ServerError
 
 from cookbook.devserver.machine import IndexedServerState
@@ -77,6 +77,8 @@ class DurableState:
             if "req" in record:
                 replayed = self._apply_unlogged(now, record["req"])
                 self._journal(now, record["req"], _status(replayed))
+            elif "skip_ms" in record:
+                self._skip_unlogged(now, int(record["skip_ms"]))
             else:
                 self.server.tick(now)
             self.replayed_records += 1
@@ -165,6 +167,74 @@ class DurableState:
         outgoing = self.server.outgoing
         self.server.outgoing = []
         return Applied({}, outgoing, seq)
+
+    # -- time skipping (opt-in: `--skip-time`) -----------------------------------------------
+    #
+    # Skipping moves every pending deadline earlier instead of the server's clock later. The two
+    # are the same to the state machine, but not to the SDK: a worker computes `timeoutAt` on its
+    # own clock (`now + 1 day` for a step), so a server clock 30 days ahead would see every
+    # promise created after the jump born timed out. Shifting the stored deadlines keeps both
+    # clocks equal, needs no offset to persist, and replays from the log like any tick.
+
+    def skip_to_next_timer(self) -> Applied | None:
+        """When every execution is suspended, fire the earliest pending timer now.
+
+        A durable sleep or a promise timeout (whatever `ServerState.tick` would fire at its
+        deadline) fires exactly as if its deadline had passed: every pending promise deadline
+        moves `deadline - now` earlier, then an ordinary tick settles what fell due. Nothing
+        happens while a task waits for a worker or is leased to one, so a live worker's lease
+        is never cut short, and lease and re-send timers keep running on the wall clock.
+        """
+        if self._any_execution_active():
+            return None
+        now = self.now()
+        deadlines = self._timer_deadlines()
+        if not deadlines or min(deadlines) <= now:
+            return None  # nothing to skip to, or the ordinary tick fires it
+        shift = min(deadlines) - now
+        self._skip_unlogged(now, shift)
+        seq = self.wal.append({"now": now, "skip_ms": shift})
+        outgoing = self.server.outgoing
+        self.server.outgoing = []
+        return Applied({}, outgoing, seq)
+
+    def _timer_deadlines(self) -> list[int]:
+        """The deadlines a tick would act on by itself: pending promises with a timeout entry.
+
+        Anything else the tick loop learns to fire by itself (a schedule's next tick, the
+        timeout of a promise without a target) belongs here too, or skipping stops short of it.
+        """
+        return [
+            pt.timeout
+            for pt in self.server.p_timeouts
+            if (promise := self.server.promises.get(pt.id)) is not None
+            and promise.state == "pending"
+        ]
+
+    def _any_execution_active(self) -> bool:
+        """Whether some task other than a timer's is waiting for a worker or leased to one.
+
+        A sleep's own task does not count: a worker acquires it and drops it unreleased.
+        """
+        for task in self.server.tasks.values():
+            if task.state in ("pending", "acquired"):
+                promise = self.server.promises.get(task.id)
+                if promise is None or promise.tags.get("resonate:timer") != "true":
+                    return True
+        return False
+
+    def _skip_unlogged(self, now: int, shift: int) -> None:
+        for promise in self.server.promises.values():
+            # A promise without a timeout carries I64_MAX; it stays "never".
+            if promise.state == "pending" and promise.timeout_at < I64_MAX:
+                promise.timeout_at -= shift
+        for pt in self.server.p_timeouts:
+            if pt.timeout < I64_MAX:
+                pt.timeout -= shift
+        self.server.outgoing.clear()
+        self.server.tick(now)
+
+    # -- end of time skipping ------------------------------------------------------------------
 
     def _apply_unlogged(
         self, now: int, request: dict[str, Any], *, raise_errors: bool = False

@@ -37,6 +37,7 @@ class RunningDevServer:
     fast_recovery: bool
     sse_rotate_seconds: float | None = None
     tokens: tuple[str, ...] = ()
+    skip_time: bool = False
 
     @property
     def url(self) -> str:
@@ -108,6 +109,7 @@ class RunningDevServer:
             fast_recovery=self.fast_recovery,
             sse_rotate_seconds=self.sse_rotate_seconds,
             tokens=self.tokens,
+            skip_time=self.skip_time,
         ).start()
 
 
@@ -141,8 +143,8 @@ def start_process() -> Iterator[Callable[[ManagedProcess], ManagedProcess]]:
 
 @pytest.fixture
 def start_devserver(tmp_path: Path) -> Iterator[DevServerFactory]:
-    """Start dev servers (`fast_recovery=`, `sse_rotate_seconds=`, `tokens=`); all stopped at
-    teardown. With tokens, requests need `Authorization: Bearer <one of them>`."""
+    """Start dev servers (`fast_recovery=`, `sse_rotate_seconds=`, `tokens=`, `skip_time=`);
+    all stopped at teardown. With tokens, requests need `Authorization: Bearer <one of them>`."""
     started: list[RunningDevServer] = []
 
     def start(
@@ -150,6 +152,7 @@ def start_devserver(tmp_path: Path) -> Iterator[DevServerFactory]:
         fast_recovery: bool = True,
         sse_rotate_seconds: float | None = None,
         tokens: Sequence[str] = (),
+        skip_time: bool = False,
     ) -> RunningDevServer:
         data_dir = tmp_path / f"devserver-{len(started)}"
         process = devserver_process(
@@ -157,9 +160,10 @@ def start_devserver(tmp_path: Path) -> Iterator[DevServerFactory]:
             fast_recovery=fast_recovery,
             sse_rotate_seconds=sse_rotate_seconds,
             tokens=tokens,
+            skip_time=skip_time,
         )
         server = RunningDevServer(
-            process.start(), data_dir, fast_recovery, sse_rotate_seconds, tuple(tokens)
+            process.start(), data_dir, fast_recovery, sse_rotate_seconds, tuple(tokens), skip_time
         )
         started.append(server)
         return server
