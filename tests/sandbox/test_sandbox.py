@@ -178,14 +178,12 @@ async def test_different_keys_run_in_parallel(
 ) -> None:
     await add_fault(client, provider="api", action="call", mode="latency", latency_ms=200)
 
-    started = time.perf_counter()
     responses = await asyncio.gather(
         *(post(client, "/api/call", {"i": i}, key=f"call-{i}") for i in range(4))
     )
-    elapsed = time.perf_counter() - started
 
     assert [r.status_code for r in responses] == [200] * 4
-    assert elapsed < 0.6, f"4 x 200 ms calls took {elapsed:.3f}s: they were serialized"
+    # Proven by the sandbox's own timestamps, not by wall time (which a loaded machine stretches).
     effects = records.effects("call-")
     assert len(effects) == 4
     assert all(e.finished_at - e.started_at >= 0.2 for e in effects)
