@@ -1,7 +1,8 @@
 """A tiny worker for the dev server's own tests: `python -m tests.devserver.workflows`.
 
 `count(n)` runs n no-op steps; `nap(ms)` sleeps durably; `approval(amount)` waits for a signal;
-`reminder(ms)` is a step, a durable sleep and a step (time skipping runs it with a 30-day sleep).
+`reminder(ms)` is a step, a durable sleep and a step (time skipping runs it with a 30-day sleep);
+`tick(label)` is what a schedule fires: it logs its own promise id.
 Steps append to a file named by STEP_LOG, so tests can see which steps ran in which process.
 """
 
@@ -60,6 +61,12 @@ async def reminder(ctx: Context, ms: int) -> str:
     return f"reminded after steps {first} and {second}"
 
 
+async def tick(ctx: Context, label: str) -> str:
+    _log(f"tick {ctx.info.id}")
+    await asyncio.sleep(float(os.environ.get("STEP_SECONDS", "0")))
+    return label
+
+
 async def main() -> None:
     resonate = Resonate(
         url=os.environ["RESONATE_URL"],
@@ -70,6 +77,7 @@ async def main() -> None:
     resonate.register(nap)
     resonate.register(approval)
     resonate.register(reminder)
+    resonate.register(tick)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(f"test worker {os.getpid()} ready", flush=True)

@@ -127,6 +127,11 @@ class DevServer:
             applied = self.state.tick()
             if applied is not None:
                 await self._commit(applied)
+            fired = self.state.fire_due_schedules()
+            for tick in fired:
+                await self._commit(tick)
+            if fired:
+                self._journal_changed()
             if self.config.skip_time and (skipped := self.state.skip_to_next_timer()) is not None:
                 await self._commit(skipped)
             await asyncio.sleep(self.config.tick_seconds)

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from resonate.connections.local import DurablePromise, ServerState
+from resonate.connections.local import DurablePromise, ScheduleStub, ServerState
+
+from cookbook.devserver.cron import cron_error, latest_tick_at_or_before, next_tick_after
 
 
 class _BranchIndexedPromises(dict[str, DurablePromise]):
@@ -47,6 +49,31 @@ class _BranchIndexedPromises(dict[str, DurablePromise]):
             if branch is not None:
                 self.by_branch.setdefault(branch, []).append(key)
         super().__setitem__(key, value)
+
+
+class Schedule(ScheduleStub, kw_only=True):
+    """A stored schedule that knows when it fires next (ServerState's stub never fires)."""
+
+    next_run_at: int
+    last_run_at: int | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return super().to_record() | {"nextRunAt": self.next_run_at, "lastRunAt": self.last_run_at}
+
+    def due_tick(self, now: int) -> int | None:
+        """The tick to fire at `now`, if one is due: only the latest, when several fell due.
+
+        A server that was down for a week fires an every-minute schedule once on restart, not
+        10,080 times. A tick never precedes `next_run_at`: time skipping moves that earlier than
+        any cron instant, and the skipped-to moment is then the tick.
+        """
+        if now < self.next_run_at:
+            return None
+        return max(self.next_run_at, latest_tick_at_or_before(self.cron, now))
+
+    def promise_id_at(self, tick: int) -> str:
+        """The tick's promise id, from the template as the official server expands it."""
+        return self.promise_id.replace("{{.id}}", self.id).replace("{{.timestamp}}", str(tick))
 
 
 class IndexedServerState(ServerState):
@@ -76,3 +103,96 @@ class IndexedServerState(ServerState):
             return super().task_fence(now, corr_id, req)
         finally:
             self._fencing = False
+
+    # -- schedules -------------------------------------------------------------------------------
+    #
+    # A tick is fired by an ordinary `promise.create` (DurableState.fire_due_schedules), logged
+    # like any other. The schedule moves on when that create is applied, here, so replaying the
+    # log moves it on at the same `now`, and a tick whose create was never logged fires again,
+    # under the same id, after a restart.
+
+    def schedule_create(self, now: int, corr_id: Any, req: Any) -> dict[str, Any]:
+        cron = req.get("cron") if isinstance(req, dict) else None
+        if (reason := cron_error(cron)) is not None:
+            return {
+                "kind": "schedule.create",
+                "corrId": corr_id,
+                "status": 400,
+                "error": f"invalid field 'cron': {reason}",
+            }
+        response = super().schedule_create(now, corr_id, req)
+        stub = self.schedules.get(str(req.get("id")))
+        if response.get("status") == 201 and stub is not None and not isinstance(stub, Schedule):
+            schedule = Schedule(
+                id=stub.id,
+                cron=stub.cron,
+                promise_id=stub.promise_id,
+                promise_timeout=stub.promise_timeout,
+                promise_param=stub.promise_param,
+                promise_tags=stub.promise_tags,
+                created_at=stub.created_at,
+                next_run_at=next_tick_after(stub.cron, now),
+            )
+            self.schedules[stub.id] = schedule
+            response["schedule"] = schedule.to_record()
+        return response
+
+    def schedule_search(self, corr_id: Any, req: Any) -> dict[str, Any]:
+        """All schedules by id, a page of `limit` at a time (ServerState ignores the paging)."""
+        raw_limit = req.get("limit") if isinstance(req, dict) else None
+        raw_cursor = req.get("cursor") if isinstance(req, dict) else None
+        limit = raw_limit if isinstance(raw_limit, int) and raw_limit > 0 else 100
+        offset = int(raw_cursor) if isinstance(raw_cursor, str) and raw_cursor.isdigit() else 0
+        ordered = sorted(self.schedules.values(), key=lambda s: s.id)
+        page = ordered[offset : offset + limit]
+        return {
+            "kind": "schedule.search",
+            "corrId": corr_id,
+            "status": 200,
+            "schedules": [s.to_record() for s in page],
+            "cursor": str(offset + limit) if offset + limit < len(ordered) else None,
+        }
+
+    def due_schedules(self, now: int) -> list[tuple[Schedule, int]]:
+        """Every schedule with a tick due at `now`, and that tick, in id order."""
+        due = []
+        for schedule_id in sorted(self.schedules):
+            schedule = self.schedules[schedule_id]
+            if isinstance(schedule, Schedule) and (tick := schedule.due_tick(now)) is not None:
+                due.append((schedule, tick))
+        return due
+
+    def promise_create(self, now: int, corr_id: Any, req: Any) -> dict[str, Any]:
+        response = super().promise_create(now, corr_id, req)
+        tags = req.get("tags") if isinstance(req, dict) else None
+        schedule_id = tags.get("resonate:schedule") if isinstance(tags, dict) else None
+        schedule = self.schedules.get(schedule_id) if isinstance(schedule_id, str) else None
+        if (
+            isinstance(schedule, Schedule)
+            and (tick := schedule.due_tick(now)) is not None
+            and req.get("id") == schedule.promise_id_at(tick)
+        ):
+            schedule.last_run_at = tick
+            schedule.next_run_at = next_tick_after(schedule.cron, now)
+        return response
+
+
+def tick_request(schedule: Schedule, tick: int) -> dict[str, Any]:
+    """The `promise.create` of a schedule's tick, tagged as the official server tags it."""
+    promise_id = schedule.promise_id_at(tick)
+    tags = dict(schedule.promise_tags) if isinstance(schedule.promise_tags, dict) else {}
+    tags |= {
+        "resonate:schedule": schedule.id,
+        "resonate:origin": promise_id,
+        "resonate:branch": promise_id,
+        "resonate:parent": promise_id,
+        "resonate:prefix": promise_id,
+    }
+    return {
+        "kind": "promise.create",
+        "corrId": f"devserver-schedule-{schedule.id}",
+        "id": promise_id,
+        "param": schedule.promise_param,
+        "tags": tags,
+        "timeoutAt": tick + schedule.promise_timeout,
+    }

@@ -9,6 +9,7 @@ resonate-sdk exactly.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from typing import Any
 from resonate.connections.local import I64_MAX, OutgoingMessage
 from resonate.error import ServerError
 
-from cookbook.devserver.machine import IndexedServerState
+from cookbook.devserver.machine import IndexedServerState, Schedule, tick_request
 from cookbook.devserver.protocol import READ_ONLY_KINDS, touches
 from cookbook.devserver.wal import WriteAheadLog
+
+log = logging.getLogger("cookbook.devserver")
 
 
 def wall_clock_ms() -> int:
@@ -134,7 +137,9 @@ class DurableState:
         Raises `ServerError` for a malformed request, after logging it: `apply` may have changed
         state before it noticed, and replay must make the same partial change.
         """
-        now = self.now()
+        return self._apply_at(self.now(), request)
+
+    def _apply_at(self, now: int, request: dict[str, Any]) -> Applied:
         kind = request.get("kind")
         if kind == "promise.search":
             # A read answers only once everything it may show is on disk (DevServer._commit waits).
@@ -168,6 +173,25 @@ class DurableState:
         self.server.outgoing = []
         return Applied({}, outgoing, seq)
 
+    def fire_due_schedules(self) -> list[Applied]:
+        """Create the promise of every schedule tick that is due, as a client's create would be.
+
+        Each is an ordinary logged `promise.create` (its `resonate:target` tag makes the task
+        and the `execute`); applying it moves the schedule to its next tick. Its id depends only
+        on the schedule and the tick, so a create repeated after a crash finds the promise there
+        and the tick does not run twice.
+        """
+        now = self.now()
+        fired = []
+        for schedule, tick in self.server.due_schedules(now):
+            try:
+                fired.append(self._apply_at(now, tick_request(schedule, tick)))
+            except ServerError as exc:
+                # Only a template that expands to no valid id gets here; it would fail again
+                # at every turn of the tick loop, so say so rather than stop the loop.
+                log.warning("schedule %s: its tick at %d was refused: %s", schedule.id, tick, exc)
+        return fired
+
     # -- time skipping (opt-in: `--skip-time`) -----------------------------------------------
     #
     # Skipping moves every pending deadline earlier instead of the server's clock later. The two
@@ -179,9 +203,11 @@ class DurableState:
     def skip_to_next_timer(self) -> Applied | None:
         """When every execution is suspended, fire the earliest pending timer now.
 
-        A durable sleep or a promise timeout (whatever `ServerState.tick` would fire at its
-        deadline) fires exactly as if its deadline had passed: every pending promise deadline
-        moves `deadline - now` earlier, then an ordinary tick settles what fell due. Nothing
+        A durable sleep, a promise timeout or a schedule's tick fires exactly as if its
+        deadline had passed: every pending promise deadline and every schedule's next tick
+        moves `deadline - now` earlier, then an ordinary tick settles what fell due (and the
+        tick loop's `fire_due_schedules` fires a schedule's tick, stamped with the skipped-to
+        time). Nothing
         happens while a task waits for a worker or is leased to one, so a live worker's lease
         is never cut short, and lease and re-send timers keep running on the wall clock.
         """
@@ -199,17 +225,18 @@ class DurableState:
         return Applied({}, outgoing, seq)
 
     def _timer_deadlines(self) -> list[int]:
-        """The deadlines a tick would act on by itself: pending promises with a timeout entry.
+        """The deadlines the tick loop acts on by itself: pending promises with a timeout entry
+        and every schedule's next tick.
 
-        Anything else the tick loop learns to fire by itself (a schedule's next tick, the
-        timeout of a promise without a target) belongs here too, or skipping stops short of it.
+        Anything else the tick loop learns to fire by itself (the timeout of a promise without
+        a target) belongs here too, or skipping stops short of it.
         """
         return [
             pt.timeout
             for pt in self.server.p_timeouts
             if (promise := self.server.promises.get(pt.id)) is not None
             and promise.state == "pending"
-        ]
+        ] + [s.next_run_at for s in self.server.schedules.values() if isinstance(s, Schedule)]
 
     def _any_execution_active(self) -> bool:
         """Whether some task other than a timer's is waiting for a worker or leased to one.
@@ -231,6 +258,9 @@ class DurableState:
         for pt in self.server.p_timeouts:
             if pt.timeout < I64_MAX:
                 pt.timeout -= shift
+        for schedule in self.server.schedules.values():
+            if isinstance(schedule, Schedule):
+                schedule.next_run_at -= shift
         self.server.outgoing.clear()
         self.server.tick(now)
 
