@@ -1,7 +1,8 @@
 """A tiny worker for the dev server's own tests: `python -m tests.devserver.workflows`.
 
 `count(n)` runs n no-op steps; `nap(ms)` sleeps durably; `approval(amount)` waits for a signal;
-`reminder(ms)` is a step, a durable sleep and a step (time skipping runs it with a 30-day sleep).
+`reminder(ms)` is a step, a durable sleep and a step (time skipping runs it with a 30-day sleep);
+`deadline(ms)` waits for a decision that never comes, a promise that times out after ms.
 Steps append to a file named by STEP_LOG, so tests can see which steps ran in which process.
 """
 
@@ -14,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from resonate.context import Context
+from resonate.error import ApplicationError
 from resonate.resonate import Resonate
 
 
@@ -60,6 +62,17 @@ async def reminder(ctx: Context, ms: int) -> str:
     return f"reminded after steps {first} and {second}"
 
 
+async def deadline(ctx: Context, ms: int) -> str:
+    """A wait for a person's decision with a deadline: nobody but the server's clock ends it."""
+    decision = ctx.promise(timeout=timedelta(milliseconds=ms))
+    try:
+        verdict = await decision
+    except ApplicationError:
+        # A timed-out child promise surfaces as an ApplicationError, not ResonateTimeoutError.
+        return "no decision in time"
+    return f"decided {verdict}"
+
+
 async def main() -> None:
     resonate = Resonate(
         url=os.environ["RESONATE_URL"],
@@ -70,6 +83,7 @@ async def main() -> None:
     resonate.register(nap)
     resonate.register(approval)
     resonate.register(reminder)
+    resonate.register(deadline)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(f"test worker {os.getpid()} ready", flush=True)
