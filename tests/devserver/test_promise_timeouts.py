@@ -98,6 +98,26 @@ def test_the_push_telling_of_a_timeout_carries_a_value_object() -> None:
     assert machine.promises["w:1"].value is None  # stored as ServerState stores it
 
 
+def test_the_deadline_heap_forgets_settled_steps() -> None:
+    # Every ctx.run step is a promise without a target: a long history of settled steps must
+    # not keep an entry each.
+    machine = IndexedServerState()
+    for i in range(10_000):
+        step = {"id": f"s{i}", "timeoutAt": 10**12, "param": {}, "tags": {}}
+        machine.apply(i, {"kind": "promise.create", "corrId": "c", **step})
+        machine.apply(
+            i,
+            {
+                "kind": "promise.settle",
+                "corrId": "c",
+                "id": f"s{i}",
+                "state": "resolved",
+                "value": {},
+            },
+        )
+    assert len(machine.promises.latent_deadlines) <= 2 * IndexedServerState().promises.COMPACT_FLOOR
+
+
 def _start(url: str, execution_id: str, func: str, *args: Any, timeout: timedelta) -> None:
     async def go() -> None:
         client = Resonate(url=url, group="devserver-tests-client")

@@ -62,9 +62,13 @@ class _LatentDeadlinePromises(_BranchIndexedPromises):
     promise settled, or whose deadline time skipping moved, is dropped when it reaches the top.
     """
 
+    # Below this many entries the heap is never compacted.
+    COMPACT_FLOOR = 1024
+
     def __init__(self) -> None:
         super().__init__()
         self.latent_deadlines: list[tuple[int, str]] = []
+        self._compact_above = self.COMPACT_FLOOR
 
     def __setitem__(self, key: str, value: DurablePromise) -> None:
         if (
@@ -74,7 +78,17 @@ class _LatentDeadlinePromises(_BranchIndexedPromises):
             and "resonate:target" not in value.tags
         ):
             heapq.heappush(self.latent_deadlines, (value.timeout_at, key))
+            if len(self.latent_deadlines) > self._compact_above:
+                self._compact()
         super().__setitem__(key, value)
+
+    def _compact(self) -> None:
+        # Every `ctx.run` step is such a promise, settled long before its deadline reaches the
+        # top: without this the heap would hold every step ever made. Rebuilding once it has
+        # doubled since the last rebuild keeps it within twice the live entries, at O(1) each.
+        self.latent_deadlines = [e for e in self.latent_deadlines if self.is_live(e)]
+        heapq.heapify(self.latent_deadlines)
+        self._compact_above = max(self.COMPACT_FLOOR, 2 * len(self.latent_deadlines))
 
     def is_live(self, entry: tuple[int, str]) -> bool:
         promise = self.get(entry[1])
