@@ -3,6 +3,7 @@
 `count(n)` runs n no-op steps; `nap(ms)` sleeps durably; `approval(amount)` waits for a signal;
 `reminder(ms)` is a step, a durable sleep and a step (time skipping runs it with a 30-day sleep);
 `tick(label)` is what a schedule fires: it logs its own promise id.
+`deadline(ms)` waits for a decision that never comes, a promise that times out after ms.
 Steps append to a file named by STEP_LOG, so tests can see which steps ran in which process.
 """
 
@@ -15,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from resonate.context import Context
+from resonate.error import ApplicationError
 from resonate.resonate import Resonate
 
 
@@ -67,6 +69,17 @@ async def tick(ctx: Context, label: str) -> str:
     return label
 
 
+async def deadline(ctx: Context, ms: int) -> str:
+    """A wait for a person's decision with a deadline: nobody but the server's clock ends it."""
+    decision = ctx.promise(timeout=timedelta(milliseconds=ms))
+    try:
+        verdict = await decision
+    except ApplicationError:
+        # A timed-out child promise surfaces as an ApplicationError, not ResonateTimeoutError.
+        return "no decision in time"
+    return f"decided {verdict}"
+
+
 async def main() -> None:
     resonate = Resonate(
         url=os.environ["RESONATE_URL"],
@@ -78,6 +91,7 @@ async def main() -> None:
     resonate.register(approval)
     resonate.register(reminder)
     resonate.register(tick)
+    resonate.register(deadline)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(f"test worker {os.getpid()} ready", flush=True)

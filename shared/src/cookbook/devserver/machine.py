@@ -25,9 +25,10 @@ time re-reading what it already knows. This subclass changes what is *answered*,
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
-from resonate.connections.local import DurablePromise, ScheduleStub, ServerState
+from resonate.connections.local import I64_MAX, DurablePromise, ScheduleStub, ServerState
 
 from cookbook.devserver.cron import cron_error, latest_tick_at_or_before, next_tick_after
 
@@ -76,10 +77,64 @@ class Schedule(ScheduleStub, kw_only=True):
         return self.promise_id.replace("{{.id}}", self.id).replace("{{.timestamp}}", str(tick))
 
 
+# -- latent promise timeouts (issue 12, item 6) -----------------------------------------------
+
+
+class _LatentDeadlinePromises(_BranchIndexedPromises):
+    """Also keeps the deadlines of latent promises (pending, no `resonate:target`) in a heap.
+
+    ServerState's tick times out only promises with a target (their `p_timeouts` entry is made
+    with their task); the official server times out every promise in the background. The heap
+    lets the tick loop find the due ones without a scan. Entries are removed lazily: one whose
+    promise settled, or whose deadline time skipping moved, is dropped when it reaches the top.
+    """
+
+    # Below this many entries the heap is never compacted.
+    COMPACT_FLOOR = 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.latent_deadlines: list[tuple[int, str]] = []
+        self._compact_above = self.COMPACT_FLOOR
+
+    def __setitem__(self, key: str, value: DurablePromise) -> None:
+        if (
+            key not in self
+            and value.state == "pending"
+            and value.timeout_at < I64_MAX
+            and "resonate:target" not in value.tags
+        ):
+            heapq.heappush(self.latent_deadlines, (value.timeout_at, key))
+            if len(self.latent_deadlines) > self._compact_above:
+                self._compact()
+        super().__setitem__(key, value)
+
+    def _compact(self) -> None:
+        # Every `ctx.run` step is such a promise, settled long before its deadline reaches the
+        # top: without this the heap would hold every step ever made. Rebuilding once it has
+        # doubled since the last rebuild keeps it within twice the live entries, at O(1) each.
+        self.latent_deadlines = [e for e in self.latent_deadlines if self.is_live(e)]
+        heapq.heapify(self.latent_deadlines)
+        self._compact_above = max(self.COMPACT_FLOOR, 2 * len(self.latent_deadlines))
+
+    def is_live(self, entry: tuple[int, str]) -> bool:
+        promise = self.get(entry[1])
+        return promise is not None and promise.state == "pending" and promise.timeout_at == entry[0]
+
+    def next_latent_deadline(self) -> int | None:
+        heap = self.latent_deadlines
+        while heap and not self.is_live(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+
+# -- end of latent promise timeouts -------------------------------------------------------------
+
+
 class IndexedServerState(ServerState):
     def __init__(self) -> None:
         super().__init__()
-        self.promises: _BranchIndexedPromises = _BranchIndexedPromises()
+        self.promises: _LatentDeadlinePromises = _LatentDeadlinePromises()
         self._fencing = False
 
     def preload(self, promise_id: str) -> list[dict[str, Any]]:
@@ -103,6 +158,60 @@ class IndexedServerState(ServerState):
             return super().task_fence(now, corr_id, req)
         finally:
             self._fencing = False
+
+    # -- latent promise timeouts (issue 12, item 6) -------------------------------------------
+
+    def next_latent_deadline(self) -> int | None:
+        """The earliest deadline of a pending promise without a target, if any."""
+        return self.promises.next_latent_deadline()
+
+    def expire_latent(self, now: int) -> list[str]:
+        """Time out every promise without a target whose deadline has passed, as the tick does
+        those with one: it settles (`rejected_timedout`), its awaiters resume, its listeners hear.
+
+        Deterministic given `now` (ties in id order), so a logged tick replays to the same state.
+        """
+        expired = []
+        heap = self.promises.latent_deadlines
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if self.promises.is_live(entry):
+                expired.append(entry[1])
+        for promise_id in expired:
+            # The same transition a request touching the expired promise makes.
+            self.try_auto_timeout(now, promise_id)
+        return expired
+
+    def shift_latent_deadlines(self, shift: int) -> None:
+        """Time skipping moved every pending deadline `shift` earlier: so do the heap's keys.
+
+        A uniform shift keeps the heap ordered.
+        """
+        self.promises.latent_deadlines = [
+            (deadline - shift, promise_id)
+            for deadline, promise_id in self.promises.latent_deadlines
+        ]
+
+    def notify_subscribers(self, promise_id: str) -> None:
+        """Tell listeners a promise settled, with a value object even when it timed out.
+
+        ServerState times a promise out with `value = None`, which the SDK's push decoder
+        rejects (`Expected object, got null at $.data.promise.value`: it drops nulls from
+        responses, not from pushes), so a client awaiting a timed-out workflow would not hear
+        of it. The official server's timed-out promise carries a value object; so does the
+        push. What is stored stays ServerState's, so that either replays the other's log.
+        """
+        already = len(self.outgoing)
+        super().notify_subscribers(promise_id)
+        for message in self.outgoing[already:]:
+            data = message.message.get("data")
+            record = data.get("promise") if isinstance(data, dict) else None
+            if isinstance(record, dict):
+                for field in ("param", "value"):
+                    if record.get(field) is None:
+                        record[field] = {}
+
+    # -- end of latent promise timeouts --------------------------------------------------------
 
     # -- schedules -------------------------------------------------------------------------------
     #

@@ -83,7 +83,7 @@ class DurableState:
             elif "skip_ms" in record:
                 self._skip_unlogged(now, int(record["skip_ms"]))
             else:
-                self.server.tick(now)
+                self._tick_unlogged(now)
             self.replayed_records += 1
         self.server.outgoing.clear()
         self.wal.open()
@@ -166,8 +166,7 @@ class DurableState:
         now = self.now()
         if not self._tick_changes_state(now):
             return None
-        self.server.outgoing.clear()
-        self.server.tick(now)
+        self._tick_unlogged(now)
         seq = self.wal.append({"now": now, "tick": True})
         outgoing = self.server.outgoing
         self.server.outgoing = []
@@ -225,18 +224,23 @@ class DurableState:
         return Applied({}, outgoing, seq)
 
     def _timer_deadlines(self) -> list[int]:
-        """The deadlines the tick loop acts on by itself: pending promises with a timeout entry
-        and every schedule's next tick.
+        """The deadlines the tick loop acts on by itself: pending promises with a timeout entry,
+        every schedule's next tick, and the earliest timeout of a promise without a target (a
+        `ctx.promise` awaiting a person times out at once when everything else is suspended, as
+        its deadline passing would do).
 
-        Anything else the tick loop learns to fire by itself (the timeout of a promise without
-        a target) belongs here too, or skipping stops short of it.
+        Anything else the tick loop learns to fire by itself belongs here too, or skipping stops
+        short of it.
         """
-        return [
+        deadlines = [
             pt.timeout
             for pt in self.server.p_timeouts
             if (promise := self.server.promises.get(pt.id)) is not None
             and promise.state == "pending"
         ] + [s.next_run_at for s in self.server.schedules.values() if isinstance(s, Schedule)]
+        if (latent := self.server.next_latent_deadline()) is not None:
+            deadlines.append(latent)
+        return deadlines
 
     def _any_execution_active(self) -> bool:
         """Whether some task other than a timer's is waiting for a worker or leased to one.
@@ -261,8 +265,8 @@ class DurableState:
         for schedule in self.server.schedules.values():
             if isinstance(schedule, Schedule):
                 schedule.next_run_at -= shift
-        self.server.outgoing.clear()
-        self.server.tick(now)
+        self.server.shift_latent_deadlines(shift)
+        self._tick_unlogged(now)
 
     # -- end of time skipping ------------------------------------------------------------------
 
@@ -282,8 +286,20 @@ class DurableState:
                 raise ServerError(400, f"malformed request: {exc!r}") from exc
             return {}
 
+    def _tick_unlogged(self, now: int) -> None:
+        """ServerState's tick, then the timeouts of promises without a target, which it skips.
+
+        A tick record replays through here too, so the latent timeouts it fired fire again.
+        """
+        self.server.outgoing.clear()
+        self.server.tick(now)
+        self.server.expire_latent(now)
+
     def _tick_changes_state(self, now: int) -> bool:
-        # Mirrors the conditions under which ServerState.tick acts.
+        # Mirrors the conditions under which ServerState.tick and expire_latent act.
+        latent = self.server.next_latent_deadline()
+        if latent is not None and latent <= now:
+            return True
         promises, tasks = self.server.promises, self.server.tasks
         for pt in self.server.p_timeouts:
             promise = promises.get(pt.id)
