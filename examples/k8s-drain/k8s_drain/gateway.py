@@ -225,6 +225,16 @@ class _AsWritten(DefaultJSONProvider):
     sort_keys = False  # the status first, as written
 
 
+MAX_REPORTED_ERRORS = 10
+MAX_LOCATION_LENGTH = 40
+
+
+def _shortened(part: int | str) -> int | str:
+    if isinstance(part, str) and len(part) > MAX_LOCATION_LENGTH:
+        return part[:MAX_LOCATION_LENGTH] + "…"
+    return part
+
+
 def create_app(workers: Workers) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -296,7 +306,11 @@ def create_app(workers: Workers) -> Flask:
     @app.errorhandler(ValidationError)
     def invalid(exc: ValidationError) -> tuple[Response, int]:
         # Which fields are wrong and why, without echoing the input: it may be huge, or hostile.
-        wrong = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        # An unknown key is its own location, so locations are cut short, and so is the list.
+        wrong = [
+            {"loc": [_shortened(part) for part in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors()[:MAX_REPORTED_ERRORS]
+        ]
         return jsonify(error="invalid request", detail=wrong), 422
 
     @app.errorhandler(HTTPException)
