@@ -49,13 +49,28 @@ class _BranchIndexedPromises(dict[str, DurablePromise]):
     def __init__(self) -> None:
         super().__init__()
         self.by_branch: dict[str, list[str]] = {}
+        # Application tags (not the SDK's `resonate:*` bookkeeping, which has a value per
+        # execution): what `promise.search` filters on, polled by gateways every 50-100 ms.
+        self.by_tag: dict[tuple[str, str], list[str]] = {}
 
     def __setitem__(self, key: str, value: DurablePromise) -> None:
         if key not in self:
             branch = value.tags.get("resonate:branch")
             if branch is not None:
                 self.by_branch.setdefault(branch, []).append(key)
+            for tag, tag_value in value.tags.items():
+                if not tag.startswith("resonate:"):
+                    self.by_tag.setdefault((tag, tag_value), []).append(key)
         super().__setitem__(key, value)
+
+    def tagged(self, tags: dict[str, Any]) -> list[DurablePromise] | None:
+        """The promises carrying one of `tags`' application tags (a superset of the matches),
+        or None when no application tag narrows the search."""
+        keys = [(k, v) for k, v in tags.items() if not k.startswith("resonate:")]
+        if not keys or not all(isinstance(v, str) for _, v in keys):
+            return None
+        narrowest = min((self.by_tag.get(key, []) for key in keys), key=len)
+        return [self[promise_id] for promise_id in narrowest]
 
 
 class _TimeoutTable[T: (PTimeout, TTimeout)]:

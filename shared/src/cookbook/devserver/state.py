@@ -324,9 +324,10 @@ class DurableState:
         tags: dict[str, Any] = raw_tags if isinstance(raw_tags, dict) else {}
         limit = raw_limit if isinstance(raw_limit, int) and raw_limit > 0 else 100
         offset = int(cursor) if isinstance(cursor, str) and cursor.isdigit() else 0
+        candidates = self.server.promises.tagged(tags)
         matches = [
             p
-            for p in self.server.promises.values()
+            for p in (self.server.promises.values() if candidates is None else candidates)
             if (
                 state is None
                 or p.state == state
