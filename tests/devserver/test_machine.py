@@ -100,12 +100,14 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
             request |= {"id": draw(roots), "version": draw(versions), "action": action}
         case "task.suspend":
             root = draw(roots)
-            awaited = draw(promise_ids)
+            # One or two awaited promises: the awaiter index must follow each of them.
+            awaited_ids = draw(st.lists(promise_ids, min_size=1, max_size=2))
             request |= {
                 "id": root,
                 "version": draw(versions),
                 "actions": [
                     _action("promise.register_callback", {"awaited": awaited, "awaiter": root})
+                    for awaited in awaited_ids
                 ],
             }
         case "task.release":
