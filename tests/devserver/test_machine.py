@@ -100,12 +100,14 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
             request |= {"id": draw(roots), "version": draw(versions), "action": action}
         case "task.suspend":
             root = draw(roots)
-            awaited = draw(promise_ids)
+            # One or two awaited promises: the awaiter index must follow each of them.
+            awaited_ids = draw(st.lists(promise_ids, min_size=1, max_size=2))
             request |= {
                 "id": root,
                 "version": draw(versions),
                 "actions": [
                     _action("promise.register_callback", {"awaited": awaited, "awaiter": root})
+                    for awaited in awaited_ids
                 ],
             }
         case "task.release":
@@ -204,3 +206,41 @@ def test_a_fence_answers_without_the_branch_and_an_acquire_with_it() -> None:
         3, {"kind": "task.acquire", "corrId": "c", "id": "r1", "version": 1, "pid": "q", "ttl": 1}
     )
     assert [p["id"] for p in acquired["preload"]] == ["r1:1", "r1:2"]
+
+
+def test_a_settled_workflow_stops_awaiting_what_it_was_suspended_on() -> None:
+    # The awaiter index must forget a workflow settled from outside while it was suspended, as
+    # ServerState's scan of every promise does; otherwise a later settle would resume a
+    # finished task.
+    script: list[dict[str, Any]] = [
+        {
+            "kind": "task.create",
+            "corrId": "c",
+            "pid": "p",
+            "ttl": 1000,
+            "action": _action("promise.create", _promise("r1", 10**12)),
+        },
+        {
+            "kind": "task.fence",
+            "corrId": "c",
+            "id": "r1",
+            "version": 0,
+            "action": _action("promise.create", _promise("r1:g1", 10**12)),
+        },
+        {
+            "kind": "task.suspend",
+            "corrId": "c",
+            "id": "r1",
+            "version": 0,
+            "actions": [
+                _action("promise.register_callback", {"awaited": "r1:g1", "awaiter": "r1"})
+            ],
+        },
+        {"kind": "promise.settle", "corrId": "c", **_settle("r1")},
+        {"kind": "promise.settle", "corrId": "c", **_settle("r1:g1")},
+    ]
+    sdk, ours = ServerState(), IndexedServerState()
+    for now, request in enumerate(script):
+        assert _apply(ours, now, request) == _apply(sdk, now, request), request
+        assert _stored(ours) == _stored(sdk), request
+    assert ours.promises["r1:g1"].awaiters == set()

@@ -1,6 +1,6 @@
 """`cookbook bench` (`make bench`): what durability costs here, side by side with a peer.
 
-One run, four measurements, written to `bench-results/` as a markdown table and a PNG chart:
+One run, five measurements, written to `bench-results/` as a markdown table and a PNG chart:
 
 1. Durable step overhead: a workflow of N no-op durable steps through the embedded dev server
    (a real server process and a real worker process, HTTP+SSE, fsync on), the SDK's in-process
@@ -11,6 +11,10 @@ One run, four measurements, written to `bench-results/` as a markdown table and 
 3. Crash-matrix throughput: crash points per minute over the saga example's matrix.
 4. The physical floor: one fsync'd append to a file (what the dev server's log does per
    record) and one fsync'd SQLite WAL commit, on the same disk.
+5. History: finished 3-step workflows run by the SDK (100 in flight) up to 1,000 and 10,000
+   (`ARGS="--only history --history 100000"` for more); at each size the dev server is
+   SIGKILLed, and its restart time (start to listening), RSS, data directory and a spot check
+   of old workflows by id are measured, with the steps/s of each stretch.
 
 A benchmark, not a test: it prints what it measured and never fails on a number. Each backend
 runs in a child process of its own (`python -m cookbook.bench _steps ...`), so one backend's
@@ -515,6 +519,95 @@ def measure_floor(workdir: Path, samples: int = 400) -> list[FloorFigures]:
 # =================================================================================================
 
 
+# =================================================================================================
+# History: restart time, memory and throughput as finished workflows pile up
+# =================================================================================================
+
+HISTORY_SIZES = (1_000, 10_000)
+HISTORY_IN_FLIGHT = 100
+HISTORY_SPOT_CHECKS = 20
+
+
+async def three_steps(ctx: Context, i: int) -> int:
+    total = 0
+    for step in range(3):
+        total += await ctx.run(noop, step)
+    return total
+
+
+@dataclass
+class HistoryFigures:
+    workflows: int
+    # Steps/s while running the workflows from the previous size up to this one, 100 in flight.
+    steps_per_second: float
+    restart_seconds: float
+    rss_mb: float
+    disk_mb: float
+    spot_checked: int
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _run_history(url: str, prefix: str, start: int, stop: int) -> float:
+    resonate = Resonate(url=url, group=f"{BENCH_GROUP}-history")
+    resonate.register(three_steps)
+    slots = asyncio.Semaphore(HISTORY_IN_FLIGHT)
+
+    async def one(i: int) -> None:
+        async with slots:
+            assert await resonate.run(f"{prefix}-{i}", three_steps, i).result() == 3
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(start, stop)))
+        return time.perf_counter() - started
+    finally:
+        await resonate.stop()
+
+
+async def _spot_check(url: str, ids: Sequence[str]) -> int:
+    resonate = Resonate(url=url, group=f"{BENCH_GROUP}-history-check")
+    try:
+        found = [await resonate.promises.get(promise_id) for promise_id in ids]
+    finally:
+        await resonate.stop()
+    return sum(1 for promise in found if promise.state == "resolved")
+
+
+def measure_history(
+    workdir: Path, sizes: Sequence[int], say: Callable[[str], None]
+) -> list[HistoryFigures]:
+    """Finished 3-step workflows run by the SDK, then at each size: SIGKILL, restart, measure."""
+    data, prefix, done, figures = workdir / "history", uuid.uuid4().hex[:8], 0, []
+    server = devserver_process(data).start()
+    try:
+        for size in sorted(sizes):
+            seconds = asyncio.run(_run_history(url_of(server), prefix, done, size))
+            steps_per_second = 3 * (size - done) / seconds
+            done = size
+            server.kill()
+            started = time.perf_counter()
+            server = devserver_process(data).start(timeout=600)
+            restart = time.perf_counter() - started
+            rss = _rss_mb(server.pid)
+            disk = sum(f.stat().st_size for f in data.iterdir() if f.is_file()) / 1e6
+            ids = [f"{prefix}-{random.randrange(size)}" for _ in range(HISTORY_SPOT_CHECKS)]
+            checked = asyncio.run(_spot_check(url_of(server), ids))
+            figures.append(HistoryFigures(size, steps_per_second, restart, rss, disk, checked))
+            say(
+                f"  {size:,} workflows: {steps_per_second:,.0f} steps/s, restart {restart:.2f} s, "
+                f"RSS {rss:.0f} MB, disk {disk:.1f} MB, {checked}/{len(ids)} spot checks"
+            )
+    finally:
+        server.stop()
+    return figures
+
+
 @dataclass
 class Results:
     started: datetime
@@ -524,6 +617,7 @@ class Results:
     recovery: list[RecoveryFigures] = field(default_factory=list)
     matrix: MatrixFigures | None = None
     floor: list[FloorFigures] = field(default_factory=list)
+    history: list[HistoryFigures] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -623,6 +717,30 @@ def markdown(results: Results) -> str:
             "Golden runs included; every crash point is a real SIGKILL and a fresh worker process.",
             "",
         ]
+    if results.history:
+        lines += [
+            "## History: finished 3-step workflows, SIGKILL, restart",
+            "",
+            "| workflows | steps/s while adding them | restart s | RSS MB | disk MB "
+            "| spot checks |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        previous = 0
+        for h in results.history:
+            lines.append(
+                f"| {h.workflows:,} | {h.steps_per_second:,.0f} ({previous:,}-{h.workflows:,}) "
+                f"| {h.restart_seconds:.2f} | {h.rss_mb:.0f} | {h.disk_mb:.1f} "
+                f"| {h.spot_checked}/{HISTORY_SPOT_CHECKS} |"
+            )
+            previous = h.workflows
+        lines += [
+            "",
+            f"Workflows run by the SDK through the dev server, {HISTORY_IN_FLIGHT} in flight; "
+            "at each size the server is SIGKILLed and restart is timed from start to listening "
+            "(the whole log is replayed), then RSS, the data directory and random workflows "
+            "read back by id.",
+            "",
+        ]
     if results.floor:
         lines += [
             "## The physical floor (same disk)",
@@ -704,7 +822,7 @@ def chart(results: Results, path: Path) -> None:
 # Entry points
 # =================================================================================================
 
-SECTIONS = ("steps", "recovery", "crash", "floor")
+SECTIONS = ("steps", "recovery", "crash", "floor", "history")
 
 
 def run(
@@ -713,6 +831,7 @@ def run(
     kills: int = 20,
     only: Sequence[str] = SECTIONS,
     say: Callable[[str], None] = print,
+    history_sizes: Sequence[int] = HISTORY_SIZES,
 ) -> Results:
     results = Results(datetime.now(UTC), rounds, kills)
     started = time.perf_counter()
@@ -731,6 +850,9 @@ def run(
         if "crash" in only:
             say("crash-matrix throughput (saga) ...")
             results.matrix = measure_crash_matrix("saga", say)
+        if "history" in only:
+            say(f"history: finished 3-step workflows, {sorted(history_sizes)} ...")
+            results.history = measure_history(workdir, history_sizes, say)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results.seconds = time.perf_counter() - started
@@ -770,12 +892,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only", action="append", choices=SECTIONS, help="run only this part (repeatable)"
     )
+    parser.add_argument(
+        "--history",
+        type=int,
+        action="append",
+        help="history size in finished workflows (repeatable; default: 1000 and 10000; "
+        "100000 takes about half an hour)",
+    )
 
 
 def command(args: argparse.Namespace, say: Callable[[str], None] = print) -> int:
     """`cookbook bench`: run, print and write the figures. Never fails on a number."""
     with _quiet_sdk_logs():
-        run(args.out, args.rounds, args.kills, args.only or SECTIONS, say)
+        run(
+            args.out,
+            args.rounds,
+            args.kills,
+            args.only or SECTIONS,
+            say,
+            args.history or HISTORY_SIZES,
+        )
     return 0
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resonate.connections.local import I64_MAX, OutgoingMessage
+from resonate.connections.local import I64_MAX, OutgoingMessage, _get, _opt_i64, require_str
 from resonate.error import ServerError
 
 from cookbook.devserver.machine import IndexedServerState, Schedule, tick_request
@@ -144,6 +144,11 @@ class DurableState:
         if kind == "promise.search":
             # A read answers only once everything it may show is on disk (DevServer._commit waits).
             return Applied(self._search(request), [], self.wal.appended)
+        # A `promise.get` changes state only when it times out the promise it reads; logging
+        # every poll (and fsyncing it) made the log grow with time, not with work.
+        get_times_out = kind == "promise.get" and self._times_out(now, request.get("id"))
+        # Likewise a heartbeat that extends no lease (a worker with nothing leased beats too).
+        heartbeat_extends = kind == "task.heartbeat" and self._heartbeat_extends(request)
         status = 500
         try:
             response = self._apply_unlogged(now, request, raise_errors=True)
@@ -154,12 +159,43 @@ class DurableState:
         finally:
             # A read is not logged, but waits for what it read to be durable.
             seq = self.wal.appended
-            if kind not in READ_ONLY_KINDS:
+            if (
+                kind not in READ_ONLY_KINDS
+                and (kind != "promise.get" or get_times_out)
+                and (kind != "task.heartbeat" or heartbeat_extends)
+            ):
                 seq = self.wal.append({"now": now, "req": request})
                 self._journal(now, request, status)
         outgoing = self.server.outgoing
         self.server.outgoing = []
         return Applied(response, outgoing, seq)
+
+    def _times_out(self, now: int, promise_id: Any) -> bool:
+        """Whether a request touching `promise_id` now makes ServerState time it out."""
+        promise = self.server.promises.get(promise_id) if isinstance(promise_id, str) else None
+        return promise is not None and promise.state == "pending" and now >= promise.timeout_at
+
+    def _heartbeat_extends(self, request: dict[str, Any]) -> bool:
+        """Whether `ServerState.task_heartbeat` would extend a lease (or fail part-way: log it)."""
+        pid, refs = request.get("pid"), request.get("tasks")
+        if not isinstance(pid, str):
+            return True
+        if not isinstance(refs, list):
+            return False
+        try:
+            for ref in refs:
+                task = self.server.tasks.get(require_str(ref, "id"))
+                version = _opt_i64(_get(ref, "version"))
+                if (
+                    task is not None
+                    and task.state == "acquired"
+                    and task.pid == pid
+                    and (version is None or version == task.version)
+                ):
+                    return True
+        except ServerError:
+            return True
+        return False
 
     def tick(self) -> Applied | None:
         """Advance time; log the tick only when it changes something (it usually does not)."""
@@ -370,9 +406,10 @@ class DurableState:
         tags: dict[str, Any] = raw_tags if isinstance(raw_tags, dict) else {}
         limit = raw_limit if isinstance(raw_limit, int) and raw_limit > 0 else 100
         offset = int(cursor) if isinstance(cursor, str) and cursor.isdigit() else 0
+        candidates = self.server.promises.tagged(tags)
         matches = [
             p
-            for p in self.server.promises.values()
+            for p in (self.server.promises.values() if candidates is None else candidates)
             if (
                 state is None
                 or p.state == state
