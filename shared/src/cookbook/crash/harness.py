@@ -337,7 +337,8 @@ class CrashHarness:
         execution_id = self._new_id(golden.scenario, secrets.token_hex(2))
         first = self._first_worker()
         result.worker_pids.append(first.pid)
-        second: ManagedProcess | None = None
+        # Workers started to take over; stopped here also when the run fails or times out.
+        taking_over: list[ManagedProcess] = []
         verified = False
         client = self._client()
         try:
@@ -350,29 +351,11 @@ class CrashHarness:
             handle = await self._start(client, golden.scenario, execution_id)
             async with self._signalling(client, golden.scenario, execution_id):
                 if point.phase == "stall":
-                    stalled = await self._stall(first, handle, execution_id, result)
-                    if stalled is None:
-                        return result
-                    second, outcome = stalled
-                    await self._verify(golden, point, execution_id, outcome, result, marks)
-                    verified = True
-                    return result
-                victim = self.stack.devserver if point.kills_server else first
-                assert victim is not None
-                killed = await self._killed(victim, handle)
-                if killed is None:
-                    result.problems.append("the execution ended before reaching the crash point")
-                    return result
-                if killed != -9:
-                    result.problems.append(f"{victim.name} exited with {killed}, not SIGKILL")
-                killed_at = time.perf_counter()
-                if point.kills_server:
-                    await asyncio.to_thread(self.stack.restart_devserver)
+                    outcome = await self._stall(first, handle, execution_id, result, taking_over)
                 else:
-                    second = await asyncio.to_thread(self._worker("worker-2").start)
-                    result.worker_pids.append(second.pid)
-                outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
-                result.recovery_seconds = time.perf_counter() - killed_at
+                    outcome = await self._kill(point, first, handle, result, taking_over)
+            if outcome is None:
+                return result
             await self._verify(golden, point, execution_id, outcome, result, marks)
             verified = True
         except TimeoutError:
@@ -383,22 +366,62 @@ class CrashHarness:
                     os.kill(first.pid, signal.SIGCONT)
             await client.stop()
             if verified and result.passed:  # the survivor is idle, its run complete
-                self._keep_for_next_run(second or first, first)
+                self._keep_for_next_run(taking_over[-1] if taking_over else first, first)
             else:
-                for process in (second, first):
-                    if process is not None:
-                        process.stop()
+                for process in (*taking_over, first):
+                    process.stop()
             async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
                 await server.delete("/_cookbook/tripwires")
             result.total_seconds = time.perf_counter() - started
         return result
 
+    async def _kill(
+        self,
+        point: CrashPoint,
+        first: ManagedProcess,
+        handle: Any,
+        result: CrashResult,
+        taking_over: list[ManagedProcess],
+    ) -> Outcome | None:
+        """Let the tripwire kill the worker (or the server), recover, and wait for the outcome.
+
+        A worker started to take over is added to `taking_over` (none after a server kill, which
+        `first` outlives). None when the run ended before the crash point.
+        """
+        victim = self.stack.devserver if point.kills_server else first
+        assert victim is not None
+        killed = await self._killed(victim, handle)
+        if killed is None:
+            result.problems.append("the execution ended before reaching the crash point")
+            return None
+        if killed != -9:
+            result.problems.append(f"{victim.name} exited with {killed}, not SIGKILL")
+        killed_at = time.perf_counter()
+        if point.kills_server:
+            await asyncio.to_thread(self.stack.restart_devserver)
+        else:
+            await self._take_over(result, taking_over)
+        outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
+        result.recovery_seconds = time.perf_counter() - killed_at
+        return outcome
+
+    async def _take_over(self, result: CrashResult, taking_over: list[ManagedProcess]) -> None:
+        second = await asyncio.to_thread(self._worker("worker-2").start)
+        taking_over.append(second)
+        result.worker_pids.append(second.pid)
+
     async def _stall(
-        self, first: ManagedProcess, handle: Any, execution_id: str, result: CrashResult
-    ) -> tuple[ManagedProcess, Outcome] | None:
+        self,
+        first: ManagedProcess,
+        handle: Any,
+        execution_id: str,
+        result: CrashResult,
+        taking_over: list[ManagedProcess],
+    ) -> Outcome | None:
         """Stall `first` at the wire, let another worker finish, continue `first`.
 
-        Returns the worker that took over and the run's outcome (None: no stall happened).
+        Returns the run's outcome (None: no stall happened); the worker that took over is
+        added to `taking_over`.
 
         Waits for events throughout: the dev server's journal shows the stalled worker's lease
         lapsing, the handle the run's end, and the journal again the late writes refused.
@@ -419,8 +442,7 @@ class CrashHarness:
             return None
         done.cancel()
         stalled_at = time.perf_counter()
-        second = await asyncio.to_thread(self._worker("worker-2").start)
-        result.worker_pids.append(second.pid)
+        await self._take_over(result, taking_over)
         outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
         result.recovery_seconds = time.perf_counter() - stalled_at
         journal, _ = await self._journal(execution_id)
@@ -443,7 +465,7 @@ class CrashHarness:
             result.problems.append(
                 f"the stalled worker's late writes were accepted, not fenced off: {accepted}"
             )
-        return second, outcome
+        return outcome
 
     async def _journal_entry(
         self, execution_id: str, after: int, wanted: Callable[[dict[str, Any]], bool]
@@ -484,13 +506,12 @@ class CrashHarness:
         execution_id: str,
         outcome: Outcome,
         result: CrashResult,
-        marks: receivers.Watermarks | None = None,
+        marks: receivers.Watermarks,
     ) -> None:
         recorded = await self._effects(execution_id)
         journal, promises = await self._journal(execution_id)
-        if marks is not None:
-            got = await self._received(marks, execution_id, recorded, promises)
-            result.problems += receivers.differences(golden.received, got)
+        got = await self._received(marks, execution_id, recorded, promises)
+        result.problems += receivers.differences(golden.received, got)
         journal = [e for e in journal if e.get("status", 200) < 400]  # refused: it did nothing
         outcome = outcome.normalized(execution_id, recorded, step_results(execution_id, promises))
         if outcome != golden.outcome:
