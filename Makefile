@@ -118,7 +118,7 @@ down: ## stop and remove the compose stack, every profile (volumes are kept)
 new: setup ## scaffold a new example from the template: make new NAME=<name>
 	@test -n "$(NAME)" || { echo "usage: make new NAME=<name>"; exit 2; }
 	@$(COOKBOOK) new $(NAME)
-	@$(uv) lock --quiet
+	@$(uv) lock --quiet --python "$$($(find_python))"
 	@$(MAKE) --no-print-directory setup
 	@$(COOKBOOK) docs --example $(NAME)
 	@$(COOKBOOK) pin $(NAME)
