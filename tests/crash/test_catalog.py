@@ -125,7 +125,28 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_a_file_in_this_repository_is_named_by_its_path_in_it() -> None:
     assert catalog.validate({"worker": "w", "group": "g", "sevices": []}) == [
         "[tool.cookbook].sevices: unknown key (known: worker, group, demo, gateway, services, "
-        "scenarios, receivers)"
+        "scenarios, receivers, skip_time)"
     ]
     with pytest.raises(catalog.CatalogError, match=r"^examples/saga/missing/pyproject.toml: "):
         catalog.load_example(ROOT / "examples" / "saga" / "missing")
+
+
+def test_skip_time_reaches_the_harness_stack(tmp_path: Path) -> None:
+    from cookbook.crash.harness import harness_stack
+
+    plain = catalog.load_example(example_at(tmp_path, GOOD))
+    assert not plain.skip_time
+    assert not harness_stack(plain).skip_time
+    (tmp_path / "b").mkdir()
+    skipping = catalog.load_example(
+        example_at(
+            tmp_path / "b", GOOD.replace('group = "demo"', 'group = "demo"\nskip_time = true')
+        )
+    )
+    assert harness_stack(skipping).skip_time
+
+
+def test_skip_time_must_be_a_boolean(tmp_path: Path) -> None:
+    toml = GOOD.replace('group = "demo"', 'group = "demo"\nskip_time = "yes"')
+    [problem] = problems_of(tmp_path, toml)
+    assert problem.endswith("[tool.cookbook].skip_time: expected a boolean, got a string")

@@ -42,6 +42,9 @@ class Example:
     gateway: str | None  # a module run with `python -m`; prints "... listening on <url>"
     services: tuple[str, ...]
     scenarios: tuple[Scenario, ...]
+    # The crash harness runs the scenarios on a dev server that skips time (`--skip-time`): a
+    # workflow that sleeps for hours is crash-tested with its real durations, in seconds.
+    skip_time: bool = False
 
     @property
     def package(self) -> str:
@@ -85,6 +88,7 @@ EXAMPLE_KEYS: dict[str, Key] = {
     # The systems that receive an example's effects, read at every crash point; what each table
     # holds is checked by cookbook.crash.receivers, which reads them.
     "receivers": _A_TABLE_LIST,
+    "skip_time": Key((bool,)),
 }
 SCENARIO_KEYS: dict[str, Key] = {
     "name": _REQUIRED_STRING,
@@ -215,6 +219,7 @@ def load_example(path: Path) -> Example:
         gateway=table.get("gateway"),
         services=tuple(table.get("services", [])),
         scenarios=scenarios,
+        skip_time=table.get("skip_time", False),
     )
 
 

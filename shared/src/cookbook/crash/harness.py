@@ -607,9 +607,12 @@ class CrashHarness:
 
 def harness_stack(example: Example) -> Stack:
     """The stack the harness runs an example on: the services it declares, and always an embedded
-    dev server in fast-recovery mode (its tripwires do the killing), whatever RESONATE_URL says."""
+    dev server in fast-recovery mode (its tripwires do the killing), whatever RESONATE_URL says;
+    one that skips time if the example asks for it."""
     environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
-    return stack_for(example.services, fast_recovery=True, environ=environ)
+    return stack_for(
+        example.services, fast_recovery=True, environ=environ, skip_time=example.skip_time
+    )
 
 
 # A journaled string shorter than this is a word ("ok", "booked"), not an id worth normalising.
