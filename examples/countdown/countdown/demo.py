@@ -112,7 +112,7 @@ async def main(plan: Plan) -> None:
         )
         body = effect["body"]
         position = f"{body['position']}/{body['of']}"
-        print(f"  {position:>5}  {effect['resource_id']}  {body['message']:<9}{gap}")
+        print(f"  {position:>5}  {effect['resource_id']}  {body['message']:<9}{gap}".rstrip())
 
     # The workflow's own deadline was set when it started. Time skipping moves pending deadlines
     # earlier instead of moving the clock: the distance it moved is the waiting that was skipped.
