@@ -160,6 +160,18 @@ def test_the_right_token_pays_once_and_tells_finance(
     }
 
 
+def test_the_server_keeps_no_copy_of_the_token(
+    server: RunningDevServer, sandbox: RunningSandbox, worker: None, token: str
+) -> None:
+    execution_id = new_id()
+    pay(server, token, execution_id, *PAYOUT)
+
+    stored = b"".join(f.read_bytes() for f in server.data_dir.rglob("*") if f.is_file())
+    assert stored and token.encode() not in stored
+    assert token not in httpx.get(f"{server.url}/_cookbook/state", headers=server.headers).text
+    assert token not in str(server.journal(execution_id))
+
+
 # -- requests: no token, a wrong token ------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from token_auth.workflow import payout
 
 GROUP = "token-auth"
 # A promise id of this example's own, read (never created) to find out whether the server lets
-# this worker in: a read does nothing, and its answer is 404 (in) or 401 (not in).
+# this worker in: a read changes nothing, and its answer is 404 (in) or 401 (not in).
 AUTH_CHECK_ID = "token-auth.worker-auth-check"
 
 
@@ -36,14 +36,16 @@ async def check_token(resonate: Resonate) -> str | None:
     """Why the server refuses this worker (None: it is let in).
 
     Without this, a worker with a missing or wrong token looks alive: SDK 0.8.1 retries a refused
-    event stream forever (backing off to a minute, a warning each time) and never gets any work.
+    event stream for ever (backing off to a minute, a warning each time) and never gets any work.
+    A 403 is not a refusal of the token: the official server says it when a valid token's
+    `prefix` claim does not cover the id asked for, and this id is outside any payout's prefix.
     """
     try:
         await resonate.promises.get(AUTH_CHECK_ID)
     except ServerError as exc:
-        if exc.code in (401, 403):
+        if exc.code == 401:
             return exc.message
-        if exc.code != 404:
+        if exc.code not in (403, 404):
             raise
     return None
 
