@@ -10,11 +10,9 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
 
 from resonate.error import ServerError
-from resonate.handle import ResonateHandle
 from resonate.resonate import Resonate
 
 GROUP = "token-auth"
@@ -28,19 +26,18 @@ def client(*, token: str | None = None, env: Mapping[str, str] | None = None) ->
     )
 
 
-async def try_to_start(resonate: Resonate, execution_id: str) -> ResonateHandle[Any] | None:
-    """Start the payout: its handle if the server took it, None (and why) if it refused."""
+async def accepted(creation: Awaitable[str], execution_id: str) -> bool:
+    """Whether the server took the payout `rpc` asked it to create (and if not, why)."""
     print(f"→ rpc payout{PAYOUT} as {execution_id}")
-    handle = resonate.options(target=GROUP).rpc(execution_id, "payout", *PAYOUT)
     try:
         # `rpc` creates the execution in the background: `handle.id()` waits for that answer
         # and raises its error, where `handle.result()` alone would wait for ever.
-        await handle.id()
+        await creation
     except ServerError as exc:
         print(f"✗ refused: {type(exc).__module__}.{type(exc).__name__}: {exc}")
-        return None
+        return False
     print("✓ accepted: the execution is created; a worker of the group pays")
-    return handle
+    return True
 
 
 async def main() -> None:
@@ -55,7 +52,8 @@ async def main() -> None:
     # This process has RESONATE_TOKEN, which the SDK would read: an empty environment is a client
     # that was never given one.
     anonymous = client(env={})
-    let_in = await try_to_start(anonymous, execution_id) is not None
+    payout = anonymous.options(target=GROUP).rpc(execution_id, "payout", *PAYOUT)
+    let_in = await accepted(payout.id(), execution_id)
     await anonymous.stop()
     print(
         "  the server answered 401 and the SDK does not retry that: the create's ServerError\n"
@@ -64,7 +62,8 @@ async def main() -> None:
 
     print("\n2. a client with a wrong token")
     impostor = client(token="not-the-token")
-    let_in |= await try_to_start(impostor, execution_id) is not None
+    payout = impostor.options(target=GROUP).rpc(execution_id, "payout", *PAYOUT)
+    let_in |= await accepted(payout.id(), execution_id)
     await impostor.stop()
 
     print("\n3. a client with the token from RESONATE_TOKEN")
@@ -77,11 +76,11 @@ async def main() -> None:
     if let_in:
         await finance.stop()
         sys.exit("! the server let a client in without the right token: it requires none")
-    handle = await try_to_start(finance, execution_id)
-    if handle is None:
+    payout = finance.options(target=GROUP).rpc(execution_id, "payout", *PAYOUT)
+    if not await accepted(payout.id(), execution_id):
         await finance.stop()
         sys.exit("! the right token was refused: is RESONATE_TOKEN the server's token?")
-    result = await handle.result()
+    result = await payout.result()
     print(
         f"✓ {result['status']}: payout {result['payout_id']}, "
         f"finance told in message {result['notification']}"
