@@ -46,6 +46,8 @@ SAFE_DEFAULTS = {
     "REFERENCE_DB": "a file inside WLRF_DATA_DIR",
     "LEDGER_STANDIN_DB": "a file inside WLRF_DATA_DIR (unused when TIGERBEETLE_ADDRESS is set)",
     "PROVIDER_TIMEOUT_SECONDS": "saga's 10 s per provider call suits the sandbox and most APIs",
+    "RESONATE_TOKEN": "unset: no token, as the compose server runs without auth (token-auth's "
+    "README says how to turn it on)",
 }
 
 # What an example's `[tool.cookbook] services` entry needs from compose: the service it waits

@@ -125,7 +125,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_a_file_in_this_repository_is_named_by_its_path_in_it() -> None:
     assert catalog.validate({"worker": "w", "group": "g", "sevices": []}) == [
         "[tool.cookbook].sevices: unknown key (known: worker, group, demo, gateway, services, "
-        "scenarios, receivers, skip_time)"
+        "scenarios, receivers, skip_time, auth)"
     ]
     with pytest.raises(catalog.CatalogError, match=r"^examples/saga/missing/pyproject.toml: "):
         catalog.load_example(ROOT / "examples" / "saga" / "missing")
@@ -150,3 +150,33 @@ def test_skip_time_must_be_a_boolean(tmp_path: Path) -> None:
     toml = GOOD.replace('group = "demo"', 'group = "demo"\nskip_time = "yes"')
     [problem] = problems_of(tmp_path, toml)
     assert problem.endswith("[tool.cookbook].skip_time: expected a boolean, got a string")
+
+
+def test_auth_makes_the_harness_stack_require_a_token(tmp_path: Path) -> None:
+    """With `auth = true` the harness's dev server refuses requests without the stack's token,
+    also once restarted (a server-kill point), and the example's processes get that token."""
+    import httpx
+    from cookbook.crash.harness import harness_stack
+
+    plain = catalog.load_example(example_at(tmp_path, GOOD.replace('["sandbox"]', "[]")))
+    assert not plain.auth
+    assert not harness_stack(plain).auth
+    (tmp_path / "b").mkdir()
+    toml = GOOD.replace('["sandbox"]', "[]").replace(
+        'group = "demo"', 'group = "demo"\nauth = true'
+    )
+    with harness_stack(catalog.load_example(example_at(tmp_path / "b", toml))) as stack:
+        health = f"{stack.resonate_url}/_cookbook/health"
+        for _ in ("started", "restarted"):
+            assert httpx.get(health).status_code == 401
+            assert httpx.get(health, headers={"Authorization": "Bearer wrong"}).status_code == 401
+            assert httpx.get(health, headers=stack.resonate_headers).status_code == 200
+            stack.restart_devserver()
+        assert stack.token is not None
+        assert stack.env()["RESONATE_TOKEN"] == stack.token
+
+
+def test_auth_must_be_a_boolean(tmp_path: Path) -> None:
+    toml = GOOD.replace('group = "demo"', 'group = "demo"\nauth = "on"')
+    [problem] = problems_of(tmp_path, toml)
+    assert problem.endswith("[tool.cookbook].auth: expected a boolean, got a string")

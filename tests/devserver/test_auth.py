@@ -120,6 +120,30 @@ def test_a_worker_and_a_client_with_the_token_run_a_workflow(
     assert refused.code == 401
 
 
+def test_the_token_is_never_written_to_the_log(
+    start_devserver: DevServerFactory, start_worker: ProcessFactory
+) -> None:
+    # SDK 0.8.1 repeats the token in the envelope a task.fence nests; the log must not keep it.
+    server = start_devserver(tokens=[TOKEN])
+    start_worker(WORKER, {"RESONATE_URL": server.url, "RESONATE_TOKEN": TOKEN})
+
+    async def run() -> int:
+        client = Resonate(url=server.url, group="devserver-tests-client", token=TOKEN)
+        try:
+            handle = client.options(target="devserver-tests").rpc(
+                f"unlogged-{secrets.token_hex(3)}", "count", 3
+            )
+            value: int = await asyncio.wait_for(handle.result(), 20)
+            return value
+        finally:
+            await client.stop()
+
+    assert asyncio.run(run()) == sum(range(3))
+    log = (server.data_dir / "wal.jsonl").read_bytes()
+    assert b'"task.fence"' in log
+    assert TOKEN.encode() not in log
+
+
 def test_without_tokens_the_server_stays_open(start_devserver: DevServerFactory) -> None:
     server = start_devserver()
     promise_id = f"open-{secrets.token_hex(3)}"

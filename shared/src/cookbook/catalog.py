@@ -45,6 +45,10 @@ class Example:
     # The crash harness runs the scenarios on a dev server that skips time (`--skip-time`): a
     # workflow that sleeps for hours is crash-tested with its real durations, in seconds.
     skip_time: bool = False
+    # The dev server requires a bearer token (a random one per stack, never written down):
+    # `cookbook run`, the crash harness and `cookbook docs` start it with that token and give it
+    # to the example's processes as RESONATE_TOKEN, which the SDK sends on every request.
+    auth: bool = False
 
     @property
     def package(self) -> str:
@@ -89,6 +93,7 @@ EXAMPLE_KEYS: dict[str, Key] = {
     # holds is checked by cookbook.crash.receivers, which reads them.
     "receivers": _A_TABLE_LIST,
     "skip_time": Key((bool,)),
+    "auth": Key((bool,)),
 }
 SCENARIO_KEYS: dict[str, Key] = {
     "name": _REQUIRED_STRING,
@@ -220,6 +225,7 @@ def load_example(path: Path) -> Example:
         services=tuple(table.get("services", [])),
         scenarios=scenarios,
         skip_time=table.get("skip_time", False),
+        auth=table.get("auth", False),
     )
 
 

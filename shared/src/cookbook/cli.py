@@ -64,8 +64,11 @@ def run_example(
         example.services,
         narrate=None if quiet else _prefixed("provider"),
         skip_time=skip_time,
+        auth=example.auth,
     ) as stack:
         where = "embedded dev server" if stack.embedded else "RESONATE_URL"
+        if stack.token:  # never shown: the example's processes get it as RESONATE_TOKEN
+            where += ", bearer token required: in RESONATE_TOKEN"
         if skip_time:
             where += ", time skipping" if stack.embedded else "; --skip-time ignored: not embedded"
         _say(f"· resonate server: {stack.resonate_url} ({where})")

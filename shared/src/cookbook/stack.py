@@ -9,6 +9,7 @@ from environment variables only, which is all they would get in production.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import sys
 import tempfile
@@ -85,6 +86,7 @@ class Stack:
         kafka: bool = False,
         kubernetes: bool = False,
         skip_time: bool = False,
+        auth: bool = False,
     ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="cookbook-")
@@ -92,6 +94,11 @@ class Stack:
         self.fast_recovery = fast_recovery
         # Only the embedded dev server can skip time; an external server is used as it is.
         self.skip_time = skip_time
+        # With auth, an embedded dev server requires a bearer token made up for this stack; the
+        # example's processes get it as RESONATE_TOKEN. An external server is used as it is:
+        # whatever RESONATE_TOKEN the environment holds is passed on.
+        self.auth = auth
+        self.token: str | None = None
         self.devserver: ManagedProcess | None = None
         self.sandbox: ManagedProcess | None = None
         self._want_sandbox = sandbox
@@ -124,10 +131,13 @@ class Stack:
     def start(self) -> Self:
         try:
             if not self.resonate_url:
+                if self.auth:
+                    self.token = secrets.token_urlsafe(24)
                 self.devserver = devserver_process(
                     self.workdir / "devserver",
                     fast_recovery=self.fast_recovery,
                     skip_time=self.skip_time,
+                    tokens=self._tokens(),
                 ).start()
                 self.resonate_url = url_of(self.devserver)
             if self._want_sandbox:
@@ -166,11 +176,23 @@ class Stack:
             port=port,
             fast_recovery=self.fast_recovery,
             skip_time=self.skip_time,
+            tokens=self._tokens(),
         ).start()
+
+    def _tokens(self) -> tuple[str, ...]:
+        return (self.token,) if self.token else ()
+
+    @property
+    def resonate_headers(self) -> dict[str, str]:
+        """What a plain HTTP request to the Resonate server (its cookbook endpoints) needs."""
+        token = self.token or self.environ.get("RESONATE_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment an example process runs with."""
         env = {**self.environ, "RESONATE_URL": self.resonate_url, **extra}
+        if self.token:
+            env["RESONATE_TOKEN"] = self.token
         if self.provider_url:
             env["PROVIDER_API_URL"] = self.provider_url
         if self.kafka_bootstrap:

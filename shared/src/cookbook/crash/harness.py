@@ -184,7 +184,16 @@ class CrashHarness:
 
     def _client(self) -> Resonate:
         return Resonate(
-            url=self.stack.resonate_url, group="cookbook-harness", ttl=timedelta(seconds=30)
+            url=self.stack.resonate_url,
+            group="cookbook-harness",
+            ttl=timedelta(seconds=30),
+            token=self.stack.token,
+        )
+
+    def _server(self, timeout: float = 5.0) -> httpx.AsyncClient:
+        """An HTTP client for the dev server's cookbook endpoints (with its token, if any)."""
+        return httpx.AsyncClient(
+            base_url=self.stack.resonate_url, headers=self.stack.resonate_headers, timeout=timeout
         )
 
     def _new_id(self, scenario: Scenario, tag: str) -> str:
@@ -207,7 +216,10 @@ class CrashHarness:
             for call in scenario.setup:
                 url = self.stack.service_url(call["service"]) + call["path"]
                 body = _substitute(call.get("json"), execution_id)
-                response = await http.request(call.get("method", "POST"), url, json=body)
+                headers = self.stack.resonate_headers if call["service"] == "resonate" else {}
+                response = await http.request(
+                    call.get("method", "POST"), url, json=body, headers=headers
+                )
                 response.raise_for_status()
 
     @contextlib.asynccontextmanager
@@ -238,7 +250,7 @@ class CrashHarness:
         waiting: dict[str, None] = {}
         answered: set[str] = set()
         seen = 0
-        async with httpx.AsyncClient(base_url=self.stack.resonate_url, timeout=40) as server:
+        async with self._server(timeout=40) as server:
             while signals:
                 try:
                     page = (
@@ -343,7 +355,7 @@ class CrashHarness:
         client = self._client()
         try:
             marks = await self._watermarks()
-            async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
+            async with self._server() as server:
                 armed = await server.post(
                     "/_cookbook/tripwires", json=point.tripwire(execution_id, first.pid)
                 )
@@ -370,7 +382,7 @@ class CrashHarness:
             else:
                 for process in (*taking_over, first):
                     process.stop()
-            async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
+            async with self._server() as server:
                 await server.delete("/_cookbook/tripwires")
             result.total_seconds = time.perf_counter() - started
         return result
@@ -472,7 +484,7 @@ class CrashHarness:
     ) -> dict[str, Any]:
         """The first journal entry of the execution after `after` that is `wanted` (long poll)."""
         seen = after
-        async with httpx.AsyncClient(base_url=self.stack.resonate_url, timeout=40) as server:
+        async with self._server(timeout=40) as server:
             while True:
                 page = (
                     await server.get(
@@ -565,7 +577,7 @@ class CrashHarness:
     async def _journal(
         self, execution_id: str
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
+        async with self._server() as server:
             journal = (
                 await server.get("/_cookbook/journal", params={"origin": execution_id})
             ).json()["entries"]
@@ -586,7 +598,7 @@ class CrashHarness:
 
     async def _fired_at(self, wire: dict[str, Any]) -> int | None:
         """The journal's length when this run's tripwire fired (None if the server restarted)."""
-        async with httpx.AsyncClient(base_url=self.stack.resonate_url) as server:
+        async with self._server() as server:
             fired = (await server.get("/_cookbook/tripwires")).json()["fired"]
         return next(
             (
@@ -608,10 +620,14 @@ class CrashHarness:
 def harness_stack(example: Example) -> Stack:
     """The stack the harness runs an example on: the services it declares, and always an embedded
     dev server in fast-recovery mode (its tripwires do the killing), whatever RESONATE_URL says;
-    one that skips time if the example asks for it."""
+    one that skips time, or requires a token, if the example asks for it."""
     environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
     return stack_for(
-        example.services, fast_recovery=True, environ=environ, skip_time=example.skip_time
+        example.services,
+        fast_recovery=True,
+        environ=environ,
+        skip_time=example.skip_time,
+        auth=example.auth,
     )
 
 

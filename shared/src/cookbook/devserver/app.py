@@ -25,7 +25,7 @@ from resonate.connections.local import (
 )
 from resonate.error import ServerError
 
-from cookbook.devserver.auth import BearerAuth, is_loopback
+from cookbook.devserver.auth import BearerAuth, is_loopback, without_credentials
 from cookbook.devserver.protocol import touches
 from cookbook.devserver.router import Router, Subscriber
 from cookbook.devserver.state import Applied, DurableState
@@ -178,7 +178,7 @@ class DevServer:
             envelope = msgspec.json.decode(await request.read())
         except msgspec.DecodeError as exc:
             return _envelope_error(None, None, 400, f"request body is not JSON: {exc}")
-        flat = unwrap_request_envelope(envelope)
+        flat = without_credentials(unwrap_request_envelope(envelope))
         if not isinstance(flat, dict) or not isinstance(flat.get("kind"), str):
             return _envelope_error(
                 None, None, 400, "expected an envelope {kind, head: {corrId}, data}"

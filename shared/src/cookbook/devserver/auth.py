@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 TOKENS_ENV = "RESONATE_DEVSERVER_TOKENS"
 
@@ -44,6 +45,27 @@ class BearerAuth:
         for token in self._tokens:
             matched |= hmac.compare_digest(candidate, token)
         return None if matched else "invalid bearer token"
+
+
+def without_credentials(request: Any) -> Any:
+    """The request with every `auth` taken out of the envelope heads nested in it.
+
+    SDK 0.8.1 sends the token again inside a request's nested envelopes (a `task.fence` carries
+    its `promise.create` whole, head and all); the server needs none of them, and whatever it
+    applies is written to its log, where a token must never be.
+    """
+    if isinstance(request, dict):
+        return {
+            key: (
+                {k: v for k, v in value.items() if k != "auth"}
+                if key == "head" and isinstance(value, dict)
+                else without_credentials(value)
+            )
+            for key, value in request.items()
+        }
+    if isinstance(request, list):
+        return [without_credentials(item) for item in request]
+    return request
 
 
 def is_loopback(host: str) -> bool:
