@@ -8,6 +8,7 @@ needs to be up at the tick, and a tick is one execution however many there are.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -22,6 +23,9 @@ GROUP = "schedule"
 SCHEDULE_ID = "nightly-report"
 NIGHTLY = "0 0 * * *"  # every day at 00:00 UTC (the server reads cron in UTC)
 DISTRIBUTION_LIST = "finance-team"
+# A schedule's arguments are stored in plaintext on the server and copied into every tick: the
+# report goes to a list by name, which the mailer expands, never to people's addresses.
+LIST_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # How long after its tick a run may still finish, retries included. Past it the tick's promise
 # times out and the report is not sent late; it also bounds every step's own timeout. Half a day:
 # a report about last night read the next afternoon is still worth sending, one a day late is not.
@@ -75,10 +79,17 @@ async def create_nightly_schedule(
     `nightly_report(distribution_list)` on a worker of GROUP as a fresh execution.
 
     The server checks the cron expression; one it cannot read is refused with a 400 naming the
-    field, raised here as ScheduleRefusedError. Creating an id that exists returns that schedule
+    field, raised here as ScheduleRefusedError, as is a distribution list that is not a list's
+    name (checked here, before anything is sent). Creating an id that exists returns that schedule
     unchanged, whatever the cron: a different cron is refused here rather than silently ignored
     (delete the schedule to change it).
     """
+    if not LIST_NAME.fullmatch(distribution_list):
+        raise ScheduleRefusedError(
+            f"schedule {schedule_id!r}: invalid field 'distribution_list':"
+            f" {distribution_list!r} is not a list name (lowercase letters, digits and dashes,"
+            " e.g. 'finance-team'); it is stored in plaintext, so never people's addresses"
+        )
     try:
         schedule = await resonate.options(target=GROUP).schedule(
             schedule_id,
