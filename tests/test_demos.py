@@ -15,10 +15,13 @@ ROOT = catalog.repo_root(Path(__file__))
 # The console script `make run-<example>` calls.
 COOKBOOK = str(Path(sys.executable).with_name("cookbook"))
 CRASH_COMMAND = re.compile(r"make run-(?P<example>[a-z0-9-]+) CRASH=(?P<spec>[a-z][a-z0-9.#]*)")
+# A README whose demo needs the dev server to skip time (an every-minute schedule) shows it so.
+SKIP_TIME_COMMAND = re.compile(r"make run-(?P<example>[a-z0-9-]+)( CRASH=\S+)? SKIP_TIME=1")
 
 
 def documented_runs() -> list[object]:
-    """Each example's demo, with the CRASH= its README shows if it shows one.
+    """Each example's demo, with the CRASH= its README shows if it shows one, and with SKIP_TIME=1
+    if its README runs it so.
 
     A crash run is the plain demo plus a kill and a take-over: running both would run the demo
     twice to learn little more.
@@ -29,17 +32,21 @@ def documented_runs() -> list[object]:
             continue
         readme = (example.path / "README.md").read_text()
         specs = {m["spec"] for m in CRASH_COMMAND.finditer(readme) if m["example"] == example.name}
+        skip = any(m["example"] == example.name for m in SKIP_TIME_COMMAND.finditer(readme))
         runs += [
-            pytest.param(example.name, spec, id=f"{example.name}-CRASH={spec}")
+            pytest.param(example.name, spec, skip, id=f"{example.name}-CRASH={spec}")
             for spec in sorted(specs)
-        ] or [pytest.param(example.name, None, id=example.name)]
+        ] or [pytest.param(example.name, None, skip, id=example.name)]
     return runs
 
 
-def cookbook_run(example: str, crash: str | None, tmp: Path) -> subprocess.CompletedProcess[str]:
-    """`make run-<example> [CRASH=...]`, with a TMPDIR of its own, so that what a demo keeps in
-    temporary files is not shared with a demo another test process is running."""
+def cookbook_run(
+    example: str, crash: str | None, tmp: Path, skip_time: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`make run-<example> [CRASH=...] [SKIP_TIME=1]`, with a TMPDIR of its own, so that what a
+    demo keeps in temporary files is not shared with a demo another test process is running."""
     command = [COOKBOOK, "run", example, *(["--crash", crash] if crash else [])]
+    command += ["--skip-time"] if skip_time else []
     environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
     return subprocess.run(
         command,
@@ -52,9 +59,11 @@ def cookbook_run(example: str, crash: str | None, tmp: Path) -> subprocess.Compl
     )
 
 
-@pytest.mark.parametrize(("example", "crash"), documented_runs())
-def test_the_demo_runs_as_its_readme_says(example: str, crash: str | None, tmp_path: Path) -> None:
-    run = cookbook_run(example, crash, tmp_path)
+@pytest.mark.parametrize(("example", "crash", "skip_time"), documented_runs())
+def test_the_demo_runs_as_its_readme_says(
+    example: str, crash: str | None, skip_time: bool, tmp_path: Path
+) -> None:
+    run = cookbook_run(example, crash, tmp_path, skip_time)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     assert "Traceback" not in output, output
