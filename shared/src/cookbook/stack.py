@@ -191,6 +191,11 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         """The environment an example process runs with."""
         env = {**self.environ, "RESONATE_URL": self.resonate_url, **extra}
+        # SKIP_TIME=1 tells a demo that durable sleeps take no time here, so it can show
+        # realistic durations; only where the server really skips (an embedded dev server).
+        env.pop("SKIP_TIME", None)
+        if self.skip_time and self.embedded:
+            env["SKIP_TIME"] = "1"
         if self.token:
             env["RESONATE_TOKEN"] = self.token
         if self.provider_url:
