@@ -45,6 +45,10 @@ class Example:
     # The crash harness runs the scenarios on a dev server that skips time (`--skip-time`): a
     # workflow that sleeps for hours is crash-tested with its real durations, in seconds.
     skip_time: bool = False
+    # "module:function" returning the `Encryptor` the example's workers use (from the same
+    # environment), for the harness's own client: it sends the scenario's arguments and reads
+    # the outcome, so it must seal and open values as the workers do.
+    encryptor: str | None = None
 
     @property
     def package(self) -> str:
@@ -89,6 +93,7 @@ EXAMPLE_KEYS: dict[str, Key] = {
     # holds is checked by cookbook.crash.receivers, which reads them.
     "receivers": _A_TABLE_LIST,
     "skip_time": Key((bool,)),
+    "encryptor": _A_STRING,
 }
 SCENARIO_KEYS: dict[str, Key] = {
     "name": _REQUIRED_STRING,
@@ -220,6 +225,7 @@ def load_example(path: Path) -> Example:
         services=tuple(table.get("services", [])),
         scenarios=scenarios,
         skip_time=table.get("skip_time", False),
+        encryptor=table.get("encryptor"),
     )
 
 
