@@ -182,7 +182,8 @@ def _development_key_ring(path: Path) -> KeyRing:
             pass
         finally:
             os.unlink(draft.name)
-    source = f"the development key ring {path} (no ENCRYPTION_KEYS(_FILE); never in production)"
+    shown = os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+    source = f"the development key ring {shown} (ENCRYPTION_KEYS(_FILE) unset)"
     return KeyRing.from_json(path.read_text(), source)
 
 

@@ -52,7 +52,7 @@ async def main() -> None:
     url = os.environ["RESONATE_URL"]
     # A client, not a worker: it joins its own group so it is never handed workflow work.
     key_ring = load_key_ring()
-    print(f"· key ring: sealing with key {key_ring.current!r}; from {key_ring.source}")
+    print(f"· the demo's key ring: {key_ring.source}")
     resonate = Resonate(url=url, group="encryption-clients", encryptor=AesGcmEncryptor(key_ring))
     view = Resonate(url=url, group="encryption-clients", encryptor=SealedView())
     try:
@@ -79,18 +79,26 @@ async def main() -> None:
             print(f"✗ the client reads the error: {type(exc).__name__}: {exc}")
         show(await view.promises.get(bad_id))
 
-        print("\n4. A client whose key has the right id but the wrong bytes")
-        wrong = KeyRing.new(key_ring.current)
-        intruder = Resonate(url=url, group="encryption-clients", encryptor=AesGcmEncryptor(wrong))
-        try:
-            await intruder.promises.get(ada_id)
-        except DecryptionError as exc:
-            print(f"✗ DecryptionError: {exc}")
-        finally:
-            await intruder.stop()
+        print("\n4. Ada's execution read with a wrong key (the right key id, other bytes)")
+        await read_with(url, KeyRing.new(key_ring.current), ada_id)
+
+        rotated = key_ring.rotated("demo-rotated")
+        print(f"\n5. ... and with the key ring rotated to a new key {rotated.current!r}")
+        await read_with(url, rotated, ada_id)
     finally:
         await view.stop()
         await resonate.stop()
+
+
+async def read_with(url: str, key_ring: KeyRing, execution_id: str) -> None:
+    client = Resonate(url=url, group="encryption-clients", encryptor=AesGcmEncryptor(key_ring))
+    try:
+        result = await (await client.get(execution_id)).result()
+        print(f"✓ it opens: {result['customer']['name']}, {result['status']}")
+    except DecryptionError as exc:
+        print(f"✗ DecryptionError: {exc}")
+    finally:
+        await client.stop()
 
 
 def show(record: PromiseRecord) -> None:
@@ -98,8 +106,7 @@ def show(record: PromiseRecord) -> None:
     print(f"  state  {record.state}")
     print(f"  param  {record.param.data}")
     print(f"  value  {record.value.data}")
-    tags = {k: v for k, v in record.tags.items() if k.startswith("resonate:")}
-    print(f"  tags   {tags}  (plaintext)")
+    print(f"  tags   {len(record.tags)}, e.g. resonate:target={record.tags['resonate:target']}")
 
 
 if __name__ == "__main__":

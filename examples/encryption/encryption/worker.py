@@ -57,11 +57,10 @@ async def main() -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        print(f"encryption worker {os.getpid()} ready", flush=True)
         keys = ", ".join(sorted(key_ring.keys))
         print(
-            f"encryption worker {os.getpid()} ready: sealing with key {key_ring.current!r},"
-            f" opening with {keys}; key ring from {key_ring.source}",
-            flush=True,
+            f"sealing with key {key_ring.current!r}, opening {keys}: {key_ring.source}", flush=True
         )
         await stop.wait()
         await resonate.stop()
