@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from encryption.crypto import (
     KeyRing,
     KeyRingError,
     load_key_ring,
+    main,
 )
 
 PLAINTEXT = b'{"name":"Ada Lovelace","email":"ada@example.com"}'
@@ -93,6 +95,23 @@ def test_the_key_ring_comes_from_the_environment_or_a_file(tmp_path: Path) -> No
     assert (from_env.current, dict(from_env.keys)) == ("k2", dict(ring.keys))
     assert (from_file.current, dict(from_file.keys)) == ("k2", dict(ring.keys))
     assert "ENCRYPTION_KEYS_FILE" in from_file.source
+    # An empty variable is an unset one (compose sets ENCRYPTION_KEYS="" beside the file).
+    unset_inline = load_key_ring({"ENCRYPTION_KEYS": "", "ENCRYPTION_KEYS_FILE": str(key_file)})
+    assert dict(unset_inline.keys) == dict(ring.keys)
+
+
+def test_the_command_line_makes_and_rotates_key_rings(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main(["new-key-ring", "2026-01"])
+    first = KeyRing.from_json(capsys.readouterr().out, "new-key-ring")
+    monkeypatch.setattr("sys.stdin", io.StringIO(first.to_json()))
+    main(["rotate", "2026-07"])
+    second = KeyRing.from_json(capsys.readouterr().out, "rotate")
+
+    assert second.current == "2026-07"
+    assert second.keys["2026-01"] == first.keys["2026-01"]
+    assert sorted(second.keys) == ["2026-01", "2026-07"]
 
 
 @pytest.mark.parametrize(

@@ -246,7 +246,9 @@ def test_a_worker_with_a_wrong_key_refuses_the_work_loudly_and_a_right_one_finis
             refused.set()
 
     wrong = worker_env(devserver, sandbox, KeyRing.new(ring.current))
-    start_process(worker_process("encryption.worker", wrong, name="wrong-key", on_line=watch))
+    wrong_worker = start_process(
+        worker_process("encryption.worker", wrong, name="wrong-key", on_line=watch)
+    )
     eid = execution_id()
     who = customer()
 
@@ -257,8 +259,9 @@ def test_a_worker_with_a_wrong_key_refuses_the_work_loudly_and_a_right_one_finis
 
     assert refused.wait(20), "the wrong-key worker said nothing"
     assert sandbox.records.requests(key_prefix=eid + ":") == []  # it ran nothing on garbage
+    wrong_worker.stop()  # still holding the task: the right worker gets it when its lease lapses
     start_worker("encryption.worker", worker_env(devserver, sandbox, ring), name="right-key")
-    result = onboard(devserver.url, ring, eid, who)  # its lease lapses; the right worker takes it
+    result = onboard(devserver.url, ring, eid, who)
     assert result["status"] == "onboarded"
     assert len(sandbox.records.effects(key_prefix=eid + ":")) == 2
 
@@ -275,13 +278,14 @@ def test_rotation_across_a_worker_restart_with_executions_in_flight(
 
     async def start(client: Resonate) -> None:
         for eid, who in in_flight.items():
-            # Suspended on their welcome delay when the worker is replaced.
-            await client.options(target="encryption").rpc(eid, "onboard", who, 3).id()
+            # Suspended on their welcome delay when the worker is replaced (well before it ends).
+            await client.options(target="encryption").rpc(eid, "onboard", who, 5).id()
 
     with_client(devserver.url, ring, start)
     for eid in in_flight:
         devserver.wait_for("suspend", f"{eid}:2")  # on its sleep
     before.stop()
+    assert not any(p["id"].endswith(":3") for p in promises_held(devserver)), "replaced too late"
     start_worker("encryption.worker", worker_env(devserver, sandbox, rotated), name="after")
     after_rotation = execution_id()
 
