@@ -14,8 +14,9 @@ The keys never sit in code. They come from the environment:
     ENCRYPTION_KEYS       the key ring as JSON (from a secret manager, a Kubernetes secret)
     ENCRYPTION_KEYS_FILE  or the path of a file holding that JSON
 The JSON: {"current": "<key id>", "keys": {"<key id>": "<32 bytes, base64>", ...}}.
-With neither set, a development key ring is used (created on first use, never committed), and a
-warning says so; `python -m encryption.crypto new-key-ring` prints a fresh key ring.
+With neither set, a development key ring is used (created on first use, never committed), and
+every worker names it when it starts. `python -m encryption.crypto new-key-ring` prints a new
+key ring.
 """
 
 from __future__ import annotations
@@ -52,11 +53,11 @@ class KeyRingError(ValueError):
 class DecryptionError(Exception):
     """A stored value cannot be opened with this process's keys.
 
-    Deliberately not a `resonate.error.ResonateError`: the SDK skips a stored step result that
-    fails to decode with one of those (and would run the step again), and releases a task whose
-    arguments fail with one (another worker, with the same keys, would take it at once, in a hot
-    loop). Any other exception keeps the task where it is until its lease lapses, then another
-    worker tries: one that has the key opens it.
+    Deliberately not a `resonate.error.ResonateError`: SDK 0.8.1 releases a task at once when
+    its arguments fail to decode with one of those (it is sent again at once, to this worker or
+    another, and fails the same way: a hot loop), and drops a stored step result that fails with
+    one from what the replay knows. Any other exception keeps the task where it is, logged,
+    until its lease lapses; then another worker tries, and one that has the key opens it.
     """
 
 
@@ -188,7 +189,8 @@ def _development_key_ring(path: Path) -> KeyRing:
 
 
 def encryptor_from_environment() -> AesGcmEncryptor:
-    """What the worker, the demo and any client of this example pass as `encryptor=`."""
+    """The encryptor a client of this example's workers needs (the crash harness's client gets
+    it through `encryptor =` in the example's `[tool.cookbook]`)."""
     return AesGcmEncryptor(load_key_ring())
 
 
