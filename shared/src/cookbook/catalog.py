@@ -49,6 +49,10 @@ class Example:
     # `cookbook run`, the crash harness and `cookbook docs` start it with that token and give it
     # to the example's processes as RESONATE_TOKEN, which the SDK sends on every request.
     auth: bool = False
+    # "module:function" returning the `Encryptor` the example's workers use (from the same
+    # environment), for the harness's own client: it sends the scenario's arguments and reads
+    # the outcome, so it must seal and open values as the workers do.
+    encryptor: str | None = None
 
     @property
     def package(self) -> str:
@@ -94,6 +98,7 @@ EXAMPLE_KEYS: dict[str, Key] = {
     "receivers": _A_TABLE_LIST,
     "skip_time": Key((bool,)),
     "auth": Key((bool,)),
+    "encryptor": _A_STRING,
 }
 SCENARIO_KEYS: dict[str, Key] = {
     "name": _REQUIRED_STRING,
@@ -226,6 +231,7 @@ def load_example(path: Path) -> Example:
         scenarios=scenarios,
         skip_time=table.get("skip_time", False),
         auth=table.get("auth", False),
+        encryptor=table.get("encryptor"),
     )
 
 

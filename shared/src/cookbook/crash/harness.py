@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import importlib
 import json
 import os
 import secrets
@@ -183,11 +184,16 @@ class CrashHarness:
         return worker_process(self.example.worker, env, name=name, cwd=private)
 
     def _client(self) -> Resonate:
+        encryptor = None
+        if self.example.encryptor:
+            module, _, factory = self.example.encryptor.partition(":")
+            encryptor = getattr(importlib.import_module(module), factory)()
         return Resonate(
             url=self.stack.resonate_url,
             group="cookbook-harness",
             ttl=timedelta(seconds=30),
             token=self.stack.token,
+            encryptor=encryptor,
         )
 
     def _server(self, timeout: float = 5.0) -> httpx.AsyncClient:
