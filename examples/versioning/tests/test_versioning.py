@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -79,13 +80,23 @@ class Fleet:
         ]
         return str(timer)
 
-    def releases(self, renewal_id: str) -> int:
-        """How often a worker took the renewal's task and gave it back unfinished."""
-        return sum(
-            1
-            for e in self.server.journal(renewal_id)
-            if e["operation"] == "release" and e["promise_id"] == renewal_id
-        )
+    def wait_for_releases(self, renewal_id: str, count: int) -> None:
+        """Block until the renewal's task has been given back `count` times (a long poll)."""
+        seen, released = 0, 0
+        deadline = time.monotonic() + TIMEOUT_S
+        while released < count:
+            assert time.monotonic() < deadline, f"released {released} times, not {count}"
+            page = httpx.get(
+                f"{self.server.url}/_cookbook/journal",
+                params={"origin": renewal_id, "after": seen, "wait": 5},
+                timeout=10,
+            ).json()
+            seen = page["last_seq"]
+            released += sum(
+                1
+                for e in page["entries"]
+                if e["operation"] == "release" and e["promise_id"] == renewal_id
+            )
 
 
 @pytest.fixture
@@ -198,8 +209,7 @@ def test_a_worker_without_the_version_hands_the_renewal_back_again_and_again(
 
         # SDK 0.8.1 raises FunctionNotFoundError in the worker and releases the task; the server
         # hands it out again at once. Nothing runs, nothing fails: the renewal just waits.
-        while fleet.releases(renewal_id) < 20:
-            await asyncio.to_thread(fleet.server.wait_for, "release", renewal_id, TIMEOUT_S)
+        await asyncio.to_thread(fleet.wait_for_releases, renewal_id, 20)
         assert not handle.done()
         assert fleet.effects(renewal_id) == {"email.send": 1}  # the notice, from before the sleep
 
@@ -211,25 +221,38 @@ def test_a_worker_without_the_version_hands_the_renewal_back_again_and_again(
     with_client(scenario, fleet)
 
 
-def test_a_fraud_hold_is_a_value_asked_once(fleet: Fleet) -> None:
+@pytest.mark.parametrize(
+    ("version", "provider", "status", "outcome", "effects"),
+    [
+        # The fraud service holds the renewal: no charge; the notice, and the hold's email.
+        (2, "api", 403, "held", {"email.send": 2}),
+        # The card is declined, on either version: the notice, and the decline's email.
+        (1, "payment", 402, "declined", {"email.send": 2}),
+        (2, "payment", 402, "declined", {"email.send": 2, "api.call": 1}),
+    ],
+)
+def test_a_refusal_is_a_value_asked_once(
+    fleet: Fleet, version: int, provider: str, status: int, outcome: str, effects: dict[str, int]
+) -> None:
     renewal_id = f"renewal.test-{secrets.token_hex(4)}"
     response = httpx.post(
         f"{fleet.sandbox.url}/_admin/faults",
-        json={"provider": "api", "key_prefix": renewal_id + ":", "status": 403},
+        json={"provider": provider, "key_prefix": renewal_id + ":", "status": status},
     )
     response.raise_for_status()
-    fleet.deploy("2")
+    fleet.deploy("1,2")
 
     async def scenario(client: Resonate) -> None:
-        options = client.options(target="versioning", version=2)
+        options = client.options(target="versioning", version=version)
         handle = options.rpc(renewal_id, "renewal", asdict(subscription(renews_in_seconds=0)))
 
         renewal = await result(handle)
 
-        assert renewal["outcome"] == "held"
-        assert renewal["reason"] == "403 injected failure"
-        assert fleet.requests(renewal_id, "api") == 1
-        assert fleet.effects(renewal_id) == {"email.send": 2}  # notice, and the hold; no charge
+        assert (renewal["version"], renewal["outcome"]) == (version, outcome)
+        assert renewal["reason"] == f"{status} injected failure"
+        assert renewal["charge"] is None
+        assert fleet.requests(renewal_id, provider) == 1
+        assert fleet.effects(renewal_id) == effects
 
     with_client(scenario, fleet)
 
@@ -319,8 +342,7 @@ def test_a_step_inserted_before_a_finished_one_reads_its_result_and_the_renewal_
         worker, providers = await edited_worker(fleet, v1_with_a_check_inserted_before_the_notice)
         try:
             await fall_due(client, fleet, renewal_id)
-            while fleet.releases(renewal_id) < 10:
-                await asyncio.to_thread(fleet.server.wait_for, "release", renewal_id, 30)
+            await asyncio.to_thread(fleet.wait_for_releases, renewal_id, 10)
         finally:
             await worker.stop()
             await providers.aclose()

@@ -19,9 +19,8 @@ import threading
 import time
 from dataclasses import asdict
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from resonate.handle import ResonateHandle
 from resonate.resonate import Resonate
 
 from versioning.inflight import in_flight
@@ -31,6 +30,14 @@ from versioning.workflow import CURRENT_VERSION, NAME, Renewal
 GROUP = "versioning-releases"
 # Long enough for release 2 to be up before the version-1 renewals fall due.
 FALLS_DUE_IN_SECONDS = 5
+
+
+class Handle(Protocol):
+    """What the demo uses of the handle `rpc` returns."""
+
+    async def id(self) -> str: ...
+
+    async def result(self) -> Any: ...
 
 
 class Release:
@@ -75,7 +82,7 @@ def subscription(name: str, renews_in_seconds: int) -> Subscription:
     )
 
 
-def start(resonate: Resonate, who: Subscription, version: int, period: str) -> ResonateHandle[Any]:
+def start(resonate: Resonate, who: Subscription, version: int, period: str) -> Handle:
     renewal_id = f"renewal.{who.subscription_id}.{period}"
     print(f"→ start {renewal_id} on version {version}", flush=True)
     # The timeout covers the sleep until the renewal falls due, and then some.
@@ -83,10 +90,14 @@ def start(resonate: Resonate, who: Subscription, version: int, period: str) -> R
     return options.rpc(renewal_id, NAME, asdict(who))
 
 
-async def show(handle: ResonateHandle[Any]) -> None:
+async def show(handle: Handle) -> None:
     renewal_id, renewal = await handle.id(), Renewal(**await handle.result())
     detail = renewal.charge or renewal.reason
-    print(f"✓ {renewal_id}: version {renewal.version}, {renewal.outcome} ({detail})", flush=True)
+    body = "no fraud check" if renewal.version == 1 else "fraud check first"
+    print(
+        f"✓ {renewal_id}: {renewal.outcome} ({detail}) on version {renewal.version}: {body}",
+        flush=True,
+    )
 
 
 async def main() -> None:
@@ -94,6 +105,7 @@ async def main() -> None:
     period = str(int(time.time()))
     release: Release | None = None
     try:
+        print(f"· the demo deploys its own releases, in group '{GROUP}'", flush=True)
         print("· release 1 is deployed: renewal version 1 only", flush=True)
         release = Release(1, "1")
         sleeping = [
@@ -104,8 +116,9 @@ async def main() -> None:
         ids = await in_flight(resonate, 1)
         print(f"· in flight on version 1, found by their markers' tag: {ids}", flush=True)
 
-        print("· release 2 replaces it: versions 1 and 2; new renewals start on version 2")
         release.stop()
+        print("· release 1 stopped: both renewals sleep on in the server; no worker holds them")
+        print("· release 2 is deployed: versions 1 and 2; new renewals start on version 2")
         release = Release(2, "1,2")
         started = start(resonate, subscription("cyd", 1), CURRENT_VERSION, period)
         for handle in [*sleeping, started]:
@@ -113,8 +126,8 @@ async def main() -> None:
 
         ids = await in_flight(resonate, 1)
         print(f"· in flight on version 1: {ids or 'none'}, so version 1 can go", flush=True)
-        print("· release 3 replaces release 2: version 2 only", flush=True)
         release.stop()
+        print("· release 3 is deployed: version 2 only", flush=True)
         release = Release(3, "2")
         await show(start(resonate, subscription("dee", 1), CURRENT_VERSION, period))
     finally:

@@ -41,6 +41,14 @@ def deployed_versions(setting: str | None) -> list[int]:
     return versions
 
 
+def register_versions(resonate: Resonate, versions: list[int]) -> None:
+    """Register each deployed version's body under the one name: `renewal` v1, v2, ..."""
+    for version in versions:
+        resonate.register(
+            VERSIONS[version], name=NAME, version=version, retry_policy=WORKFLOW_RETRIES
+        )
+
+
 async def main() -> None:
     if not os.environ.get("RESONATE_URL"):
         sys.exit(
@@ -57,10 +65,7 @@ async def main() -> None:
         )
         resonate.with_dependency(Providers(client))
         resonate.with_dependency(Server(resonate))
-        for version in versions:
-            resonate.register(
-                VERSIONS[version], name=NAME, version=version, retry_policy=WORKFLOW_RETRIES
-            )
+        register_versions(resonate, versions)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
