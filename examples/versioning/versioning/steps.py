@@ -68,8 +68,9 @@ class ProviderUnavailableError(Exception):
 
 
 def marker_id(renewal_id: str) -> str:
-    """The id of a renewal's version marker. Renewal ids never end in '.version' (see demo)."""
-    return f"{renewal_id}.version"
+    """The id of a renewal's version marker. Starters build renewal ids from a subscription id
+    and a period, never with a '~', so no renewal's id is another renewal's marker id."""
+    return f"{renewal_id}~version"
 
 
 async def mark_version(ctx: Context, renewal_id: str, version: int) -> None:
