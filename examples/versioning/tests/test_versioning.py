@@ -34,6 +34,7 @@ from versioning.steps import (
     charge_card,
     check_fraud,
     mark_version,
+    marker_id,
     send_email,
     unmark_version,
 )
@@ -133,7 +134,8 @@ def subscription(renews_in_seconds: int = AN_HOUR) -> Subscription:
 def start(client: Resonate, version: int, renews_in_seconds: int = AN_HOUR) -> tuple[str, Any]:
     renewal_id = f"renewal.test-{secrets.token_hex(4)}"
     who = asdict(subscription(renews_in_seconds))
-    options = client.options(target="versioning", version=version, timeout=timedelta(days=1))
+    # Longer than a step's deadline (a day), as a renewal's would be.
+    options = client.options(target="versioning", version=version, timeout=timedelta(days=40))
     return renewal_id, options.rpc(renewal_id, "renewal", who)
 
 
@@ -185,6 +187,11 @@ def test_new_renewals_start_on_v2_beside_v1_ones_and_inflight_tells_them_apart(
 
         assert await in_flight(client, 1) == sorted(renewal_id for renewal_id, _ in on_v1)
         assert await in_flight(client, 2) == [on_v2[0]]
+        # A marker lives as long as its renewal may (a step's deadline is a day at most).
+        renewal, marker = await asyncio.gather(
+            client.promises.get(on_v2[0]), client.promises.get(marker_id(on_v2[0]))
+        )
+        assert marker.timeout_at == renewal.timeout_at
 
         for renewal_id, _ in everyone:
             await fall_due(client, fleet, renewal_id)
@@ -283,7 +290,7 @@ async def v1_with_a_check_inserted_before_the_notice(
     """Version 1 with the fraud check added near the top, before a step that had already run."""
     step = ctx.options(retry_policy=STEP_RETRIES)
     renewal_id = ctx.info.id
-    await step.run(mark_version, renewal_id, 1)
+    await step.run(mark_version, renewal_id, 1, ctx.info.timeout_at)
     cleared = await step.run(check_fraud, subscription)  # inserted: the new 2nd call
     inserted_check_answers.append(cleared)
     await step.run(send_email, subscription, "renewal-notice")
@@ -300,7 +307,7 @@ async def v1_with_a_check_inserted_after_the_sleep(
     """Version 1 with the fraud check added where version 2 has it: after the sleep."""
     step = ctx.options(retry_policy=STEP_RETRIES)
     renewal_id = ctx.info.id
-    await step.run(mark_version, renewal_id, 1)
+    await step.run(mark_version, renewal_id, 1, ctx.info.timeout_at)
     await step.run(send_email, subscription, "renewal-notice")
     await ctx.sleep(timedelta(seconds=subscription.renews_in_seconds))
     await step.run(check_fraud, subscription)  # inserted

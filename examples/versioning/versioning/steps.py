@@ -73,17 +73,18 @@ def marker_id(renewal_id: str) -> str:
     return f"{renewal_id}~version"
 
 
-async def mark_version(ctx: Context, renewal_id: str, version: int) -> None:
+async def mark_version(ctx: Context, renewal_id: str, version: int, deadline_ms: int) -> None:
     """Record, under an id and tags this example chooses, which version a renewal runs on.
 
     A pending marker means "a renewal is in flight on this version": an operator retires a
-    version once a search for its pending markers comes back empty. Creating a promise that
-    exists returns it unchanged, so a re-run after a crash is harmless.
+    version once a search for its pending markers comes back empty. It lives as long as the
+    renewal may (`deadline_ms`, the renewal's own deadline: a step's is a day at most). Creating
+    a promise that exists returns it unchanged, so a re-run after a crash is harmless.
     """
     print(f"renewal {renewal_id} runs on version {version}", flush=True)
     await ctx.get_dependency(Server).resonate.promises.create(
         marker_id(renewal_id),
-        ctx.info.timeout_at,
+        deadline_ms,
         Value(data={"version": version}),
         {VERSION_TAG: str(version), RENEWAL_TAG: renewal_id},
     )

@@ -54,7 +54,7 @@ class Renewal:
 async def renewal_v1(ctx: Context, subscription: Subscription) -> Renewal:
     step = ctx.options(retry_policy=STEP_RETRIES)
     renewal_id = ctx.info.id
-    await step.run(mark_version, renewal_id, 1)
+    await step.run(mark_version, renewal_id, 1, ctx.info.timeout_at)
     await step.run(send_email, subscription, "renewal-notice")
     await ctx.sleep(timedelta(seconds=subscription.renews_in_seconds))
     charged = await step.run(charge_card, subscription)
@@ -70,7 +70,7 @@ async def renewal_v1(ctx: Context, subscription: Subscription) -> Renewal:
 async def renewal_v2(ctx: Context, subscription: Subscription) -> Renewal:
     step = ctx.options(retry_policy=STEP_RETRIES)
     renewal_id = ctx.info.id
-    await step.run(mark_version, renewal_id, 2)
+    await step.run(mark_version, renewal_id, 2, ctx.info.timeout_at)
     await step.run(send_email, subscription, "renewal-notice")
     await ctx.sleep(timedelta(seconds=subscription.renews_in_seconds))
     cleared = await step.run(check_fraud, subscription)  # new in version 2
