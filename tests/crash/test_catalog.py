@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cookbook import catalog
@@ -104,6 +106,10 @@ def test_a_misspelt_scenario_key_names_the_file_the_scenario_and_the_key(tmp_pat
             ('function = "book"\nargs', "function = true\nargs"),
             "[tool.cookbook.scenarios][0].function: expected a string, got a boolean",
         ),
+        (
+            ("args = [1]", 'args = [1]\nversion = "2"'),
+            "[tool.cookbook.scenarios][0].version: expected an integer, got a string",
+        ),
     ],
 )
 def test_wrong_keys_and_types_are_errors_naming_the_key(
@@ -180,3 +186,38 @@ def test_auth_must_be_a_boolean(tmp_path: Path) -> None:
     toml = GOOD.replace('group = "demo"', 'group = "demo"\nauth = "on"')
     [problem] = problems_of(tmp_path, toml)
     assert problem.endswith("[tool.cookbook].auth: expected a boolean, got a string")
+def test_a_scenario_starts_the_version_it_names(tmp_path: Path) -> None:
+    """`version` reaches the harness's start: a start by name runs version 1 unless told."""
+    from cookbook.crash.harness import CrashHarness
+    from cookbook.stack import Stack
+    from resonate.resonate import Resonate
+
+    without_setup = GOOD.split("[[tool.cookbook.scenarios.setup]]")[0]
+    toml = without_setup.replace("args = [1]", "args = [1]\nversion = 2").replace(
+        'faults = [{ provider = "car", status = 409 }]\n', ""
+    )
+    example = catalog.load_example(example_at(tmp_path, toml))
+    assert [s.version for s in example.scenarios] == [2, 1]
+
+    class Client:
+        """Records what a start asks of the SDK's client."""
+
+        def __init__(self) -> None:
+            self.started: list[tuple[dict[str, object], tuple[object, ...]]] = []
+
+        def options(self, **options: object) -> Client:
+            self.started.append((options, ()))
+            return self
+
+        def rpc(self, *call: object) -> None:
+            self.started[-1] = (self.started[-1][0], call)
+
+    harness = CrashHarness.__new__(CrashHarness)  # what _start reads, without a running stack
+    harness.example, harness.stack = example, Stack(sandbox=False)
+    client = Client()
+    for scenario in example.scenarios:
+        asyncio.run(harness._start(cast(Resonate, client), scenario, f"run-{scenario.name}"))
+    assert client.started == [
+        ({"target": "demo", "version": 2}, ("run-booked", "book", 1)),
+        ({"target": "demo", "version": 1}, ("run-refused", "book")),
+    ]

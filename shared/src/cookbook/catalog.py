@@ -30,6 +30,9 @@ class Scenario:
     # {service = "kubernetes", method = "POST", path = "/_admin/reset", json = {...}}.
     # "{execution_id}" in a string value is replaced by the run's execution id.
     setup: list[dict[str, Any]] = field(default_factory=list)
+    # The registered version of `function` to start (`resonate.options(version=...)`): a start by
+    # name runs version 1 unless told otherwise.
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ SCENARIO_KEYS: dict[str, Key] = {
     "expect": Key((str,), choices=EXPECTATIONS),
     "signals": _A_LIST,
     "setup": _A_TABLE_LIST,
+    "version": Key((int,)),
 }
 SETUP_KEYS: dict[str, Key] = {
     "service": _REQUIRED_STRING,
@@ -217,6 +221,7 @@ def load_example(path: Path) -> Example:
             expect=s.get("expect", "resolved"),
             signals=list(s.get("signals", [])),
             setup=list(s.get("setup", [])),
+            version=s.get("version", 1),
         )
         for s in table.get("scenarios", [])
     )

@@ -213,7 +213,7 @@ class CrashHarness:
                     "/_admin/faults", json={**fault, "key_prefix": execution_id}
                 )
                 response.raise_for_status()
-        return client.options(target=self.example.group).rpc(
+        return client.options(target=self.example.group, version=scenario.version).rpc(
             execution_id, scenario.function, *scenario.args
         )
 
