@@ -186,6 +186,8 @@ def test_auth_must_be_a_boolean(tmp_path: Path) -> None:
     toml = GOOD.replace('group = "demo"', 'group = "demo"\nauth = "on"')
     [problem] = problems_of(tmp_path, toml)
     assert problem.endswith("[tool.cookbook].auth: expected a boolean, got a string")
+
+
 def test_a_scenario_starts_the_version_it_names(tmp_path: Path) -> None:
     """`version` reaches the harness's start: a start by name runs version 1 unless told."""
     from cookbook.crash.harness import CrashHarness
