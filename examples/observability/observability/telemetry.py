@@ -130,13 +130,14 @@ class DurableTelemetry:
         metric_readers: Sequence[MetricReader] = (),
         resource: Resource | None = None,
         *,
-        export_delay_ms: int = 500,
+        export_delay_ms: int | None = None,
     ) -> None:
         resource = resource or Resource.create({"service.name": "observability-worker"})
         self._ids = _DerivedIds()
         self.tracer_provider = TracerProvider(resource=resource, id_generator=self._ids)
         if span_exporter is not None:
-            # Never a SimpleSpanProcessor: it exports inside span.end(), on the event loop.
+            # Never a SimpleSpanProcessor: it exports inside span.end(), on the event loop. The
+            # delay between exports: None reads OTEL_BSP_SCHEDULE_DELAY (default 5 s).
             self.tracer_provider.add_span_processor(
                 BatchSpanProcessor(span_exporter, schedule_delay_millis=export_delay_ms)
             )

@@ -62,7 +62,9 @@ def telemetry_from_environment() -> DurableTelemetry:
         exporter = ConsoleTraces(summary)
     # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES over these defaults.
     resource = Resource.create({"service.name": "observability-worker"})
-    return DurableTelemetry(exporter, readers, resource)
+    # A terminal wants the tree soon after the execution ends; a collector takes the default.
+    delay_ms = 200 if traces == "console" else None
+    return DurableTelemetry(exporter, readers, resource, export_delay_ms=delay_ms)
 
 
 async def main() -> None:
