@@ -51,6 +51,10 @@ class ConsoleTraces(SpanExporter):
         lines = [f"trace {root.context.trace_id:032x}", f"└─ {_describe(root)}"]
         for i, child in enumerate(children):
             lines.append(f"   {'└─' if i == len(children) - 1 else '├─'} {_describe(child)}")
+        if any(event.name == "recovered" for event in root.events):
+            lines.append(
+                "   (steps checkpointed before the take-over: exported by the worker that ran them)"
+            )
         if self._metrics is not None:
             lines.append(f"metrics: {_metrics_summary(self._metrics)}")
         self._print("\n".join(lines))

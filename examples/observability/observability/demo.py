@@ -37,7 +37,7 @@ async def main() -> None:
     )
     for step, outcome in result.items():
         print(f"✓ {step:<9} {outcome['receipt'] or outcome['refusal']}")
-    print("  the worker prints the span tree once the execution's span is exported (≤ 0.5 s)")
+    print("  the worker prints the span tree once the execution's span is exported (within 0.2 s)")
     await resonate.stop()
 
 
