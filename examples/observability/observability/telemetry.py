@@ -191,7 +191,7 @@ class DurableTelemetry:
         if opened is None or opened.kind != "step":
             return
         del self._open[promise_id]
-        outcome = {"resonate.function": opened.function, "resonate.outcome": state}
+        outcome = {FUNCTION: opened.function, "resonate.outcome": state}
         self._completed.add(1, outcome)
         self._latency.record(time.monotonic() - opened.started, outcome)
         opened.span.set_attribute("resonate.attempts", opened.attempts)
