@@ -71,6 +71,10 @@ def add_fault(sandbox: RunningSandbox, key_prefix: str, **spec: Any) -> str:
     return fault_id
 
 
+def remove_fault(sandbox: RunningSandbox, fault_id: str) -> None:
+    httpx.delete(f"{sandbox.url}/_admin/faults/{fault_id}").raise_for_status()
+
+
 def promise_tree(devserver: RunningDevServer, execution_id: str) -> dict[str, str | None]:
     """Each promise of the execution, as the server holds it, with its parent (None: the root)."""
     promises = cast(list[dict[str, Any]], devserver.state(execution_id)["promises"])
@@ -311,17 +315,22 @@ def test_a_worker_that_takes_over_after_a_crash_continues_the_same_trace(
     first = start_worker("observability.worker", env, name="worker-a")
     order = new_order()
     execution_id = order.order_id
-    # The email provider takes 1 s, which leaves worker-a ample time to export the spans of the
-    # two steps before it; then worker-a is SIGKILLed as it checkpoints the email step: the
-    # email was sent, its result never recorded.
-    add_fault(sandbox, execution_id + ":", provider="email", mode="latency", latency_ms=1000)
-    devserver.kill_at("settle", f"{execution_id}:3", pid=first.pid)
+    # The email provider (step 3) takes 2 s. Once worker-a's spans of steps 1 and 2 have reached
+    # the collector, the dev server is told to SIGKILL worker-a as it checkpoints the email step:
+    # the email was sent, its result never recorded. Worker-b re-runs the step (at full speed).
+    slow_email = add_fault(
+        sandbox, execution_id + ":", provider="email", mode="latency", latency_ms=2000
+    )
 
     async def scenario() -> dict[str, Any]:
         client = Resonate(url=devserver.url, group="observability-tests")
         try:
             handle = client.options(target="observability").rpc(execution_id, "place_order", order)
+            for step in (1, 2):
+                await asyncio.to_thread(receiver.wait_for_span, f"{execution_id}:{step}")
+            await asyncio.to_thread(devserver.kill_at, "settle", f"{execution_id}:3", pid=first.pid)
             assert await asyncio.to_thread(first.wait, 30) == -signal.SIGKILL
+            await asyncio.to_thread(remove_fault, sandbox, slow_email)
             await asyncio.to_thread(start_worker, "observability.worker", env, "worker-b")
             return cast(dict[str, Any], await asyncio.wait_for(handle.result(), 30))
         finally:
