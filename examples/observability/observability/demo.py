@@ -37,7 +37,8 @@ async def main() -> None:
     )
     for step, outcome in result.items():
         print(f"✓ {step:<9} {outcome['receipt'] or outcome['refusal']}")
-    print("  the worker prints the span tree once the execution's span is exported (within 0.2 s)")
+    print("  next, from the worker: the trace as it is exported (within 0.2 s): one span per step,")
+    print("  the email step with its failed attempt and its [retry], then the step metrics")
     await resonate.stop()
 
 
