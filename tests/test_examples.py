@@ -25,6 +25,8 @@ PUBLIC_SDK_MODULES = {
     "resonate.retry",
     "resonate.types",
     "resonate.error",
+    # The event types of `Resonate(observer=...)`, the SDK's documented observer hook.
+    "resonate.observability",
 }
 STANDARD_SECTIONS = [
     "## What it shows",

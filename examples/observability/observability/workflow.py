@@ -1,0 +1,38 @@
+"""The durable workflow: charge an order, tell the warehouse, email a receipt, text the customer.
+
+Each `ctx.run` is a checkpoint; a replay skips finished steps. The workflow knows nothing about
+telemetry beyond `@traced`: the spans and metrics come from the worker's `DurableTelemetry`.
+"""
+
+from __future__ import annotations
+
+from resonate.context import Context
+from resonate.retry import Constant
+
+from observability.steps import (
+    Order,
+    Outcome,
+    charge_card,
+    email_receipt,
+    notify_warehouse,
+    text_customer,
+)
+from observability.telemetry import traced
+
+# A provider that answers 5xx/408/429 or not at all is asked again 1 s later, up to 5 more
+# times: a blip (a restart, a burst of 503s) passes in seconds, and a step that is still failing
+# after ~5 s is an outage the caller should hear about rather than wait on. Each retry is an
+# event on the step's span and counts in resonate.steps.retried. A refusal is never retried.
+STEP_RETRIES = Constant(delay=1, max_retries=5)
+
+
+@traced
+async def place_order(ctx: Context, order: Order) -> dict[str, Outcome]:
+    step = ctx.options(retry_policy=STEP_RETRIES)
+    charge = await step.run(charge_card, order)
+    if charge.refusal is not None:
+        return {"charge": charge}  # nothing to pick, receipt or announce for an unpaid order
+    warehouse = await step.run(notify_warehouse, order)
+    receipt = await step.run(email_receipt, order)
+    sms = await step.run(text_customer, order)
+    return {"charge": charge, "warehouse": warehouse, "receipt": receipt, "sms": sms}
