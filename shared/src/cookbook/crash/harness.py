@@ -192,14 +192,14 @@ class CrashHarness:
 
     async def _start(self, client: Resonate, scenario: Scenario, execution_id: str) -> Any:
         await self._setup(scenario, execution_id)
-        if self._holds_time(scenario):
-            await self._hold_time(client, execution_id)
         async with httpx.AsyncClient(base_url=self.stack.provider_url) as sandbox:
             for fault in scenario.faults:
                 response = await sandbox.post(
                     "/_admin/faults", json={**fault, "key_prefix": execution_id}
                 )
                 response.raise_for_status()
+        if self._holds_time(scenario):  # last: nothing between here and the run can fail
+            await self._hold_time(client, execution_id)
         return client.options(target=self.example.group).rpc(
             execution_id, scenario.function, *scenario.args
         )
