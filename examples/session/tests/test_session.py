@@ -3,7 +3,8 @@
 Every test drives sessions through the gateway's HTTP API, then asserts on what the receiving
 systems recorded: the sandbox (each token issued, activity recorded and token revoked, with its own
 timestamps) and the dev server (the session's promises, their deadlines). The API tests share one
-stack; the crash tests start their own, to kill its worker.
+stack, in real time; the deadline and crash tests start their own, on a dev server that skips
+time, so their idle timeout is the gateway's 30 minutes.
 """
 
 from __future__ import annotations
