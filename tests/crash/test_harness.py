@@ -127,3 +127,38 @@ def test_a_signal_whose_delivery_fails_is_delivered_again(harness: CrashHarness)
             await client.stop()
 
     assert asyncio.run(run()) == Outcome("resolved", "'approved 5'")
+
+
+def test_on_a_server_that_skips_time_each_signal_arrives_before_time_skips() -> None:
+    # The moment the workflow suspends on the decision, nothing is leased: a server that skips
+    # time fires the decision's timeout (its workflow's, a day) at its next tick, unless the
+    # harness holds time while a signal is owed. A delivery slowed down as on a loaded machine
+    # makes the race visible; the 200 ms sleep after the decision is still skipped.
+    environ = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    skipping = replace(EXAMPLE, skip_time=True)
+
+    async def run(harness: CrashHarness) -> Outcome:
+        client = harness._client()
+        resolve = client.promises.resolve
+
+        async def slow_resolve(promise_id: str, value: Value) -> Any:
+            await asyncio.sleep(0.5)  # five dev-server ticks
+            return await resolve(promise_id, value)
+
+        client.promises.resolve = slow_resolve  # type: ignore[method-assign]
+        try:
+            worker = harness._first_worker()
+            execution_id = harness._new_id(APPROVAL, "skipping")
+            handle = await harness._start(client, APPROVAL, execution_id)
+            async with harness._signalling(client, APPROVAL, execution_id):
+                outcome = await asyncio.wait_for(Outcome.of(handle), 30)
+            harness._keep_for_next_run(worker)
+            return outcome
+        finally:
+            await client.stop()
+
+    with (
+        Stack(sandbox=False, fast_recovery=True, environ=environ, skip_time=True) as stack,
+        CrashHarness(skipping, stack) as harness,
+    ):
+        assert asyncio.run(run(harness)) == Outcome("resolved", "'approved 5'")

@@ -17,7 +17,12 @@ import httpx
 import pytest
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord
-from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from cookbook.testing.fixtures import (
+    DevServerFactory,
+    ProcessFactory,
+    RunningDevServer,
+    RunningSandbox,
+)
 from resonate.error import ApplicationError
 from resonate.resonate import Resonate
 
@@ -28,6 +33,8 @@ INTERVAL_MS = 300  # three dev-server timer ticks (100 ms): a gap that is clearl
 # would show gaps of a few milliseconds.
 TOLERANCE_S = 0.005
 TIMEOUT_S = 30
+# A strict partner's pace, for the test on a dev server that skips time.
+ONE_A_MINUTE_MS = 60_000
 
 
 def _worker(start_worker: ProcessFactory, devserver: RunningDevServer, url: str) -> ManagedProcess:
@@ -104,6 +111,32 @@ def test_calls_arrive_one_interval_apart(
     effects = sandbox.records.effects(key_prefix=execution_id + ":")
     _assert_each_call_once_and_spaced(effects, execution_id)
     assert receipts == [e.resource_id for e in effects]
+
+
+def test_at_one_call_a_minute_the_sleeps_are_skipped_and_the_calls_are_the_same(
+    start_devserver: DevServerFactory, sandbox: RunningSandbox, start_worker: ProcessFactory
+) -> None:
+    # The spacing itself can only be seen in real time (the other tests); on a dev server that
+    # skips time, a realistic pace runs unchanged: three minutes of sleeps in a few seconds.
+    server = start_devserver(skip_time=True)
+    _worker(start_worker, server, sandbox.url)
+    execution_id = f"paced-calls-test-{secrets.token_hex(4)}"
+
+    started = time.monotonic()
+    receipts = asyncio.run(_send_batch(server, execution_id, args=(RECORDS, ONE_A_MINUTE_MS)))
+    took = time.monotonic() - started
+
+    effects = sandbox.records.effects(key_prefix=execution_id + ":")
+    assert [e.body for e in effects] == [
+        {"record": record, "position": position} for position, record in enumerate(RECORDS, 1)
+    ]
+    assert [e.idempotency_key for e in effects] == [f"{execution_id}:{n}" for n in (1, 3, 5, 7)]
+    assert receipts == [e.resource_id for e in effects]
+    promises = server.state(execution_id)["promises"]
+    assert isinstance(promises, list)
+    sleeps = {p["id"]: p["state"] for p in promises if p["tags"].get("resonate:timer") == "true"}
+    assert sleeps == {f"{execution_id}:{n}": "resolved" for n in (2, 4, 6)}
+    assert took < 3 * ONE_A_MINUTE_MS / 1000 / 10, f"took {took:.1f}s"
 
 
 def test_a_worker_killed_while_sleeping_resumes_at_the_next_call_without_a_burst(

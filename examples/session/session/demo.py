@@ -2,7 +2,7 @@
 
 Ada logs in with a 4-second idle timeout (30 minutes is the default), does two things and walks
 away. While she is idle, Grace logs in, does one thing and logs out: her token is revoked at once.
-Then Ada's timer fires, 4 seconds after her last activity, and her token is revoked too; an
+Then Ada's deadline passes, 4 seconds after her last activity, and her token is revoked too; an
 activity she sends after that is refused. The revocation time is the identity provider's own
 record of it, compared with the deadline the gateway showed.
 """

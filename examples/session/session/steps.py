@@ -1,4 +1,4 @@
-"""The steps: calls to the identity provider's API, publishing a round, and stopping a timer.
+"""The steps: calls to the identity provider's API, and publishing a round.
 
 Each provider call carries an Idempotency-Key derived from the step's durable id, which is stable
 across retries and crashes. If this process dies after the provider acted (registered a
@@ -100,19 +100,6 @@ async def open_round(ctx: Context, session_id: str, round_no: int, move_id: str)
         Value(data={"round": round_no, "move": move_id}),
         {ROUND_TAG: session_id},
     )
-
-
-async def stop_timer(ctx: Context, timer_id: str) -> None:
-    """Settle a durable sleep before its deadline: SDK 0.8.1 has no call to cancel one.
-
-    A workflow completes only once every durable call it made has settled, its sleeps included,
-    so a timer left running would hold the session open until its deadline.
-    """
-    promises = ctx.get_dependency(Server).resonate.promises
-    # Read first: after a crash this step may run again, and an already stopped (or already
-    # fired) timer needs nothing more.
-    if (await promises.get(timer_id)).state == "pending":
-        await promises.resolve(timer_id, Value())
 
 
 async def _call(ctx: Context, body: dict[str, str]) -> str | Refused:

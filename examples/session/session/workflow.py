@@ -5,13 +5,13 @@ the bearer token the gateway gave the user, never the token. Login registers the
 the identity provider; then, round after round, the workflow waits for the next thing the user
 does (an activity or a logout, delivered by the gateway into a latent promise whose id the round
 publishes) or for the idle timeout, whichever comes first. Each activity is recorded by its own
-checkpointed step and starts a new round, so the idle timer restarts. When the user logs out or
-the timer fires, the credential is revoked and the session ends. A refusal by the provider (a
-4xx) is a value that ends the session as "refused"; only outages are retried.
+checkpointed step and starts a new round, with a deadline of its own. When the user logs out or
+a round's deadline passes, the credential is revoked and the session ends. A refusal by the
+provider (a 4xx) is a value that ends the session as "refused"; only outages are retried.
 
 Nothing lives in the worker's memory between two rounds: a worker that dies while the session is
-idle loses nothing, and the next one waits for the same deadline, which the server stored when
-the timer was created.
+idle loses nothing, and the server keeps the deadline: it is the timeout of the promise the round
+waits on, stored when the round began.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from session.steps import (
     register_token,
     revoke_by_digest,
     revoke_token,
-    stop_timer,
 )
 
 type EndedBy = Literal["logout", "idle-timeout", "refused", "provider-unavailable"]
@@ -88,26 +87,18 @@ async def session(
     round_no = 0
     while True:
         round_no += 1
-        # The user's next move, put here by the gateway. The server will not resolve it past its
-        # deadline (it times it out instead), so a move either came in time or was refused, and
-        # every replay finds the same answer.
+        # The user's next move, put here by the gateway, with the idle deadline as its timeout.
+        # When the deadline passes the server times the promise out by itself, which wakes the
+        # workflow; and it never resolves it after that (a late resolve finds it timed out). So
+        # a move either came in time or it did not, and every replay finds the same answer.
         next_move = ctx.promise(timeout=idle_timeout)
-        # A server need not time out a latent promise when its deadline passes (the dev server
-        # does only once something touches it): this timer, with the same deadline (set a
-        # millisecond later), is what wakes the workflow up.
-        idle_timer = ctx.sleep(idle_timeout)
         # Tell the gateway where this round's move goes, under a round id of the example's own.
         await steps.run(open_round, ctx.info.id, round_no, await next_move.id())
         try:
-            move = await next_move  # suspends on both; either one settling resumes the workflow
-        except ApplicationError:  # timed out: no move before the deadline
-            await idle_timer  # due at the same deadline: at most a server tick away, if not fired
+            move = await next_move
+        except ApplicationError:  # timed out (nothing else rejects a move): idle
             ended_by = "idle-timeout"
             break
-        await steps.run(stop_timer, await idle_timer.id())
-        # This pass of the body saw the timer pending and would go on waiting for it; awaiting it
-        # makes the SDK ask the server again, and it finds the timer settled.
-        await idle_timer
         match move:
             case {"type": "activity", "activity_id": str(activity_id), "action": str(action)}:
                 try:

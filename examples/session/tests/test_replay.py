@@ -1,8 +1,7 @@
 """Which way a replay goes: the workflow body run over a given journal, with no server or worker.
 
-A replay can find both the user's move and the idle timer settled, whatever order they settled in.
-The branch must not depend on what the replay happens to see: only on the move's final state,
-which the server decides once (resolved before the deadline, or timed out).
+The branch depends only on the state of the round's move, which the server decides once: resolved
+before the deadline, or timed out at it (the move's timeout is the idle deadline).
 """
 
 from __future__ import annotations
@@ -48,64 +47,46 @@ def replay(
     return asyncio.run(run())
 
 
-# Step ids: the login `:1`; each round creates its move and its timer, publishes the round (a
-# step), then stops the timer and records the activity: five ids, `:2` to `:6` for the first.
+# Step ids: the login `:1`; each round creates its move, publishes the round (a step), then
+# records the activity: three ids, `:2` to `:4` for the first.
 LOGGED_IN = resolved_promise(f"{ID}:1", "cred_1")
 
 
 def opened(move: int) -> PromiseRecord:
     """The round record step, done: the round that waits on `move` was published."""
-    return resolved_promise(f"{ID}:{move + 2}")
+    return resolved_promise(f"{ID}:{move + 1}")
 
 
-def test_a_move_that_came_in_time_wins_even_if_the_timer_fired_since() -> None:
+def test_a_move_that_came_in_time_is_recorded_and_a_new_round_begins() -> None:
     journal = [
         LOGGED_IN,
         resolved_promise(f"{ID}:2", ACTIVITY),
-        resolved_promise(f"{ID}:3"),  # the timer fired too, before this replay ran
         opened(2),
-        resolved_promise(f"{ID}:5"),  # timer stopped (a no-op by then)
-        resolved_promise(f"{ID}:6", "api_rec_1"),  # activity recorded
-        opened(7),
+        resolved_promise(f"{ID}:4", "api_rec_1"),  # activity recorded
+        opened(5),
     ]
 
-    # The activity was taken: the workflow goes on to wait for the next move (`:7`, `:8`).
-    assert replay(journal) == [f"{ID}:7", f"{ID}:8"]
+    # The activity was taken: the workflow goes on to wait for the next move (`:5`) alone.
+    assert replay(journal) == [f"{ID}:5"]
 
 
 def test_a_move_that_timed_out_ends_the_session() -> None:
     journal = [
         LOGGED_IN,
         timed_out(f"{ID}:2"),
-        resolved_promise(f"{ID}:3"),
         opened(2),
-        resolved_promise(f"{ID}:5", "api_revoke_1"),  # the credential revoked
+        resolved_promise(f"{ID}:4", "api_revoke_1"),  # the credential revoked
     ]
 
     assert replay(journal) == SessionEnded("ada", "cred_1", "idle-timeout", [])
 
 
-def test_a_move_timed_out_by_a_late_request_waits_for_its_timer_to_end() -> None:
-    # A late activity touched the move after its deadline, which timed it out and woke the
-    # workflow before the server's next tick fired the timer: the session ends once it has.
-    journal = [LOGGED_IN, timed_out(f"{ID}:2"), pending_promise(f"{ID}:3"), opened(2)]
-
-    assert replay(journal) == [f"{ID}:3"]
-
-
-def test_a_fired_timer_alone_decides_nothing() -> None:
-    # This replay read the move while it was still pending, and the timer after it fired. It does
-    # not conclude "idle": it waits for the move alone, which the server, past the deadline, will
-    # answer at once with the final state (resolved in time, or timed out).
-    journal = [LOGGED_IN, pending_promise(f"{ID}:2"), resolved_promise(f"{ID}:3"), opened(2)]
+def test_while_the_move_is_pending_the_session_waits_for_it_alone() -> None:
+    # No timer of its own: the move's timeout is the idle deadline, and the server settles the
+    # move (resolved in time, or timed out) whichever way it goes.
+    journal = [LOGGED_IN, pending_promise(f"{ID}:2"), opened(2)]
 
     assert replay(journal) == [f"{ID}:2"]
-
-
-def test_while_both_are_pending_the_session_waits_for_either() -> None:
-    journal = [LOGGED_IN, pending_promise(f"{ID}:2"), pending_promise(f"{ID}:3"), opened(2)]
-
-    assert replay(journal) == [f"{ID}:2", f"{ID}:3"]
 
 
 @pytest.mark.parametrize("move", [{"type": "logout"}, {"type": "unknown"}, "junk"])
@@ -113,10 +94,8 @@ def test_a_logout_or_anything_unknown_ends_the_session(move: object) -> None:
     journal = [
         LOGGED_IN,
         resolved_promise(f"{ID}:2", move),
-        resolved_promise(f"{ID}:3"),
         opened(2),
-        resolved_promise(f"{ID}:5"),
-        resolved_promise(f"{ID}:6", "api_revoke_1"),
+        resolved_promise(f"{ID}:4", "api_revoke_1"),
     ]
 
     assert replay(journal) == SessionEnded("ada", "cred_1", "logout", [])
@@ -126,14 +105,14 @@ def test_recorded_activities_are_returned_in_order() -> None:
     second = {"type": "activity", "activity_id": "a2", "action": "downloaded q3.pdf"}
     journal = [
         LOGGED_IN,
-        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((2, ACTIVITY), (3, None), (4, None))],
-        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((5, None), (6, "api_rec_1"))],
-        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((7, second), (8, None), (9, None))],
-        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((10, None), (11, "api_rec_2"))],
-        timed_out(f"{ID}:12"),
-        resolved_promise(f"{ID}:13"),
-        opened(12),
-        resolved_promise(f"{ID}:15", "api_revoke_1"),
+        *[
+            resolved_promise(f"{ID}:{n}", v)
+            for n, v in ((2, ACTIVITY), (3, None), (4, "api_rec_1"))
+        ],
+        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((5, second), (6, None), (7, "api_rec_2"))],
+        timed_out(f"{ID}:8"),
+        opened(8),
+        resolved_promise(f"{ID}:10", "api_revoke_1"),
     ]
 
     assert replay(journal) == SessionEnded(
@@ -158,10 +137,9 @@ def test_a_refused_activity_ends_the_session_and_revokes_the_credential() -> Non
     refused = "identity provider refused record_activity: 401"
     journal = [
         LOGGED_IN,
-        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((2, ACTIVITY), (3, None), (4, None))],
-        resolved_promise(f"{ID}:5"),
-        resolved_promise(f"{ID}:6", {"status": 401, "reason": refused}),
-        resolved_promise(f"{ID}:7", "api_revoke_1"),  # the revocation: no round is opened
+        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((2, ACTIVITY), (3, None))],
+        resolved_promise(f"{ID}:4", {"status": 401, "reason": refused}),
+        resolved_promise(f"{ID}:5", "api_revoke_1"),  # the revocation: no round is opened
     ]
 
     assert replay(journal) == SessionEnded("ada", "cred_1", "refused", [], refused)
@@ -205,9 +183,8 @@ def test_an_activity_out_of_retries_ends_the_session_and_revokes_the_credential(
     provider = FakeProvider()
     journal = [
         LOGGED_IN,
-        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((2, ACTIVITY), (3, None), (4, None))],
-        resolved_promise(f"{ID}:5"),
-        rejected_promise(f"{ID}:6", "identity provider answered 503 to record_activity"),
+        *[resolved_promise(f"{ID}:{n}", v) for n, v in ((2, ACTIVITY), (3, None))],
+        rejected_promise(f"{ID}:4", "identity provider answered 503 to record_activity"),
     ]
 
     ended = replay(journal, provider.dependencies())
@@ -215,4 +192,4 @@ def test_an_activity_out_of_retries_ends_the_session_and_revokes_the_credential(
     assert isinstance(ended, SessionEnded)
     assert (ended.ended_by, ended.activities) == ("provider-unavailable", [])
     assert "503" in (ended.problem or "")
-    assert provider.calls == [(f"{ID}:7", {"op": "revoke_token", "credential_id": "cred_1"})]
+    assert provider.calls == [(f"{ID}:5", {"op": "revoke_token", "credential_id": "cred_1"})]

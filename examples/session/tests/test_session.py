@@ -3,13 +3,15 @@
 Every test drives sessions through the gateway's HTTP API, then asserts on what the receiving
 systems recorded: the sandbox (each token issued, activity recorded and token revoked, with its own
 timestamps) and the dev server (the session's promises, their deadlines). The API tests share one
-stack; the crash tests start their own, to kill its worker.
+stack, in real time; the deadline and crash tests start their own, on a dev server that skips
+time, so their idle timeout is the gateway's 30 minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import secrets
@@ -24,7 +26,12 @@ import pytest
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
-from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from cookbook.testing.fixtures import (
+    DevServerFactory,
+    ProcessFactory,
+    RunningDevServer,
+    RunningSandbox,
+)
 from resonate.promises import Promises
 from resonate.resonate import Resonate
 from resonate.send import PromiseSearchResult
@@ -33,13 +40,16 @@ from session.gateway import Sessions, create_app
 from session.steps import ROUND_TAG
 
 TIMEOUT_S = 30
-# How late the idle timeout may revoke the token, measured from the timer's deadline as the server
-# stored it to the provider's own timestamp of the revocation: up to one dev-server tick (100 ms),
-# then a replay and one HTTP call. Measured over 10 runs each: 0.04-0.16 s without a crash,
-# 0.07-0.25 s across one (the new worker replays from scratch). A timer restarted from zero after
-# the crash below would be late by the whole outage, at least OUTAGE_S.
+# The gateway's default idle timeout. The tests that reach it run on a dev server that skips time
+# (see `skipping_stack`), so they wait for it in well under a second.
+IDLE_TIMEOUT_S = 30 * 60
+# How late the idle timeout may revoke the token, measured from the moment the server timed the
+# round's move out (its stored deadline, once time skipped to it) to the provider's own timestamp
+# of the revocation: up to one dev-server tick (100 ms), then a replay and one HTTP call.
 DEADLINE_TOLERANCE_S = 0.5
-OUTAGE_S = 1.5
+# How exactly the deadline a round stores follows the activity before it: the worker computes it
+# when the round starts, right after the activity was recorded.
+ROUND_START_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -49,14 +59,14 @@ class Stack:
     sandbox: RunningSandbox
     tokens: dict[str, str] = field(default_factory=dict)  # session id -> the token its login got
 
-    def login(self, idle_timeout_seconds: int = 60, user: str = "Zoë") -> str:
+    def login(self, idle_timeout_seconds: int = IDLE_TIMEOUT_S, user: str = "Zoë") -> str:
         session_id = f"test-{secrets.token_hex(4)}"
         self.start_login(session_id, user, idle_timeout_seconds)
         self.wait_for(session_id, lambda s: s["state"] != "starting")
         return session_id
 
     def start_login(
-        self, session_id: str, user: str = "Zoë", idle_timeout_seconds: int = 60
+        self, session_id: str, user: str = "Zoë", idle_timeout_seconds: int = IDLE_TIMEOUT_S
     ) -> None:
         body = {
             "session_id": session_id,
@@ -124,22 +134,47 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def newest_timer(server: RunningDevServer, session_id: str) -> dict[str, Any]:
-    """The session's newest idle timer, as the server stores it (each round's is due later)."""
-    timers = [p for p in server_promises(server, session_id) if p["tags"].get("resonate:timer")]
-    return max(timers, key=lambda p: int(p["timeoutAt"]))
+def newest_move(server: RunningDevServer, session_id: str) -> dict[str, Any]:
+    """The promise of the session's newest round, as the server stores it (its timeout is the
+    round's idle deadline)."""
+    moves = [p for p in server_promises(server, session_id) if p["tags"].get("resonate:external")]
+    return max(moves, key=lambda p: int(p["createdAt"]))
 
 
-def timer_deadline(server: RunningDevServer, session_id: str) -> float:
-    """The deadline of the session's newest idle timer, as the server stored it (unix seconds)."""
-    return float(newest_timer(server, session_id)["timeoutAt"]) / 1000
-
-
-def wait_until_the_timer_fired(server: RunningDevServer, session_id: str) -> None:
+def wait_until_timed_out(server: RunningDevServer, session_id: str) -> dict[str, Any]:
     give_up = time.monotonic() + TIMEOUT_S
-    while newest_timer(server, session_id)["state"] == "pending":
-        assert time.monotonic() < give_up, f"the idle timer of {session_id} never fired"
+    while (move := newest_move(server, session_id))["state"] == "pending":
+        assert time.monotonic() < give_up, f"the idle deadline of {session_id} never passed"
         time.sleep(0.05)
+    return move
+
+
+@contextlib.contextmanager
+def time_held(server: RunningDevServer) -> Iterator[None]:
+    """Keep a dev server that skips time from skipping: the user acts "in time".
+
+    It skips only while no task waits for a worker or is leased to one, so a task waiting for a
+    group no worker serves holds it; resolving its promise lets time skip again.
+    """
+    hold_id = f"session-tests-hold-{secrets.token_hex(4)}"
+
+    async def settle(create: bool) -> None:
+        client = Resonate(url=server.url, group="session-tests")
+        try:
+            if create:
+                in_a_day = int(time.time() * 1000) + 24 * 3600 * 1000
+                target = {"resonate:target": "poll://any@session-tests-hold"}
+                await client.promises.create(hold_id, in_a_day, Value(), target)
+            else:
+                await client.promises.resolve(hold_id, Value())
+        finally:
+            await client.stop()
+
+    asyncio.run(settle(create=True))
+    try:
+        yield
+    finally:
+        asyncio.run(settle(create=False))
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +228,7 @@ def test_login_activities_and_logout_each_reach_the_provider_once(stack: Stack) 
         "session_id": session_id,
         "user": "Zoë",
         "state": "ended",
-        "idle_timeout_seconds": 60,
+        "idle_timeout_seconds": IDLE_TIMEOUT_S,
         "ended_by": "logout",
         "activities": both["activities"],
     }
@@ -211,27 +246,6 @@ def test_after_the_session_ended_activity_and_logout_are_409(stack: Stack) -> No
     assert late.json()["detail"] == "the session has ended"
     assert again.status_code == 409
     assert ops(stack.effects(session_id)) == ["issue_token", "revoke_token"]
-
-
-def test_the_idle_timer_restarts_on_each_activity_and_fires_at_its_deadline(stack: Stack) -> None:
-    session_id = stack.login(idle_timeout_seconds=2)
-    stack.act(session_id, "opened /reports")
-    first_deadline = stack.idle_deadline(session_id, activities=1)
-    time.sleep(1)  # the user reads the report for a second, then does something else
-    stack.act(session_id, "downloaded q3.pdf")
-    shown_deadline = stack.idle_deadline(session_id, activities=2)
-
-    ended = stack.wait_ended(session_id)
-
-    _, _, record_last, revoke = effects = stack.effects(session_id)
-    assert ops(effects) == ["issue_token", "record_activity", "record_activity", "revoke_token"]
-    assert ended["ended_by"] == "idle-timeout"
-    # The second activity restarted the timer: it fired 2 s after that one, not after the first.
-    assert shown_deadline - first_deadline >= 1
-    last_deadline = timer_deadline(stack.server, session_id)
-    assert abs(last_deadline - shown_deadline) <= 0.002  # what GET shows is the timer's deadline
-    assert 2 <= last_deadline - record_last.finished_at < 2.1
-    assert 0 <= revoke.started_at - last_deadline < DEADLINE_TOLERANCE_S
 
 
 def test_concurrent_activities_are_each_recorded_once(stack: Stack) -> None:
@@ -586,16 +600,18 @@ def test_oversized_bodies_and_bad_ids_are_refused(stack: Stack, idle_session: st
     assert stack.gateway.post("/sessions/test.1/logout", headers=auth).status_code == 422
 
 
-# -- crashes -----------------------------------------------------------------------------------
+# -- the idle deadline, in skipped time, and crashes -----------------------------------------------
 
 
 @dataclass(frozen=True)
-class CrashStack(Stack):
+class SkippingStack(Stack):
+    """A stack of its own on a dev server that skips time, with workers started on demand."""
+
     start_worker: Callable[[], ManagedProcess] = field(kw_only=True)
 
-    def kill_worker_once_idle(self, worker: ManagedProcess, session_id: str, step: int) -> None:
-        """Arm the dev server to SIGKILL `worker` right after the session suspended on `step`."""
-        wire = {"operation": "suspend", "promise_id": f"{session_id}:{step}", "when": "after"}
+    def kill_worker_once_idle(self, worker: ManagedProcess, session_id: str, move: int) -> None:
+        """Arm the dev server to SIGKILL `worker` right after the session suspended on `move`."""
+        wire = {"operation": "suspend", "promise_id": f"{session_id}:{move}", "when": "after"}
         response = httpx.post(
             f"{self.server.url}/_cookbook/tripwires",
             json={**wire, "victim": "worker", "pid": worker.pid},
@@ -604,71 +620,85 @@ class CrashStack(Stack):
 
 
 @pytest.fixture
-def crash_stack(
-    devserver: RunningDevServer,
+def skipping_stack(
+    start_devserver: DevServerFactory,
     sandbox: RunningSandbox,
     start_worker: ProcessFactory,
     start_process: Callable[[ManagedProcess], ManagedProcess],
-) -> Iterator[CrashStack]:
-    env = {"RESONATE_URL": devserver.url, "PROVIDER_API_URL": sandbox.url, "PATH": "/usr/bin:/bin"}
+) -> Iterator[SkippingStack]:
+    server = start_devserver(skip_time=True)
+    env = {"RESONATE_URL": server.url, "PROVIDER_API_URL": sandbox.url, "PATH": "/usr/bin:/bin"}
     gateway = start_process(gateway_process("session.gateway", {**os.environ, **env}))
     with httpx.Client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client:
-        yield CrashStack(
-            client, devserver, sandbox, start_worker=lambda: start_worker("session.worker", env)
+        yield SkippingStack(
+            client, server, sandbox, start_worker=lambda: start_worker("session.worker", env)
         )
 
 
-# Step ids: login `:1`; round 1 waits on `:2` (the latent promise) and `:3` (the timer), once it
-# published the round `:4`; it stops the timer `:5` and records the activity `:6`; round 2 waits on
-# `:7` and `:8`. (The test arms a tripwire by id; the example's code never builds these ids.)
-ROUND_2_WAIT = 7
+def test_each_activity_restarts_the_30_minute_deadline_and_it_ends_the_session(
+    skipping_stack: SkippingStack,
+) -> None:
+    stack = skipping_stack
+    stack.start_worker()
+    with time_held(stack.server):  # the user acts within the idle timeout
+        session_id = stack.login()
+        stack.act(session_id, "opened /reports")
+        first_deadline = stack.idle_deadline(session_id, activities=1)
+        stack.act(session_id, "downloaded q3.pdf")
+        shown_deadline = stack.idle_deadline(session_id, activities=2)
+        stored_deadline = int(newest_move(stack.server, session_id)["timeoutAt"]) / 1000
+    # Time skips to the deadline: the server times the round's move out by itself.
+    ended = stack.wait_ended(session_id)
+
+    _, record_first, record_last, revoke = effects = stack.effects(session_id)
+    assert ops(effects) == ["issue_token", "record_activity", "record_activity", "revoke_token"]
+    assert ended["ended_by"] == "idle-timeout"
+    # Each activity restarted the deadline: 30 minutes after it was recorded, not after login.
+    assert 0 <= first_deadline - record_first.finished_at - IDLE_TIMEOUT_S < ROUND_START_S
+    assert 0 <= shown_deadline - record_last.finished_at - IDLE_TIMEOUT_S < ROUND_START_S
+    assert abs(stored_deadline - shown_deadline) <= 0.002  # what GET shows is the move's timeout
+    # The move timed out (its deadline, skipped to, is when it fired), and the revocation followed.
+    timed_out = newest_move(stack.server, session_id)
+    assert timed_out["state"] == "rejected_timedout"
+    fired_at = int(timed_out["timeoutAt"]) / 1000
+    assert 0 <= revoke.started_at - fired_at < DEADLINE_TOLERANCE_S, revoke.started_at - fired_at
 
 
-def test_a_worker_killed_while_idle_does_not_restart_the_timer(crash_stack: CrashStack) -> None:
-    stack = crash_stack
+# Step ids: login `:1`; round 1 waits on `:2` (the move), once it published the round `:3`, and
+# records the activity `:4`; round 2 waits on `:5`. (The test arms a tripwire by id; the example's
+# code never builds these ids.)
+ROUND_2_MOVE = 5
+
+
+def test_a_worker_killed_while_idle_the_server_keeps_its_deadline_and_times_it_out(
+    skipping_stack: SkippingStack,
+) -> None:
+    stack = skipping_stack
     first = stack.start_worker()
-    session_id = stack.login(idle_timeout_seconds=3)
-    stack.kill_worker_once_idle(first, session_id, ROUND_2_WAIT)
-
-    activity_id = stack.act(session_id, "opened /reports")
-    assert first.wait(TIMEOUT_S) == -9
-    killed_at = time.time()
-    time.sleep(OUTAGE_S)  # no worker at all for a while: a timer restarted from zero shows it
-    stack.start_worker()  # replays the session, and finds the timer the first worker started
+    with time_held(stack.server):
+        session_id = stack.login()
+        stack.kill_worker_once_idle(first, session_id, ROUND_2_MOVE)
+        activity_id = stack.act(session_id, "opened /reports")
+        assert first.wait(TIMEOUT_S) == -9
+        idle = newest_move(stack.server, session_id)
+    # No worker alive: the server times the round out by itself, at the deadline the dead worker
+    # set (skipped to); a timer in a worker's memory would have died with it.
+    timed_out = wait_until_timed_out(stack.server, session_id)
+    late = stack.post(session_id, "activity", {"action": "too late"})
+    restarted_at = time.time()
+    stack.start_worker()  # replays the session and finds its move timed out
     ended = stack.wait_ended(session_id)
 
     issue, record, revoke = effects = stack.effects(session_id)
     assert ops(effects) == ["issue_token", "record_activity", "revoke_token"]
     assert record.body["activity_id"] == activity_id
-    assert ended["ended_by"] == "idle-timeout"
-    deadline = timer_deadline(stack.server, session_id)
-    assert record.finished_at < killed_at < deadline  # the worker that set the timer died idle
-    assert 3 <= deadline - record.finished_at < 3.1
-    assert 0 <= revoke.started_at - deadline < DEADLINE_TOLERANCE_S, revoke.started_at - deadline
-    assert revoke.body["credential_id"] == issue.resource_id
-
-
-def test_with_no_worker_at_the_deadline_the_session_still_times_out(
-    crash_stack: CrashStack,
-) -> None:
-    stack = crash_stack
-    first = stack.start_worker()
-    session_id = stack.login(idle_timeout_seconds=1)
-    stack.kill_worker_once_idle(first, session_id, ROUND_2_WAIT)
-    stack.act(session_id, "opened /reports")
-    assert first.wait(TIMEOUT_S) == -9
-    wait_until_the_timer_fired(stack.server, session_id)  # with no worker alive
-
-    # The server refuses the late activity: the promise it would go into timed out at the deadline.
-    late = stack.post(session_id, "activity", {"action": "too late"})
-    restarted_at = time.time()
-    stack.start_worker()
-    ended = stack.wait_ended(session_id)
-
+    assert idle["id"] == timed_out["id"] == f"{session_id}:{ROUND_2_MOVE}"
+    assert 0 <= int(idle["timeoutAt"]) / 1000 - record.finished_at - IDLE_TIMEOUT_S < ROUND_START_S
+    assert timed_out["state"] == "rejected_timedout"
+    # The server refused the late activity: the promise it would go into had timed out.
     assert late.status_code == 409
     assert late.json()["detail"] == "the session timed out: it was idle past its deadline"
     assert ended["ended_by"] == "idle-timeout"
     assert [a["action"] for a in ended["activities"]] == ["opened /reports"]
-    effects = stack.effects(session_id)
-    assert ops(effects) == ["issue_token", "record_activity", "revoke_token"]
-    assert effects[-1].started_at > restarted_at  # revoked by the new worker, as soon as it came
+    assert revoke.started_at > restarted_at  # revoked by the new worker, as soon as it came
+    assert revoke.body["credential_id"] == issue.resource_id

@@ -213,6 +213,8 @@ class CrashHarness:
                     "/_admin/faults", json={**fault, "key_prefix": execution_id}
                 )
                 response.raise_for_status()
+        if self._holds_time(scenario):  # last: nothing between here and the run can fail
+            await self._hold_time(client, execution_id)
         return client.options(target=self.example.group, version=scenario.version).rpc(
             execution_id, scenario.function, *scenario.args
         )
@@ -227,6 +229,30 @@ class CrashHarness:
                     call.get("method", "POST"), url, json=body, headers=headers
                 )
                 response.raise_for_status()
+
+    # -- time skipping and signals -----------------------------------------------------------
+    #
+    # A dev server that skips time fires the earliest timer as soon as no task is waiting for a
+    # worker or leased to one: the moment a workflow suspends on a promise a signal is owed to,
+    # its timeout (an idle deadline, say) would race the delivery. A scenario's signals are what
+    # the outside world does in time, so while one is owed the harness holds time: it keeps a
+    # task pending for a group no worker serves (a promise with a target, created before the run
+    # starts, resolved once every signal is delivered). Then time skips as usual.
+
+    def _holds_time(self, scenario: Scenario) -> bool:
+        return self.example.skip_time and bool(scenario.signals)
+
+    @staticmethod
+    def _hold_id(execution_id: str) -> str:
+        return f"cookbook-harness-hold.{execution_id}"
+
+    async def _hold_time(self, client: Resonate, execution_id: str) -> None:
+        in_a_day = int(time.time() * 1000) + 24 * 3600 * 1000
+        target = {"resonate:target": "poll://any@cookbook-harness-hold"}
+        await client.promises.create(self._hold_id(execution_id), in_a_day, Value(), target)
+
+    async def _release_time(self, client: Resonate, execution_id: str) -> None:
+        await client.promises.resolve(self._hold_id(execution_id), Value())
 
     @contextlib.asynccontextmanager
     async def _signalling(
@@ -245,6 +271,9 @@ class CrashHarness:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self._holds_time(scenario):  # a run that failed before every signal went out
+                with contextlib.suppress(Exception):
+                    await self._release_time(client, execution_id)
 
     async def _deliver_signals(
         self, client: Resonate, execution_id: str, signals: list[Any]
@@ -298,6 +327,12 @@ class CrashHarness:
                     # The dev server is being killed and restarted by this very crash point (the
                     # SDK's client raises its own errors for that); try again shortly.
                     await asyncio.sleep(0.1)
+        while self.example.skip_time:  # every signal is out: let time skip again
+            try:
+                await self._release_time(client, execution_id)
+                return
+            except Exception:  # the dev server is being restarted, as above
+                await asyncio.sleep(0.1)
 
     def _first_worker(self) -> ManagedProcess:
         standby, self._standby = self._standby, None
