@@ -44,6 +44,9 @@ def make(copy: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# Five make runs in a fresh copy (new, run, crash, lint + types, its tests): about two minutes on a
+# quiet machine, and more than the suite's 300 s default on a loaded one.
+@pytest.mark.timeout(900)
 def test_a_scaffolded_example_runs_and_survives_its_crash_matrix(tmp_path: Path) -> None:
     copy = tracked_copy(tmp_path / "cookbook")
 
