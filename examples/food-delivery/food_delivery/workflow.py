@@ -132,14 +132,21 @@ async def deliver_order(ctx: Context, order: Order) -> Delivery:
     try:
         prepared = await step.run(prepare, order)
     except ProviderUnavailableError:  # the ticket may have arrived: tell the restaurant to stop
-        return await cancel(ctx, order, "restaurant unreachable", charged.receipt, True)
+        return await cancel(
+            ctx, order, "restaurant unreachable", charged.receipt, tell_the_restaurant=True
+        )
     if prepared.refusal is not None:  # the restaurant will not take it (closed, sold out)
         return await cancel(ctx, order, "restaurant refused", charged.receipt)
     try:
         assigned = await step.run(assign_driver, order)
     except ProviderUnavailableError as unknown:  # failing after every retry: it may have landed
         return await cancel(
-            ctx, order, "dispatch unavailable", charged.receipt, True, unknown.idempotency_key
+            ctx,
+            order,
+            "dispatch unavailable",
+            charged.receipt,
+            tell_the_restaurant=True,
+            driver_request_key=unknown.idempotency_key,
         )
     if assigned.refusal is not None:  # "no driver available": an answer, not an outage
         return await cancel(ctx, order, "no driver", charged.receipt, tell_the_restaurant=True)

@@ -202,6 +202,38 @@ def test_no_driver_refunds_tells_the_restaurant_and_the_customer(stack: Delivery
     }
 
 
+def test_a_declined_card_cancels_the_order_before_anything_else(stack: DeliveryStack) -> None:
+    order = new_order()
+    arm_fault(stack.sandbox, f"{order['order_id']}:1", provider="payment", status=402)
+
+    assert stack.gateway.post("/orders", json=order).status_code == 202
+    status = stack.wait_settled(order["order_id"])
+
+    assert (status["status"], status["reason"]) == ("cancelled", "payment declined")
+    assert [c["stage"] for c in status["compensations"]] == ["notify_customer"]
+    done = stack.sandbox.records.effects(key_prefix=f"{order['order_id']}:")
+    assert [(e.provider, e.action) for e in done] == [("sms", "send")]
+    assert "You were not charged" in done[0].body["text"]
+
+
+def test_a_restaurant_that_refuses_the_order_is_refunded_without_a_driver(
+    stack: DeliveryStack,
+) -> None:
+    order = new_order()
+    arm_fault(stack.sandbox, f"{order['order_id']}:2", provider="slack", status=422)
+
+    assert stack.gateway.post("/orders", json=order).status_code == 202
+    status = stack.wait_settled(order["order_id"])
+
+    assert (status["status"], status["reason"]) == ("cancelled", "restaurant refused")
+    assert effects(stack.sandbox, order["order_id"]) == [
+        ("payment", "charge"),
+        ("payment", "refund"),
+        ("sms", "send"),
+    ]
+    assert status["steps"] == ["charge", "prepare", "refund", "notify_customer"]
+
+
 def test_a_transient_dispatch_failure_is_retried_in_place(stack: DeliveryStack) -> None:
     order = new_order()
     arm_fault(stack.sandbox, f"{order['order_id']}:3", provider="api", mode="fail_times", times=2)
