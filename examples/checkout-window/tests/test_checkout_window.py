@@ -27,7 +27,6 @@ from cookbook.sandbox.store import EffectRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.bodies import REMOVED, as_json, changed
 from cookbook.testing.fixtures import (
-    DevServerFactory,
     ProcessFactory,
     RunningDevServer,
     RunningSandbox,
@@ -361,23 +360,32 @@ class SkippingStack(Stack):
     start_worker: Callable[[], ManagedProcess] = field(kw_only=True)
 
 
+@pytest.fixture(scope="module")
+def skipping(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A dev server that skips time, and a gateway: shared by the tests that reach a window's end.
+
+    Each test starts its own workers (below), so a test that kills one leaves none alive.
+    """
+    data_dir = tmp_path_factory.mktemp("skipping-devserver")
+    with devserver_process(data_dir, fast_recovery=True, skip_time=True) as server:
+        env = {**os.environ, "RESONATE_URL": url_of(server), "PROVIDER_API_URL": sandbox.url}
+        with (
+            gateway_process("checkout_window.gateway", env) as gateway,
+            httpx.Client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client,
+        ):
+            running = RunningDevServer(server, data_dir, True, skip_time=True)
+            yield Stack(client, running, sandbox)
+
+
 @pytest.fixture
-def skipping_stack(
-    start_devserver: DevServerFactory,
-    sandbox: RunningSandbox,
-    start_worker: ProcessFactory,
-    start_process: Callable[[ManagedProcess], ManagedProcess],
-) -> Iterator[SkippingStack]:
-    server = start_devserver(skip_time=True)
-    env = {"RESONATE_URL": server.url, "PROVIDER_API_URL": sandbox.url, "PATH": "/usr/bin:/bin"}
-    gateway = start_process(gateway_process("checkout_window.gateway", {**os.environ, **env}))
-    with httpx.Client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client:
-        yield SkippingStack(
-            client,
-            server,
-            sandbox,
-            start_worker=lambda: start_worker("checkout_window.worker", env),
-        )
+def skipping_stack(skipping: Stack, start_worker: ProcessFactory) -> SkippingStack:
+    env = {"RESONATE_URL": skipping.server.url, "PROVIDER_API_URL": skipping.sandbox.url}
+    return SkippingStack(
+        skipping.gateway,
+        skipping.server,
+        skipping.sandbox,
+        start_worker=lambda: start_worker("checkout_window.worker", env),
+    )
 
 
 def test_when_the_30_minute_window_ends_the_card_is_charged_once(
