@@ -188,9 +188,7 @@ class Purchases:
                 continue
             cancel = window.cancel
             if cancel.state == "pending":
-                cancel = await self.resonate.promises.resolve(
-                    cancel.id, Value(data={"cancel_id": cancel_id})
-                )
+                cancel = await self._resolve(cancel.id, {"cancel_id": cancel_id})
             match cancel.state:
                 case "resolved" if cancel.value.data == {"cancel_id": cancel_id}:
                     return Cancelled(
@@ -252,6 +250,19 @@ class Purchases:
                 except Exception as exc:
                     return view.model_copy(update={"state": "failed", "reason": str(exc)})
                 return view.model_copy(update={"state": "failed", "reason": root.state})
+
+    async def _resolve(self, promise_id: str, value: dict[str, str]) -> PromiseRecord:
+        """Resolve a promise; the promise as it ends up, whoever settled it.
+
+        A server may answer a resolve of a settled promise (cancelled by another request, or
+        timed out by the server) with the promise as it is, or refuse it: then read it.
+        """
+        try:
+            return await self.resonate.promises.resolve(promise_id, Value(data=value))
+        except ServerError as exc:
+            if exc.code not in (403, 409):
+                raise
+            return await self.resonate.promises.get(promise_id)
 
     async def _get(self, promise_id: str) -> PromiseRecord | None:
         try:

@@ -136,20 +136,27 @@ async def checkout(ctx: Context, purchase: Purchase, window_seconds: int) -> Pur
         cancelled = False
 
     if cancelled:
-        await releasing.run(release_stock, reserved)
+        released = await releasing.run(release_stock, reserved)
         text = "Your purchase was cancelled within its window. Nothing was charged."
         await step.run(notify, purchase, f"Purchase {purchase.purchase_id} cancelled", text)
-        return PurchaseEnded("cancelled", reserved)
+        return PurchaseEnded("cancelled", reserved, reason=_refusal(released))
 
     # Out of retries here, the purchase fails and the stock stays held: the charge may have
     # gone through, and a person must look at the payment provider's records for its key.
     charged = await step.run(charge, purchase)
     if isinstance(charged, Refused):  # the card was declined (402): a state, not a retry
-        await releasing.run(release_stock, reserved)
+        released = await releasing.run(release_stock, reserved)
         text = f"Your card was declined ({charged.reason}). The items were released."
         await step.run(notify, purchase, f"Purchase {purchase.purchase_id}: card declined", text)
-        return PurchaseEnded("declined", reserved, reason=charged.reason)
+        reason = "; ".join(r for r in (charged.reason, _refusal(released)) if r)
+        return PurchaseEnded("declined", reserved, reason=reason)
     total = f"{purchase.total_cents / 100:.2f} {purchase.currency}"
     text = f"Charged {total}. Your items are on their way."
     await step.run(notify, purchase, f"Purchase {purchase.purchase_id} confirmed", text)
     return PurchaseEnded("confirmed", reserved, charged)
+
+
+def _refusal(outcome: str | Refused) -> str | None:
+    """What a provider refused, if it did: a release the inventory refuses (it no longer knows the
+    reservation) does not stop the purchase, but it is reported for a person to look at."""
+    return outcome.reason if isinstance(outcome, Refused) else None

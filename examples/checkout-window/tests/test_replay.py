@@ -149,3 +149,17 @@ def test_a_reservation_out_of_retries_is_released_by_its_key() -> None:
     assert {(key, path) for key, path, _ in attempts} == {(f"{ID}:1", "/inventory/reserve")}
     assert len(attempts) == 9  # the first attempt and 8 retries
     assert release == (f"{ID}:2", "/inventory/cancel", {"reservation_key": f"{ID}:1"})
+
+
+def test_a_release_the_inventory_refuses_is_reported() -> None:
+    unknown = "/inventory/cancel refused: 404 unknown inventory reservation 'inventory_1'"
+    journal = [
+        RESERVED,
+        resolved_promise(f"{ID}:2", {"cancel_id": "c1"}),
+        WINDOW_OPENED,
+        resolved_promise(f"{ID}:4", {"status": 404, "reason": unknown}),
+        resolved_promise(f"{ID}:5", "email_1"),
+    ]
+
+    # Still cancelled (nothing was charged), with the refusal for a person to look at.
+    assert replay(journal) == PurchaseEnded("cancelled", "inventory_1", reason=unknown)
