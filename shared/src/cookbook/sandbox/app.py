@@ -41,6 +41,7 @@ PROVIDERS: Final[Mapping[str, tuple[str, ...]]] = {
     "flight": ("reserve", "cancel"),
     "hotel": ("reserve", "cancel"),
     "car": ("reserve", "cancel"),
+    "inventory": ("reserve", "cancel"),
     "email": ("send",),
     "sms": ("send",),
     "slack": ("send",),

@@ -1,0 +1,165 @@
+"""Which way a replay goes: the workflow body run over a given journal, with no server or worker.
+
+The branch depends only on the state of the cancellation promise, which the server decides once:
+resolved within the window (cancelled), or timed out at its end (charged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from checkout_window.steps import Providers
+from checkout_window.workflow import Purchase, PurchaseEnded, checkout
+from resonate.context import Context
+from resonate.dependencies import DependencyMap
+from resonate.error import Suspended
+from resonate.testing import RecordingSleeper, pending_promise, resolved_promise, root_context
+from resonate.types import PromiseRecord
+
+ID = "p-1"
+PURCHASE = Purchase.model_validate(
+    {
+        "purchase_id": ID,
+        "buyer": {"name": "Ada", "email": "ada@example.com"},
+        "items": [{"sku": "LAMP-7", "quantity": 1, "unit_price_cents": 4900}],
+        "currency": "EUR",
+    }
+)
+DECLINED = "/payment/charge refused: 402 card declined"
+
+
+@dataclass
+class FakeProviders:
+    """The providers, in process: each call answered by `answer`, and noted."""
+
+    status: int = 200
+    calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def dependencies(self) -> DependencyMap:
+        def answer(request: httpx.Request) -> httpx.Response:
+            body = json.loads(request.content)
+            self.calls.append((request.headers["Idempotency-Key"], request.url.path, body))
+            if request.url.path == "/inventory/reserve":
+                return httpx.Response(self.status, json={"id": "inventory_1"})
+            return httpx.Response(200, json={"id": f"id_{len(self.calls)}"})
+
+        client = httpx.AsyncClient(
+            base_url="http://providers", transport=httpx.MockTransport(answer)
+        )
+        deps = DependencyMap()
+        deps.insert(Providers(client))
+        return deps
+
+
+def timed_out(promise_id: str) -> PromiseRecord:
+    """A latent promise the server timed out at its deadline (what it stores: no value)."""
+    return PromiseRecord(id=promise_id, state="rejected_timedout", timeout_at=1, settled_at=1)
+
+
+def replay(
+    journal: list[PromiseRecord], providers: FakeProviders | None = None
+) -> PurchaseEnded | list[str]:
+    """Run the body over `journal`: its result, or the promises it suspended on."""
+
+    async def run() -> PurchaseEnded | list[str]:
+        deps = providers.dependencies() if providers is not None else None
+        ctx: Context = root_context(id=ID, preload=journal, deps=deps, sleeper=RecordingSleeper())
+        try:
+            return await checkout(ctx, PURCHASE, 1800)
+        except Suspended:
+            await ctx.flush_local_work()
+            return ctx.take_remote_todos()
+
+    return asyncio.run(run())
+
+
+# Step ids: the reservation `:1`, the cancellation promise `:2`, the window record `:3`, then
+# the charge or the release `:4`, and so on.
+RESERVED = resolved_promise(f"{ID}:1", "inventory_1")
+WINDOW_OPENED = resolved_promise(f"{ID}:3")
+
+
+def test_while_the_window_is_open_the_purchase_waits_for_the_cancellation_alone() -> None:
+    # No timer of its own: the cancellation's timeout is the window's end.
+    assert replay([RESERVED, pending_promise(f"{ID}:2"), WINDOW_OPENED]) == [f"{ID}:2"]
+
+
+def test_a_cancellation_in_time_releases_the_stock_and_charges_nothing() -> None:
+    journal = [
+        RESERVED,
+        resolved_promise(f"{ID}:2", {"cancel_id": "c1"}),
+        WINDOW_OPENED,
+        resolved_promise(f"{ID}:4", "inventory_1"),  # released
+        resolved_promise(f"{ID}:5", "email_1"),
+    ]
+
+    assert replay(journal) == PurchaseEnded("cancelled", "inventory_1")
+
+
+def test_when_the_window_times_out_the_card_is_charged() -> None:
+    providers = FakeProviders()
+    journal = [RESERVED, timed_out(f"{ID}:2"), WINDOW_OPENED]
+
+    ended = replay(journal, providers)
+
+    assert ended == PurchaseEnded("confirmed", "inventory_1", "id_1")
+    assert [(key, path) for key, path, _ in providers.calls] == [
+        (f"{ID}:4", "/payment/charge"),
+        (f"{ID}:5", "/email/send"),
+    ]
+
+
+def test_a_declined_card_releases_the_stock() -> None:
+    journal = [
+        RESERVED,
+        timed_out(f"{ID}:2"),
+        WINDOW_OPENED,
+        resolved_promise(f"{ID}:4", {"status": 402, "reason": DECLINED}),
+        resolved_promise(f"{ID}:5", "inventory_1"),  # released
+        resolved_promise(f"{ID}:6", "email_1"),
+    ]
+
+    assert replay(journal) == PurchaseEnded("declined", "inventory_1", reason=DECLINED)
+
+
+def test_out_of_stock_ends_the_purchase_before_the_window() -> None:
+    providers = FakeProviders(status=409)
+
+    ended = replay([], providers)
+
+    assert isinstance(ended, PurchaseEnded)
+    assert ended.state == "out-of-stock"
+    assert [path for _, path, _ in providers.calls] == ["/inventory/reserve", "/email/send"]
+
+
+def test_a_reservation_out_of_retries_is_released_by_its_key() -> None:
+    # Every attempt answers 503 (the sleeper makes the backoff instant): the reservation may have
+    # landed, so the workflow releases whatever its key names, and opens no window.
+    providers = FakeProviders(status=503)
+
+    ended = replay([], providers)
+
+    assert isinstance(ended, PurchaseEnded)
+    assert ended.state == "inventory-unavailable"
+    *attempts, release = providers.calls
+    assert {(key, path) for key, path, _ in attempts} == {(f"{ID}:1", "/inventory/reserve")}
+    assert len(attempts) == 9  # the first attempt and 8 retries
+    assert release == (f"{ID}:2", "/inventory/cancel", {"reservation_key": f"{ID}:1"})
+
+
+def test_a_release_the_inventory_refuses_is_reported() -> None:
+    unknown = "/inventory/cancel refused: 404 unknown inventory reservation 'inventory_1'"
+    journal = [
+        RESERVED,
+        resolved_promise(f"{ID}:2", {"cancel_id": "c1"}),
+        WINDOW_OPENED,
+        resolved_promise(f"{ID}:4", {"status": 404, "reason": unknown}),
+        resolved_promise(f"{ID}:5", "email_1"),
+    ]
+
+    # Still cancelled (nothing was charged), with the refusal for a person to look at.
+    assert replay(journal) == PurchaseEnded("cancelled", "inventory_1", reason=unknown)
