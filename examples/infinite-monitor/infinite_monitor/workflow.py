@@ -50,7 +50,7 @@ MAX_INTERVAL_SECONDS = 24 * 3600
 # A generation's deadline: its iterations' sleeps, plus a day for the probes, alerts and retries.
 # The SDK ends a sleep at its execution's deadline, so the deadline must outlive every sleep.
 DEADLINE_MARGIN = timedelta(days=1)
-SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 
 type EndReason = Literal["continued", "stopped", "max-iterations"]
 
@@ -80,7 +80,7 @@ def monitor_problem(
     if not isinstance(services, list) or not 0 < len(services) <= MAX_SERVICES:
         return f"services: must be a list of 1 to {MAX_SERVICES} service names"
     for service in services:
-        if not isinstance(service, str) or not SERVICE_NAME.match(service):
+        if not isinstance(service, str) or not SERVICE_NAME.fullmatch(service):
             return (
                 f"services: {service!r} is not a service name (a lowercase letter, then up to 39"
                 " lowercase letters, digits or dashes)"
