@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,10 @@ def _history(state: DurableState, first: int, last: int) -> None:
     )
 
 
+def _journal(state: DurableState) -> list[dict[str, Any]]:
+    return [asdict(entry) for entry in state.journal_since(0)]
+
+
 def _search(
     state: DurableState, tags: dict[str, str], state_filter: str | None = None
 ) -> list[str]:
@@ -204,6 +209,7 @@ def test_a_compaction_killed_at_any_stage_loses_nothing(tmp_path: Path, stage: s
     state.compact()
     _history(state, 10, 20)
     acknowledged = state.snapshot()
+    journal = _journal(state)
     state._at_compaction_stage = _crash_at(stage)
 
     with pytest.raises(_SimulatedCrashError):
@@ -212,6 +218,8 @@ def test_a_compaction_killed_at_any_stage_loses_nothing(tmp_path: Path, stage: s
 
     restarted = _open(tmp_path, clock)
     assert restarted.snapshot() == acknowledged
+    # Every request replays as it was answered (a fence is not refused by a task it never saw).
+    assert _journal(restarted) == journal
     assert not (tmp_path / SNAPSHOT_NAME).with_suffix(".partial").exists()
     # It carries on, and compacts again, from whatever the kill left.
     _history(restarted, 20, 25)
