@@ -142,6 +142,15 @@ def test_compaction_keeps_only_live_state_in_memory_and_every_promise_readable(
     clock = _Clock()
     state = _open(tmp_path, clock)
     _history(state, 0, 20)
+    schedule = {"kind": "schedule.create", "id": "nightly", "cron": "0 3 * * *"}
+    schedule |= {"promiseId": "{{.id}}-{{.timestamp}}", "promiseTimeout": 60_000}
+    next_run_at = _ok(state, schedule | {"promiseTags": {"resonate:target": TARGET}})["schedule"][
+        "nextRunAt"
+    ]
+    _start(state, "waiting-0")
+    awaits = _envelope("promise.register_callback", {"awaited": "open-0", "awaiter": "waiting-0"})
+    suspended = {"kind": "task.suspend", "id": "waiting-0", "version": 0, "actions": [awaits]}
+    assert _ok(state, suspended)["status"] == 200
     everything = state.snapshot()
     searched = _search(state, {"batch": "1"})
     journal = [e.seq for e in state.journal_since(0)]
@@ -149,8 +158,9 @@ def test_compaction_keeps_only_live_state_in_memory_and_every_promise_readable(
     done = state.compact()
 
     assert done.archived_promises == 20 * 4 + 1  # the finished workflows and the settled bare one
-    assert sorted(dict.keys(state.server.promises)) == ["open-0", "running-0", "running-0.1"]
-    assert sorted(dict.keys(state.server.tasks)) == ["running-0"]
+    live = ["open-0", "running-0", "running-0.1", "waiting-0"]
+    assert sorted(dict.keys(state.server.promises)) == live
+    assert sorted(dict.keys(state.server.tasks)) == ["running-0", "waiting-0"]
     assert state.snapshot() == everything
     assert _search(state, {"batch": "1"}) == searched
     assert len(_search(state, {"resonate:origin": "wf-7"}, "resolved")) == 4
@@ -168,6 +178,12 @@ def test_compaction_keeps_only_live_state_in_memory_and_every_promise_readable(
     assert log_generations(tmp_path) == [1]  # the compacted log is gone
     restarted = _open(tmp_path, clock)
     assert restarted.snapshot() == everything
+    schedule = restarted.apply({"kind": "schedule.get", "corrId": "g", "id": "nightly"})
+    assert schedule.response["schedule"]["nextRunAt"] == next_run_at
+    # The suspended workflow still awaits the open promise: settling it resumes the workflow.
+    assert restarted.server.tasks["waiting-0"].state == "suspended"
+    _ok(restarted, {"kind": "promise.settle", "id": "open-0", "state": "resolved", "value": {}})
+    assert restarted.server.tasks["waiting-0"].state == "pending"
     # The running workflow carries on where it was, its finished step preloaded.
     _step(restarted, "running-0", 2)
     _finish(restarted, "running-0")
