@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import signal
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from cookbook.devserver.state import (
     ARCHIVE_NAME,
@@ -118,7 +118,7 @@ def _history(state: DurableState, first: int, last: int) -> None:
 
 
 def _journal(state: DurableState) -> list[dict[str, Any]]:
-    return [asdict(entry) for entry in state.journal_since(0)]
+    return [msgspec.structs.asdict(entry) for entry in state.journal_since(0)]
 
 
 def _search(
@@ -142,11 +142,10 @@ def test_compaction_keeps_only_live_state_in_memory_and_every_promise_readable(
     clock = _Clock()
     state = _open(tmp_path, clock)
     _history(state, 0, 20)
-    schedule = {"kind": "schedule.create", "id": "nightly", "cron": "0 3 * * *"}
+    schedule: dict[str, Any] = {"kind": "schedule.create", "id": "nightly", "cron": "0 3 * * *"}
     schedule |= {"promiseId": "{{.id}}-{{.timestamp}}", "promiseTimeout": 60_000}
-    next_run_at = _ok(state, schedule | {"promiseTags": {"resonate:target": TARGET}})["schedule"][
-        "nextRunAt"
-    ]
+    schedule |= {"promiseTags": {"resonate:target": TARGET}}
+    next_run_at = _ok(state, schedule)["schedule"]["nextRunAt"]
     _start(state, "waiting-0")
     awaits = _envelope("promise.register_callback", {"awaited": "open-0", "awaiter": "waiting-0"})
     suspended = {"kind": "task.suspend", "id": "waiting-0", "version": 0, "actions": [awaits]}
@@ -178,12 +177,13 @@ def test_compaction_keeps_only_live_state_in_memory_and_every_promise_readable(
     assert log_generations(tmp_path) == [1]  # the compacted log is gone
     restarted = _open(tmp_path, clock)
     assert restarted.snapshot() == everything
-    schedule = restarted.apply({"kind": "schedule.get", "corrId": "g", "id": "nightly"})
-    assert schedule.response["schedule"]["nextRunAt"] == next_run_at
+    kept = _ok(restarted, {"kind": "schedule.get", "id": "nightly"})
+    assert kept["schedule"]["nextRunAt"] == next_run_at
     # The suspended workflow still awaits the open promise: settling it resumes the workflow.
-    assert restarted.server.tasks["waiting-0"].state == "suspended"
+    waiting = restarted.server.tasks["waiting-0"]
+    assert (waiting.state, waiting.version) == ("suspended", 0)
     _ok(restarted, {"kind": "promise.settle", "id": "open-0", "state": "resolved", "value": {}})
-    assert restarted.server.tasks["waiting-0"].state == "pending"
+    assert (waiting.state, waiting.version) == ("pending", 1)  # resumed
     # The running workflow carries on where it was, its finished step preloaded.
     _step(restarted, "running-0", 2)
     _finish(restarted, "running-0")

@@ -12,7 +12,7 @@ import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -355,7 +355,7 @@ class DevServer:
 
         def matching() -> list[dict[str, Any]]:
             return [
-                asdict(e)
+                msgspec.structs.asdict(e)
                 for e in self.state.journal_since(after)
                 if origin is None or e.promise_id == origin or e.promise_id.startswith(origin + ":")
             ]

@@ -78,6 +78,24 @@ def log_generations(data_dir: Path) -> list[int]:
     return sorted(found)
 
 
+class JournalEntry(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One state-changing request, as the harness sees it: which promise, what was done, when.
+
+    A struct without GC tracking, stored as an array: a snapshot keeps tens of thousands, and
+    restart decodes them straight into these.
+    """
+
+    seq: int
+    at_ms: int
+    kind: str
+    operation: str
+    promise_id: str
+    # A retried HTTP request keeps its corrId; a re-executed step sends a new one.
+    corr_id: str
+    # The status the request was answered with: a fenced-off write is refused (409).
+    status: int = 200
+
+
 class _Snapshot(msgspec.Struct, kw_only=True):
     """The live state after a compaction: replay starts here, then reads the logs from
     `log_generation` on; archive rows past `archive_row` are not counted on."""
@@ -87,7 +105,7 @@ class _Snapshot(msgspec.Struct, kw_only=True):
     archive_row: int
     last_now: int
     journal_last_seq: int
-    journal: list[tuple[int, int, str, str, str, str, int]]
+    journal: list[JournalEntry]
     promises: list[DurablePromise]
     tasks: list[Task]
     p_timeouts: list[PTimeout]
@@ -108,21 +126,6 @@ class Compaction:
 def _sigkill_self_at(stage: str) -> None:
     if os.environ.get(CRASH_AT_ENV) == stage:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
-    """One state-changing request, as the harness sees it: which promise, what was done, when."""
-
-    seq: int
-    at_ms: int
-    kind: str
-    operation: str
-    promise_id: str
-    # A retried HTTP request keeps its corrId; a re-executed step sends a new one.
-    corr_id: str
-    # The status the request was answered with: a fenced-off write is refused (409).
-    status: int = 200
 
 
 @dataclass
@@ -291,10 +294,7 @@ class DurableState:
             archive_row=archive_row,
             last_now=self._last_now,
             journal_last_seq=self.journal_last_seq,
-            journal=[
-                (e.seq, e.at_ms, e.kind, e.operation, e.promise_id, e.corr_id, e.status)
-                for e in self.journal
-            ],
+            journal=list(self.journal),
             promises=list(dict.values(server.promises)),
             tasks=list(dict.values(server.tasks)),
             p_timeouts=list(server.p_timeouts.by_id.values()),
@@ -351,7 +351,7 @@ class DurableState:
             server.schedules[schedule.id] = schedule
         server.restore_awaited(snapshot.awaited)
         self._last_now = max(self._last_now, snapshot.last_now)
-        self.journal = deque(JournalEntry(*fields) for fields in snapshot.journal)
+        self.journal = deque(snapshot.journal)
         self.journal_last_seq = snapshot.journal_last_seq
 
     # -- the journal -----------------------------------------------------------------------
