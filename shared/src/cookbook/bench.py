@@ -13,8 +13,9 @@ One run, five measurements, written to `bench-results/` as a markdown table and 
    record) and one fsync'd SQLite WAL commit, on the same disk.
 5. History: finished 3-step workflows run by the SDK (100 in flight) up to 1,000 and 10,000
    (`ARGS="--only history --history 100000"` for more); at each size the dev server is
-   SIGKILLed, and its restart time (start to listening), RSS, data directory and a spot check
-   of old workflows by id are measured, with the steps/s of each stretch.
+   SIGKILLed, and its restart time (start to listening, next to a start on an empty data
+   directory), RSS, data directory and a spot check of old workflows (each promise by id) are
+   measured, with the steps/s of each stretch.
 
 A benchmark, not a test: it prints what it measured and never fails on a number. Each backend
 runs in a child process of its own (`python -m cookbook.bench _steps ...`), so one backend's
