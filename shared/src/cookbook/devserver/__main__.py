@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from cookbook.devserver.app import DEFAULT_SSE_ROTATE_SECONDS, DevServer, DevServerConfig
 from cookbook.devserver.auth import TOKENS_ENV, is_loopback, tokens_from_env
+from cookbook.devserver.state import DEFAULT_COMPACT_EVERY
 from cookbook.devserver.wal import CorruptLogError, LogInUseError
 
 
@@ -68,6 +70,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
         help="for tests and demos: when every execution is suspended, fire the earliest "
         "pending timer (a durable sleep, a promise timeout) at once",
     )
+    parser.add_argument(
+        "--compact-every",
+        type=int,
+        default=DEFAULT_COMPACT_EVERY,
+        metavar="RECORDS",
+        help="archive finished executions and snapshot the live state once this many records "
+        "were logged since the last time (default: %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     tokens = tuple(dict.fromkeys([*args.token, *tokens_from_env(os.environ)]))
@@ -78,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
             f"refusing to listen on {args.host} without auth: give --token (or {TOKENS_ENV}) "
             "or listen on 127.0.0.1"
         )
+    if args.compact_every < 1:
+        parser.error("--compact-every must be at least 1")
     if not 0 < args.sse_rotate_seconds < 300:
         parser.error("--sse-rotate-seconds must be between 0 and 300 (SDK 0.8.1 times out at 300)")
     return DevServerConfig(
@@ -90,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DevServerConfig, bool]:
         fsync=not args.no_fsync,
         tokens=tokens,
         skip_time=args.skip_time,
+        compact_every=args.compact_every,
     ), args.quiet
 
 
@@ -97,14 +110,16 @@ async def serve(config: DevServerConfig, quiet: bool) -> None:
     started = time.perf_counter()
     server = DevServer(config)
     url = await server.start()
+    # What recovery built lives as long as the process: keep the cyclic collector off it.
+    gc.freeze()
     # One parseable line: launchers and tests wait for it to learn the port.
     print(f"devserver listening on {url}", flush=True)
     if not quiet:
         auth = f"bearer token required ({len(config.tokens)} accepted)" if config.tokens else "off"
         print(f"  auth: {auth}", flush=True)
         print(
-            f"  data: {config.data_dir}/wal.jsonl ({server.state.replayed_records} records "
-            f"replayed, ready in {time.perf_counter() - started:.2f}s)",
+            f"  data: {config.data_dir} ({server.state.replayed_records} log records replayed "
+            f"on top of the snapshot, ready in {time.perf_counter() - started:.2f}s)",
             flush=True,
         )
     stop = asyncio.Event()

@@ -11,8 +11,9 @@ import contextlib
 import json
 import logging
 import socket
+import sqlite3
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from resonate.error import ServerError
 from cookbook.devserver.auth import BearerAuth, is_loopback, without_credentials
 from cookbook.devserver.protocol import touches
 from cookbook.devserver.router import Router, Subscriber
-from cookbook.devserver.state import Applied, DurableState
+from cookbook.devserver.state import DEFAULT_COMPACT_EVERY, Applied, DurableState
 from cookbook.devserver.tripwires import Tripwire, TripwireError, Tripwires
 
 log = logging.getLogger("cookbook.devserver")
@@ -58,6 +59,9 @@ class DevServerConfig:
     # Opt-in, for tests and demos: when every execution is suspended, fire the earliest pending
     # timer at once (see DurableState.skip_to_next_timer).
     skip_time: bool = False
+    # Compact (archive finished executions, snapshot the live state, drop the old log) once this
+    # many records were logged since the last compaction.
+    compact_every: int = DEFAULT_COMPACT_EVERY
 
 
 class DevServer:
@@ -69,9 +73,11 @@ class DevServer:
                 f"refusing to listen on {config.host} without a token: anyone who can reach it "
                 "could read and change every promise; give a token or listen on 127.0.0.1"
             )
-        self.state = DurableState(config.data_dir, fsync=config.fsync)
+        self.state = DurableState(
+            config.data_dir, fsync=config.fsync, compact_every=config.compact_every
+        )
         self.router = Router()
-        self.tripwires = Tripwires(journal_length=lambda: len(self.state.journal))
+        self.tripwires = Tripwires(journal_length=lambda: self.state.journal_last_seq)
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -134,7 +140,25 @@ class DevServer:
                 self._journal_changed()
             if self.config.skip_time and (skipped := self.state.skip_to_next_timer()) is not None:
                 await self._commit(skipped)
+            if self.state.should_compact():
+                self._compact()
             await asyncio.sleep(self.config.tick_seconds)
+
+    def _compact(self) -> None:
+        try:
+            done = self.state.compact()
+        except (OSError, sqlite3.Error):
+            # Every stage leaves a state that recovers whole (see DurableState.compact), and the
+            # next attempt comes after as many records again; the tick loop must not die of it.
+            log.exception("compaction failed; the server carries on with a longer log")
+            return
+        log.info(
+            "compacted: %d finished promises archived, %d live, log %d (%.3f s)",
+            done.archived_promises,
+            done.live_promises,
+            done.log_generation,
+            done.seconds,
+        )
 
     async def _commit(self, applied: Applied) -> None:
         """Wait until a change is on disk, then tell the workers about it - never the reverse."""
@@ -341,8 +365,8 @@ class DevServer:
 
         def matching() -> list[dict[str, Any]]:
             return [
-                asdict(e)
-                for e in self.state.journal[after:]
+                msgspec.structs.asdict(e)
+                for e in self.state.journal_since(after)
                 if origin is None or e.promise_id == origin or e.promise_id.startswith(origin + ":")
             ]
 
@@ -353,7 +377,7 @@ class DevServer:
                     while not entries:
                         await self._journal_grew.wait()
                         covered, entries = self.state.wal_seq(), matching()
-        last_seq = len(self.state.journal)
+        last_seq = self.state.journal_last_seq
         await self.state.wal.durable(covered)  # durable state only, as in _handle_state
         return web.json_response({"entries": entries, "last_seq": last_seq})
 

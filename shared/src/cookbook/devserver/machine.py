@@ -41,41 +41,119 @@ from resonate.connections.local import (
     extract_action_data,
 )
 
+from cookbook.devserver.archive import Archive, ArchivedBranch
 from cookbook.devserver.cron import cron_error, latest_tick_at_or_before, next_tick_after
 
 
 class _BranchIndexedPromises(dict[str, DurablePromise]):
-    """`ServerState.promises`, also indexed by the `resonate:branch` tag.
+    """`ServerState.promises`, also indexed by the `resonate:branch` tag, backed by the archive.
 
     ServerState only ever inserts promises (by item assignment, once per id) and never removes
-    one, and a promise's tags never change, so the index cannot go stale.
+    one, and a promise's tags never change, so the index cannot go stale. Compaction removes
+    finished branches (`evict`) once they are in the archive; a lookup by id that misses memory
+    falls through to it. Iteration (`values()`) covers memory only: the live state.
     """
 
     def __init__(self) -> None:
         super().__init__()
+        self.archive: Archive | None = None
         self.by_branch: dict[str, list[str]] = {}
         # Application tags (not the SDK's `resonate:*` bookkeeping, which has a value per
         # execution): what `promise.search` filters on, polled by gateways every 50-100 ms.
-        self.by_tag: dict[tuple[str, str], list[str]] = {}
+        # Ordered dicts as sets: eviction removes an id in O(1), and order stays creation order.
+        self.by_tag: dict[tuple[str, str], dict[str, None]] = {}
 
     def __setitem__(self, key: str, value: DurablePromise) -> None:
-        if key not in self:
+        if not dict.__contains__(self, key):
             branch = value.tags.get("resonate:branch")
             if branch is not None:
                 self.by_branch.setdefault(branch, []).append(key)
             for tag, tag_value in value.tags.items():
                 if not tag.startswith("resonate:"):
-                    self.by_tag.setdefault((tag, tag_value), []).append(key)
+                    self.by_tag.setdefault((tag, tag_value), {})[key] = None
         super().__setitem__(key, value)
 
+    # -- lookups fall through to the archive -----------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = dict.get(self, key)
+        if found is not None:
+            return found
+        if self.archive is not None and isinstance(key, str):
+            archived = self.archive.promise(key)
+            if archived is not None:
+                return archived
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or (
+            self.archive is not None
+            and isinstance(key, str)
+            and self.archive.promise(key) is not None
+        )
+
+    def __missing__(self, key: str) -> DurablePromise:
+        archived = self.archive.promise(key) if self.archive is not None else None
+        if archived is None:
+            raise KeyError(key)
+        return archived
+
+    def evict(self, branch_key: str | None, promise_ids: list[str]) -> None:
+        """Drop promises that are now in the archive from memory and from the indexes."""
+        for promise_id in promise_ids:
+            promise = dict.pop(self, promise_id)
+            for tag, tag_value in promise.tags.items():
+                if not tag.startswith("resonate:"):
+                    ids = self.by_tag.get((tag, tag_value))
+                    if ids is not None:
+                        ids.pop(promise_id, None)
+                        if not ids:
+                            del self.by_tag[(tag, tag_value)]
+        if branch_key is not None:
+            members = self.by_branch.get(branch_key, [])
+            gone = set(promise_ids)
+            members[:] = [m for m in members if m not in gone]
+            if not members:
+                self.by_branch.pop(branch_key, None)
+
     def tagged(self, tags: dict[str, Any]) -> list[DurablePromise] | None:
-        """The promises carrying one of `tags`' application tags (a superset of the matches),
-        or None when no application tag narrows the search."""
+        """The promises in memory carrying one of `tags`' application tags (a superset of the
+        matches), or None when no application tag narrows the search."""
         keys = [(k, v) for k, v in tags.items() if not k.startswith("resonate:")]
         if not keys or not all(isinstance(v, str) for _, v in keys):
             return None
-        narrowest = min((self.by_tag.get(key, []) for key in keys), key=len)
-        return [self[promise_id] for promise_id in narrowest]
+        narrowest = min((self.by_tag.get(key, {}) for key in keys), key=len)
+        return [dict.__getitem__(self, promise_id) for promise_id in narrowest]
+
+
+class _ArchivedTasks(dict[str, Task]):
+    """`ServerState.tasks`; a lookup that misses memory falls through to the archive, where the
+    fulfilled tasks of finished branches are. Iteration covers memory only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.archive: Archive | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = dict.get(self, key)
+        if found is not None:
+            return found
+        if self.archive is not None and isinstance(key, str):
+            archived = self.archive.task(key)
+            if archived is not None:
+                return archived
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or (
+            self.archive is not None and isinstance(key, str) and self.archive.task(key) is not None
+        )
+
+    def __missing__(self, key: str) -> Task:
+        archived = self.archive.task(key) if self.archive is not None else None
+        if archived is None:
+            raise KeyError(key)
+        return archived
 
 
 class _TimeoutTable[T: (PTimeout, TTimeout)]:
@@ -144,7 +222,7 @@ class _LatentDeadlinePromises(_BranchIndexedPromises):
 
     def __setitem__(self, key: str, value: DurablePromise) -> None:
         if (
-            key not in self
+            not dict.__contains__(self, key)
             and value.state == "pending"
             and value.timeout_at < I64_MAX
             and "resonate:target" not in value.tags
@@ -163,7 +241,8 @@ class _LatentDeadlinePromises(_BranchIndexedPromises):
         self._compact_above = max(self.COMPACT_FLOOR, 2 * len(self.latent_deadlines))
 
     def is_live(self, entry: tuple[int, str]) -> bool:
-        promise = self.get(entry[1])
+        # Memory only: an archived promise is settled, so never live.
+        promise = dict.get(self, entry[1])
         return promise is not None and promise.state == "pending" and promise.timeout_at == entry[0]
 
     def next_latent_deadline(self) -> int | None:
@@ -180,6 +259,7 @@ class IndexedServerState(ServerState):
     def __init__(self) -> None:
         super().__init__()
         self.promises: _LatentDeadlinePromises = _LatentDeadlinePromises()
+        self.tasks: _ArchivedTasks = _ArchivedTasks()
         self._fencing = False
         self.p_timeouts: _TimeoutTable[PTimeout] = _TimeoutTable()  # type: ignore[assignment]
         self.t_timeouts: _TimeoutTable[TTimeout] = _TimeoutTable()  # type: ignore[assignment]
@@ -257,11 +337,71 @@ class IndexedServerState(ServerState):
         branch = promise.tags.get("resonate:branch") if promise is not None else None
         if branch is None:
             return []
-        return [
-            self.promises[other].to_record()
+        archived: list[DurablePromise] = []
+        archive = self.promises.archive
+        if archive is not None and not dict.__contains__(self.promises, branch):
+            # A finished branch (its root archived): a client re-running a finished execution.
+            found = archive.branch_of(branch)
+            archived = list(found.promises) if found is not None else []
+        live = [
+            dict.__getitem__(self.promises, other)
             for other in self.promises.by_branch.get(branch, ())
-            if other != promise_id
         ]
+        return [p.to_record() for p in archived + live if p.id != promise_id]
+
+    # -- compaction: what can move to the archive ----------------------------------------------
+
+    def attach_archive(self, archive: Archive) -> None:
+        self.promises.archive = archive
+        self.tasks.archive = archive
+
+    def _finished(self, promise_id: str) -> bool:
+        """Whether the promise can never change again (see cookbook.devserver.archive)."""
+        promise = dict.get(self.promises, promise_id)
+        if promise is None or promise.state == "pending" or promise.awaiters or promise.subscribers:
+            return False
+        task = dict.get(self.tasks, promise_id)
+        return (
+            (task is None or task.state == "fulfilled")
+            and promise_id not in self.p_timeouts.by_id
+            and promise_id not in self.t_timeouts.by_id
+        )
+
+    def finished_branches(self) -> list[tuple[str | None, list[str]]]:
+        """Every unit that can move to the archive: a branch whose promises are all finished,
+        its root included (until the root's task is fulfilled it may add steps, and its next
+        acquire reads them all back), or a finished promise outside any branch. Each unit's ids
+        in creation order."""
+        units: list[tuple[str | None, list[str]]] = [
+            (branch, list(members))
+            for branch, members in self.promises.by_branch.items()
+            if all(self._finished(member) for member in members)
+            and (not dict.__contains__(self.promises, branch) or self._finished(branch))
+        ]
+        units += [
+            (None, [promise_id])
+            for promise_id, promise in dict.items(self.promises)
+            if "resonate:branch" not in promise.tags and self._finished(promise_id)
+        ]
+        return units
+
+    def archived_unit(self, promise_ids: list[str]) -> ArchivedBranch:
+        promises = tuple(dict.__getitem__(self.promises, i) for i in promise_ids)
+        tasks = tuple(t for i in promise_ids if (t := dict.get(self.tasks, i)) is not None)
+        return ArchivedBranch(promises, tasks)
+
+    def awaited_ids(self) -> set[str]:
+        return set(self._awaited)
+
+    def restore_awaited(self, promise_ids: list[str]) -> None:
+        self._awaited = set(promise_ids)
+
+    def evict(self, branch: str | None, promise_ids: list[str]) -> None:
+        """Forget a unit that is now in the archive (lookups by id find it there)."""
+        self.promises.evict(branch, promise_ids)
+        for promise_id in promise_ids:
+            dict.pop(self.tasks, promise_id, None)
+            self._awaited.discard(promise_id)
 
     def task_fence(self, now: int, corr_id: Any, req: Any) -> dict[str, Any]:
         # See the module docstring: the worker already knows everything a preload would say.

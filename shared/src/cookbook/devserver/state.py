@@ -9,19 +9,37 @@ resonate-sdk exactly.
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
+import re
+import signal
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resonate.connections.local import I64_MAX, OutgoingMessage, _get, _opt_i64, require_str
+import msgspec
+from resonate.connections.local import (
+    I64_MAX,
+    DurablePromise,
+    OutgoingMessage,
+    PTimeout,
+    ScheduleStub,
+    Task,
+    TTimeout,
+    _get,
+    _opt_i64,
+    require_str,
+)
 from resonate.error import ServerError
 
+from cookbook.devserver.archive import Archive
 from cookbook.devserver.machine import IndexedServerState, Schedule, tick_request
 from cookbook.devserver.protocol import READ_ONLY_KINDS, touches
-from cookbook.devserver.wal import WriteAheadLog
+from cookbook.devserver.wal import CorruptLogError, WriteAheadLog, fsync_directory
 
 log = logging.getLogger("cookbook.devserver")
 
@@ -30,9 +48,42 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass(frozen=True)
-class JournalEntry:
-    """One state-changing request, as the harness sees it: which promise, what was done, when."""
+# Compact once this many records have been logged since the last snapshot: restart replays at
+# most this many (about 0.3 s on a loaded 2-core machine) on top of the snapshot.
+DEFAULT_COMPACT_EVERY = 10_000
+# The journal (a test and inspection aid: which request touched which promise) keeps its most
+# recent entries across compactions; older ones go. The crash harness reads an execution's
+# entries right after it ran, far inside this window.
+JOURNAL_RETAINED = 50_000
+# Test hook: SIGKILL the server at one stage of a compaction (see DurableState.compact).
+CRASH_AT_ENV = "COOKBOOK_DEVSERVER_CRASH_AT"
+COMPACTION_STAGES = ("rotated", "archived", "snapshot-written", "snapshot-renamed")
+
+SNAPSHOT_NAME = "snapshot.msgpack"
+ARCHIVE_NAME = "archive.sqlite"
+_NUMBERED_LOG = re.compile(r"wal-(\d{6})\.jsonl")
+
+
+def log_path(data_dir: Path, generation: int) -> Path:
+    """Generation 0 is the log of a server that never compacted (the name it always had)."""
+    return data_dir / ("wal.jsonl" if generation == 0 else f"wal-{generation:06d}.jsonl")
+
+
+def log_generations(data_dir: Path) -> list[int]:
+    found = [0] if (data_dir / "wal.jsonl").exists() else []
+    if data_dir.is_dir():
+        found += [
+            int(m.group(1)) for f in data_dir.iterdir() if (m := _NUMBERED_LOG.fullmatch(f.name))
+        ]
+    return sorted(found)
+
+
+class JournalEntry(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One state-changing request, as the harness sees it: which promise, what was done, when.
+
+    A struct without GC tracking, stored as an array: a snapshot keeps tens of thousands, and
+    restart decodes them straight into these.
+    """
 
     seq: int
     at_ms: int
@@ -43,6 +94,38 @@ class JournalEntry:
     corr_id: str
     # The status the request was answered with: a fenced-off write is refused (409).
     status: int = 200
+
+
+class _Snapshot(msgspec.Struct, kw_only=True):
+    """The live state after a compaction: replay starts here, then reads the logs from
+    `log_generation` on; archive rows past `archive_row` are not counted on."""
+
+    format: int = 1
+    log_generation: int
+    archive_row: int
+    last_now: int
+    journal_last_seq: int
+    journal: list[JournalEntry]
+    promises: list[DurablePromise]
+    tasks: list[Task]
+    p_timeouts: list[PTimeout]
+    t_timeouts: list[TTimeout]
+    schedules: list[Schedule]
+    schedule_stubs: list[ScheduleStub]
+    awaited: list[str]
+
+
+@dataclass(frozen=True)
+class Compaction:
+    archived_promises: int
+    live_promises: int
+    log_generation: int
+    seconds: float
+
+
+def _sigkill_self_at(stage: str) -> None:
+    if os.environ.get(CRASH_AT_ENV) == stage:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -56,14 +139,29 @@ class Applied:
 
 class DurableState:
     def __init__(
-        self, data_dir: Path, *, fsync: bool = True, clock: Callable[[], int] = wall_clock_ms
+        self,
+        data_dir: Path,
+        *,
+        fsync: bool = True,
+        clock: Callable[[], int] = wall_clock_ms,
+        compact_every: int = DEFAULT_COMPACT_EVERY,
+        at_compaction_stage: Callable[[str], None] = _sigkill_self_at,
     ) -> None:
+        self.data_dir = data_dir
         self.server = IndexedServerState()
-        self.wal = WriteAheadLog(data_dir / "wal.jsonl", fsync=fsync)
-        self.journal: list[JournalEntry] = []
+        self.wal = WriteAheadLog(log_path(data_dir, 0), fsync=fsync)
+        self.archive: Archive | None = None
+        self.journal: deque[JournalEntry] = deque()
+        self.journal_last_seq = 0
+        self._fsync = fsync
         self._clock = clock
         self._last_now = 0
         self.replayed_records = 0
+        self.log_generation = 0
+        self.compact_every = compact_every
+        self._at_compaction_stage = at_compaction_stage
+        self._appended_at_compaction = 0
+        self.compactions = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -74,24 +172,199 @@ class DurableState:
         because the messages that were only in memory died with the previous process.
         """
         self.wal.lock()
-        for record in self.wal.replay():
-            now = int(record["now"])
-            self._last_now = max(self._last_now, now)
-            if "req" in record:
-                replayed = self._apply_unlogged(now, record["req"])
-                self._journal(now, record["req"], _status(replayed))
-            elif "skip_ms" in record:
-                self._skip_unlogged(now, int(record["skip_ms"]))
-            else:
-                self._tick_unlogged(now)
-            self.replayed_records += 1
+        collecting = gc.isenabled()
+        # Replay builds millions of long-lived objects: the cyclic collector would walk them all
+        # again and again (its full passes made a 100,000-workflow replay superlinear).
+        gc.disable()
+        try:
+            self._recover()
+        finally:
+            if collecting:
+                gc.enable()
         self.server.outgoing.clear()
         self.wal.open()
+        # A big log left by a server that never compacted is compacted at the first chance.
+        self._appended_at_compaction = -self.replayed_records
         self._renew_leases()
         return self._owed_executes()
 
+    def _recover(self) -> None:
+        """Load the snapshot (if any), make the archive match it, replay the logs after it."""
+        snapshot = self._load_snapshot()
+        self.archive = Archive(self.data_dir / ARCHIVE_NAME, fsync=self._fsync)
+        # Rows a compaction wrote before it was killed, its snapshot never renamed into place:
+        # the logs replayed below rebuild those promises in memory.
+        dropped = self.archive.truncate_after(snapshot.archive_row if snapshot else 0)
+        if dropped:
+            log.warning("archive: dropped %d rows of an unfinished compaction", dropped)
+        self.server.attach_archive(self.archive)
+        first = 0
+        if snapshot is not None:
+            self._restore(snapshot)
+            first = snapshot.log_generation
+        generations = log_generations(self.data_dir)
+        for stale in [g for g in generations if g < first]:
+            # Compacted into the snapshot; the compaction was killed before deleting them.
+            log_path(self.data_dir, stale).unlink()
+        generations = [g for g in generations if g >= first] or [first]
+        for generation in generations:
+            replayed = WriteAheadLog(log_path(self.data_dir, generation), fsync=self._fsync)
+            for record in replayed.replay(last=generation == generations[-1]):
+                self._replay_record(record)
+        self.log_generation = generations[-1]
+        self.wal.path = log_path(self.data_dir, self.log_generation)
+
+    def _replay_record(self, record: dict[str, Any]) -> None:
+        now = int(record["now"])
+        self._last_now = max(self._last_now, now)
+        if "req" in record:
+            replayed = self._apply_unlogged(now, record["req"])
+            self._journal(now, record["req"], _status(replayed))
+        elif "skip_ms" in record:
+            self._skip_unlogged(now, int(record["skip_ms"]))
+        else:
+            self._tick_unlogged(now)
+        self.replayed_records += 1
+
     def close(self) -> None:
         self.wal.close()
+        if self.archive is not None:
+            self.archive.close()
+            self.archive = None
+
+    # -- snapshots and compaction ----------------------------------------------------------
+    #
+    # A compaction moves finished branches to the archive and writes the live state to a
+    # snapshot, so that restart time and memory follow what is live, not all that ever happened.
+    # Each step leaves the data directory in a state that recovers to everything acknowledged:
+    #
+    #   1. rotate: the current log is fsynced to its end, and logging goes on in a new file
+    #      (generation g+1; the directory is fsynced). The snapshot will stand for everything up
+    #      to the end of generation g.
+    #   2. archive: finished branches are committed to SQLite (synchronous=FULL), under rows past
+    #      the ones the current snapshot counts on, and dropped from memory.
+    #   3. snapshot: the live state is written to a new file, fsynced, renamed over the old
+    #      snapshot, and the directory fsynced. Only now does recovery start from it.
+    #   4. the logs before g+1 are deleted.
+    #
+    # Killed before 3 completes, recovery loads the old snapshot, deletes the archive rows it
+    # does not count on, and replays every log from its generation on (g and g+1 included).
+    # Killed after, it loads the new one and deletes the old logs itself. The whole compaction
+    # runs on the event loop between two requests, so the state it saves is one consistent
+    # moment.
+
+    def should_compact(self) -> bool:
+        return self.wal.appended - self._appended_at_compaction >= self.compact_every
+
+    def compact(self) -> Compaction:
+        started = time.perf_counter()
+        archive = self.archive
+        assert archive is not None, "open() first"
+        generation = self.log_generation + 1
+        self.wal.rotate(log_path(self.data_dir, generation))
+        self.log_generation = generation
+        self._appended_at_compaction = self.wal.appended
+        self._at_compaction_stage("rotated")
+
+        units = self.server.finished_branches()
+        archived = sum(len(ids) for _, ids in units)
+        archive_row = archive.add(self.server.archived_unit(ids) for _, ids in units)
+        for branch, ids in units:
+            self.server.evict(branch, ids)
+        self._at_compaction_stage("archived")
+
+        while len(self.journal) > JOURNAL_RETAINED:
+            self.journal.popleft()
+        self._write_snapshot(self._snapshot_now(archive_row))
+        self._at_compaction_stage("snapshot-renamed")
+
+        for stale in log_generations(self.data_dir):
+            if stale < generation:
+                log_path(self.data_dir, stale).unlink()
+        self.compactions += 1
+        return Compaction(
+            archived, len(self.server.promises), generation, time.perf_counter() - started
+        )
+
+    def _snapshot_now(self, archive_row: int) -> _Snapshot:
+        server = self.server
+        schedules = list(server.schedules.values())
+        return _Snapshot(
+            log_generation=self.log_generation,
+            archive_row=archive_row,
+            last_now=self._last_now,
+            journal_last_seq=self.journal_last_seq,
+            journal=list(self.journal),
+            promises=list(dict.values(server.promises)),
+            tasks=list(dict.values(server.tasks)),
+            p_timeouts=list(server.p_timeouts.by_id.values()),
+            t_timeouts=list(server.t_timeouts.by_id.values()),
+            schedules=[s for s in schedules if isinstance(s, Schedule)],
+            schedule_stubs=[
+                ScheduleStub(**msgspec.structs.asdict(s))
+                for s in schedules
+                if not isinstance(s, Schedule)
+            ],
+            awaited=sorted(server.awaited_ids()),
+        )
+
+    def _write_snapshot(self, snapshot: _Snapshot) -> None:
+        path = self.data_dir / SNAPSHOT_NAME
+        partial = path.with_suffix(".partial")
+        with partial.open("wb") as f:
+            f.write(msgspec.msgpack.encode(snapshot))
+            f.flush()
+            if self._fsync:
+                os.fsync(f.fileno())
+        self._at_compaction_stage("snapshot-written")
+        os.replace(partial, path)
+        if self._fsync:
+            fsync_directory(self.data_dir)
+
+    def _load_snapshot(self) -> _Snapshot | None:
+        path = self.data_dir / SNAPSHOT_NAME
+        partial = path.with_suffix(".partial")
+        if partial.exists():
+            partial.unlink()  # a compaction was killed before renaming it: never counted on
+        if not path.exists():
+            return None
+        try:
+            return msgspec.msgpack.decode(path.read_bytes(), type=_Snapshot)
+        except msgspec.DecodeError as exc:
+            # It was fsynced before it was renamed into place: damage, not a crash.
+            raise CorruptLogError(
+                f"{path}: unreadable snapshot ({exc}); the dev server will not start on it (the "
+                "file is left untouched)"
+            ) from exc
+
+    def _restore(self, snapshot: _Snapshot) -> None:
+        server = self.server
+        for promise in snapshot.promises:
+            server.promises[promise.id] = promise
+        for task in snapshot.tasks:
+            server.tasks[task.id] = task
+        for pt in snapshot.p_timeouts:
+            server.p_timeouts.by_id[pt.id] = pt
+        for tt in snapshot.t_timeouts:
+            server.t_timeouts.by_id[tt.id] = tt
+        for schedule in [*snapshot.schedules, *snapshot.schedule_stubs]:
+            server.schedules[schedule.id] = schedule
+        server.restore_awaited(snapshot.awaited)
+        self._last_now = max(self._last_now, snapshot.last_now)
+        self.journal = deque(snapshot.journal)
+        self.journal_last_seq = snapshot.journal_last_seq
+
+    # -- the journal -----------------------------------------------------------------------
+
+    def journal_since(self, after: int) -> list[JournalEntry]:
+        """The retained entries with a seq greater than `after`, oldest first."""
+        newer = []
+        for entry in reversed(self.journal):
+            if entry.seq <= after:
+                break
+            newer.append(entry)
+        newer.reverse()
+        return newer
 
     def wal_seq(self) -> int:
         """The position of the last record appended: waiting for it covers everything before."""
@@ -356,9 +629,10 @@ class DurableState:
             return
         kind, corr_id = str(request.get("kind", "")), str(request.get("corrId", ""))
         for touch in touches(request):
+            self.journal_last_seq += 1
             self.journal.append(
                 JournalEntry(
-                    len(self.journal) + 1,
+                    self.journal_last_seq,
                     now,
                     kind,
                     touch.operation,
@@ -396,7 +670,12 @@ class DurableState:
     # -- reads -------------------------------------------------------------------------------------
 
     def _search(self, request: dict[str, Any]) -> dict[str, Any]:
-        """`promise.search`, which ServerState lacks: state and exact tag filters, offset cursor."""
+        """`promise.search`, which ServerState lacks: state and exact tag filters, offset cursor.
+
+        Live promises come from memory (narrowed by the application-tag index), finished ones
+        from the archive (narrowed by an application tag or `resonate:origin`; a search with
+        neither reads the whole archive).
+        """
         state = request.get("state")
         raw_tags, raw_limit, cursor = (
             request.get("tags"),
@@ -406,17 +685,22 @@ class DurableState:
         tags: dict[str, Any] = raw_tags if isinstance(raw_tags, dict) else {}
         limit = raw_limit if isinstance(raw_limit, int) and raw_limit > 0 else 100
         offset = int(cursor) if isinstance(cursor, str) and cursor.isdigit() else 0
-        candidates = self.server.promises.tagged(tags)
-        matches = [
-            p
-            for p in (self.server.promises.values() if candidates is None else candidates)
-            if (
+
+        def wanted(p: DurablePromise) -> bool:
+            return (
                 state is None
                 or p.state == state
                 or (state == "rejected" and p.state.startswith("rejected"))
-            )
-            and all(p.tags.get(k) == v for k, v in tags.items())
-        ]
+            ) and all(p.tags.get(k) == v for k, v in tags.items())
+
+        candidates = self.server.promises.tagged(tags)
+        live = self.server.promises.values() if candidates is None else candidates
+        matches = [p for p in live if wanted(p)]
+        if state != "pending":  # nothing pending is ever archived
+            seen = {p.id for p in matches}
+            matches += [
+                p for p in self._archived_candidates(tags) if p.id not in seen and wanted(p)
+            ]
         matches.sort(key=lambda p: (p.created_at, p.id))
         page = matches[offset : offset + limit]
         next_cursor = str(offset + limit) if offset + limit < len(matches) else None
@@ -428,8 +712,22 @@ class DurableState:
             "cursor": next_cursor,
         }
 
+    def _archived_candidates(self, tags: dict[str, Any]) -> Iterable[DurablePromise]:
+        """A superset of the archived promises carrying `tags`."""
+        if self.archive is None:
+            return []
+        for key, value in tags.items():
+            if not key.startswith("resonate:") and isinstance(value, str):
+                return self.archive.tagged(key, value)
+        origin = tags.get("resonate:origin")
+        branches = (
+            self.archive.of_origin(origin) if isinstance(origin, str) else self.archive.everything()
+        )
+        return (p for branch in branches for p in branch.promises)
+
     def snapshot(self, origin: str | None = None) -> dict[str, Any]:
-        """Promises and tasks, optionally only one execution's, for tree views and tests."""
+        """Promises and tasks, optionally only one execution's, for tree views and tests
+        (without `origin`, every archived execution too)."""
 
         def belongs(promise_id: str) -> bool:
             if origin is None:
@@ -439,17 +737,22 @@ class DurableState:
                 promise is not None and promise.tags.get("resonate:origin") == origin
             )
 
-        promises = [
-            {**p.to_record(), "awaiters": sorted(p.awaiters)}
-            for p in sorted(self.server.promises.values(), key=lambda p: (p.created_at, p.id))
-            if belongs(p.id)
-        ]
-        tasks = [
-            t.to_record()
-            for t in sorted(self.server.tasks.values(), key=lambda t: t.id)
-            if belongs(t.id)
-        ]
-        return {"promises": promises, "tasks": tasks}
+        promises = [p for p in self.server.promises.values() if belongs(p.id)]
+        tasks = [t for t in self.server.tasks.values() if belongs(t.id)]
+        if self.archive is not None:
+            branches = (
+                self.archive.everything() if origin is None else self.archive.of_origin(origin)
+            )
+            for branch in branches:
+                promises += branch.promises
+                tasks += branch.tasks
+        return {
+            "promises": [
+                {**p.to_record(), "awaiters": sorted(p.awaiters)}
+                for p in sorted(promises, key=lambda p: (p.created_at, p.id))
+            ],
+            "tasks": [t.to_record() for t in sorted(tasks, key=lambda t: t.id)],
+        }
 
 
 def _status(response: dict[str, Any]) -> int:

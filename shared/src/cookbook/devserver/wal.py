@@ -83,13 +83,15 @@ class WriteAheadLog:
                 "RESONATE_URL at it instead of starting a second one"
             ) from None
 
-    def replay(self) -> Iterator[Record]:
+    def replay(self, *, last: bool = True) -> Iterator[Record]:
         """Yield every complete record, then truncate a torn tail left by a crash mid-write.
 
         Only a tail may be torn: an append is one write at the end of the file, so a crash can
         damage the last record, never one with a good record after it. A bad record followed by
         good ones means the file was damaged some other way; truncating there would silently drop
-        every acknowledged change after it, so replay refuses and leaves the file as it is.
+        every acknowledged change after it, so replay refuses and leaves the file as it is. A log
+        that is not the `last` (compaction closed it, fsynced, and went on in a new one) has no
+        tail a crash could tear: any bad record in it is refused.
         """
         if not self.path.exists():
             return
@@ -99,6 +101,12 @@ class WriteAheadLog:
                 record = _parse(line)
                 if record is None:
                     self._refuse_if_followed_by_records(f, good_bytes)
+                    if not last:
+                        raise CorruptLogError(
+                            f"{self.path}: unreadable record at byte offset {good_bytes} in a "
+                            "log that was closed and fsynced before the next one began; the dev "
+                            "server will not start on it (the file is left untouched)"
+                        )
                     break  # the crash hit mid-write: this record was never acknowledged
                 good_bytes += len(line)
                 yield record
@@ -124,6 +132,22 @@ class WriteAheadLog:
         self._file = self.path.open("ab")
         if created and self._fsync:
             fsync_directory(self.path.parent)
+
+    def rotate(self, path: Path) -> None:
+        """Make everything appended so far durable in this file, then append to `path` instead.
+
+        Sequence numbers carry on: a request waiting for a record of the old file is answered
+        once this returns, since that file is then fsynced to its end.
+        """
+        assert self._file is not None, "open() the log first"
+        self._file.flush()
+        if self._fsync:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        self._synced = self._appended
+        self.path = path
+        self._file = None
+        self.open()
 
     def close(self) -> None:
         if self._file is not None:
