@@ -3,9 +3,9 @@
 The job id is the execution id the caller chose when it started the job. Its promise holds the
 job's arguments (how many batches there are); each batch is a child promise of it, found by the
 promise search of the SDK (`resonate.promises.search`) with the tag every child carries,
-`resonate:parent = <job id>`. A resolved child is a finished batch (its value says how many
-items), a pending one a batch in flight. Nothing is read from a side table: this is the state
-the workflow resumes from.
+`resonate:parent = <job id>`. A resolved child is a finished batch (its value says which one
+and how many items), a pending one a batch in flight. Nothing is read from a side table: this
+is the state the workflow resumes from.
 
 Environment: RESONATE_URL (required).
 """
@@ -33,9 +33,18 @@ class Progress:
     in_flight: int
     items_done: int
     items_total: int
+    finished: frozenset[int]  # the indexes (from 0) of the finished batches
+
+    @property
+    def first_unfinished(self) -> int | None:
+        """Where the job resumes if its worker dies now (None: every batch is done)."""
+        return next((i for i in range(self.batches_total) if i not in self.finished), None)
 
     def line(self) -> str:
         status = "running" if self.state == "pending" else self.state
+        resume = self.first_unfinished
+        if self.state == "pending" and resume is not None:
+            status += f", first unfinished: batch {resume + 1}"
         return (
             f"{self.job}: {self.batches_done}/{self.batches_total} batches done"
             f" ({self.items_done:,}/{self.items_total:,} items), {self.in_flight} in flight;"
@@ -53,7 +62,8 @@ async def read_progress(resonate: Resonate, job: str) -> Progress:
     except ServerError as exc:
         raise NotAJobError(f"{job}: no such execution ({exc})") from exc
     item_count, batch_size = _arguments(job, root.param.data)
-    done = in_flight = items_done = 0
+    in_flight = items_done = 0
+    finished: set[int] = set()
     cursor: str | None = None
     while True:
         page = await resonate.promises.search(None, {"resonate:parent": job}, PAGE, cursor)
@@ -62,20 +72,21 @@ async def read_progress(resonate: Resonate, job: str) -> Progress:
                 continue
             if child.state == "pending":
                 in_flight += 1
-            elif child.state == "resolved":
-                done += 1
-                items_done += _items(child.value.data)
+            elif child.state == "resolved" and isinstance(child.value.data, dict):
+                finished.add(int(child.value.data["index"]))
+                items_done += int(child.value.data["items"])
         cursor = page.cursor
         if cursor is None:
             break
     return Progress(
         job=job,
         state=root.state,
-        batches_done=done,
+        batches_done=len(finished),
         batches_total=-(-item_count // batch_size),
         in_flight=in_flight,
         items_done=items_done,
         items_total=item_count,
+        finished=frozenset(finished),
     )
 
 
@@ -86,11 +97,6 @@ def _arguments(job: str, param: Any) -> tuple[int, int]:
         if isinstance(args, list) and len(args) == 2 and all(isinstance(a, int) for a in args):
             return args[0], args[1]
     raise NotAJobError(f"{job}: not a process_items job")
-
-
-def _items(result: Any) -> int:
-    """How many items a finished batch processed (its `BatchResult`, as JSON)."""
-    return int(result["items"]) if isinstance(result, dict) else 0
 
 
 async def main(job: str) -> int:
