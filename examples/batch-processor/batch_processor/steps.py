@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import sha256
 
 from resonate.context import Context
@@ -25,10 +25,19 @@ from batch_processor.sink import Sink
 
 @dataclass(frozen=True)
 class Processing:
-    """What every batch step needs (a worker dependency): the sink, and the simulated I/O time."""
+    """What every batch step needs (a worker dependency): the sink, the simulated I/O time, and
+    the guard that keeps this process's sink writes apart from its step creations.
+
+    SQLite has one writer at a time, and its write lock is a file lock: a process that is paused
+    while it holds it (a GC pause, a frozen VM, the crash matrix's SIGSTOP) stops every other
+    worker's writes until it runs again. The crash matrix pauses a worker while it creates a step,
+    so no write of this process may be under way then: the workflow holds the guard while it
+    creates a batch's step, and a batch holds it while it writes.
+    """
 
     sink: Sink
     work_seconds: float
+    sink_guard: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass(frozen=True)
@@ -62,10 +71,12 @@ async def process_batch(ctx: Context, job: str, batch: Batch) -> BatchResult:
     processing = ctx.get_dependency(Processing)
     sink = processing.sink
     try:
-        run_id = await asyncio.to_thread(sink.batch_started, job, batch.index, os.getpid())
+        async with processing.sink_guard:
+            run_id = await asyncio.to_thread(sink.batch_started, job, batch.index, os.getpid())
         results = [(n, process_item(n)) for n in range(batch.first, batch.last + 1)]
         await asyncio.sleep(processing.work_seconds)
-        added = await asyncio.to_thread(sink.record_batch, job, batch.index, results, run_id)
+        async with processing.sink_guard:
+            added = await asyncio.to_thread(sink.record_batch, job, batch.index, results, run_id)
     except sqlite3.OperationalError as exc:
         raise SinkUnavailableError(f"batch {batch.index + 1}: {exc}") from exc
     again = "" if added == len(results) else f", {len(results) - added} already in the sink"

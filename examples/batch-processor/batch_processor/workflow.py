@@ -15,7 +15,7 @@ from hashlib import sha256
 from resonate.context import Context, ResonateFuture
 from resonate.retry import Exponential
 
-from batch_processor.steps import Batch, BatchResult, process_batch
+from batch_processor.steps import Batch, BatchResult, Processing, process_batch
 
 WINDOW = 4
 # One execution holds one promise per batch and a resume replays all of them, so a job is kept to
@@ -84,6 +84,7 @@ async def process_items(ctx: Context, item_count: int, batch_size: int) -> JobSu
     step = ctx.options(retry_policy=BATCH_RETRIES)
     # The execution id the caller chose is the job's key in the sink.
     job = ctx.info.id
+    guard = ctx.get_dependency(Processing).sink_guard
     running: deque[ResonateFuture[BatchResult]] = deque()
     done: list[BatchResult] = []
     for batch in plan_batches(item_count, batch_size):
@@ -91,7 +92,10 @@ async def process_items(ctx: Context, item_count: int, batch_size: int) -> JobSu
             # Wait for the oldest running batch, not whichever finishes first: the order of the
             # ctx.run calls, which numbers the steps, must be the same on every replay.
             done.append(await running.popleft())
-        running.append(step.run(process_batch, job, batch))
+        async with guard:  # no sink write of this process while the step is created
+            started = step.run(process_batch, job, batch)
+            await started.id()
+        running.append(started)
     while running:
         done.append(await running.popleft())
     checksum = sha256("".join(result.checksum for result in done).encode()).hexdigest()[:16]
