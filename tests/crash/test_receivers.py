@@ -105,6 +105,7 @@ def test_every_example_whose_effects_land_outside_the_sandbox_declares_them() ->
     assert {
         name: sorted(r.name for r in found) for name, found in declarations.items() if found
     } == {
+        "batch-processor": ["sink"],
         "k8s-drain": ["kubernetes"],
         "kafka-worker": ["user-data store"],
         "wlrf": ["ledger stand-in", "reference store"],
