@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from money_transfer.steps import Ledger, data_dir
+from money_transfer.steps import Ledger
+from money_transfer.worker import data_dir
 
 
 def money(cents: int) -> str:

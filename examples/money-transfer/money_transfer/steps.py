@@ -15,9 +15,7 @@ recorded like any other: asking again would be refused again, so it is never ret
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -54,12 +52,6 @@ DEMO_ACCOUNTS: Mapping[str, tuple[int, str]] = {
     "carol": (100_000_000, "open"),
     "dormant": (0, "frozen"),  # takes no money: a credit to it is refused
 }
-
-
-def data_dir() -> Path:
-    """Where the ledger lives: MONEY_TRANSFER_DATA_DIR, shared by every worker on this machine."""
-    default = Path(tempfile.gettempdir()) / "money-transfer-data"
-    return Path(os.environ.get("MONEY_TRANSFER_DATA_DIR", default))
 
 
 @dataclass(frozen=True)

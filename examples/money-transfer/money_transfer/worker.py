@@ -14,14 +14,22 @@ import asyncio
 import os
 import signal
 import sys
+import tempfile
 from datetime import timedelta
+from pathlib import Path
 
 from resonate.resonate import Resonate
 
-from money_transfer.steps import Ledger, data_dir
+from money_transfer.steps import Ledger
 from money_transfer.workflow import WORKFLOW_RETRIES, transfer
 
 GROUP = "money-transfer"
+
+
+def data_dir() -> Path:
+    """Where the ledger lives: MONEY_TRANSFER_DATA_DIR, shared by every worker on this machine."""
+    default = Path(tempfile.gettempdir()) / "money-transfer-data"
+    return Path(os.environ.get("MONEY_TRANSFER_DATA_DIR", default))
 
 
 async def main() -> None:
