@@ -108,5 +108,6 @@ def test_every_example_whose_effects_land_outside_the_sandbox_declares_them() ->
         "batch-processor": ["sink"],
         "k8s-drain": ["kubernetes"],
         "kafka-worker": ["user-data store"],
+        "money-transfer": ["ledger"],
         "wlrf": ["ledger stand-in", "reference store"],
     }
