@@ -23,7 +23,7 @@ from typing import Any
 
 from resonate.context import Context
 from resonate.resonate import Resonate
-from resonate.types import Value
+from resonate.types import PromiseRecord, Value
 
 # The hand-off records outlive any wait on them; a day bounds what the server keeps.
 RECORD_TTL_MS = 24 * 3600 * 1000
@@ -108,7 +108,7 @@ async def enqueue(ctx: Context, mutex: str, holder: str, grant_id: str) -> int:
         inbox = await hub.promises.get(f"{mutex}.inbox.{turn}")
     except Exception:  # not open yet: the coordinator finds the claim when it opens it
         return turn
-    await hub.promises.resolve(str(inbox.param.data), Value(data=claim))
+    await _resolve_once(hub, str(inbox.param.data), claim)
     return turn
 
 
@@ -122,21 +122,29 @@ async def open_turn(ctx: Context, mutex: str, turn: int, inbox_id: str) -> None:
         slot = await hub.promises.get(f"{mutex}.slot.{turn}")
     except Exception:  # nobody claimed it yet: the waiter that does will resolve the inbox
         return
-    await hub.promises.resolve(inbox_id, Value(data=slot.param.data))
+    await _resolve_once(hub, inbox_id, slot.param.data)
 
 
 async def grant(ctx: Context, grant_id: str, turn: int, release_id: str) -> bool:
     """Hand the resource over; False if the waiter stopped waiting (its grant timed out)."""
     hub = ctx.get_dependency(Hub).resonate
-    record = await hub.promises.resolve(
-        grant_id, Value(data={"turn": turn, "release_id": release_id})
-    )
+    record = await _resolve_once(hub, grant_id, {"turn": turn, "release_id": release_id})
     return record.state == "resolved"
 
 
 async def release(ctx: Context, release_id: str) -> None:
     """Give the resource back. After the coordinator's hold limit this changes nothing."""
-    await ctx.get_dependency(Hub).resonate.promises.resolve(release_id, Value(data=None))
+    await _resolve_once(ctx.get_dependency(Hub).resonate, release_id, None)
+
+
+async def _resolve_once(hub: Resonate, promise_id: str, data: Any) -> PromiseRecord:
+    """Resolve a promise unless it is settled already (by this step before a crash, by the
+    other side of the hand-off, or by its timeout): a settled promise keeps its first value
+    anyway, and asking again would be work done twice in the server's journal."""
+    record = await hub.promises.get(promise_id)
+    if record.state != "pending":
+        return record
+    return await hub.promises.resolve(promise_id, Value(data=data))
 
 
 async def generate_report(
