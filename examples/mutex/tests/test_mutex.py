@@ -18,7 +18,10 @@ from typing import Any
 import pytest
 from cookbook.processes import ManagedProcess
 from cookbook.testing.fixtures import DevServerFactory, ProcessFactory, RunningDevServer
+from mutex.workflow import contend
 from resonate.resonate import Resonate
+from resonate.retry import Never
+from resonate.testing import local_resonate
 
 TIMEOUT_S = 60
 
@@ -121,3 +124,25 @@ async def _first_use(db: Path, mutex: str) -> dict[str, Any]:
             return recorded[0]
         await asyncio.sleep(0.05)
     pytest.fail("no holder started using the resource")
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ((["ada", "ada"],), "holders"),
+        (([],), "holders"),
+        ((["ada"], 0), "hold_limit_seconds"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_queued(args: tuple[Any, ...], field: str) -> None:
+    async def go() -> None:
+        resonate = local_resonate()
+        resonate.register(contend, retry_policy=Never())
+        try:
+            handle = resonate.run(f"bad-{secrets.token_hex(4)}", contend, *args)
+            with pytest.raises(ValueError, match=field):
+                await asyncio.wait_for(handle.result(), TIMEOUT_S)
+        finally:
+            await resonate.stop()
+
+    asyncio.run(go())
