@@ -37,6 +37,7 @@ async def main() -> None:
 def _print_uses(rows: list[sqlite3.Row] | list[tuple[object, ...]]) -> None:
     first = float(str(rows[0][2])) if rows else 0.0
     previous_end = None
+    overlaps = 0
     for turn, holder, started, finished, status in rows:
         start = float(str(started)) - first
         end = float(str(finished)) - first if finished is not None else None
@@ -47,8 +48,13 @@ def _print_uses(rows: list[sqlite3.Row] | list[tuple[object, ...]]) -> None:
         )
         shown_end = f"{end:6.2f}" if end is not None else "   ---"
         print(f"  turn {turn}: {holder:<6} {start:6.2f} s → {shown_end} s  {status}{gap}")
+        if previous_end is not None and start < previous_end:
+            overlaps += 1
         previous_end = end
-    print("  no two uses overlap: each starts after the previous one ended")
+    if overlaps:
+        print(f"  ✗ {overlaps} use(s) started before the previous one ended")
+    else:
+        print("  no two uses overlap: each starts after the previous one ended")
 
 
 if __name__ == "__main__":
