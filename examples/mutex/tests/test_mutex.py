@@ -112,8 +112,10 @@ def test_a_holder_killed_while_holding_is_fenced_and_the_others_finish(
     assert [(u["turn"], u["status"]) for u in recorded] == [(1, "fenced"), (2, "done"), (3, "done")]
     accepted = [u for u in recorded if u["status"] == "done"]
     assert_no_overlap(accepted)
-    # The next holder got the resource once the hold limit had passed, not before.
-    assert accepted[0]["started_at"] >= killed["started_at"] + hold_limit_s - 0.5
+    # The next holder got the resource once the hold limit had passed, not before. The limit
+    # runs from the release promise, created just before the grant; the killed use started a
+    # moment after the grant (up to a second under load).
+    assert accepted[0]["started_at"] >= killed["started_at"] + hold_limit_s - 1.0
 
 
 async def _first_use(db: Path, mutex: str) -> dict[str, Any]:
