@@ -109,5 +109,6 @@ def test_every_example_whose_effects_land_outside_the_sandbox_declares_them() ->
         "k8s-drain": ["kubernetes"],
         "kafka-worker": ["user-data store"],
         "money-transfer": ["ledger"],
+        "mutex": ["report generator"],
         "wlrf": ["ledger stand-in", "reference store"],
     }
