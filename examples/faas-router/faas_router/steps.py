@@ -5,7 +5,7 @@ after a timeout whose request did land) gets the provider's original answer inst
 twice. A step tells the answers apart: a refusal (a 4xx other than 408 and 429) would be the
 same on every attempt, so it is returned as a value and never retried; a provider that is down,
 overloaded or silent (a 5xx, 408, 429, a timeout, a refused connection) may answer the next
-attempt, so the step raises and the workflow's retry policy tries again.
+attempt, so the function raises and its registered retry policy tries again.
 """
 
 from __future__ import annotations
