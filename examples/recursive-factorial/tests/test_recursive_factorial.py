@@ -124,3 +124,29 @@ def test_a_bad_n_is_refused_before_anything_is_created(
 def test_validate_accepts_the_edges() -> None:
     assert validate(0) == 0
     assert validate(MAX_N) == MAX_N
+
+
+def test_a_worker_killed_mid_chain_loses_no_level(
+    devserver: RunningDevServer, start_worker: ProcessFactory
+) -> None:
+    # A short lease, so the survivor takes the dead worker's levels over in seconds.
+    env = {"RESONATE_URL": devserver.url, "RESONATE_TTL_SECONDS": "2"}
+    doomed = start_worker("recursive_factorial.worker", env, name="worker-1")
+    # Killed as level 6 asks for 5: levels 10..7 are waiting on it, 5..1 do not exist yet.
+    devserver.kill_at("create", f"{level_id(6)}:1", pid=doomed.pid)
+
+    async def body(client: Resonate) -> str:
+        pending = asyncio.ensure_future(ask(client, 10))
+        await asyncio.to_thread(devserver.wait_for, "create", level_id(6))
+        await asyncio.to_thread(doomed.wait, 30)
+        start_worker("recursive_factorial.worker", env, name="worker-2")
+        return await pending
+
+    assert with_client(devserver.url, body) == str(math.factorial(10))
+    for n in range(1, 11):
+        settles = [
+            e
+            for e in devserver.journal(level_id(n))
+            if e["operation"] == "settle" and e["promise_id"] == level_id(n)
+        ]
+        assert len(settles) == 1, n
