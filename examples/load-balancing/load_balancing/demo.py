@@ -106,7 +106,7 @@ def show(spread_: Spread, killed: int | None = None) -> None:
     for pid in sorted(started.keys() | finished.keys()):
         name = f"pid {pid}" + (" (killed)" if pid == killed else "")
         print(
-            f"   {name:<16} started {started[pid]:>2}, finished {finished[pid]:>2}"
+            f"   {name:<18} started {started[pid]:>2}, finished {finished[pid]:>2}"
             f"  {'█' * finished[pid]}"
         )
 
