@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from cookbook import catalog
 ROOT = catalog.repo_root(Path(__file__))
 # The console script `make run-<example>` calls.
 COOKBOOK = str(Path(sys.executable).with_name("cookbook"))
+DEMO_TIMEOUT_SECONDS = 120
 CRASH_COMMAND = re.compile(r"make run-(?P<example>[a-z0-9-]+) CRASH=(?P<spec>[a-z][a-z0-9.#]*)")
 # A README whose demo needs the dev server to skip time (an every-minute schedule) shows it so.
 SKIP_TIME_COMMAND = re.compile(r"make run-(?P<example>[a-z0-9-]+)( CRASH=\S+)? SKIP_TIME=1")
@@ -48,15 +51,23 @@ def cookbook_run(
     command = [COOKBOOK, "run", example, *(["--crash", crash] if crash else [])]
     command += ["--skip-time"] if skip_time else []
     environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
-    return subprocess.run(
+    with subprocess.Popen(
         command,
         cwd=ROOT,
         env={**environ, "TMPDIR": str(tmp)},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=False,
-    )
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=DEMO_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            # Terminated, `cookbook run` stops every process it started (each runs in a session
+            # of its own, so a SIGKILL of `cookbook` alone would leave them running).
+            process.send_signal(signal.SIGTERM)
+            stdout, stderr = process.communicate(timeout=30)
+            pytest.fail(f"the demo took more than {DEMO_TIMEOUT_SECONDS} s:\n{stdout}{stderr}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.mark.parametrize(("example", "crash", "skip_time"), documented_runs())
@@ -80,3 +91,52 @@ def test_a_crash_that_never_fires_says_so(tmp_path: Path) -> None:
     assert run.returncode == 1, run.stdout + run.stderr
     assert "CRASH=sms#2 never fired: the demo applied no such effect" in run.stdout
     assert "💥" not in run.stdout
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_text():
+                found.append(int(proc.name))
+        except OSError:
+            continue  # it ended meanwhile
+    return found
+
+
+def test_a_terminated_run_stops_every_process_it_started(tmp_path: Path) -> None:
+    # countdown's real-time demo runs for about 9 s: long enough to be stopped in the middle.
+    environ = {k: v for k, v in os.environ.items() if k not in ("RESONATE_URL", "SKIP_TIME")}
+    run = subprocess.Popen(
+        [COOKBOOK, "run", "countdown"],
+        cwd=ROOT,
+        env={**environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its demo shares its process group: both stopped at the end
+    )
+    worker_pid = 0
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:
+            if match := re.search(r"worker-1 \(pid (\d+)\)", line):
+                worker_pid = int(match[1])
+            if "push to" in line:  # the demo is under way
+                break
+        assert worker_pid
+        assert len(_processes_mentioning(str(tmp_path))) >= 2  # the dev server, the sandbox
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=30) == 128 + signal.SIGTERM
+        leftovers = _processes_mentioning(str(tmp_path))
+        assert not leftovers, "still running after `cookbook run` was terminated"
+        assert not Path(f"/proc/{worker_pid}").exists(), "the worker outlived `cookbook run`"
+    finally:  # whatever happened, nothing this test started keeps running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        for pid in [*_processes_mentioning(str(tmp_path)), *([worker_pid] if worker_pid else [])]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        run.wait()
+        if run.stdout is not None:
+            run.stdout.close()

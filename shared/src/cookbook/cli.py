@@ -276,6 +276,10 @@ def list_examples() -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cookbook", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -324,6 +328,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # The SDK logs every reconnect; while the harness kills servers on purpose that is noise.
     logging.getLogger("resonate").setLevel(logging.ERROR)
+    # A SIGTERM (a test's timeout, `timeout`, a container stop) unwinds like Ctrl-C: every
+    # process this command started runs in a session of its own and is stopped on the way out.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         match args.command:
             case "run":
