@@ -114,6 +114,20 @@ up: ## the official Resonate server + sandbox in Docker; EXAMPLE=<name> adds its
 down: ## stop and remove the compose stack, every profile (volumes are kept)
 	$(COMPOSE) $(foreach p,$(COMPOSE_PROFILES_ALL),--profile $(p)) down
 
+# The scale-out topology (shared/deploy/README.md): the official server on Postgres, the saga's
+# workers as replicas, and (TRY=1) the simulated providers.
+SCALE_COMPOSE := $(COMPOSE) -f shared/deploy/docker-compose.scale.yml
+
+.PHONY: up-scale
+up-scale: ## the server on Postgres + 3 saga workers + 2 gateways (POSTGRES_PASSWORD=...; TRY=1 adds the sandbox)
+	@test -n "$$POSTGRES_PASSWORD" || { echo "set POSTGRES_PASSWORD (the server's database password)"; exit 2; }
+	$(SCALE_COMPOSE) $(if $(TRY),--profile try) up --build --detach --wait
+	@echo "Resonate server: http://localhost:8001; saga gateways: http://localhost:8080, :8081"
+
+.PHONY: down-scale
+down-scale: ## stop and remove the scale-out stack (volumes are kept)
+	POSTGRES_PASSWORD="$${POSTGRES_PASSWORD:-unused}" $(SCALE_COMPOSE) --profile try down
+
 .PHONY: new
 new: setup ## scaffold a new example from the template: make new NAME=<name>
 	@test -n "$(NAME)" || { echo "usage: make new NAME=<name>"; exit 2; }
