@@ -134,8 +134,8 @@ new: setup ## scaffold a new example from the template: make new NAME=<name>
 	@$(COOKBOOK) new $(NAME)
 	@$(uv) lock --quiet --python "$$($(find_python))"
 	@$(MAKE) --no-print-directory setup
-	@$(COOKBOOK) docs --example $(NAME)
 	@$(COOKBOOK) pin $(NAME)
+	@$(COOKBOOK) docs --example $(NAME)
 
 .PHONY: bench-kafka
 bench-kafka: setup ## kafka-worker throughput: 1000 records, produced -> deletion completed

@@ -234,7 +234,10 @@ def sync_docs(*, check: bool, only: str | None = None, trees: bool = True) -> in
     drifted = docs.sync(root, check=check)
     for drift in drifted:
         verb = "differs from" if check else "refreshed from"
-        _say(f"{drift.readme}: snippet {verb} {drift.ref}")
+        if drift.ref == "catalog":
+            _say(f"{drift.readme}: the catalog table {verb} the examples' [tool.cookbook]")
+        else:
+            _say(f"{drift.readme}: snippet {verb} {drift.ref}")
     problems = bool(drifted) and check
     if trees:
         for example in catalog.examples(root):
