@@ -99,6 +99,14 @@ pin: setup ## rewrite the pinned crash points (tests/crash/points/) from golden 
 docs: setup ## refresh README snippets from their sources, and draw each example's promise tree
 	@$(COOKBOOK) docs
 
+.PHONY: site
+site: setup ## build the documentation site (MkDocs, strict) into .cookbook/site/
+	@$(COOKBOOK) site
+
+.PHONY: site-serve
+site-serve: setup ## serve the documentation site on http://127.0.0.1:8000
+	@$(COOKBOOK) site --serve
+
 # Docker compose (needs a Docker engine with the compose plugin; see docker-compose.yml).
 COMPOSE ?= docker compose
 COMPOSE_PROFILES_ALL := kafka tigerbeetle $(EXAMPLES)

@@ -1,4 +1,4 @@
-"""`cookbook`: the Makefile's command line (run, crash, pin, bench, tree, list, new, docs)."""
+"""`cookbook`: the Makefile's command line (run, crash, pin, bench, tree, list, new, docs, site)."""
 
 from __future__ import annotations
 
@@ -328,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     docs.add_argument("--check", action="store_true", help="only report drift (exit 1)")
     docs.add_argument("--example", help="draw only this example's promise trees")
     docs.add_argument("--no-trees", action="store_true", help="snippets only (no runs)")
+    site_parser = sub.add_parser("site", help="build the documentation site (MkDocs, strict)")
+    site_parser.add_argument("--serve", action="store_true", help="serve it on :8000 instead")
     args = parser.parse_args(argv)
     # The SDK logs every reconnect; while the harness kills servers on purpose that is noise.
     logging.getLogger("resonate").setLevel(logging.ERROR)
@@ -352,6 +354,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 code = scaffold.main(args.name)
             case "docs":
                 code = sync_docs(check=args.check, only=args.example, trees=not args.no_trees)
+            case "site":
+                from cookbook import site
+
+                code = site.command(catalog.repo_root(), serve=args.serve, say=_say)
             case _:
                 code = list_examples()
     except (catalog.CatalogError, scaffold.ScaffoldError) as exc:
