@@ -6,12 +6,22 @@ made-up repository to see the strict mode catch what it must: a broken link fail
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from cookbook import catalog, docs, site
+from cookbook.testing.browser import browser_fixture  # noqa: F401
+
+if TYPE_CHECKING:
+    from selenium.webdriver import Chrome
 
 ROOT = catalog.repo_root(Path(__file__))
 CACHE = ROOT / ".cookbook" / "cache"
@@ -108,3 +118,70 @@ def test_readme_sections_split_at_level_two_headings_outside_code() -> None:
     assert [title for title, _ in parts] == ["A", "B"]
     assert "## not a heading" in parts[0][1]
     assert site.promoted("### Sub\n```\n### kept\n```\n") == "## Sub\n```\n### kept\n```\n"
+
+
+# -- in a real browser ----------------------------------------------------------------------------
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def served(built: Path) -> Iterator[str]:
+    """The built site over HTTP (as `make site-serve` or any static host serves it)."""
+    handler = functools.partial(QuietHandler, directory=str(built))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+# The README's screenshots: COOKBOOK_SCREENSHOTS=shared/screenshots pytest tests/test_site.py
+SCREENSHOTS = os.environ.get("COOKBOOK_SCREENSHOTS")
+
+
+def test_pages_load_without_console_errors_and_trees_render_as_diagrams(
+    served: str, browser: Callable[[], Chrome]
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser()
+    for path, name in (("/", "home"), ("/examples/saga/", "saga"), ("/examples/hello/", "hello")):
+        driver.get(served + path)
+        WebDriverWait(driver, 20).until(
+            lambda d: d.execute_script("return document.readyState") == "complete"
+        )
+        assert "Resonate Python Cookbook" in driver.title
+        if name != "home":
+            # Material swaps each <pre class="mermaid"> for the diagram Mermaid drew.
+            WebDriverWait(driver, 20).until(
+                lambda d: (
+                    not d.find_elements(By.CSS_SELECTOR, "pre.mermaid")
+                    and d.find_elements(By.CSS_SELECTOR, "div.mermaid")
+                )
+            )
+            diagram = driver.find_elements(By.CSS_SELECTOR, "div.mermaid")[0]
+            assert diagram.size["height"] > 100, "the diagram was drawn with no height"
+            svg = driver.execute_script(
+                "return (await mermaid.render('probe', arguments[0])).svg",
+                "graph TD\n  a --> b",
+            )
+            assert svg.startswith("<svg")
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, f"{path}: {errors}"
+        if SCREENSHOTS and name in ("home", "saga"):
+            # Wide enough for the navigation, scrolled to the catalog or to the promise tree.
+            driver.set_window_size(1400, 1000)
+            shown = driver.find_element(By.ID, "examples") if name == "home" else diagram
+            driver.execute_script("arguments[0].scrollIntoView()", shown)
+            Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(Path(SCREENSHOTS) / f"{name}.png"))
+            driver.set_window_size(1000, 800)

@@ -314,6 +314,8 @@ docs_dir: docs
 strict: true
 theme:
   name: material
+  # System fonts: Google Fonts is a request to a third party on every page, and fails offline.
+  font: false
   features:
     - navigation.sections
     - navigation.top
