@@ -63,8 +63,8 @@ unit: setup ## pytest: unit tests, example tests, crash matrices
 test-slow: setup ## opt-in slow tests (minutes)
 	@$(BIN)/pytest -q -m slow --timeout 900
 
-run-%: setup ## run an example's narrated demo (e.g. make run-hello; SKIP_TIME=1 skips durable sleeps)
-	@$(COOKBOOK) run $* $(if $(CRASH),--crash $(CRASH)) $(if $(SKIP_TIME),--skip-time)
+run-%: setup ## run an example's narrated demo (e.g. make run-hello; SKIP_TIME=1 skips durable sleeps; COPY_OUT=1 runs it from a copy of its folder alone)
+	@$(COOKBOOK) run $* $(if $(CRASH),--crash $(CRASH)) $(if $(SKIP_TIME),--skip-time) $(if $(COPY_OUT),--copy-out)
 
 crash-%: setup ## run an example's crash matrix (e.g. make crash-hello)
 	@$(COOKBOOK) crash $*
