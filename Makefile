@@ -63,8 +63,8 @@ unit: setup ## pytest: unit tests, example tests, crash matrices
 test-slow: setup ## opt-in slow tests (minutes)
 	@$(BIN)/pytest -q -m slow --timeout 900
 
-run-%: setup ## run an example's narrated demo (e.g. make run-hello; SKIP_TIME=1 skips durable sleeps)
-	@$(COOKBOOK) run $* $(if $(CRASH),--crash $(CRASH)) $(if $(SKIP_TIME),--skip-time)
+run-%: setup ## run an example's narrated demo (e.g. make run-hello; SKIP_TIME=1 skips durable sleeps; COPY_OUT=1 runs it from a copy of its folder alone)
+	@$(COOKBOOK) run $* $(if $(CRASH),--crash $(CRASH)) $(if $(SKIP_TIME),--skip-time) $(if $(COPY_OUT),--copy-out)
 
 crash-%: setup ## run an example's crash matrix (e.g. make crash-hello)
 	@$(COOKBOOK) crash $*
@@ -99,6 +99,14 @@ pin: setup ## rewrite the pinned crash points (tests/crash/points/) from golden 
 docs: setup ## refresh README snippets from their sources, and draw each example's promise tree
 	@$(COOKBOOK) docs
 
+.PHONY: site
+site: setup ## build the documentation site (MkDocs, strict) into .cookbook/site/
+	@$(COOKBOOK) site
+
+.PHONY: site-serve
+site-serve: setup ## serve the documentation site on http://127.0.0.1:8000
+	@$(COOKBOOK) site --serve
+
 # Docker compose (needs a Docker engine with the compose plugin; see docker-compose.yml).
 COMPOSE ?= docker compose
 COMPOSE_PROFILES_ALL := kafka tigerbeetle $(EXAMPLES)
@@ -114,14 +122,28 @@ up: ## the official Resonate server + sandbox in Docker; EXAMPLE=<name> adds its
 down: ## stop and remove the compose stack, every profile (volumes are kept)
 	$(COMPOSE) $(foreach p,$(COMPOSE_PROFILES_ALL),--profile $(p)) down
 
+# The scale-out topology (shared/deploy/README.md): the official server on Postgres, the saga's
+# workers as replicas, and (TRY=1) the simulated providers.
+SCALE_COMPOSE := $(COMPOSE) -f shared/deploy/docker-compose.scale.yml
+
+.PHONY: up-scale
+up-scale: ## the server on Postgres + 3 saga workers + 2 gateways (POSTGRES_PASSWORD=...; TRY=1 adds the sandbox)
+	@test -n "$$POSTGRES_PASSWORD" || { echo "set POSTGRES_PASSWORD (the server's database password)"; exit 2; }
+	$(SCALE_COMPOSE) $(if $(TRY),--profile try) up --build --detach --wait
+	@echo "Resonate server: http://localhost:8001; saga gateways: http://localhost:8080, :8081"
+
+.PHONY: down-scale
+down-scale: ## stop and remove the scale-out stack (volumes are kept)
+	POSTGRES_PASSWORD="$${POSTGRES_PASSWORD:-unused}" $(SCALE_COMPOSE) --profile try down
+
 .PHONY: new
 new: setup ## scaffold a new example from the template: make new NAME=<name>
 	@test -n "$(NAME)" || { echo "usage: make new NAME=<name>"; exit 2; }
 	@$(COOKBOOK) new $(NAME)
 	@$(uv) lock --quiet --python "$$($(find_python))"
 	@$(MAKE) --no-print-directory setup
-	@$(COOKBOOK) docs --example $(NAME)
 	@$(COOKBOOK) pin $(NAME)
+	@$(COOKBOOK) docs --example $(NAME)
 
 .PHONY: bench-kafka
 bench-kafka: setup ## kafka-worker throughput: 1000 records, produced -> deletion completed

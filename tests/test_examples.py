@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from collections import Counter
 from pathlib import Path
@@ -86,6 +87,39 @@ def test_every_readme_has_the_standard_sections_in_order(example: Path) -> None:
 def test_readme_snippets_match_their_source_files() -> None:
     drifted = docs.sync(ROOT, check=True)
     assert not drifted, "run `make docs`:\n" + "\n".join(f"{d.readme}: {d.ref}" for d in drifted)
+
+
+def test_every_example_says_its_pattern_and_what_it_shows() -> None:
+    """The catalog's rows (README table, site home page) come from `[tool.cookbook]`."""
+    unsaid = [
+        e.name
+        for e in catalog.examples(ROOT)
+        if not e.pattern or not e.summary or "TODO" in e.pattern + e.summary
+    ]
+    assert not unsaid, f"set `pattern` and `summary` in [tool.cookbook] of {unsaid}"
+
+
+def test_every_folder_under_examples_is_in_the_catalog() -> None:
+    folders = {p.name for p in (ROOT / "examples").iterdir() if p.is_dir()}
+    listed = {e.name for e in catalog.examples(ROOT)}
+    assert folders - {"__pycache__"} == listed
+
+
+def test_the_catalog_table_follows_the_examples(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    examples = catalog.examples(ROOT)
+    readme.write_text("intro\n<!-- catalog -->\n<!-- end catalog -->\nafter\n")
+    text, drifted = docs.render_catalog(readme, examples)
+    assert [d.ref for d in drifted] == ["catalog"]
+    readme.write_text(text)
+    assert docs.render_catalog(readme, examples) == (text, [])
+    saga = next(e for e in examples if e.name == "saga")
+    assert f"| [saga](examples/saga) | {saga.pattern} | {saga.summary} | " in text
+    points = sum(map(len, pins.parse(pins.pin_path(saga).read_text()).values()))
+    assert f"| {points} |\n" in text
+    renamed = [dataclasses.replace(e, summary="changed") if e is saga else e for e in examples]
+    _, drifted = docs.render_catalog(readme, renamed)
+    assert [d.ref for d in drifted] == ["catalog"]
 
 
 def test_the_snippet_checker_notices_drift(tmp_path: Path) -> None:

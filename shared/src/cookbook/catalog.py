@@ -56,6 +56,10 @@ class Example:
     # environment), for the harness's own client: it sends the scenario's arguments and reads
     # the outcome, so it must seal and open values as the workers do.
     encryptor: str | None = None
+    # The catalog row (README.md's table and the site's home page are made from these): the
+    # pattern's name, and what the example shows, in a sentence or a few clauses.
+    pattern: str = ""
+    summary: str = ""
 
     @property
     def package(self) -> str:
@@ -102,6 +106,9 @@ EXAMPLE_KEYS: dict[str, Key] = {
     "skip_time": Key((bool,)),
     "auth": Key((bool,)),
     "encryptor": _A_STRING,
+    # The example's row in the catalog (README.md, the site): checked by tests/test_examples.py.
+    "pattern": _A_STRING,
+    "summary": _A_STRING,
 }
 SCENARIO_KEYS: dict[str, Key] = {
     "name": _REQUIRED_STRING,
@@ -237,6 +244,8 @@ def load_example(path: Path) -> Example:
         skip_time=table.get("skip_time", False),
         auth=table.get("auth", False),
         encryptor=table.get("encryptor"),
+        pattern=table.get("pattern", ""),
+        summary=table.get("summary", ""),
     )
 
 

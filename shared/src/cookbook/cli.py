@@ -1,9 +1,10 @@
-"""`cookbook`: the Makefile's command line (run, crash, pin, bench, tree, list, new, docs)."""
+"""`cookbook`: the Makefile's command line (run, crash, pin, bench, tree, list, new, docs, site)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import re
 import shlex
@@ -11,13 +12,15 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import httpx
 
-from cookbook import bench, catalog, diagram, docs, scaffold
+from cookbook import bench, catalog, copyout, diagram, docs, scaffold
 from cookbook.crash import pins
 from cookbook.crash.harness import CrashHarness, CrashResult, Golden, harness_stack
 from cookbook.processes import ManagedProcess, stopping
@@ -42,6 +45,7 @@ def run_example(
     also: Sequence[str] = (),
     client: str | None = None,
     skip_time: bool = False,
+    copy_out: bool = False,
 ) -> int:
     """Start what an example needs, run its narrated demo, stop everything.
 
@@ -50,7 +54,8 @@ def run_example(
     starts more long-running modules of the example (each prints a line with `ready`), and
     `client` ("module args...") runs instead of the demo, e.g. a benchmark. `skip_time` starts
     the embedded dev server with time skipping (durable sleeps and timeouts fire as soon as every
-    execution is suspended).
+    execution is suspended). `copy_out` runs the example's processes from a copy of its folder
+    alone, installed into a venv of its own (cookbook.copyout), as a user who copied it would.
     """
     example = catalog.example(name)
     if example.demo is None and client is None:
@@ -60,6 +65,26 @@ def run_example(
     started = time.perf_counter()
     # A benchmark client wants the machine to itself, not a line of narration per call.
     quiet = client is not None
+    with contextlib.ExitStack() as cleanup:
+        python, cwd = sys.executable, None
+        if copy_out:
+            outside = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="copy-out-")))
+            python, cwd = str(copyout.copy_out(example, outside)), outside / example.name
+            _say(f"· copied out: {cwd} (its own venv: {python})")
+        return _run_stack(example, crash, also, client, skip_time, quiet, started, python, cwd)
+
+
+def _run_stack(
+    example: catalog.Example,
+    crash: str | None,
+    also: Sequence[str],
+    client: str | None,
+    skip_time: bool,
+    quiet: bool,
+    started: float,
+    python: str,
+    cwd: Path | None,
+) -> int:
     with stack_for(
         example.services,
         narrate=None if quiet else _prefixed("provider"),
@@ -83,6 +108,8 @@ def run_example(
                 stack.env(RESONATE_TTL_SECONDS=DEMO_TTL_SECONDS),
                 name=f"worker-{n}",
                 on_line=None if quiet else _prefixed(f"worker-{n}"),
+                cwd=cwd,
+                python=python,
             )
 
         killed = threading.Event()
@@ -93,23 +120,28 @@ def run_example(
             demo_env = stack.env()
             if example.gateway:
                 gateway = gateway_process(
-                    example.gateway, stack.env(), on_line=_prefixed("gateway")
+                    example.gateway,
+                    stack.env(),
+                    on_line=_prefixed("gateway"),
+                    cwd=cwd,
+                    python=python,
                 )
                 workers.append(gateway.start())
                 demo_env["GATEWAY_URL"] = url_of(gateway)
                 _say(f"· gateway: {demo_env['GATEWAY_URL']} (pid {gateway.pid})")
             for module in also:
-                argv = [sys.executable, "-m", module]
+                argv = [python, "-m", module]
                 extra = ManagedProcess(
                     module,
                     argv,
                     ready="ready",
                     env=stack.env(),
                     on_line=None if quiet else _prefixed(module),
+                    cwd=cwd,
                 )
                 workers.append(extra.start())
             command = shlex.split(client) if client else [str(example.demo)]
-            demo = subprocess.run([sys.executable, "-m", *command], env=demo_env, check=False)
+            demo = subprocess.run([python, "-m", *command], env=demo_env, cwd=cwd, check=False)
     _say(f"· done in {time.perf_counter() - started:.1f}s; every process stopped")
     if crash and not killed.is_set():
         _say(f"cookbook: CRASH={crash} never fired: the demo applied no such effect")
@@ -234,7 +266,10 @@ def sync_docs(*, check: bool, only: str | None = None, trees: bool = True) -> in
     drifted = docs.sync(root, check=check)
     for drift in drifted:
         verb = "differs from" if check else "refreshed from"
-        _say(f"{drift.readme}: snippet {verb} {drift.ref}")
+        if drift.ref == "catalog":
+            _say(f"{drift.readme}: the catalog table {verb} the examples' [tool.cookbook]")
+        else:
+            _say(f"{drift.readme}: snippet {verb} {drift.ref}")
     problems = bool(drifted) and check
     if trees:
         for example in catalog.examples(root):
@@ -299,6 +334,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     run.add_argument("--client", metavar='"MODULE ARGS"', help="run this instead of the demo")
     run.add_argument(
+        "--copy-out",
+        action="store_true",
+        help="run the example's processes from a copy of its folder alone, in a venv of its own",
+    )
+    run.add_argument(
         "--skip-time",
         action="store_true",
         help="embedded dev server only: fire durable sleeps and timeouts as soon as every "
@@ -325,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     docs.add_argument("--check", action="store_true", help="only report drift (exit 1)")
     docs.add_argument("--example", help="draw only this example's promise trees")
     docs.add_argument("--no-trees", action="store_true", help="snippets only (no runs)")
+    site_parser = sub.add_parser("site", help="build the documentation site (MkDocs, strict)")
+    site_parser.add_argument("--serve", action="store_true", help="serve it on :8000 instead")
     args = parser.parse_args(argv)
     # The SDK logs every reconnect; while the harness kills servers on purpose that is noise.
     logging.getLogger("resonate").setLevel(logging.ERROR)
@@ -334,7 +376,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         match args.command:
             case "run":
-                code = run_example(args.example, args.crash, args.also, args.client, args.skip_time)
+                code = run_example(
+                    args.example,
+                    args.crash,
+                    args.also,
+                    args.client,
+                    args.skip_time,
+                    args.copy_out,
+                )
             case "crash":
                 code = crash_example(args.example, args.only)
             case "pin":
@@ -349,6 +398,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 code = scaffold.main(args.name)
             case "docs":
                 code = sync_docs(check=args.check, only=args.example, trees=not args.no_trees)
+            case "site":
+                from cookbook import site
+
+                code = site.command(catalog.repo_root(), serve=args.serve, say=_say)
             case _:
                 code = list_examples()
     except (catalog.CatalogError, scaffold.ScaffoldError) as exc:

@@ -21,15 +21,22 @@ An example README also shows the promise tree of one of its scenarios, drawn fro
     ...
     ```
     <!-- end tree -->
+
+The top-level README's catalog table is made from the examples' own `[tool.cookbook]` (`pattern`,
+`summary`) and their pinned crash points, between `<!-- catalog -->` and `<!-- end catalog -->`:
+the catalog is the one list of examples, and the README (and the site's home page) follow it.
 """
 
 from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from cookbook import catalog
+from cookbook.crash import pins
 
 SNIPPET = re.compile(
     r"(?P<open><!-- snippet: (?P<ref>[^\s]+) -->\n)```(?P<lang>\w*)\n(?P<body>.*?)```\n"
@@ -42,6 +49,11 @@ TREE = re.compile(
     r"(?P<open><!-- tree: (?P<scenario>[^\s]+) -->\n)```mermaid\n(?P<body>.*?)```\n"
     r"(?P<close><!-- end tree -->)",
     re.DOTALL,
+)
+
+
+CATALOG = re.compile(
+    r"(?P<open><!-- catalog[^>]*-->\n)(?P<body>.*?)(?P<close><!-- end catalog -->)", re.DOTALL
 )
 
 
@@ -88,12 +100,44 @@ def render(readme: Path) -> tuple[str, list[Drift]]:
     return SNIPPET.sub(refresh, original), drifted
 
 
+def crash_point_count(example: catalog.Example) -> int:
+    path = pins.pin_path(example)
+    return sum(map(len, pins.parse(path.read_text()).values())) if path.is_file() else 0
+
+
+def catalog_table(examples: Sequence[catalog.Example], link: Callable[[str], str]) -> str:
+    """The catalog as a markdown table, each example's name linked to `link(name)`."""
+    rows = [
+        "| example | pattern | what it shows | crash points |",
+        "| --- | --- | --- | --: |",
+        *(
+            f"| [{e.name}]({link(e.name)}) | {e.pattern or 'TODO'} | {e.summary or 'TODO'} "
+            f"| {crash_point_count(e)} |"
+            for e in examples
+        ),
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def render_catalog(readme: Path, examples: Sequence[catalog.Example]) -> tuple[str, list[Drift]]:
+    """The top-level README with its catalog table made from `examples` (drifted: it changed)."""
+    text = readme.read_text()
+    match = CATALOG.search(text)
+    if match is None:
+        raise SnippetError(f"{readme}: no <!-- catalog --> ... <!-- end catalog --> block")
+    table = catalog_table(examples, lambda name: f"examples/{name}")
+    drifted = [] if match["body"] == table else [Drift(readme, "catalog")]
+    return text[: match.start("body")] + table + text[match.end("body") :], drifted
+
+
 def readmes(root: Path) -> list[Path]:
     return [root / "README.md", *sorted(root.glob("examples/*/README.md"))]
 
 
 def sync(root: Path, *, check: bool) -> list[Drift]:
-    drifted: list[Drift] = []
+    text, drifted = render_catalog(root / "README.md", catalog.examples(root))
+    if drifted and not check:
+        (root / "README.md").write_text(text)
     for readme in readmes(root):
         if not readme.is_file():
             continue

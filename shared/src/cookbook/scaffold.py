@@ -2,8 +2,9 @@
 
 The template is the smallest complete example (a workflow with two provider calls, a worker, a
 demo, a test, a README with the standard sections) under `template/`, with `{{name}}`, `{{pkg}}`
-and `{{title}}` placeholders and a `__pkg__` folder for the package. The example is also added to
-the README's catalog and, as a worker service under its own profile, to docker-compose.yml.
+and `{{title}}` placeholders and a `__pkg__` folder for the package. Its worker is added to
+docker-compose.yml as a service under its own profile; the README's catalog table follows from
+its `[tool.cookbook]` (`pattern`, `summary`) the next time `cookbook docs` runs (`make new` does).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from cookbook import catalog, docs
 
 TEMPLATE = Path(__file__).parent / "template"
 NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-CATALOG_ROW = re.compile(r"^\| \[[^\]]+\]\(examples/[^)]+\) \|.*$", re.MULTILINE)
 
 
 class ScaffoldError(ValueError):
@@ -50,19 +50,8 @@ def scaffold(name: str, root: Path) -> Path:
         )
     readme = target / "README.md"
     readme.write_text(docs.render(readme)[0])
-    _add_to_catalog(root / "README.md", name)
     _add_to_compose(root / "docker-compose.yml", name, pkg)
     return target
-
-
-def _add_to_catalog(readme: Path, name: str) -> None:
-    text = readme.read_text()
-    rows = list(CATALOG_ROW.finditer(text))
-    if not rows:
-        raise ScaffoldError(f"{readme}: no catalog table to add {name} to")
-    row = f"| [{name}](examples/{name}) | TODO | TODO |"
-    end = rows[-1].end()
-    readme.write_text(text[:end] + "\n" + row + text[end:])
 
 
 COMPOSE_SERVICE = """\
@@ -93,6 +82,7 @@ def main(name: str) -> int:
     target = scaffold(name, root)
     print(
         f"created {target.relative_to(root)}; next: `make run-{name}`, `make crash-{name}`, "
-        "then make it yours (and fill in the TODOs in its README and the catalog)"
+        "then make it yours (fill in the TODOs in its README, and its pattern and summary in "
+        "its pyproject.toml: the README's catalog row is made from them)"
     )
     return 0

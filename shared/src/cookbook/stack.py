@@ -229,10 +229,12 @@ def worker_process(
     name: str = "worker",
     on_line: LineHandler | None = None,
     cwd: Path | None = None,
+    python: str = sys.executable,
 ) -> ManagedProcess:
+    """An example's worker; `python` is another interpreter for a copied-out example's venv."""
     return ManagedProcess(
         name,
-        [sys.executable, "-m", module],
+        [python, "-m", module],
         env=env,
         ready=r"worker \d+ ready",
         on_line=on_line,
@@ -241,15 +243,21 @@ def worker_process(
 
 
 def gateway_process(
-    module: str, env: Mapping[str, str], *, on_line: LineHandler | None = None
+    module: str,
+    env: Mapping[str, str],
+    *,
+    on_line: LineHandler | None = None,
+    cwd: Path | None = None,
+    python: str = sys.executable,
 ) -> ManagedProcess:
     """An example's HTTP gateway; it must print `... listening on <url>` once it serves."""
     return ManagedProcess(
         "gateway",
-        [sys.executable, "-m", module],
+        [python, "-m", module],
         env=env,
         ready=r"listening on (http\S+)",
         on_line=on_line,
+        cwd=cwd,
     )
 
 

@@ -1,0 +1,90 @@
+"""An example copied out of the cookbook, as a user copies it: its folder alone, its own venv.
+
+`cookbook run <example> --copy-out` (and `tests/test_demos.py`, for every example) copies the
+example's folder to a temporary directory outside the workspace, installs it from its own
+`pyproject.toml` into a fresh virtual environment, and runs the example's worker, gateway and demo
+from there, in that directory. The dev server and the provider sandbox still come from the
+cookbook: they stand in for the Resonate server and the third-party APIs, which a user has anyway.
+Whatever an example silently borrowed from the workspace (a module of another package, a file
+outside its folder, a dependency it does not declare) fails there.
+
+The versions installed are the workspace's: the lock is exported as constraints (`uv export`),
+so the copy runs on what the cookbook tested, resolved from the copy's own declared dependencies.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cookbook.catalog import Example, repo_root
+
+# What a user's copy would not have: caches and the artefacts of runs.
+IGNORED = shutil.ignore_patterns(
+    "__pycache__", "*.pyc", ".venv", ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.db"
+)
+
+
+class CopyOutError(RuntimeError):
+    pass
+
+
+def uv() -> list[str]:
+    """The uv the Makefile uses: on PATH, or the module installed into the system's python3."""
+    found = shutil.which("uv")
+    if found:
+        return [found]
+    python3 = shutil.which("python3") or sys.executable
+    return [python3, "-m", "uv"]
+
+
+def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=600)
+    if done.returncode != 0:
+        raise CopyOutError(f"{what} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+
+
+def constraints(root: Path, destination: Path) -> Path:
+    """The workspace's locked versions as a pip constraints file."""
+    _run(
+        [
+            *uv(),
+            "export",
+            "--frozen",
+            "--all-packages",
+            "--all-groups",
+            "--no-hashes",
+            "--no-emit-workspace",
+            "--no-header",
+            "--quiet",
+            "--project",
+            str(root),
+            "-o",
+            str(destination),
+        ],
+        "uv export (the workspace's lock as constraints)",
+    )
+    return destination
+
+
+def copy_out(example: Example, destination: Path) -> Path:
+    """The example's folder, alone, at `destination/<name>`, installed into `destination/venv`.
+
+    Returns the python of that venv. Its dependency group `dev`, if it declares one, is installed
+    too: the tests a copy carries may need it.
+    """
+    root = repo_root(example.path)
+    copy = destination / example.name
+    shutil.copytree(example.path, copy, ignore=IGNORED)
+    venv = destination / "venv"
+    _run([*uv(), "venv", "--quiet", "--python", sys.executable, str(venv)], "uv venv")
+    python = venv / "bin" / "python"
+    pins = constraints(root, destination / "constraints.txt")
+    install = [*uv(), "pip", "install", "--quiet", "--python", str(python), "-c", str(pins)]
+    install.append(str(copy))
+    if "[dependency-groups]" in (copy / "pyproject.toml").read_text():
+        install += ["--group", f"{copy / 'pyproject.toml'}:dev"]
+    _run(install, f"installing {example.name} from its own pyproject.toml")
+    return python
