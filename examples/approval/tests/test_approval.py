@@ -17,7 +17,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,12 @@ from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.browser import browser_fixture  # noqa: F401  (the fixture `browser`)
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
+from selenium.webdriver import Chrome
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
 
 TIMEOUT_S = 30
 SECRET = secrets.token_urlsafe(32)  # this module's link secret, given to worker and gateway
@@ -287,6 +292,51 @@ def test_a_worker_killed_while_the_approver_thinks_loses_nothing(stack: Stack) -
     assert decided.status == 200
     assert view["state"] == "paid"
     assert did(stack.effects(claim_id)) == ["email.send", "payment.charge", "email.send"]
+
+
+# -- in a real browser --------------------------------------------------------------------------
+
+
+def test_in_a_browser_the_emailed_link_approves_after_a_click(
+    stack: Stack, browser: Callable[[], Chrome]
+) -> None:
+    claim_id = stack.submit()
+    approve = stack.links(claim_id)["approve"]
+    driver = browser()
+
+    driver.get(approve)
+    asked = driver.find_element(By.ID, "title").text
+    driver.find_element(By.ID, "note").send_keys("Enjoy Lyon")
+    driver.find_element(By.ID, "confirm").click()
+    WebDriverWait(driver, TIMEOUT_S).until(
+        expected_conditions.text_to_be_present_in_element((By.ID, "title"), "approved")
+    )
+    outcome = driver.find_element(By.ID, "title").text
+    driver.get(approve)  # the emailed link, opened again
+    again = driver.find_element(By.ID, "title").text
+    view = stack.ended(claim_id)
+
+    assert asked == f"Approve expense claim {claim_id}?"
+    assert outcome == f"Claim {claim_id} approved"
+    assert again == f"Claim {claim_id} was already decided"
+    assert view["outcome"]["state"] == "paid"
+    assert view["outcome"]["note"] == "Enjoy Lyon"
+    assert did(stack.effects(claim_id)) == ["email.send", "payment.charge", "email.send"]
+
+
+def test_in_a_browser_a_tampered_link_shows_nothing_but_not_valid(
+    stack: Stack, browser: Callable[[], Chrome]
+) -> None:
+    claim_id = stack.submit()
+    approve = stack.links(claim_id)["approve"]
+    driver = browser()
+
+    driver.get(approve[:-1] + ("A" if approve[-1] != "A" else "B"))
+
+    assert driver.find_element(By.ID, "title").text == "This link is not valid"
+    assert claim_id not in driver.page_source
+    assert driver.find_elements(By.TAG_NAME, "form") == []
+    stack.open(approve, "POST")
 
 
 # -- links that are not ours ---------------------------------------------------------------------

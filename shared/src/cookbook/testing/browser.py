@@ -9,8 +9,8 @@ file, and the ones that wait find the binaries installed when they get it.
 
     def test_a_page(browser: Callable[[], WebDriver]) -> None: ...
 
-with `from cookbook.testing.browser import browser` in the test module (a session fixture that
-yields a factory; each driver it makes is quit at the end of the session).
+with `from cookbook.testing.browser import browser_fixture  # noqa: F401` in the test module: a
+session fixture named `browser` that yields a factory; each driver it makes is quit at the end.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def chromium() -> Chromium | str:
     return found
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Callable[[], Chrome]]:
+@pytest.fixture(scope="session", name="browser")
+def browser_fixture() -> Iterator[Callable[[], Chrome]]:
     """A factory of headless Chromium WebDrivers (selenium), each quit at the end of the session.
 
     Skips the test, with the reason, where Chromium is missing and cannot be installed."""
