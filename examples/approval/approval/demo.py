@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 GRACE = {"name": "Grace Hopper", "email": "grace@example.com"}
-LINK = re.compile(r"(Approve|Reject):\s+(\S+)")
+LINK = re.compile(r"^(Approve|Reject)\W+(http\S+)$", re.MULTILINE)
 TITLE = re.compile(r'<h1 id="title">(.*?)</h1>', re.S)
 
 
@@ -61,15 +61,13 @@ def links(mail: dict[str, Any]) -> dict[str, str]:
     return {verb.lower(): url for verb, url in LINK.findall(mail["text"])}
 
 
-def shown(url: str) -> str:
-    return url[:60] + "…"
-
-
-def click(gateway: httpx.Client, method: str, url: str, **form: str) -> httpx.Response:
+def click(gateway: httpx.Client, who: str, method: str, url: str, **form: str) -> httpx.Response:
+    """Follow a link (GET) or press the page's button (POST), and show the page's title."""
     response = gateway.request(method, url, data=form or None)
     match = TITLE.search(response.text)
     title = match[1] if match else response.text[:80]
-    print(f"  {method} {shown(url)} ← {response.status_code} {title}")
+    path = httpx.URL(url).path
+    print(f"→ {who}: {method} {path[:34]}…\n← {response.status_code} {title}")
     return response
 
 
@@ -98,14 +96,13 @@ def main() -> None:
         [mail] = inbox(provider, claim_id, GRACE["email"])
         print(f"✉ to {mail['to']}: {mail['subject']}")
         approve, reject = links(mail)["approve"], links(mail)["reject"]
-        click(gateway, "GET", approve)
+        click(gateway, "Grace opens the approve link", "GET", approve)
         # One character changed: the signature no longer matches.
-        last = approve[-1]
-        tampered = approve[:-1] + ("A" if last != "A" else "B")
-        click(gateway, "GET", tampered)
-        click(gateway, "POST", approve, note="Enjoy Lyon")
-        click(gateway, "POST", approve, note="Enjoy Lyon")
-        click(gateway, "POST", reject)
+        tampered = approve[:-1] + ("A" if approve[-1] != "A" else "B")
+        click(gateway, "someone tries the link with one character changed", "GET", tampered)
+        click(gateway, "Grace confirms, with a note", "POST", approve, note="Enjoy Lyon")
+        click(gateway, "Grace's browser sends the form again", "POST", approve, note="Enjoy Lyon")
+        click(gateway, "Grace then clicks reject", "POST", reject)
         view = ended(gateway, claim_id)
         outcome = view["outcome"]
         print(f"✓ {claim_id}: {view['state']}, payment {outcome['payment_id']}")
@@ -119,7 +116,7 @@ def main() -> None:
         view = ended(gateway, claim_id)
         print(f"✓ {claim_id}: {view['state']} ({view['outcome']['reason']})")
         print(f"  the providers did: {providers_did(provider, claim_id)}")
-        click(gateway, "POST", links(mail)["approve"])
+        click(gateway, "Grace approves, too late", "POST", links(mail)["approve"])
 
         print("\nMarie claims a dinner over the meals limit: refused before anyone is asked.")
         marie = claim(f"marie-{run}", "Marie Curie", "meals", 25_000, "Team dinner")
