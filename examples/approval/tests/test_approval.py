@@ -571,6 +571,23 @@ def test_a_422_names_the_field_and_the_reason(stack: Stack) -> None:
     }
 
 
+def test_an_oversized_body_is_a_413_claim_or_form(stack: Stack, undecided: tuple[str, str]) -> None:
+    _, approve = undecided
+    promises_before = stack.promise_count()
+
+    claim = stack.gateway.post("/claims", json=_changed("description", "A" * 20_000))
+    form = stack.gateway.post(
+        approve,
+        content=b"note=" + b"x" * 20_000,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+    assert (claim.status_code, form.status_code) == (413, 413)
+    assert claim.json() == {"error": "The data value transmitted exceeds the capacity limit."}
+    assert title_of(form.text) == "Request Entity Too Large"
+    assert stack.promise_count() == promises_before
+
+
 def test_unknown_and_malformed_claim_ids(stack: Stack) -> None:
     assert stack.gateway.get("/claims/no-such-claim").status_code == 404
     assert stack.gateway.get("/claims/c:1").status_code == 422
