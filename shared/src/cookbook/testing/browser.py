@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # selenium is a test dependency of the examples that use this
     from selenium.webdriver import Chrome
 
 PACKAGES = ("chromium", "chromium-driver")
-INSTALL_TIMEOUT_SECONDS = 900
+INSTALL_TIMEOUT_SECONDS = 240  # per apt-get command; under pytest-timeout's 300 s per test
 LOCK = Path(tempfile.gettempdir()) / "cookbook-chromium-install.lock"
 
 

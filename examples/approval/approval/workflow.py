@@ -1,0 +1,169 @@
+"""The durable workflow: an expense claim checked, decided by a person through a link, then paid.
+
+The claim is one execution, keyed by the claim id. It checks the claim against the expense
+policy, then creates a latent promise (the approver's decision) whose timeout is the decision
+deadline, emails the approver two signed links (approve, reject) that name that promise, and
+awaits it. Nothing runs while the approver thinks, for hours or days: no worker holds the
+claim, and the deadline is kept by the server with the promise. The gateway resolves the promise
+when the approver confirms on the page a link opens; when the deadline passes first, the server
+times the promise out by itself, which wakes the workflow on its escalation branch.
+
+The promise settles once, one way, so every replay takes the same branch: an approval the
+gateway confirmed is paid, a decision it refused as too late (409) is escalated.
+
+A refusal is a value, never retried: a claim against the policy ends `refused` (the employee is
+told why); a payment the provider refuses (a 4xx) ends `payment-refused`. Only a provider that
+is down or silent is asked again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from resonate.context import Context
+from resonate.error import ApplicationError
+from resonate.retry import Exponential, Never
+
+from approval.steps import (
+    ProviderUnavailableError,
+    Refused,
+    ask_approver,
+    check_policy,
+    escalate,
+    notify_employee,
+    pay,
+)
+
+# -- the claim: checked by the gateway, and again whenever a worker decodes it ------------------
+
+# Visible text: no control or format characters, no leading or trailing whitespace.
+Text = Annotated[
+    str,
+    StringConstraints(max_length=100, pattern=r"^[^\p{C}\s](?:[^\p{C}]*[^\p{C}\s])?$"),
+]
+Description = Annotated[
+    str,
+    StringConstraints(max_length=500, pattern=r"^[^\p{C}\s](?:[^\p{C}]*[^\p{C}\s])?$"),
+]
+# The claim id becomes the execution id; Resonate ids may not contain ':' (it names steps).
+ClaimId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+Email = Annotated[
+    str, StringConstraints(max_length=254, pattern=r"^[^@\s\p{C}]+@[^@\s\p{C}]+\.[^@\s\p{C}]+$")
+]
+type Category = Literal["travel", "lodging", "meals", "equipment", "training"]
+type Currency = Literal["EUR", "GBP", "USD"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Person(_Strict):
+    name: Text
+    email: Email
+
+
+class Claim(_Strict):
+    claim_id: ClaimId
+    employee: Person
+    approver: Person
+    category: Category
+    amount_cents: Annotated[int, Field(ge=1, le=10_000_000)]
+    currency: Currency
+    description: Description
+
+    @property
+    def amount(self) -> str:
+        return f"{self.amount_cents / 100:,.2f} {self.currency}"
+
+
+# -- what a claim ends as ----------------------------------------------------------------------
+
+type State = Literal[
+    "paid", "rejected", "refused", "escalated", "payment-refused", "payment-unconfirmed"
+]
+
+
+@dataclass(frozen=True)
+class ClaimEnded:
+    """What a finished claim returns: also what `GET /claims/{id}` shows once it ended."""
+
+    state: State
+    payment_id: str | None = None  # the payment provider's id, once paid
+    note: str | None = None  # what the approver wrote with their decision
+    reason: str | None = None  # why the policy refused it, or what went wrong
+
+
+# -- the workflow ------------------------------------------------------------------------------
+
+# An email, a chat message or the payment that fails transiently (a 5xx, 408, 429, a timeout, a
+# lost connection) is retried after 2, 4, 8, 16 and 30 s, then every 30 s: eight retries in
+# about three minutes, long enough for a provider's restart or a rate limit to pass. Every retry
+# sends the same Idempotency-Key, so a payment that timed out but went through is not made twice.
+# A refusal is never retried: the steps return it. Whole seconds: the SDK's policies count in
+# seconds.
+STEP_RETRIES = Exponential(delay=1, factor=2, max_retries=8, max_delay=30)
+# The workflow itself is never retried: once it made a durable call the SDK would not retry it
+# anyway, and before that the only thing that can fail is decoding its argument, which no retry
+# fixes. The SDK's default (30 retries, doubling) would hold the claim's lease for hours.
+WORKFLOW_RETRIES = Never()
+
+
+async def expense_claim(
+    ctx: Context, claim: Claim, decide_within_seconds: int, links_url: str
+) -> ClaimEnded:
+    step = ctx.options(retry_policy=STEP_RETRIES)
+    # The verdict is checkpointed: a policy changed while the claim waits changes nothing for it.
+    problems = await step.run(check_policy, claim)
+    if problems:
+        reason = "; ".join(problems)
+        await step.run(notify_employee, claim, "refused", f"It breaks the policy: {reason}.")
+        return ClaimEnded("refused", reason=reason)
+
+    # The approver's decision, put here by the gateway, with the decision deadline as timeout.
+    decision = ctx.promise(timeout=timedelta(seconds=decide_within_seconds))
+    asked = await step.run(
+        ask_approver, claim, await decision.id(), decide_within_seconds, links_url
+    )
+    if isinstance(asked, Refused):  # nobody was asked: waiting for the deadline would be pointless
+        await step.run(escalate, claim, f"the approver could not be emailed ({asked.reason})")
+        return ClaimEnded("escalated", reason=asked.reason)
+    try:
+        decided = await decision
+    except ApplicationError:  # timed out at the deadline (nothing else rejects it)
+        decided = None
+
+    match decided:
+        case {"decision": "approve", **rest}:
+            note = _note(rest)
+            try:
+                paid = await step.run(pay, claim)
+            except ProviderUnavailableError as unknown:
+                # Out of retries, and the last call may have paid: never pay again blindly. A
+                # person checks the provider's record of the key.
+                why = f"payment unconfirmed ({unknown}); check key {unknown.idempotency_key}"
+                await step.run(escalate, claim, why)
+                return ClaimEnded("payment-unconfirmed", note=note, reason=str(unknown))
+            if isinstance(paid, Refused):
+                await step.run(notify_employee, claim, "approved, but not paid", paid.reason)
+                return ClaimEnded("payment-refused", note=note, reason=paid.reason)
+            await step.run(notify_employee, claim, "approved and paid", note)
+            return ClaimEnded("paid", payment_id=paid, note=note)
+        case {"decision": "reject", **rest}:
+            note = _note(rest)
+            await step.run(notify_employee, claim, "rejected", note)
+            return ClaimEnded("rejected", note=note)
+        case None:
+            await step.run(escalate, claim, f"no decision from {claim.approver.email} in time")
+            return ClaimEnded("escalated", reason="no decision before the deadline")
+        case _:  # resolved by something other than the gateway: never pay on a value we misread
+            await step.run(escalate, claim, "the decision could not be read")
+            return ClaimEnded("escalated", reason="the decision could not be read")
+
+
+def _note(rest: dict[object, object]) -> str | None:
+    note = rest.get("note")
+    return note if isinstance(note, str) and note else None
