@@ -42,8 +42,10 @@ from webservers.service import (
 
 type View = Callable[..., HttpResponse]
 
-# This module is the URLconf (ROOT_URLCONF); `create_app` fills it in.
+# This module is the URLconf (ROOT_URLCONF); `create_app` fills it in, and hands the views this
+# process's worker (one per process, for as long as it runs).
 urlpatterns: list[Any] = []
+_running: dict[str, WorkerThread] = {}
 
 
 def _configure() -> None:
@@ -85,31 +87,38 @@ def _only(method: str, view: View) -> View:
     return checked
 
 
-def create_app(worker: WorkerThread) -> Callable[..., Any]:
-    """Configure Django, route the URLs to views over `worker`, and return the WSGI app."""
-    _configure()
+def book_view(request: HttpRequest) -> HttpResponse:
+    worker = _running["worker"]
+    try:
+        body = request.body
+    except RequestDataTooBig:  # Django would answer 400; it is a 413
+        return _response(too_large())
+    parsed = parse_request(body)
+    if isinstance(parsed, Answer):
+        return _response(parsed)
+    try:
+        return _response(worker.call(book(worker.worker, parsed), _timeout(worker)))
+    except TimeoutError:
+        return _response(unavailable())
+
+
+def status_view(request: HttpRequest, ticket_id: str) -> HttpResponse:
+    worker = _running["worker"]
+    try:
+        return _response(worker.call(status(worker.worker, ticket_id), _timeout(worker)))
+    except TimeoutError:
+        return _response(unavailable())
+
+
+def _timeout(worker: WorkerThread) -> float:
     # A booking may take the whole wait, and the Resonate server its own timeout on top.
-    timeout = worker.worker.settings.wait_seconds + 2 * RESONATE_TIMEOUT
+    return worker.worker.settings.wait_seconds + 2 * RESONATE_TIMEOUT
 
-    def book_view(request: HttpRequest) -> HttpResponse:
-        try:
-            body = request.body
-        except RequestDataTooBig:  # Django would answer 400; it is a 413
-            return _response(too_large())
-        parsed = parse_request(body)
-        if isinstance(parsed, Answer):
-            return _response(parsed)
-        try:
-            return _response(worker.call(book(worker.worker, parsed), timeout))
-        except TimeoutError:
-            return _response(unavailable())
 
-    def status_view(request: HttpRequest, ticket_id: str) -> HttpResponse:
-        try:
-            return _response(worker.call(status(worker.worker, ticket_id), timeout))
-        except TimeoutError:
-            return _response(unavailable())
-
+def create_app(worker: WorkerThread) -> Callable[..., Any]:
+    """Configure Django, route the URLs to the views, and return the WSGI app."""
+    _configure()
+    _running["worker"] = worker
     urlpatterns[:] = [
         path("tickets", _only("POST", book_view)),
         path("tickets/<str:ticket_id>", _only("GET", status_view)),

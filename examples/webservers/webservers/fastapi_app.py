@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -93,6 +93,19 @@ def _response(answer: Answer) -> JSONResponse:
     return JSONResponse(answer.body, answer.status, headers)
 
 
+router = APIRouter()
+
+
+@router.post("/tickets", response_model=Booked, responses=_answers(202, 409, 413, 422, 503))
+async def book_route(request: TicketRequest, worker: WorkerDep) -> JSONResponse:
+    return _response(await book(worker, request))
+
+
+@router.get("/tickets/{ticket_id}", response_model=Booked, responses=_answers(202, 404, 422, 503))
+async def status_route(ticket_id: str, worker: WorkerDep) -> JSONResponse:
+    return _response(await status(worker, ticket_id))
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,15 +114,8 @@ def create_app(settings: Settings) -> FastAPI:
         await app.state.worker.stop()
 
     app = FastAPI(title="webservers: FastAPI", lifespan=lifespan)
+    app.include_router(router)
     app.add_middleware(_BodyLimit)
-
-    @app.post("/tickets", response_model=Booked, responses=_answers(202, 409, 413, 422, 503))
-    async def book_route(request: TicketRequest, worker: WorkerDep) -> JSONResponse:
-        return _response(await book(worker, request))
-
-    @app.get("/tickets/{ticket_id}", response_model=Booked, responses=_answers(202, 404, 422, 503))
-    async def status_route(ticket_id: str, worker: WorkerDep) -> JSONResponse:
-        return _response(await status(worker, ticket_id))
 
     @app.exception_handler(RequestValidationError)
     async def field_errors(_: Request, exc: RequestValidationError) -> JSONResponse:

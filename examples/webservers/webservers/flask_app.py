@@ -12,7 +12,7 @@ import signal
 import sys
 
 import waitress
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -42,25 +42,38 @@ def _response(answer: Answer) -> tuple[Response, int]:
     return response, answer.status
 
 
+def book_route() -> tuple[Response, int]:
+    worker = _worker()
+    parsed = parse_request(request.get_data(cache=False))
+    if isinstance(parsed, Answer):
+        return _response(parsed)
+    return _response(worker.call(book(worker.worker, parsed), _timeout(worker)))
+
+
+def status_route(ticket_id: str) -> tuple[Response, int]:
+    worker = _worker()
+    return _response(worker.call(status(worker.worker, ticket_id), _timeout(worker)))
+
+
+def _worker() -> WorkerThread:
+    worker: WorkerThread = current_app.extensions["webservers"]
+    return worker
+
+
+def _timeout(worker: WorkerThread) -> float:
+    # A booking may take the whole wait, and the Resonate server its own timeout on top.
+    return worker.worker.settings.wait_seconds + 2 * RESONATE_TIMEOUT
+
+
 def create_app(worker: WorkerThread) -> Flask:
     app = Flask(__name__)
+    app.extensions["webservers"] = worker
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json = _AsWritten(app)
     # `/tickets//x` is no ticket: a 404, not werkzeug's redirect to `/tickets/x`.
     app.url_map.merge_slashes = False
-    # A booking may take the whole wait, and the Resonate server its own timeout on top.
-    timeout = worker.worker.settings.wait_seconds + 2 * RESONATE_TIMEOUT
-
-    @app.post("/tickets")
-    def book_route() -> tuple[Response, int]:
-        parsed = parse_request(request.get_data(cache=False))
-        if isinstance(parsed, Answer):
-            return _response(parsed)
-        return _response(worker.call(book(worker.worker, parsed), timeout))
-
-    @app.get("/tickets/<ticket_id>")
-    def status_route(ticket_id: str) -> tuple[Response, int]:
-        return _response(worker.call(status(worker.worker, ticket_id), timeout))
+    app.add_url_rule("/tickets", view_func=book_route, methods=["POST"])
+    app.add_url_rule("/tickets/<ticket_id>", view_func=status_route, methods=["GET"])
 
     @app.errorhandler(RequestEntityTooLarge)
     def body_too_large(_: RequestEntityTooLarge) -> tuple[Response, int]:
