@@ -193,9 +193,9 @@ def crash(apps: dict[str, App], sandbox: str, ttl: str) -> None:
     print(f"   flask-2  {answer.status_code} in {took:.2f}s  {json.dumps(booking)}")
     print(
         f"   the booking had waited for the dead process's lease to run out (at most {ttl}s);"
-        " then the server handed it to a live web process of the group, which replayed it:"
-        " the hold step ran again and the inventory answered from its Idempotency-Key, then"
-        " the email went out"
+        " then it went to a live web process of the group (the server hands it to one, or the"
+        " retried POST takes it, whichever comes first), which replayed it: the hold step ran"
+        " again and the inventory answered from its Idempotency-Key, then the email went out"
     )
     done = effects(sandbox, tid)
     print(f"   the sandbox: {', '.join(done)}: one hold, one email")
