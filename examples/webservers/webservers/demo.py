@@ -181,7 +181,7 @@ def crash(apps: dict[str, App], sandbox: str, ttl: str) -> None:
     except httpx.TransportError as exc:
         print(f"   POST /tickets to flask: {type(exc).__name__}, the process is gone")
     victim.process.wait(timeout=10)
-    print(f"   💥 pid {victim.pid} exited with {victim.process.returncode} (SIGKILL)")
+    print(f"   ✗ pid {victim.pid} exited with {victim.process.returncode} (SIGKILL)")
     print(f"   the sandbox: {', '.join(effects(sandbox, tid))}: held, no email, no answer")
 
     apps["flask"] = replacement = start_app("flask", "flask-2")
