@@ -188,6 +188,29 @@ def test_a_booking_that_outlasts_the_wait_is_a_202_and_finishes_in_the_process(
     assert site.effects(tid) == BOOKED_EFFECTS
 
 
+def test_a_hold_that_keeps_failing_is_released_by_its_key_and_the_booking_is_unavailable(
+    site: Site,
+) -> None:
+    if site.app != "fastapi":
+        pytest.skip("the function is the same in every app; its retries take 6 s: once is enough")
+    ticket = new_ticket()
+    tid = ticket["ticket_id"]
+    arm_fault(site.sandbox, tid + ":", provider="inventory", action="reserve", status=503)
+
+    first = site.http.post("/tickets", json=ticket)  # retries take 1 + 2 + 3 s: a 202 first
+    booking = settled(site.server, tid)
+
+    assert first.status_code == 202
+    assert booking["status"] == "unavailable"
+    assert "the inventory is unavailable" in booking["problem"]
+    holds = [c for c in site.sandbox.records.requests(tid + ":") if c.action == "reserve"]
+    assert [c.status_code for c in holds] == [503] * 4  # the first attempt and three retries
+    # It may have landed (a 503 says nothing about what the provider did): the hold request's
+    # key is voided, so that request holds nothing if it arrives late.
+    assert site.effects(tid) == [("inventory", "cancel")]
+    assert site.http.get(f"/tickets/{tid}").json()["status"] == "unavailable"
+
+
 def test_an_unknown_ticket_is_a_404_and_a_malformed_id_a_422(site: Site) -> None:
     assert site.http.get("/tickets/t-never-booked").status_code == 404
     bad = site.http.get("/tickets/bad:id")
