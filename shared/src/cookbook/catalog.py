@@ -247,9 +247,8 @@ def load_example(path: Path) -> Example:
         raise CatalogError(f"{shown}: no [tool.cookbook] table")
     problems = validate(table)
     chaos_table = table.get("chaos") if isinstance(table, dict) else None
-    if not problems and chaos_table is not None:
-        if not (path / chaos_table["driver"]).is_file():
-            problems.append(f"[tool.cookbook.chaos].driver: no such file {chaos_table['driver']}")
+    if not problems and chaos_table is not None and not (path / chaos_table["driver"]).is_file():
+        problems.append(f"[tool.cookbook.chaos].driver: no such file {chaos_table['driver']}")
     if problems:
         raise CatalogError("\n".join(f"{shown}: {problem}" for problem in problems))
     scenarios = tuple(

@@ -367,6 +367,7 @@ async def _chaos(
     kills: int,
     seconds: float,
     say: Say,
+    settle_seconds: float,
 ) -> Report:
     rng = random.Random(seed)
     plans = [driver.plan(i, random.Random(f"{seed}/{i}")) for i in range(executions)]
@@ -400,7 +401,7 @@ async def _chaos(
 
                     async def drive(plan: Execution, delay: float) -> str | None:
                         await asyncio.sleep(delay)
-                        return await _within(driver.drive(entry, plan), SETTLE_SECONDS + seconds)
+                        return await _within(driver.drive(entry, plan), settle_seconds + seconds)
 
                     async def chaos() -> list[str]:
                         lines = []
@@ -415,7 +416,7 @@ async def _chaos(
                     )
                     kill_lines = await killing
                     say(f"  t={time.monotonic() - started:.2f}s every execution driven")
-                    outcomes = await _settle(entry, driver, plans)
+                    outcomes = await _settle(entry, driver, plans, settle_seconds)
                     say(f"  t={time.monotonic() - started:.2f}s every execution settled")
                     recorded = await receivers.recorded_since(active, place, marks)
                     wanted = {plan.id: driver.effects(entry, plan) for plan in plans}
@@ -436,11 +437,11 @@ async def _chaos(
 
 
 async def _settle(
-    entry: Entry, driver: Driver, plans: Sequence[Execution]
+    entry: Entry, driver: Driver, plans: Sequence[Execution], settle_seconds: float
 ) -> dict[str, str | None]:
-    """Every execution's outcome, waiting (up to SETTLE_SECONDS) for those still running."""
+    """Every execution's outcome, waiting (up to `settle_seconds`) for those still running."""
     outcomes: dict[str, str | None] = {plan.id: None for plan in plans}
-    deadline = time.monotonic() + SETTLE_SECONDS
+    deadline = time.monotonic() + settle_seconds
 
     async def read(plan: Execution) -> None:
         try:
@@ -464,6 +465,7 @@ def run(
     seconds: float | None = None,
     say: Say = print,
     driver: Driver | None = None,
+    settle_seconds: float = SETTLE_SECONDS,
 ) -> Report:
     """One chaos run, narrated through `say`: the seed first, a line per kill, per execution and
     per problem, then `N passed, M failed`."""
@@ -486,6 +488,7 @@ def run(
             kills=kills,
             seconds=seconds,
             say=say,
+            settle_seconds=settle_seconds,
         )
     )
     for verdict in report.verdicts:

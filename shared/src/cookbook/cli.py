@@ -1,4 +1,4 @@
-"""`cookbook`: the Makefile's command line (run, crash, chaos, pin, bench, tree, list, new, docs)."""
+"""`cookbook`: the Makefile's command line (run, crash, chaos, pin, bench, tree, list, docs...)."""
 
 from __future__ import annotations
 
@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     chaos.add_argument("example")
     chaos.add_argument("--seed", type=int, help="replay this seed (default: a new one)")
-    chaos.add_argument("--executions", type=int, help="how many executions (default: the example's)")
+    chaos.add_argument("--executions", type=int, help="how many (default: the example's)")
     chaos.add_argument("--kills", type=int, help="how many SIGKILLs (default: the example's)")
     chaos.add_argument("--seconds", type=float, help="the window starts and kills spread over")
     bench.add_arguments(
