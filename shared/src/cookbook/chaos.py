@@ -24,6 +24,7 @@ import asyncio
 import importlib.util
 import random
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -193,6 +194,7 @@ class Verdict:
     execution: Execution
     outcome: str | None
     problems: list[str]
+    effects: int = 0  # how many sandbox effects it had to leave, each exactly once
 
     @property
     def passed(self) -> bool:
@@ -248,7 +250,7 @@ def judge(
         for what in sorted(expected.keys() | effects[plan.id].keys()):
             if (n := effects[plan.id][what]) != expected[what]:
                 problems.append(f"sandbox recorded {what} {n}x: expected {expected[what]}x")
-        verdicts.append(Verdict(plan, got, problems))
+        verdicts.append(Verdict(plan, got, problems, expected.total()))
     return verdicts, unowned
 
 
@@ -315,9 +317,14 @@ class _Processes:
             if isinstance(failure, BaseException):
                 raise failure
 
-    def stop_all(self) -> None:
-        for process in reversed(list(self.running.values())):
-            process.stop()
+    def stop_all(self, *others: ManagedProcess | None) -> None:
+        """Stop them all at once (each by its pid): one by one, each graceful stop adds up."""
+        every = [p for p in (*others, *self.running.values()) if p is not None]
+        threads = [threading.Thread(target=p.stop) for p in every]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
 
 async def _kill(kill: Kill, processes: _Processes, rng: random.Random, say: Say) -> str:
@@ -328,7 +335,7 @@ async def _kill(kill: Kill, processes: _Processes, rng: random.Random, say: Say)
         stack.devserver.kill()
         await asyncio.sleep(kill.down)
         await asyncio.to_thread(stack.restart_devserver)
-        line = f"t={kill.at:.2f}s SIGKILL dev server (pid {old}), restarted after {kill.down}s"
+        line = f"t={kill.at:.2f}s SIGKILL dev server (pid {old}), restarted {kill.down}s later"
     else:
         role = kill.victim
         if role == "worker":
@@ -428,11 +435,9 @@ async def _chaos(
                 finally:
                     await entry.close()
         finally:
-            if gateway is not None:
-                gateway.stop()
             if starting is not None and not starting.done():
                 await asyncio.gather(starting, return_exceptions=True)
-            processes.stop_all()
+            processes.stop_all(gateway)
     return Report(seed, verdicts, problems, kill_lines, time.monotonic() - began)
 
 
@@ -494,7 +499,9 @@ def run(
     for verdict in report.verdicts:
         plan = verdict.execution
         mark = "ok  " if verdict.passed else "FAIL"
-        say(f"  {mark} {plan.id} ({plan.kind}): {verdict.outcome or 'no outcome'}")
+        n = verdict.effects
+        effects = f"; {n} sandbox effect{'s' * (n != 1)}, each once" if verdict.passed else ""
+        say(f"  {mark} {plan.id} ({plan.kind}): {verdict.outcome or 'no outcome'}{effects}")
         for problem in verdict.problems:
             say(f"       {problem}")
     for problem in report.problems:
