@@ -4,6 +4,7 @@ execution), each on a broken variant."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -198,3 +199,45 @@ def test_a_run_with_broken_executions_reports_each_and_fails() -> None:
     }, output
     assert lines[-1] == "1 passed, 3 failed", output
     assert "  FAIL trip-001 (booked): booked" in lines, output
+
+
+class SagaOnAKeylessWorker(BrokenSaga):
+    """The saga's own plans and driving, on a worker whose steps send no idempotency key."""
+
+    env: Mapping[str, str] = {"PYTHONPATH": str(catalog.repo_root())}
+
+    def plan(self, i: int, rng: random.Random) -> chaos.Execution:
+        return chaos.Execution(f"trip-{i:03d}", "booked", "booked", BOOKED)
+
+    async def prepare(self, entry: chaos.Entry, plans: Sequence[chaos.Execution]) -> None:
+        pass
+
+    async def drive(self, entry: chaos.Entry, plan: chaos.Execution) -> None:
+        await self.saga.drive(entry, plan)
+
+
+def test_a_worker_whose_steps_send_no_idempotency_key_fails_the_run() -> None:
+    saga = catalog.example("saga")
+    keyless = dataclasses.replace(saga, worker="tests.chaos_mutant_workers")
+    lines: list[str] = []
+    report = chaos.run(
+        keyless,
+        seed=3,
+        executions=3,
+        kills=1,
+        seconds=2,
+        say=lines.append,
+        driver=SagaOnAKeylessWorker(),
+    )
+    output = "\n".join(lines)
+    # Every trip is booked, as far as the gateway can tell ...
+    assert [v.outcome for v in report.verdicts] == ["booked"] * 3, output
+    # ... but the provider holds bookings no trip can be matched with, and, by key, none of the
+    # trips' own: at least one per booking, more if a kill made a step book again.
+    stray = [p for p in report.problems if p.endswith("with key None belongs to no execution")]
+    assert len(stray) >= 9, output
+    assert len(stray) == len(report.problems), output
+    assert all(
+        "sandbox recorded flight.reserve 0x: expected 1x" in v.problems for v in report.verdicts
+    ), output
+    assert lines[-1] == f"0 passed, {3 + len(stray)} failed", output
