@@ -500,7 +500,7 @@ def run(
         plan = verdict.execution
         mark = "ok  " if verdict.passed else "FAIL"
         n = verdict.effects
-        effects = f"; {n} sandbox effect{'s' * (n != 1)}, each once" if verdict.passed else ""
+        effects = f"; {n} sandbox effect{'s' * (n != 1)}, each once" if verdict.passed and n else ""
         say(f"  {mark} {plan.id} ({plan.kind}): {verdict.outcome or 'no outcome'}{effects}")
         for problem in verdict.problems:
             say(f"       {problem}")
