@@ -480,9 +480,19 @@ def run(
     executions = executions or example.chaos.executions
     kills = example.chaos.kills if kills is None else kills
     seconds = seconds or example.chaos.seconds
+    sizes = [
+        f"--{name} {value:g}"
+        for name, value, default in (
+            ("executions", executions, example.chaos.executions),
+            ("kills", kills, example.chaos.kills),
+            ("seconds", seconds, example.chaos.seconds),
+        )
+        if value != default
+    ]
+    replay = " ".join([f"cookbook chaos {example.name} --seed {seed}", *sizes])
     say(
         f"chaos {example.name}: seed {seed} ({executions} executions, {kills} kills over "
-        f"{seconds:g}s; replay with `cookbook chaos {example.name} --seed {seed}`)"
+        f"{seconds:g}s; replay with `{replay}`)"
     )
     report = asyncio.run(
         _chaos(
