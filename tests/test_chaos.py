@@ -241,3 +241,20 @@ def test_a_worker_whose_steps_send_no_idempotency_key_fails_the_run() -> None:
         "sandbox recorded flight.reserve 0x: expected 1x" in v.problems for v in report.verdicts
     ), output
     assert lines[-1] == f"0 passed, {3 + len(stray)} failed", output
+
+
+@pytest.mark.parametrize(
+    ("outcome", "unowned", "code"),
+    [("booked", [], 0), ("rolled_back", [], 1), ("booked", ["a stray effect"], 1)],
+)
+def test_the_command_exits_non_zero_on_any_failure(
+    monkeypatch: pytest.MonkeyPatch, outcome: str, unowned: list[str], code: int
+) -> None:
+    from cookbook import cli
+
+    def run(example: catalog.Example, **_: Any) -> chaos.Report:
+        verdicts, _unowned = chaos.judge(PLANS, {p.id: outcome for p in PLANS}, sandbox())
+        return chaos.Report(1, verdicts, unowned, [], 0.0)
+
+    monkeypatch.setattr(chaos, "run", run)
+    assert cli.chaos_example("saga", 1, None, None, None) == code
