@@ -69,6 +69,9 @@ run-%: setup ## run an example's narrated demo (e.g. make run-hello; SKIP_TIME=1
 crash-%: setup ## run an example's crash matrix (e.g. make crash-hello)
 	@$(COOKBOOK) crash $*
 
+chaos-%: setup ## chaos run: executions through the entry point, random SIGKILLs (SEED= EXECUTIONS= KILLS= SECONDS=)
+	@$(COOKBOOK) chaos $* $(if $(SEED),--seed $(SEED)) $(if $(EXECUTIONS),--executions $(EXECUTIONS)) $(if $(KILLS),--kills $(KILLS)) $(if $(SECONDS),--seconds $(SECONDS))
+
 .PHONY: bench
 bench: setup ## benchmark vs DBOS+SQLite, recovery, crash-matrix speed -> bench-results/ (ARGS=...)
 	@$(uv) sync --frozen --all-packages --quiet --group dev --group bench

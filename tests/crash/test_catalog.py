@@ -131,7 +131,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_a_file_in_this_repository_is_named_by_its_path_in_it() -> None:
     assert catalog.validate({"worker": "w", "group": "g", "sevices": []}) == [
         "[tool.cookbook].sevices: unknown key (known: worker, group, demo, gateway, services, "
-        "scenarios, receivers, skip_time, auth, encryptor, pattern, summary)"
+        "scenarios, receivers, skip_time, auth, encryptor, pattern, summary, chaos)"
     ]
     with pytest.raises(catalog.CatalogError, match=r"^examples/saga/missing/pyproject.toml: "):
         catalog.load_example(ROOT / "examples" / "saga" / "missing")
@@ -223,3 +223,56 @@ def test_a_scenario_starts_the_version_it_names(tmp_path: Path) -> None:
         ({"target": "demo", "version": 2}, ("run-booked", "book", 1)),
         ({"target": "demo", "version": 1}, ("run-refused", "book")),
     ]
+
+
+CHAOS = """
+[tool.cookbook.chaos]
+driver = "tests/chaos_driver.py"
+executions = 12
+kills = 3
+seconds = 2.5
+"""
+
+
+def test_a_chaos_table_loads_with_its_driver_and_sizes(tmp_path: Path) -> None:
+    folder = example_at(tmp_path, GOOD + CHAOS)
+    (folder / "tests").mkdir()
+    (folder / "tests" / "chaos_driver.py").write_text("")
+    chaos = catalog.load_example(folder).chaos
+    assert chaos == catalog.Chaos(folder / "tests" / "chaos_driver.py", 12, 3, 2.5)
+    (tmp_path / "plain").mkdir()
+    assert catalog.load_example(example_at(tmp_path / "plain", GOOD)).chaos is None
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("kills = 3", "kils = 3"), "[tool.cookbook.chaos].kils: unknown key"),
+        (
+            ("executions = 12", "executions = 0"),
+            "[tool.cookbook.chaos].executions: must be above 0",
+        ),
+        (("kills = 3", "kills = -1"), "[tool.cookbook.chaos].kills: must be 0 or more"),
+        (("seconds = 2.5", 'seconds = "2"'), "[tool.cookbook.chaos].seconds: expected an integer"),
+        (
+            ('driver = "tests/chaos_driver.py"', 'driver = "../elsewhere.py"'),
+            "[tool.cookbook.chaos].driver: must be a .py file inside the example's folder",
+        ),
+        (
+            ('driver = "tests/chaos_driver.py"', ""),
+            "[tool.cookbook.chaos].driver: missing (required)",
+        ),
+        (
+            ("executions = 12", ""),
+            "[tool.cookbook.chaos].driver: no such file tests/chaos_driver.py",
+        ),
+    ],
+)
+def test_a_wrong_chaos_table_is_an_error_naming_the_key(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
+    toml = GOOD + CHAOS.replace(*change)
+    problems = problems_of(tmp_path, toml)
+    assert any(p.startswith(f"{tmp_path}/demo/pyproject.toml: {expected}") for p in problems), (
+        problems
+    )

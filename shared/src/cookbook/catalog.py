@@ -36,6 +36,18 @@ class Scenario:
 
 
 @dataclass(frozen=True)
+class Chaos:
+    """How `cookbook chaos` drives an example (`[tool.cookbook.chaos]`), and its defaults."""
+
+    # A Python file, relative to the example's folder (it lives with the example's tests: it is
+    # cookbook-side code, and may import `cookbook`), defining `DRIVER`, a `cookbook.chaos.Driver`.
+    driver: Path
+    executions: int = 20
+    kills: int = 4
+    seconds: float = 6.0
+
+
+@dataclass(frozen=True)
 class Example:
     name: str
     path: Path
@@ -60,6 +72,7 @@ class Example:
     # pattern's name, and what the example shows, in a sentence or a few clauses.
     pattern: str = ""
     summary: str = ""
+    chaos: Chaos | None = None
 
     @property
     def package(self) -> str:
@@ -109,6 +122,8 @@ EXAMPLE_KEYS: dict[str, Key] = {
     # The example's row in the catalog (README.md, the site): checked by tests/test_examples.py.
     "pattern": _A_STRING,
     "summary": _A_STRING,
+    # How random-timing chaos runs drive the example through its entry point (`cookbook chaos`).
+    "chaos": Key((dict,)),
 }
 SCENARIO_KEYS: dict[str, Key] = {
     "name": _REQUIRED_STRING,
@@ -125,6 +140,13 @@ SETUP_KEYS: dict[str, Key] = {
     "path": _REQUIRED_STRING,
     "method": _A_STRING,
     "json": Key((dict, list, str, int, float, bool)),
+}
+
+CHAOS_KEYS: dict[str, Key] = {
+    "driver": _REQUIRED_STRING,
+    "executions": Key((int,)),
+    "kills": Key((int,)),
+    "seconds": Key((int, float)),
 }
 
 _NAMES: dict[type, str] = {
@@ -195,6 +217,20 @@ def validate(table: Any, where: str = "[tool.cookbook]") -> list[str]:
         for j, call in enumerate(setup if isinstance(setup, list) else []):
             if isinstance(call, dict):
                 problems += _check(call, SETUP_KEYS, f"{at}.setup[{j}]")
+    chaos = table.get("chaos")
+    if isinstance(chaos, dict):
+        at = f"{where[:-1]}.chaos]"
+        problems += _check(chaos, CHAOS_KEYS, at)
+        for name in ("executions", "seconds"):
+            if _is(chaos.get(name), (int, float)) and chaos[name] <= 0:
+                problems.append(f"{at}.{name}: must be above 0, got {chaos[name]}")
+        if _is(chaos.get("kills"), (int,)) and chaos["kills"] < 0:
+            problems.append(f"{at}.kills: must be 0 or more, got {chaos['kills']}")
+        driver = chaos.get("driver")
+        if isinstance(driver, str) and (
+            Path(driver).is_absolute() or ".." in Path(driver).parts or not driver.endswith(".py")
+        ):
+            problems.append(f"{at}.driver: must be a .py file inside the example's folder")
     return problems
 
 
@@ -217,6 +253,9 @@ def load_example(path: Path) -> Example:
     if table is None:
         raise CatalogError(f"{shown}: no [tool.cookbook] table")
     problems = validate(table)
+    chaos_table = table.get("chaos") if isinstance(table, dict) else None
+    if not problems and chaos_table is not None and not (path / chaos_table["driver"]).is_file():
+        problems.append(f"[tool.cookbook.chaos].driver: no such file {chaos_table['driver']}")
     if problems:
         raise CatalogError("\n".join(f"{shown}: {problem}" for problem in problems))
     scenarios = tuple(
@@ -246,6 +285,14 @@ def load_example(path: Path) -> Example:
         encryptor=table.get("encryptor"),
         pattern=table.get("pattern", ""),
         summary=table.get("summary", ""),
+        chaos=None
+        if chaos_table is None
+        else Chaos(
+            driver=path / chaos_table["driver"],
+            executions=chaos_table.get("executions", Chaos.executions),
+            kills=chaos_table.get("kills", Chaos.kills),
+            seconds=float(chaos_table.get("seconds", Chaos.seconds)),
+        ),
     )
 
 

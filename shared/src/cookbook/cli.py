@@ -1,4 +1,4 @@
-"""`cookbook`: the Makefile's command line (run, crash, pin, bench, tree, list, new, docs, site)."""
+"""`cookbook`: the Makefile's command line (run, crash, chaos, pin, bench, tree, docs, site...)."""
 
 from __future__ import annotations
 
@@ -236,6 +236,23 @@ def crash_example(name: str, only: str | None = None) -> int:
     return 0 if results and passed == len(results) and not drift else 1
 
 
+def chaos_example(
+    name: str, seed: int | None, executions: int | None, kills: int | None, seconds: float | None
+) -> int:
+    """A random-timing chaos run of one example (see cookbook.chaos); non-zero on any failure."""
+    from cookbook import chaos
+
+    report = chaos.run(
+        catalog.example(name),
+        seed=seed,
+        executions=executions,
+        kills=kills,
+        seconds=seconds,
+        say=_say,
+    )
+    return 0 if report.failed == 0 and report.verdicts else 1
+
+
 def pin_examples(names: Sequence[str]) -> int:
     """Rewrite the pinned crash points of these examples (all of them if none) from golden runs."""
     chosen = [catalog.example(n) for n in names] if names else catalog.examples()
@@ -347,6 +364,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     crash = sub.add_parser("crash", help="run an example's crash matrix")
     crash.add_argument("example")
     crash.add_argument("-k", dest="only", help="only crash points whose id contains this")
+    chaos = sub.add_parser(
+        "chaos",
+        help="start N executions through an example's entry point, SIGKILL its processes at "
+        "seeded random times, check every outcome and every effect",
+    )
+    chaos.add_argument("example")
+    chaos.add_argument("--seed", type=int, help="replay this seed (default: a new one)")
+    chaos.add_argument("--executions", type=int, help="how many (default: the example's)")
+    chaos.add_argument("--kills", type=int, help="how many SIGKILLs (default: the example's)")
+    chaos.add_argument("--seconds", type=float, help="the window starts and kills spread over")
     bench.add_arguments(
         sub.add_parser("bench", help="measure step overhead, recovery and crash-matrix speed")
     )
@@ -386,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
             case "crash":
                 code = crash_example(args.example, args.only)
+            case "chaos":
+                code = chaos_example(
+                    args.example, args.seed, args.executions, args.kills, args.seconds
+                )
             case "pin":
                 code = pin_examples(args.examples)
             case "bench":
