@@ -247,12 +247,16 @@ async def test_the_secret_is_never_listed_and_bad_requests_are_422(
     assert SECRET not in json.dumps(listed)
 
     short_secret = await sandbox.post("/webhooks/endpoints", json={"url": URL, "secret": "x"})
+    bad_port = await sandbox.post(
+        "/webhooks/endpoints", json={"url": "http://host:12ab/", "secret": SECRET}
+    )
     no_events = await sandbox.post("/webhooks/events", json={"events": []})
     copies = await sandbox.post(
         "/webhooks/events", json={"events": [paid(1)], "copies_min": 3, "copies_max": 2}
     )
     bad_id = await sandbox.post("/webhooks/events", json={"events": [{**paid(1), "id": "evt:1"}]})
-    assert [r.status_code for r in (short_secret, no_events, copies, bad_id)] == [422] * 4
+    problems = (short_secret, bad_port, no_events, copies, bad_id)
+    assert [r.status_code for r in problems] == [422] * 5
 
     await emit(sandbox, events=[paid(1)])
     again = await sandbox.post("/webhooks/events", json={"events": [paid(1)]})

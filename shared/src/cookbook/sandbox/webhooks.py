@@ -37,7 +37,14 @@ from typing import Annotated, Any, Final, Literal
 
 import httpx
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 SIGNATURE_HEADER: Final = "Payments-Signature"
 # The longest a re-delivery waits, however many attempts failed before it.
@@ -66,6 +73,15 @@ class EndpointSpec(BaseModel):
     retry_delay_ms: int = Field(default=100, ge=0, le=60_000, description="doubles per attempt")
     concurrency: int = Field(default=4, ge=1, le=64, description="deliveries in flight at once")
     timeout_ms: int = Field(default=10_000, ge=1, le=120_000)
+
+    @field_validator("url")
+    @classmethod
+    def _parses(cls, url: str) -> str:
+        try:
+            httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        return url
 
 
 class Endpoint(BaseModel):
@@ -345,7 +361,8 @@ class WebhookSender:
                 timeout=registered.endpoint.timeout_ms / 1000,
             )
             status = response.status_code
-        except httpx.HTTPError as exc:  # refused, reset, timed out: no answer at all
+        except Exception as exc:  # refused, reset, timed out: no answer at all
+            # Whatever went wrong, it was this delivery: the loop goes on with the others.
             error = type(exc).__name__
         outcome: Literal["delivered", "refused", "unreachable"] = (
             "unreachable" if status is None else "delivered" if 200 <= status < 300 else "refused"
