@@ -93,7 +93,8 @@ def deliver(
         answers = ", ".join(str(d["status_code"]) for d in deliveries)
         status = settled(gateway, sent["id"])
         outcome = status["outcome"]
-        detail = f" ({outcome['detail']})" if outcome.get("detail") else ""
+        shown = outcome.get("detail") or outcome.get("shipment_id")
+        detail = f" ({shown})" if shown else ""
         print(
             f"  {sent['type']} {sent['id']} for {status['order_id']}:"
             f" delivered {len(deliveries)}x (answers {answers}) -> {outcome['action']}{detail}"

@@ -50,7 +50,7 @@ from resonate.types import PromiseRecord
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from webhook_handler.worker import GROUP, data_dir
+from webhook_handler.steps import data_dir
 from webhook_handler.workflow import HANDLED_TYPES, EventId, EventOutcome, PaymentEvent
 
 MAX_BODY_BYTES = 64 * 1024  # a payment event is a few hundred bytes
@@ -375,7 +375,9 @@ def main() -> None:
     # Bound here rather than by uvicorn, so that port 0 turns into a port we can announce.
     host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
     sock = socket.create_server((host, int(os.environ.get("GATEWAY_PORT", "0"))))
-    app = create_app(resonate_url, os.environ.get("RESONATE_GROUP", GROUP), signing_secret())
+    app = create_app(
+        resonate_url, os.environ.get("RESONATE_GROUP", "webhook-handler"), signing_secret()
+    )
     # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again: exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))

@@ -32,7 +32,9 @@ is down, overloaded or silent makes the step raise, and its retry policy tries a
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -81,6 +83,12 @@ class Applied:
     fulfilment_key: str | None = None
 
 
+def data_dir() -> Path:
+    """Where the order book lives: WEBHOOK_HANDLER_DATA_DIR, shared by every worker here."""
+    default = Path(tempfile.gettempdir()) / "webhook-handler-data"
+    return Path(os.environ.get("WEBHOOK_HANDLER_DATA_DIR", default))
+
+
 @dataclass(frozen=True)
 class OrderBook:
     """The order book's file; each call opens its own connection (steps run on worker threads)."""
@@ -112,44 +120,12 @@ class OrderBook:
             db.execute("COMMIT")
 
     def apply_payment(self, event_id: str, order_id: str, step_id: str) -> Applied:
-        """Claim the order's fulfilment for this step's warehouse call, unless it must not ship."""
         with self._transaction() as db:
-            earlier = _applied(db, event_id, step_id)
-            if earlier is not None:
-                return earlier
-            refunded_by, claimed_key = _order(db, order_id)
-            if refunded_by is not None:
-                applied = Applied("already_refunded")
-            elif claimed_key is not None:
-                applied = Applied("already_fulfilled")
-            else:
-                applied = Applied("fulfil", step_id)
-                db.execute(
-                    "UPDATE orders SET fulfilment_key = ?, fulfilled_by = ? WHERE order_id = ?",
-                    (step_id, event_id, order_id),
-                )
-            _record(db, event_id, step_id, order_id, "payment_succeeded", applied)
-            return applied
+            return apply_payment_to(db, event_id, order_id, step_id)
 
     def apply_refund(self, event_id: str, order_id: str, step_id: str) -> Applied:
-        """Mark the order refunded; hand back the key of the fulfilment to cancel, if any."""
         with self._transaction() as db:
-            earlier = _applied(db, event_id, step_id)
-            if earlier is not None:
-                return earlier
-            refunded_by, claimed_key = _order(db, order_id)
-            if refunded_by is not None:
-                applied = Applied("already_refunded_by_other")
-            else:
-                db.execute(
-                    "UPDATE orders SET refunded_by = ? WHERE order_id = ?", (event_id, order_id)
-                )
-                if claimed_key is None:
-                    applied = Applied("nothing_to_cancel")
-                else:
-                    applied = Applied("cancel_fulfilment", claimed_key)
-            _record(db, event_id, step_id, order_id, "charge_refunded", applied)
-            return applied
+            return apply_refund_to(db, event_id, order_id, step_id)
 
     def applied_events(self, order_id: str | None = None) -> list[tuple[str, str, str]]:
         """(event id, type, decision) of every applied event, or of one order's, in order."""
@@ -157,6 +133,51 @@ class OrderBook:
         with closing(sqlite3.connect(self.path, timeout=30)) as db:
             rows = db.execute(query).fetchall()
         return [(e, t, d) for e, t, d, o in rows if order_id is None or o == order_id]
+
+
+def apply_payment_to(db: sqlite3.Connection, event_id: str, order_id: str, step_id: str) -> Applied:
+    """Claim the order's fulfilment for this step's warehouse call, unless it must not ship.
+
+    Runs inside the order book's write transaction: no other event of the order is applied
+    between the read and the write.
+    """
+    earlier = _applied(db, event_id, step_id)
+    if earlier is not None:
+        return earlier
+    refunded_by, claimed_key = _order(db, order_id)
+    if refunded_by is not None:
+        applied = Applied("already_refunded")
+    elif claimed_key is not None:
+        applied = Applied("already_fulfilled")
+    else:
+        # The key is written down before the call is made: a refund can cancel it by this key
+        # from now on, whether or not the call has reached the warehouse.
+        applied = Applied("fulfil", step_id)
+        db.execute(
+            "UPDATE orders SET fulfilment_key = ?, fulfilled_by = ? WHERE order_id = ?",
+            (step_id, event_id, order_id),
+        )
+    _record(db, event_id, step_id, order_id, "payment_succeeded", applied)
+    return applied
+
+
+def apply_refund_to(db: sqlite3.Connection, event_id: str, order_id: str, step_id: str) -> Applied:
+    """Mark the order refunded (for good: a later payment event ships nothing); hand back the
+    key of the fulfilment to cancel, if one was claimed."""
+    earlier = _applied(db, event_id, step_id)
+    if earlier is not None:
+        return earlier
+    refunded_by, claimed_key = _order(db, order_id)
+    if refunded_by is not None:
+        applied = Applied("already_refunded_by_other")
+    else:
+        db.execute("UPDATE orders SET refunded_by = ? WHERE order_id = ?", (event_id, order_id))
+        if claimed_key is None:
+            applied = Applied("nothing_to_cancel")
+        else:
+            applied = Applied("cancel_fulfilment", claimed_key)
+    _record(db, event_id, step_id, order_id, "charge_refunded", applied)
+    return applied
 
 
 def _applied(db: sqlite3.Connection, event_id: str, step_id: str) -> Applied | None:

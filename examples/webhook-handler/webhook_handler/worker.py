@@ -15,23 +15,15 @@ import asyncio
 import os
 import signal
 import sys
-import tempfile
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 from resonate.resonate import Resonate
 
-from webhook_handler.steps import OrderBook, Providers
+from webhook_handler.steps import OrderBook, Providers, data_dir
 from webhook_handler.workflow import WORKFLOW_RETRIES, deliver_in_order, handle_payment_event
 
 GROUP = "webhook-handler"
-
-
-def data_dir() -> Path:
-    """Where the order book lives: WEBHOOK_HANDLER_DATA_DIR, shared by every worker here."""
-    default = Path(tempfile.gettempdir()) / "webhook-handler-data"
-    return Path(os.environ.get("WEBHOOK_HANDLER_DATA_DIR", default))
 
 
 async def main() -> None:

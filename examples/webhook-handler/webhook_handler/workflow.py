@@ -121,7 +121,7 @@ async def handle_payment_event(ctx: Context, event: PaymentEvent) -> EventOutcom
         return outcome.model_copy(
             update={
                 "action": action,
-                "detail": shipped.reason or shipped.decision,
+                "detail": shipped.reason or (None if action == "fulfilled" else shipped.decision),
                 "shipment_id": shipped.shipment_id,
             }
         )
