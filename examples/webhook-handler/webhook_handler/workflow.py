@@ -85,12 +85,12 @@ class EventOutcome(BaseModel):
 
 
 # The warehouse and the email provider are retried on a 5xx, 408, 429, a timeout or a dropped
-# connection: 4 more attempts, 1, 2, 4 and 8 s apart (about 15 s), which rides out a restart or a
+# connection: 4 more attempts, 2, 4, 8 and 8 s apart (about 22 s), which rides out a restart or a
 # burst of 503s. The provider was answered 2xx long ago, so nobody waits on this but the order.
 # A refusal (any other 4xx) is returned by the step and never retried.
 PROVIDER_RETRIES = Exponential(delay=1, factor=2, max_retries=4, max_delay=8)
 # The order book is a local SQLite file: it fails only briefly (a lock held past its 30 s busy
-# timeout, a full disk being cleared). 5 more attempts, 2 to 16 s apart.
+# timeout, a full disk being cleared). 5 more attempts, 2, 4, 8, 16 and 16 s apart (about 46 s).
 BOOK_RETRIES = Exponential(delay=1, factor=2, max_retries=5, max_delay=16)
 # The workflow itself calls nothing: what fails before its first step (an argument that does not
 # decode, a bug) fails the same way every time, so it is never retried.
