@@ -36,6 +36,7 @@ from cookbook.sandbox.store import (
     Transaction,
     canonical_json,
 )
+from cookbook.sandbox.webhooks import WebhookSender, webhook_router
 
 PROVIDERS: Final[Mapping[str, tuple[str, ...]]] = {
     "flight": ("reserve", "cancel"),
@@ -340,15 +341,18 @@ def create_app(db_path: str | os.PathLike[str], *, narrate: bool = False) -> Fas
     # events (httpx.ASGITransport) work too.
     store = SandboxStore(db_path)
     faults = FaultRegistry()
+    webhooks = WebhookSender(narrate=narrate)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        await webhooks.close()
         store.close()
 
     app = FastAPI(title="Resonate cookbook provider sandbox", lifespan=lifespan)
     app.state.store = store
     app.state.faults = faults
+    app.state.webhooks = webhooks
     kill_switches: list[KillSwitch] = []
 
     @app.exception_handler(RequestValidationError)
@@ -401,6 +405,7 @@ def create_app(db_path: str | os.PathLike[str], *, narrate: bool = False) -> Fas
 
     # Registered before the catch-all provider route so /_admin/... is never a provider.
     app.include_router(admin)
+    app.include_router(webhook_router(webhooks))
 
     @app.post("/{provider}/{action}")
     async def provider_call(provider: str, action: str, request: Request) -> Response:
