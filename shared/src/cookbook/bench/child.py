@@ -22,6 +22,12 @@ from pathlib import Path
 
 from resonate.resonate import Resonate
 
+from cookbook.bench.concurrency import (
+    CONFIG_LABELS,
+    child_concurrency,
+    concurrency_worker,
+    parse_watch,
+)
 from cookbook.bench.steps import BACKENDS
 from cookbook.bench.workloads import BENCH_GROUP, WARMUP_STEPS, count, hold, optional, plain_count
 
@@ -131,8 +137,22 @@ def child_main(argv: Sequence[str]) -> None:
     steps.add_argument("n", type=int)
     steps.add_argument("--url")
     sub.add_parser("_worker")
+    concurrency = sub.add_parser("_concurrency")
+    concurrency.add_argument("config", choices=CONFIG_LABELS)
+    concurrency.add_argument("k", type=int)
+    concurrency.add_argument("workflows", type=int)
+    concurrency.add_argument("--url", help="the dev server's, or DBOS's Postgres database")
+    concurrency.add_argument("--watch", default="", help="role=pid+pid,... to read CPU time of")
+    sub.add_parser("_concurrency_worker")
     args = parser.parse_args(argv)
-    if args.command == "_steps":
-        _child_steps(args.backend, args.n, args.url)
-    else:
-        asyncio.run(_child_worker())
+    match args.command:
+        case "_steps":
+            _child_steps(args.backend, args.n, args.url)
+        case "_worker":
+            asyncio.run(_child_worker())
+        case "_concurrency":
+            child_concurrency(
+                args.config, args.k, args.workflows, args.url, parse_watch(args.watch)
+            )
+        case _:
+            asyncio.run(concurrency_worker())

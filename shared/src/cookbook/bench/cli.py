@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cookbook.bench.chart import chart
+from cookbook.bench.concurrency import LEVELS, measure_concurrency
 from cookbook.bench.floor import measure_floor
 from cookbook.bench.history import HISTORY_SIZES, measure_history
 from cookbook.bench.matrix import measure_crash_matrix
@@ -19,7 +20,7 @@ from cookbook.bench.recovery import measure_recovery
 from cookbook.bench.report import Results, markdown
 from cookbook.bench.steps import BACKENDS, STEP_COUNTS, measure_steps
 
-SECTIONS = ("steps", "recovery", "crash", "floor", "history")
+SECTIONS = ("steps", "concurrency", "recovery", "crash", "floor", "history")
 
 
 def run(
@@ -29,8 +30,12 @@ def run(
     only: Sequence[str] = SECTIONS,
     say: Callable[[str], None] = print,
     history_sizes: Sequence[int] = HISTORY_SIZES,
+    *,
+    concurrency_rounds: int = 3,
+    postgres: bool = False,
 ) -> Results:
     results = Results(datetime.now(UTC), rounds, kills)
+    results.concurrency_rounds = concurrency_rounds
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="work-", dir=out))  # the same disk as the results
@@ -41,6 +46,15 @@ def run(
         if "steps" in only:
             say(f"durable step overhead: {rounds} rounds x N in {STEP_COUNTS} x {BACKENDS} ...")
             results.steps = measure_steps(workdir, rounds, say)
+        if "concurrency" in only:
+            say(
+                f"concurrent throughput: {concurrency_rounds} rounds x K in {LEVELS}"
+                + (" (with DBOS + Postgres)" if postgres else "")
+                + " ..."
+            )
+            results.concurrency = measure_concurrency(
+                workdir, concurrency_rounds, say, postgres=postgres
+            )
         if "recovery" in only:
             say(f"recovery: {kills} kills per setting ...")
             results.recovery = measure_recovery(workdir, kills, say)
@@ -96,6 +110,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="history size in finished workflows (repeatable; default: 1000 and 10000; "
         "100000 takes about half an hour)",
     )
+    parser.add_argument(
+        "--concurrency-rounds",
+        type=int,
+        default=3,
+        help="rounds of the concurrent-throughput table (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="add DBOS + Postgres to the concurrent-throughput table (starts a throwaway "
+        "PostgreSQL server from /usr/lib/postgresql/15/bin)",
+    )
 
 
 def command(args: argparse.Namespace, say: Callable[[str], None] = print) -> int:
@@ -108,5 +134,7 @@ def command(args: argparse.Namespace, say: Callable[[str], None] = print) -> int
             args.only or SECTIONS,
             say,
             args.history or HISTORY_SIZES,
+            concurrency_rounds=args.concurrency_rounds,
+            postgres=args.postgres,
         )
     return 0

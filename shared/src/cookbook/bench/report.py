@@ -8,6 +8,7 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from cookbook.bench.concurrency import ConcurrencyFigures, concurrency_markdown
 from cookbook.bench.floor import FloorFigures
 from cookbook.bench.history import HISTORY_IN_FLIGHT, HISTORY_SPOT_CHECKS, HistoryFigures
 from cookbook.bench.matrix import MatrixFigures
@@ -27,6 +28,8 @@ class Results:
     matrix: MatrixFigures | None = None
     floor: list[FloorFigures] = field(default_factory=list)
     history: list[HistoryFigures] = field(default_factory=list)
+    concurrency: list[ConcurrencyFigures] = field(default_factory=list)
+    concurrency_rounds: int = 0
     seconds: float = 0.0
 
 
@@ -75,6 +78,8 @@ def markdown(results: Results) -> str:
             "synchronous=FULL.",
             "",
         ]
+    if results.concurrency:
+        lines += concurrency_markdown(results.concurrency, results.concurrency_rounds)
     if results.recovery:
         lines += [
             f"## Recovery: worker SIGKILLed mid-step -> first step on another worker "

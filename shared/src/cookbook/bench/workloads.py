@@ -76,3 +76,14 @@ def optional(module: str) -> Any:
             f"cookbook bench: {module} is not installed; run `make bench`, which installs the "
             "`bench` dependency group"
         ) from exc
+
+
+CONCURRENT_STEPS = 10
+
+
+async def ten_steps(ctx: Context, i: int) -> int:
+    """The concurrency workload: a workflow of ten durable no-op steps."""
+    total = 0
+    for step in range(CONCURRENT_STEPS):
+        total += await ctx.run(noop, step)
+    return total
