@@ -12,7 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cookbook.bench.chart import chart
-from cookbook.bench.concurrency import LEVELS, measure_concurrency
+from cookbook.bench.concurrency import (
+    DBOS_CONFIGS,
+    DEVSERVER_CONFIGS,
+    LEVELS,
+    measure_concurrency,
+)
 from cookbook.bench.floor import measure_floor
 from cookbook.bench.history import HISTORY_SIZES, measure_history
 from cookbook.bench.matrix import measure_crash_matrix
@@ -33,6 +38,7 @@ def run(
     *,
     concurrency_rounds: int = 3,
     postgres: bool = False,
+    concurrency_configs: Sequence[str] | None = None,
 ) -> Results:
     results = Results(datetime.now(UTC), rounds, kills)
     results.concurrency_rounds = concurrency_rounds
@@ -53,7 +59,7 @@ def run(
                 + " ..."
             )
             results.concurrency = measure_concurrency(
-                workdir, concurrency_rounds, say, postgres=postgres
+                workdir, concurrency_rounds, say, postgres=postgres, configs=concurrency_configs
             )
         if "recovery" in only:
             say(f"recovery: {kills} kills per setting ...")
@@ -117,6 +123,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rounds of the concurrent-throughput table (default: %(default)s)",
     )
     parser.add_argument(
+        "--concurrency-config",
+        action="append",
+        choices=[*DEVSERVER_CONFIGS, *DBOS_CONFIGS],
+        help="run only this configuration of the concurrent-throughput table (repeatable)",
+    )
+    parser.add_argument(
         "--postgres",
         action="store_true",
         help="add DBOS + Postgres to the concurrent-throughput table (starts a throwaway "
@@ -136,5 +148,6 @@ def command(args: argparse.Namespace, say: Callable[[str], None] = print) -> int
             args.history or HISTORY_SIZES,
             concurrency_rounds=args.concurrency_rounds,
             postgres=args.postgres,
+            concurrency_configs=args.concurrency_config,
         )
     return 0

@@ -59,7 +59,7 @@ DBOS_QUEUE_POLLING_SECONDS = 0.01
 
 def workflows_for(k: int) -> int:
     """Workflows per timed run: enough for a steady state, few enough to keep DBOS's run short."""
-    return max(50, 3 * k)
+    return max(30, 2 * k)
 
 
 @dataclass
@@ -104,8 +104,30 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (PostgreSQL runs a process per connection)."""
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{current}/task/{current}/children").read_text()
+            pending += [int(child) for child in children.split()]
+    return tree
+
+
 def _cpu_of(watched: dict[str, list[int]]) -> dict[str, float]:
-    return {role: sum(cpu_seconds(pid) for pid in pids) for role, pids in watched.items()}
+    """CPU seconds per role, each summed over its processes and their children (a child that
+    exits within the window takes its time with it: for PostgreSQL's per-connection backends,
+    which DBOS's pool keeps open, that does not happen)."""
+    cpu = {}
+    for role, pids in watched.items():
+        total = 0.0
+        for pid in (p for root in pids for p in process_tree(root)):
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(pid)
+        cpu[role] = total
+    return cpu
 
 
 def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -149,7 +171,9 @@ async def resonate_concurrent(
     return ConcurrencyRun(seconds, workflows * CONCURRENT_STEPS, _cpu_delta(before, after))
 
 
-def dbos_concurrent(mode: str, k: int, workflows: int, database_url: str | None) -> ConcurrencyRun:
+def dbos_concurrent(
+    mode: str, k: int, workflows: int, database_url: str | None, watched: dict[str, list[int]]
+) -> ConcurrencyRun:
     """DBOS in this process: `workflows` workflows with K in flight, by its queue or by handles."""
     workdir = Path(tempfile.mkdtemp(prefix="cookbook-bench-dbos-"))
     if database_url is None:
@@ -204,11 +228,11 @@ def dbos_concurrent(mode: str, k: int, workflows: int, database_url: str | None)
                     assert in_flight.popleft().get_result() == EXPECTED_RESULT
 
             drive(max(k, 5))
-            before = {"client": time.process_time()}
+            before = _cpu_of(watched) | {"client": time.process_time()}
             started = time.perf_counter()
             drive(workflows)
             seconds = time.perf_counter() - started
-            after = {"client": time.process_time()}
+            after = _cpu_of(watched) | {"client": time.process_time()}
         finally:
             dbos.destroy()
     finally:
@@ -239,7 +263,7 @@ def child_concurrency(
         run = asyncio.run(resonate_concurrent(url, k, workflows, watched))
     else:
         mode = config.rsplit("-", 1)[1]
-        run = dbos_concurrent(mode, k, workflows, url)
+        run = dbos_concurrent(mode, k, workflows, url, watched)
     print(json.dumps({"seconds": run.seconds, "steps": run.steps, "cpu": run.cpu}), flush=True)
 
 
@@ -300,11 +324,14 @@ def measure_concurrency(
     *,
     postgres: bool = False,
     levels: Sequence[int] = LEVELS,
+    configs: Sequence[str] | None = None,
 ) -> list[ConcurrencyFigures]:
-    configs = [*DEVSERVER_CONFIGS, *DBOS_CONFIGS, *(POSTGRES_CONFIGS if postgres else ())]
+    """Every configuration (or those in `configs`, and Postgres's if asked), `rounds` times."""
+    chosen = [*DEVSERVER_CONFIGS, *DBOS_CONFIGS] if configs is None else list(configs)
+    configs = [*chosen, *(POSTGRES_CONFIGS if postgres else ())]
     figures = {(c, k): ConcurrencyFigures(c, k) for c in configs for k in levels}
     with contextlib.ExitStack() as stack:
-        database_url = stack.enter_context(postgres_server()) if postgres else ""
+        database = stack.enter_context(postgres_server()) if postgres else None
         for round_ in range(1, rounds + 1):
             for k in levels:
                 for config in configs:
@@ -313,7 +340,8 @@ def measure_concurrency(
                     else:
                         argv = ["_concurrency", config, str(k), str(workflows_for(k))]
                         if config.startswith("dbos-pg"):
-                            argv += ["--url", database_url]
+                            assert database is not None
+                            argv += ["--url", database.url, "--watch", f"server={database.pid}"]
                         run = _run_child(argv)
                     figures[config, k].runs.append(run)
                     cpu = "  ".join(
@@ -401,7 +429,7 @@ def concurrency_markdown(results: Sequence[ConcurrencyFigures], rounds: int) -> 
     lines += [
         "",
         f"Each run: fresh processes and a fresh data directory, max(K, 5) warm-up workflows, "
-        "then the timed workflows (max(50, 3K)) with K in flight. The dev server configurations "
+        "then the timed workflows (max(30, 2K)) with K in flight. The dev server configurations "
         "have a client process that keeps K workflows in flight (`rpc` to the workers' group, "
         "then each result) and one or two worker processes; the dev server fsyncs every change "
         "before answering, sharing one fsync among the requests that arrive together (group "

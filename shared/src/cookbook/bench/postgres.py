@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 POSTGRES_BIN = Path(os.environ.get("COOKBOOK_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
@@ -35,9 +36,15 @@ def _as_server_user(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv]
 
 
+@dataclass(frozen=True)
+class PostgresServer:
+    url: str  # postgresql://...
+    pid: int  # the process started (runuser, as root), whose descendants are the server's
+
+
 @contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yield a database URL (`postgresql://...`) of a fresh server; stop it on the way out.
+def postgres_server() -> Iterator[PostgresServer]:
+    """Yield a fresh server; stop it on the way out.
 
     Its directory is a temporary one of its own: the `postgres` user must be able to reach it,
     which the bench's private work directory does not allow.
@@ -100,7 +107,7 @@ def postgres_server() -> Iterator[str]:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"postgres did not start on port {port}")
             time.sleep(0.1)
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield PostgresServer(f"postgresql://postgres@127.0.0.1:{port}/postgres", server.pid)
     finally:
         # runuser forwards the signal to postgres; SIGINT is its "fast shutdown". The process
         # group (its own session) is signalled so nothing is left if runuser itself went away.
