@@ -1,7 +1,7 @@
 """Group commit: concurrent requests share an fsync, and none is answered before it is durable.
 
-The log's fsync is made slow here (a loaded disk), which is when the server hands it to a thread
-and goes on reading requests meanwhile: exactly when answering early would be easy to get wrong.
+The log's fsync is also made slow here (a loaded disk: 20 ms), so that requests pile up behind
+it and share the next one, and an answer sent before its fsync would be seen.
 """
 
 from __future__ import annotations

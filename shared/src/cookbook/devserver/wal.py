@@ -14,7 +14,6 @@ import asyncio
 import fcntl
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -22,11 +21,6 @@ from typing import Any, BinaryIO, TextIO
 import msgspec
 
 type Record = dict[str, Any]
-
-# Above this fsync time (a moving average) the log fsyncs in a thread rather than on the loop.
-SLOW_FSYNC_SECONDS = 0.002
-# Weight of each new fsync time in the moving average: a few slow ones switch over.
-FSYNC_SMOOTHING = 0.2
 
 
 class LogInUseError(RuntimeError):
@@ -69,7 +63,6 @@ class WriteAheadLog:
         self._appended = 0  # sequence number of the last appended record
         self._synced = 0  # sequence number of the last record known to be on disk
         self._flush: asyncio.Task[None] | None = None
-        self._fsync_seconds = 0.0  # moving average of recent fsync times
         self._lock: TextIO | None = None
 
     def lock(self) -> None:
@@ -194,33 +187,13 @@ class WriteAheadLog:
             target = self._appended
             self._file.flush()
             if self._fsync:
-                if self._fsync_seconds < SLOW_FSYNC_SECONDS:
-                    # A fast disk (~0.1-0.3 ms): on the event loop. Handing it to a thread and
-                    # waking the loop back up cost as much again in CPU (two context switches,
-                    # the GIL): 0.3 ms of server CPU per durable step at one request per flush.
-                    # Requests that arrive meanwhile wait in the socket and share the next flush.
-                    started = time.perf_counter()
-                    os.fsync(self._file.fileno())
-                    took = time.perf_counter() - started
-                else:
-                    # A slow disk (a loaded machine: 10-20 ms seen): in a thread, so that the loop
-                    # goes on reading and applying the requests that arrive meanwhile - the next
-                    # group - instead of leaving the disk idle while it does. A duplicate of the
-                    # descriptor, so that a rotation closing the file cannot pull it away.
-                    fd = os.dup(self._file.fileno())
-                    took = await asyncio.to_thread(_timed_fsync, fd)
-                self._fsync_seconds += (took - self._fsync_seconds) * FSYNC_SMOOTHING
-            # A rotation meanwhile may already have made more durable than this flush did.
-            self._synced = max(self._synced, target)
+                # On the event loop, not in a thread: on the disks this runs on an fsync takes
+                # ~0.1-0.3 ms, and handing it to a thread and waking the loop back up cost as much
+                # again in CPU (two context switches, the GIL): 0.3 ms of server CPU per durable
+                # step. Requests that arrive meanwhile wait in the socket and share the next
+                # flush, so under load this still commits in groups. The price: on a disk whose
+                # fsync takes tens of milliseconds, the loop (SSE pings, reads) waits that long.
+                os.fsync(self._file.fileno())
+            self._synced = target
         finally:
             self._flush = None
-
-
-def _timed_fsync(fd: int) -> float:
-    """fsync and close `fd` (a duplicate); return how long the fsync took."""
-    try:
-        started = time.perf_counter()
-        os.fsync(fd)
-        return time.perf_counter() - started
-    finally:
-        os.close(fd)
