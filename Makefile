@@ -70,7 +70,7 @@ crash-%: setup ## run an example's crash matrix (e.g. make crash-hello)
 	@$(COOKBOOK) crash $*
 
 .PHONY: bench
-bench: setup ## benchmark vs DBOS+SQLite, recovery, crash-matrix speed -> bench-results/ (ARGS=...)
+bench: setup ## benchmark vs DBOS: step overhead, concurrency, recovery, crash-matrix speed -> bench-results/ (ARGS="--postgres" adds DBOS+Postgres)
 	@$(uv) sync --frozen --all-packages --quiet --group dev --group bench
 	@$(COOKBOOK) bench $(ARGS)
 

@@ -36,7 +36,7 @@ def run(
     say: Callable[[str], None] = print,
     history_sizes: Sequence[int] = HISTORY_SIZES,
     *,
-    concurrency_rounds: int = 3,
+    concurrency_rounds: int = 2,
     postgres: bool = False,
     concurrency_configs: Sequence[str] | None = None,
 ) -> Results:
@@ -119,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency-rounds",
         type=int,
-        default=3,
+        default=2,
         help="rounds of the concurrent-throughput table (default: %(default)s)",
     )
     parser.add_argument(

@@ -436,8 +436,9 @@ def concurrency_markdown(results: Sequence[ConcurrencyFigures], rounds: int) -> 
         "commit). DBOS runs all in one process (its executor given a thread per workflow in "
         "flight); its queue is polled every "
         f"{DBOS_QUEUE_POLLING_SECONDS * 1000:.0f} ms (default 1 s). CPU is user + system "
-        "seconds over the timed window divided by the steps (DBOS: its one process, in the "
-        "last column).",
+        "seconds over the timed window divided by the steps (DBOS: its one process in the "
+        "last column, PostgreSQL's processes in the server column). vs DBOS+SQLite: against "
+        "the faster of its two modes at the same K.",
         "",
     ]
     return lines
