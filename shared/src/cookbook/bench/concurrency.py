@@ -18,6 +18,8 @@ import collections
 import contextlib
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -236,16 +238,12 @@ def dbos_concurrent(
         finally:
             dbos.destroy()
     finally:
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
     return ConcurrencyRun(seconds, workflows * CONCURRENT_STEPS, _cpu_delta(before, after))
 
 
 async def concurrency_worker() -> None:
     """A dev server worker for the concurrency runs: executes `ten_steps` until stopped."""
-    import signal
-
     resonate = Resonate(url=os.environ["RESONATE_URL"], group=CONCURRENCY_GROUP)
     resonate.register(ten_steps)
     stop = asyncio.Event()
