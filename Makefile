@@ -73,7 +73,7 @@ chaos-%: setup ## chaos run: executions through the entry point, random SIGKILLs
 	@$(COOKBOOK) chaos $* $(if $(SEED),--seed $(SEED)) $(if $(EXECUTIONS),--executions $(EXECUTIONS)) $(if $(KILLS),--kills $(KILLS)) $(if $(SECONDS),--seconds $(SECONDS))
 
 .PHONY: bench
-bench: setup ## benchmark vs DBOS+SQLite, recovery, crash-matrix speed -> bench-results/ (ARGS=...)
+bench: setup ## benchmark vs DBOS: step overhead, concurrency, recovery, crash-matrix speed -> bench-results/ (ARGS="--postgres" adds DBOS+Postgres)
 	@$(uv) sync --frozen --all-packages --quiet --group dev --group bench
 	@$(COOKBOOK) bench $(ARGS)
 

@@ -182,3 +182,32 @@ def test_an_embedded_server_on_a_reachable_host_without_a_token_is_refused(
     with pytest.raises(ValueError, match="without a token"):
         DevServer(DevServerConfig(data_dir=tmp_path, host="0.0.0.0"))
     DevServer(DevServerConfig(data_dir=tmp_path, host="0.0.0.0", tokens=(TOKEN,)))
+
+
+@pytest.mark.parametrize("key", ["auth", "\\u0061uth"], ids=["plain", "escaped"])
+def test_a_nested_token_is_never_logged_however_its_key_is_spelled(
+    tmp_path: Path, key: str
+) -> None:
+    # JSON may spell a key with escapes; the server skips its credential walk for a body with
+    # neither the word nor a backslash in it, so an escaped `auth` must still be found.
+    body = (
+        '{"kind":"promise.create","head":{"corrId":"c-nested","version":"2026-04-01"},'
+        '"data":{"id":"nested","timeoutAt":9007199254740992,"tags":{},'
+        f'"param":{{"head":{{"{key}":"Bearer {TOKEN}"}}}}}}}}'
+    ).encode()
+
+    async def post() -> None:
+        server = DevServer(DevServerConfig(data_dir=tmp_path / "data"))
+        url = await server.start()
+        try:
+            async with httpx.AsyncClient(base_url=url) as client:
+                answer = (await client.post("/", content=body)).json()
+            assert answer["head"]["status"] == 201, answer
+        finally:
+            await server.stop()
+
+    asyncio.run(post())
+
+    written = b"".join(f.read_bytes() for f in (tmp_path / "data").rglob("*") if f.is_file())
+    assert b"c-nested" in written
+    assert TOKEN.encode() not in written

@@ -77,6 +77,9 @@ class Archive:
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'OFF'}")
         self._db.executescript(SCHEMA)
         self._cache: OrderedDict[int, ArchivedBranch] = OrderedDict()
+        # Kept in memory: until the first compaction the archive is empty, and every lookup of a
+        # promise that is not in memory (each create of a new id) can skip the query.
+        self._last_row = self.last_row()
 
     def close(self) -> None:
         self._db.close()
@@ -97,6 +100,7 @@ class Archive:
         dropped = self._db.execute("DELETE FROM branches WHERE row > ?", (row,)).rowcount
         self._db.execute("COMMIT")
         self._cache.clear()
+        self._last_row = self.last_row()
         return int(dropped)
 
     # -- writes -------------------------------------------------------------------------------
@@ -131,7 +135,8 @@ class Archive:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return self.last_row()
+        self._last_row = self.last_row()
+        return self._last_row
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -149,6 +154,8 @@ class Archive:
         return branch
 
     def _row_of(self, promise_id: str) -> int | None:
+        if self._last_row == 0:
+            return None
         found = self._db.execute("SELECT row FROM ids WHERE id = ?", (promise_id,)).fetchone()
         return int(found[0]) if found is not None else None
 
