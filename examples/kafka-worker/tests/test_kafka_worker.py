@@ -13,6 +13,7 @@ promises and journal, and the dead-letter topic.
 from __future__ import annotations
 
 import asyncio
+import importlib.abc
 import os
 import secrets
 import sys
@@ -108,6 +109,44 @@ def test_a_refused_report_is_stated_once_and_a_failing_one_is_retried(
     else:
         assert result["receipt"] is None
         assert result["report_refused"].startswith(refusal)
+
+
+class _ImportWatcher(importlib.abc.MetaPathFinder):
+    """Notes every module an import statement had to search for (one not in sys.modules)."""
+
+    def __init__(self) -> None:
+        self.searched: list[str] = []
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        self.searched.append(name)
+
+
+def test_a_report_request_searches_sys_path_for_no_module(sandbox: RunningSandbox) -> None:
+    # httpcore imports sniffio on every request; were it not installed, every report would
+    # search the whole sys.path for it again (a third of a worker's CPU time under load).
+    watcher = _ImportWatcher()
+    prefix = f"imports-{secrets.token_hex(4)}"
+
+    async def report(client: httpx.AsyncClient, n: int) -> None:
+        response = await client.post(
+            "/api/call",
+            json={"event": "user-data-deleted", "user_id": "ada", "rows": 80},
+            headers={"Idempotency-Key": f"{prefix}:{n}"},
+        )
+        response.raise_for_status()
+
+    async def reports() -> None:
+        async with httpx.AsyncClient(base_url=sandbox.url) as client:
+            await report(client, 0)  # the first request imports what requests need, once
+            sys.meta_path.insert(0, watcher)
+            try:
+                for n in range(1, 6):
+                    await report(client, n)
+            finally:
+                sys.meta_path.remove(watcher)
+
+    asyncio.run(reports())
+    assert watcher.searched == []
 
 
 @pytest.fixture
