@@ -123,7 +123,7 @@ class _ImportWatcher(importlib.abc.MetaPathFinder):
 
 def test_a_report_request_searches_sys_path_for_no_module(sandbox: RunningSandbox) -> None:
     # httpcore imports sniffio on every request; were it not installed, every report would
-    # search the whole sys.path for it again (a third of a worker's CPU time under load).
+    # search the whole sys.path for it again (a quarter of a worker's CPU time, profiled).
     watcher = _ImportWatcher()
     prefix = f"imports-{secrets.token_hex(4)}"
 
