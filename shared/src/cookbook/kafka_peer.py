@@ -107,18 +107,15 @@ def measure_dbos(records: int, threads: int | None = None) -> KafkaFigures:
     workdir = Path(tempfile.mkdtemp(prefix="cookbook-kafka-peer-"))
     try:
         kafka, bootstrap = kafka_process()
-        with stopping([kafka.start(), sandbox_process(workdir / "sandbox.db").start()]) as up:
-            argv = [sys.executable, "-m", "cookbook.kafka_peer", "_dbos"]
-            argv += [
-                bootstrap,
-                url_of(up[1]),
-                str(workdir / "dbos"),
-                str(records),
-                str(threads or 0),
-            ]
-            sandbox_before = _cpu_seconds(up[1].pid)
+        sandbox = sandbox_process(workdir / "sandbox.db")
+        with stopping([kafka, sandbox]):
+            kafka.start()
+            sandbox.start()
+            argv = [sys.executable, "-m", "cookbook.kafka_peer", "_dbos", bootstrap]
+            argv += [url_of(sandbox), str(workdir / "dbos"), str(records), str(threads or 0)]
+            sandbox_before = _cpu_seconds(sandbox.pid)
             child = subprocess.run(argv, capture_output=True, text=True, check=False)
-            sandbox_cpu = _cpu_seconds(up[1].pid) - sandbox_before
+            sandbox_cpu = _cpu_seconds(sandbox.pid) - sandbox_before
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if child.returncode != 0:
