@@ -16,7 +16,9 @@ import asyncio
 import importlib.abc
 import os
 import secrets
+import sqlite3
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +149,51 @@ def test_a_report_request_searches_sys_path_for_no_module(sandbox: RunningSandbo
 
     asyncio.run(reports())
     assert watcher.searched == []
+
+
+def test_the_store_opens_one_connection_per_thread_not_per_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = UserData(tmp_path)
+    opened: list[str] = []
+    connect = sqlite3.connect
+
+    def counting_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(threading.current_thread().name)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", counting_connect)
+
+    def delete_for(user_id: str) -> None:
+        ids = store.row_ids(user_id)
+        store.delete_range(user_id, f"{user_id}:2", user_id, ids[0], ids[49])
+        store.delete_range(user_id, f"{user_id}:3", user_id, ids[50], ids[-1])
+        assert store.rows_left(user_id) == 0
+
+    for n in range(3):
+        delete_for(f"ada-{n}")
+    worker = threading.Thread(target=delete_for, args=("grace",), name="another-thread")
+    worker.start()
+    worker.join()
+
+    assert opened == [threading.current_thread().name, "another-thread"]
+    assert [e.rows for e in store.erasures("grace")] == [50, 30]
+
+
+def test_a_failed_transaction_leaves_the_kept_connection_usable(tmp_path: Path) -> None:
+    store = UserData(tmp_path)
+    ids = store.row_ids("ada")
+    # The erasure log refuses its entry after the DELETE ran, inside the same transaction:
+    # nothing of it may stay, and the thread's kept connection must not stay in it.
+    failing = UserData(tmp_path)
+    failing._connection().execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON erasure_log"
+        " BEGIN SELECT RAISE(ABORT, 'the log refused'); END"
+    )
+    with pytest.raises(sqlite3.DatabaseError, match="the log refused"):
+        failing.delete_range("erase-1", "erase-1:2", "ada", ids[0], ids[49])
+    assert failing.rows_left("ada") == 80
+    assert failing.row_ids("ada") == ids  # a new transaction on the same connection
 
 
 @pytest.fixture
