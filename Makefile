@@ -149,5 +149,6 @@ new: setup ## scaffold a new example from the template: make new NAME=<name>
 	@$(COOKBOOK) docs --example $(NAME)
 
 .PHONY: bench-kafka
-bench-kafka: setup ## kafka-worker throughput: 1000 records, produced -> deletion completed
-	@$(COOKBOOK) run kafka-worker --also kafka_worker.consumer --client "kafka_worker.bench 1000"
+bench-kafka: setup ## kafka-worker vs DBOS's Kafka consumer: 1000 records, produced -> deletion completed (ARGS=...)
+	@$(uv) sync --frozen --all-packages --quiet --group dev --group bench
+	@$(BIN)/python -m cookbook.kafka_peer $(ARGS)

@@ -41,7 +41,7 @@ async def main(count: int) -> None:
         await resonate.stop()
     print(
         f"{count} records published in {published:.2f}s, every deletion completed after "
-        f"{elapsed:.1f}s: {count / elapsed:.1f} records/s end to end"
+        f"{elapsed:.2f}s: {count / elapsed:.1f} records/s end to end"
     )
 
 

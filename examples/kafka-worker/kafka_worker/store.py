@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -62,12 +63,18 @@ class Erasure:
 
 
 class UserData:
-    """The store. Each call opens its own connection, so any thread or process may use it."""
+    """The store. Any thread or process may use it: each thread has a connection of its own.
+
+    The connection is kept for the thread's next call rather than opened per call: opening them
+    (and closing the last one, which checkpoints the WAL) cost 5 ms of CPU per deletion where
+    its statements cost 0.4 ms (the store alone, measured); in a worker, 1.4 ms of its 11.
+    """
 
     def __init__(self, directory: Path, sample_rows: int = SAMPLE_ROWS) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "users.db"
         self.sample_rows = sample_rows
+        self._per_thread = threading.local()
         with closing(self._connect()) as db:
             # WAL lets readers go on while a worker writes; the setting stays with the file.
             db.execute("PRAGMA journal_mode = WAL")
@@ -83,18 +90,28 @@ class UserData:
         db.execute("PRAGMA synchronous = NORMAL")
         return db
 
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (in autocommit mode: transactions are explicit)."""
+        db: sqlite3.Connection | None = getattr(self._per_thread, "db", None)
+        if db is None:
+            db = self._per_thread.db = self._connect()
+        return db
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock up front: two workers planning the same user
         # cannot both add its sample rows.
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
             db.execute("COMMIT")
+        except BaseException:
+            # Also after a failed COMMIT: the connection is kept, so it must not stay in the
+            # transaction (the next BEGIN would fail, and its lock would block every writer).
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def row_ids(self, user_id: str) -> list[int]:
         """The ids of the user's rows, in order (adding the sample rows to a user with none)."""
@@ -131,18 +148,18 @@ class UserData:
             return deleted
 
     def rows_left(self, user_id: str) -> int:
-        with closing(self._connect()) as db:
-            (count,) = db.execute(
-                "SELECT count(*) FROM user_rows WHERE user_id = ?", (user_id,)
-            ).fetchone()
-            return int(count)
+        (count,) = (
+            self._connection()
+            .execute("SELECT count(*) FROM user_rows WHERE user_id = ?", (user_id,))
+            .fetchone()
+        )
+        return int(count)
 
     def erasures(self, execution_id: str) -> list[Erasure]:
         """What the steps of one execution deleted, in order."""
-        with closing(self._connect()) as db:
-            cursor = db.execute(
-                "SELECT step_id, user_id, first_id, last_id, rows, execution_id"
-                " FROM erasure_log WHERE execution_id = ? ORDER BY rowid",
-                (execution_id,),
-            )
-            return [Erasure(*row) for row in cursor]
+        cursor = self._connection().execute(
+            "SELECT step_id, user_id, first_id, last_id, rows, execution_id"
+            " FROM erasure_log WHERE execution_id = ? ORDER BY rowid",
+            (execution_id,),
+        )
+        return [Erasure(*row) for row in cursor]

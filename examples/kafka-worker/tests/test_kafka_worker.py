@@ -13,9 +13,12 @@ promises and journal, and the dead-letter topic.
 from __future__ import annotations
 
 import asyncio
+import importlib.abc
 import os
 import secrets
+import sqlite3
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +111,89 @@ def test_a_refused_report_is_stated_once_and_a_failing_one_is_retried(
     else:
         assert result["receipt"] is None
         assert result["report_refused"].startswith(refusal)
+
+
+class _ImportWatcher(importlib.abc.MetaPathFinder):
+    """Notes every module an import statement had to search for (one not in sys.modules)."""
+
+    def __init__(self) -> None:
+        self.searched: list[str] = []
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        self.searched.append(name)
+
+
+def test_a_report_request_searches_sys_path_for_no_module(sandbox: RunningSandbox) -> None:
+    # httpcore imports sniffio on every request; were it not installed, every report would
+    # search the whole sys.path for it again (a quarter of a worker's CPU time, profiled).
+    watcher = _ImportWatcher()
+    prefix = f"imports-{secrets.token_hex(4)}"
+
+    async def report(client: httpx.AsyncClient, n: int) -> None:
+        response = await client.post(
+            "/api/call",
+            json={"event": "user-data-deleted", "user_id": "ada", "rows": 80},
+            headers={"Idempotency-Key": f"{prefix}:{n}"},
+        )
+        response.raise_for_status()
+
+    async def reports() -> None:
+        async with httpx.AsyncClient(base_url=sandbox.url) as client:
+            await report(client, 0)  # the first request imports what requests need, once
+            sys.meta_path.insert(0, watcher)
+            try:
+                for n in range(1, 6):
+                    await report(client, n)
+            finally:
+                sys.meta_path.remove(watcher)
+
+    asyncio.run(reports())
+    assert watcher.searched == []
+
+
+def test_the_store_opens_one_connection_per_thread_not_per_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = UserData(tmp_path)
+    opened: list[str] = []
+    connect = sqlite3.connect
+
+    def counting_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(threading.current_thread().name)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", counting_connect)
+
+    def delete_for(user_id: str) -> None:
+        ids = store.row_ids(user_id)
+        store.delete_range(user_id, f"{user_id}:2", user_id, ids[0], ids[49])
+        store.delete_range(user_id, f"{user_id}:3", user_id, ids[50], ids[-1])
+        assert store.rows_left(user_id) == 0
+
+    for n in range(3):
+        delete_for(f"ada-{n}")
+    worker = threading.Thread(target=delete_for, args=("grace",), name="another-thread")
+    worker.start()
+    worker.join()
+
+    assert opened == [threading.current_thread().name, "another-thread"]
+    assert [e.rows for e in store.erasures("grace")] == [50, 30]
+
+
+def test_a_failed_transaction_leaves_the_kept_connection_usable(tmp_path: Path) -> None:
+    store = UserData(tmp_path)
+    ids = store.row_ids("ada")
+    # The erasure log refuses its entry after the DELETE ran, inside the same transaction:
+    # nothing of it may stay, and the thread's kept connection must not stay in it.
+    failing = UserData(tmp_path)
+    failing._connection().execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON erasure_log"
+        " BEGIN SELECT RAISE(ABORT, 'the log refused'); END"
+    )
+    with pytest.raises(sqlite3.DatabaseError, match="the log refused"):
+        failing.delete_range("erase-1", "erase-1:2", "ada", ids[0], ids[49])
+    assert failing.rows_left("ada") == 80
+    assert failing.row_ids("ada") == ids  # a new transaction on the same connection
 
 
 @pytest.fixture
