@@ -151,4 +151,4 @@ new: setup ## scaffold a new example from the template: make new NAME=<name>
 .PHONY: bench-kafka
 bench-kafka: setup ## kafka-worker vs DBOS's Kafka consumer: 1000 records, produced -> deletion completed (ARGS=...)
 	@$(uv) sync --frozen --all-packages --quiet --group dev --group bench
-	@$(BIN)/python -m cookbook.kafka_peer $(ARGS)
+	@$(BIN)/python -m cookbook.bench.kafka $(ARGS)

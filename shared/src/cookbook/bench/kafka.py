@@ -111,7 +111,7 @@ def measure_dbos(records: int, threads: int | None = None) -> KafkaFigures:
         with stopping([kafka, sandbox]):
             kafka.start()
             sandbox.start()
-            argv = [sys.executable, "-m", "cookbook.kafka_peer", "_dbos", bootstrap]
+            argv = [sys.executable, "-m", "cookbook.bench.kafka", "_dbos", bootstrap]
             argv += [url_of(sandbox), str(workdir / "dbos"), str(records), str(threads or 0)]
             sandbox_before = _cpu_seconds(sandbox.pid)
             child = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -269,7 +269,7 @@ def _optional(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise SystemExit(
-            f"cookbook.kafka_peer: {module} is not installed; run `make bench-kafka`, which "
+            f"cookbook.bench.kafka: {module} is not installed; run `make bench-kafka`, which "
             "installs the `bench` dependency group"
         ) from exc
 
@@ -299,7 +299,7 @@ def main(argv: Sequence[str]) -> None:
         bootstrap, provider_url, workdir, records, threads = argv[1:6]
         _dbos_child(bootstrap, provider_url, Path(workdir), int(records), int(threads) or None)
         return
-    parser = argparse.ArgumentParser(prog="python -m cookbook.kafka_peer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m cookbook.bench.kafka", description=__doc__)
     parser.add_argument("--records", type=int, default=RECORDS)
     parser.add_argument(
         "--workers", type=int, default=1, help="kafka-worker worker processes (default 1)"
