@@ -96,13 +96,14 @@ def made_up_repository(root: Path, readme_body: str) -> Path:
 
 def test_links_to_source_files_folders_and_readmes_become_site_pages(tmp_path: Path) -> None:
     root = made_up_repository(
-        tmp_path / "repo", "[code](demo/workflow.py), [back](../../README.md#how-it-works)"
+        tmp_path / "repo",
+        "[code](demo/workflow.py), [back over\ntwo lines](../../README.md#how-it-works)",
     )
     result = site.build(root, tmp_path / "out", tmp_path / "src", CACHE)
     assert result.returncode == 0, result.stdout + result.stderr
     page = (tmp_path / "src" / "docs" / "examples" / "demo.md").read_text()
     assert "[code](../source/examples/demo/demo/workflow.py.md)" in page
-    assert "[back](../toolkit/how-it-works.md#how-it-works)" in page
+    assert "[back over\ntwo lines](../toolkit/how-it-works.md#how-it-works)" in page
 
 
 def test_a_broken_link_fails_the_strict_build(tmp_path: Path) -> None:

@@ -65,7 +65,8 @@ IMAGES = {".png", ".svg", ".jpg", ".jpeg", ".gif"}
 SKIPPED_PARTS = {"__pycache__", ".venv", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 
 FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
-LINK = re.compile(r"(?P<head>!?\[[^\]\n]*\]\()(?P<target>[^)\s]+)(?P<tail>\))")
+# The text of a link may wrap over lines; its target may not.
+LINK = re.compile(r"(?P<head>!?\[[^\]]*\]\()(?P<target>[^)\s]+)(?P<tail>\))")
 HEADING = re.compile(r"^(?P<level>#{1,6}) +(?P<title>.+?)[ \t]*$", re.MULTILINE)
 
 
@@ -194,7 +195,8 @@ class Site:
     def listing(self, repo_path: str, page: str) -> str:
         lines = [f"# {repo_path}/", ""]
         for child in sorted((self.root / repo_path).iterdir(), key=lambda p: (p.is_file(), p.name)):
-            if child.name in SKIPPED_PARTS or child.suffix == ".pyc":
+            # MkDocs leaves dotfiles (.gitignore) out of a site: no page for them either.
+            if child.name in SKIPPED_PARTS or child.suffix == ".pyc" or child.name.startswith("."):
                 continue
             child_path = f"{repo_path}/{child.name}"
             target = self.target_page(child_path, "")
