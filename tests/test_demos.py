@@ -1,4 +1,7 @@
-"""Every example's `make run-<example>` works as its README shows it (CRASH= included)."""
+"""Every example's `make run-<example>` works as its README shows it (CRASH= included), and works
+copied out: each demo runs from a copy of the example's folder alone, installed from its own
+pyproject.toml into a fresh venv outside the workspace (`--copy-out`, cookbook.copyout), so an
+example that silently borrows a module, a file or a dependency from the workspace fails here."""
 
 from __future__ import annotations
 
@@ -46,9 +49,10 @@ def documented_runs() -> list[object]:
 def cookbook_run(
     example: str, crash: str | None, tmp: Path, skip_time: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """`make run-<example> [CRASH=...] [SKIP_TIME=1]`, with a TMPDIR of its own, so that what a
-    demo keeps in temporary files is not shared with a demo another test process is running."""
-    command = [COOKBOOK, "run", example, *(["--crash", crash] if crash else [])]
+    """`make run-<example> COPY_OUT=1 [CRASH=...] [SKIP_TIME=1]`, with a TMPDIR of its own (where
+    the copy goes too), so that what a demo keeps in temporary files is not shared with a demo
+    another test process is running."""
+    command = [COOKBOOK, "run", example, "--copy-out", *(["--crash", crash] if crash else [])]
     command += ["--skip-time"] if skip_time else []
     environ = {k: v for k, v in os.environ.items() if k != "RESONATE_URL"}
     with subprocess.Popen(
@@ -78,6 +82,7 @@ def test_the_demo_runs_as_its_readme_says(
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     assert "Traceback" not in output, output
+    assert f"· copied out: {tmp_path}" in run.stdout, output
     assert run.stdout.rstrip().splitlines()[-1].endswith("every process stopped"), output
     if crash:
         assert f"💥 worker-1 was SIGKILLed: {crash} acted" in run.stdout, output
