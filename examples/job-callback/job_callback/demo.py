@@ -1,0 +1,81 @@
+"""`python -m job_callback.demo`: four jobs, four endings, narrated.
+
+Each job runs on the jobs service (the sandbox's stand-in for a Databricks/Airflow-style API),
+which calls back by settling the workflow's promise on the Resonate server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import httpx
+from resonate.resonate import Resonate
+
+CASES: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "succeeds",
+        "The job runs 2 s and calls back with its output; the workflow wakes and returns it.",
+        {"simulate": "succeed", "callback_timeout_seconds": 60},
+    ),
+    (
+        "fails",
+        "The job fails and rejects the promise; the workflow submits it once more (a new job,"
+        " a new key), it fails again, and the workflow gives up: a value, not an error.",
+        {"simulate": "fail", "callback_timeout_seconds": 60},
+    ),
+    (
+        "never-calls-back",
+        "The job hangs. The promise times out after 4 s; the workflow cancels the job.",
+        {"simulate": "never_call_back", "callback_timeout_seconds": 4},
+    ),
+    (
+        "calls-back-twice",
+        "The job delivers its callback twice. The second finds the promise settled: nothing"
+        " changes.",
+        {"simulate": "call_back_twice", "callback_timeout_seconds": 60},
+    ),
+]
+
+
+async def main() -> None:
+    resonate = Resonate(url=os.environ["RESONATE_URL"], group="job-callback-clients")
+    jobs_url = os.environ.get("PROVIDER_API_URL", "http://127.0.0.1:8100")
+    stamp = int(time.time())
+    try:
+        for case, story, knobs in CASES:
+            execution_id = f"job-callback-{case}-{stamp}"
+            job = {"name": "nightly-revenue", "params": {"day": "2026-12-05"}}
+            job |= {"duration_seconds": 2} | knobs
+            print(f"\n== {case}: {story}")
+            print(f"→ run_job as execution {execution_id}")
+            started = time.perf_counter()
+            handle = resonate.options(target="job-callback").rpc(execution_id, "run_job", job)
+            ended = await handle.result()
+            print(f"✓ after {time.perf_counter() - started:.1f}s: {ended}")
+        await asyncio.sleep(0.5)  # let the last duplicate callback be answered before we read
+        async with httpx.AsyncClient(base_url=jobs_url) as http:
+            jobs = (await http.get("/_admin/jobs")).json()
+            callbacks = (await http.get("/_admin/jobs/callbacks")).json()
+        print("\nThe jobs service's own records:")
+        for record in jobs:
+            if str(record["idempotency_key"]).endswith(str(stamp)) or str(stamp) in str(
+                record["idempotency_key"]
+            ):
+                print(
+                    f"  job {record['id']}  {record['status']:<9}  key {record['idempotency_key']}"
+                )
+        for cb in callbacks:
+            if str(stamp) in cb["promise_id"]:
+                print(
+                    f"  callback #{cb['nth']} of {cb['job_id']}: {cb['state']:<8} ->"
+                    f" server {cb['http_status']}, promise {cb['promise_state']}"
+                )
+    finally:
+        await resonate.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
