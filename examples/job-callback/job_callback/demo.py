@@ -55,23 +55,26 @@ async def main() -> None:
             handle = resonate.options(target="job-callback").rpc(execution_id, "run_job", job)
             ended = await handle.result()
             print(f"✓ after {time.perf_counter() - started:.1f}s: {ended}")
-        await asyncio.sleep(0.5)  # let the last duplicate callback be answered before we read
+        # The last duplicate callback may still be on its way: its answer is read below.
         async with httpx.AsyncClient(base_url=jobs_url) as http:
             jobs = (await http.get("/_admin/jobs")).json()
             callbacks = (await http.get("/_admin/jobs/callbacks")).json()
-        print("\nThe jobs service's own records:")
+        print("\nWhat the jobs service recorded (its own records, not the workflow's):")
         for record in jobs:
-            if str(record["idempotency_key"]).endswith(str(stamp)) or str(stamp) in str(
-                record["idempotency_key"]
-            ):
+            if f"-{stamp}:" in str(record["idempotency_key"]):
                 print(
-                    f"  job {record['id']}  {record['status']:<9}  key {record['idempotency_key']}"
+                    f"  {record['id']}  {record['status']:<9}  submitted with key"
+                    f" {record['idempotency_key']}"
                 )
-        for cb in callbacks:
-            if str(stamp) in cb["promise_id"]:
+        for callback in callbacks:
+            if f"-{stamp}:" in callback["promise_id"]:
+                status, state = callback["http_status"], callback["promise_state"]
+                answer = "not answered yet"
+                if status is not None:
+                    answer = f"the server answered {status}: the promise is {state}"
                 print(
-                    f"  callback #{cb['nth']} of {cb['job_id']}: {cb['state']:<8} ->"
-                    f" server {cb['http_status']}, promise {cb['promise_state']}"
+                    f"  callback #{callback['nth']} of {callback['job_id']}:"
+                    f" {callback['state']:<8} -> {answer}"
                 )
     finally:
         await resonate.stop()

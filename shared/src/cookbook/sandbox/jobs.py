@@ -53,7 +53,7 @@ PROVIDER: Final = "jobs"
 PROTOCOL_VERSION: Final = "2026-04-01"
 # A callback the Resonate server could not take (down, restarting, 5xx) is sent again, at most
 # this often and for at most this long: a server restart takes seconds, not minutes.
-CALLBACK_RETRY_SECONDS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
+CALLBACK_RETRY_SECONDS: Final = (0.1, 0.2, 0.5, 1.0)
 CALLBACK_GIVE_UP_SECONDS: Final = 300.0
 
 _SCHEMA: Final = """
@@ -241,12 +241,20 @@ def _outcome_of(job_id: str, submission: JSONObject) -> list[tuple[str, Any]]:
 
 
 def jobs_router(
-    store: SandboxStore, db_path: str | os.PathLike[str], *, narrate: bool = False
+    store: SandboxStore,
+    db_path: str | os.PathLike[str],
+    *,
+    narrate: bool = False,
+    running: set[asyncio.Task[None]] | None = None,
 ) -> APIRouter:
-    """The jobs provider's routes; include before the sandbox's catch-all provider route."""
+    """The jobs provider's routes; include before the sandbox's catch-all provider route.
+
+    `running` receives each job's task while it runs (its timer, then its callbacks), so a test
+    can await the jobs instead of polling.
+    """
     records = JobRecords(db_path)
     router = APIRouter(tags=["jobs"])
-    running: set[asyncio.Task[None]] = set()
+    tasks: set[asyncio.Task[None]] = set() if running is None else running
 
     def say(line: str) -> None:
         if narrate:
@@ -313,8 +321,8 @@ def jobs_router(
 
     def start(job_id: str, submission: JSONObject) -> None:
         task = asyncio.get_running_loop().create_task(run_job(job_id, submission))
-        running.add(task)
-        task.add_done_callback(running.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     @router.post("/jobs/submit")
     async def submit(
@@ -382,7 +390,12 @@ def jobs_router(
             return ActionResult(200, reply | {"status": "cancelled"}, job_id)
 
         outcome = store.execute(call, stop)
-        say(f"cancel {job_id}: {outcome.status_code} ({outcome.kind})")
+        answer = json.loads(outcome.body)
+        say(
+            f"cancel {job_id}: {outcome.status_code}, "
+            + (answer.get("error") or f"the job is {answer.get('status')}")
+            + (" (replayed from its Idempotency-Key)" if outcome.kind == "replayed" else "")
+        )
         headers = {"Idempotent-Replayed": "true"} if outcome.kind == "replayed" else None
         return Response(outcome.body, outcome.status_code, headers, "application/json")
 
