@@ -196,6 +196,17 @@ async def test_the_same_key_for_a_different_job_is_409(client: httpx.AsyncClient
     assert response.status_code == 409
 
 
+async def test_an_oversized_submission_is_413_and_starts_nothing(
+    client: httpx.AsyncClient, db_path: Path
+) -> None:
+    body = submission(duration_seconds=3600, spec={"blob": "x" * 70_000})
+
+    response = await submit(client, body)
+
+    assert response.status_code == 413
+    assert SandboxRecords(db_path).effects() == []
+
+
 # -- cancel -------------------------------------------------------------------------------------
 
 

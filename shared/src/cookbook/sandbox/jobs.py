@@ -37,7 +37,14 @@ from typing import Annotated, Any, Final, Literal
 import httpx
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from cookbook.sandbox.store import (
     ActionResult,
@@ -55,6 +62,7 @@ PROTOCOL_VERSION: Final = "2026-04-01"
 # this often and for at most this long: a server restart takes seconds, not minutes.
 CALLBACK_RETRY_SECONDS: Final = (0.1, 0.2, 0.5, 1.0)
 CALLBACK_GIVE_UP_SECONDS: Final = 300.0
+MAX_SUBMISSION_BYTES: Final = 64 * 1024
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS job_callbacks (
@@ -326,12 +334,24 @@ def jobs_router(
 
     @router.post("/jobs/submit")
     async def submit(
-        submission: JobSubmission,
         request: Request,
         idempotency_key: Annotated[
             str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
         ] = None,
     ) -> Response:
+        # Read and checked here rather than by a typed parameter: an oversized body is refused
+        # (413) before it is parsed.
+        raw = await request.body()
+        if len(raw) > MAX_SUBMISSION_BYTES:
+            return JSONResponse(
+                {"error": f"a job submission is at most {MAX_SUBMISSION_BYTES} bytes"}, 413
+            )
+        try:
+            submission = JobSubmission.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            detail = [e | {"loc": ["body", *e["loc"]]} for e in errors]
+            return JSONResponse({"error": "invalid request", "detail": detail}, 422)
         if idempotency_key is None:
             return JSONResponse(
                 {"error": "Idempotency-Key is required: a job must never be submitted twice"},
