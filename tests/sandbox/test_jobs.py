@@ -4,8 +4,11 @@ settle a promise on a real dev server with the SDK's own `promise.settle` reques
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +307,27 @@ async def test_a_callback_to_an_unknown_promise_is_recorded_as_refused(
 
     [callback] = (await jobs.http.get("/_admin/jobs/callbacks")).json()
     assert (callback["http_status"], callback["promise_state"]) == (404, None)
+
+
+@pytest.fixture
+def victim() -> Iterator[subprocess.Popen[bytes]]:
+    """A process for a kill switch to kill; killed by its pid at teardown if it is not."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+async def test_a_kill_switch_on_jobs_submit_kills_after_the_job_is_submitted(
+    client: httpx.AsyncClient, db_path: Path, victim: subprocess.Popen[bytes]
+) -> None:
+    armed = await client.post(
+        "/_admin/kill-switches", json={"provider": "jobs", "action": "submit", "pid": victim.pid}
+    )
+    assert armed.status_code == 201
+
+    response = await submit(client, submission(duration_seconds=3600))
+
+    assert response.status_code == 200
+    assert await asyncio.to_thread(victim.wait, 10) == -signal.SIGKILL
+    assert SandboxRecords(db_path).effect_counts_by_key() == {"job-1": 1}

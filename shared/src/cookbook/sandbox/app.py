@@ -351,6 +351,7 @@ def create_app(db_path: str | os.PathLike[str], *, narrate: bool = False) -> Fas
     app.state.store = store
     app.state.faults = faults
     kill_switches: list[KillSwitch] = []
+    app.state.kill_switches = kill_switches  # the jobs stand-in fires them too
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -29,6 +29,7 @@ import base64
 import json
 import os
 import secrets
+import signal
 import sqlite3
 import time
 import uuid
@@ -248,6 +249,23 @@ def _outcome_of(job_id: str, submission: JSONObject) -> list[tuple[str, Any]]:
             return [("resolved", {"job_id": job_id, "status": "succeeded", "output": spec})]
 
 
+def _fire_kill_switch(request: Request, action: str) -> None:
+    """Kill the process an armed kill switch names, after an effect (`make run-... CRASH=`).
+
+    The same rule as the sandbox's provider calls: the first switch for this provider and
+    action (or any action) fires, on its nth matching effect.
+    """
+    switches: list[Any] = getattr(request.app.state, "kill_switches", [])
+    for i, switch in enumerate(switches):
+        if switch.provider == PROVIDER and switch.action in (None, action):
+            if switch.nth > 1:
+                switches[i] = switch.model_copy(update={"nth": switch.nth - 1})
+                return
+            switches.remove(switch)
+            os.kill(switch.pid, signal.SIGKILL)
+            return
+
+
 def jobs_router(
     store: SandboxStore,
     db_path: str | os.PathLike[str],
@@ -376,6 +394,7 @@ def jobs_router(
                 f" {submission.callback.promise_id}"
             )
             start(job_id, body)
+            _fire_kill_switch(request, "submit")
         elif outcome.kind == "replayed":
             say(f"submission {idempotency_key} replayed: the job was not submitted again")
         headers = {"Idempotent-Replayed": "true"} if outcome.kind == "replayed" else None
@@ -391,6 +410,7 @@ def jobs_router(
     @router.post("/jobs/{job_id}/cancel")
     async def cancel(
         job_id: str,
+        request: Request,
         idempotency_key: Annotated[
             str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
         ] = None,
@@ -410,6 +430,8 @@ def jobs_router(
             return ActionResult(200, reply | {"status": "cancelled"}, job_id)
 
         outcome = store.execute(call, stop)
+        if outcome.kind == "executed" and outcome.status_code == 200:
+            _fire_kill_switch(request, "cancel")
         answer = json.loads(outcome.body)
         say(
             f"cancel {job_id}: {outcome.status_code}, "
