@@ -52,7 +52,7 @@ async def submit_job(ctx: Context, job: Job, attempt: int, callback_id: str) -> 
     print(f"{job.name}: submitting attempt {attempt} (key {ctx.info.id})", flush=True)
     services = ctx.get_dependency(Services)
     body = {
-        "spec": {"task": job.name, "attempt": attempt, **job.params},
+        "spec": {**job.params, "task": job.name, "attempt": attempt},
         "duration_seconds": job.duration_seconds,
         "callback": {"url": services.resonate_url, "promise_id": callback_id},
         "simulate": job.simulate,
