@@ -33,8 +33,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ),
     (
         "calls-back-twice",
-        "The job delivers its callback twice. The second finds the promise settled: nothing"
-        " changes.",
+        "The job delivers its callback twice, at once. Whichever the server takes second finds"
+        " the promise settled: nothing changes.",
         {"simulate": "call_back_twice", "callback_timeout_seconds": 60},
     ),
 ]
