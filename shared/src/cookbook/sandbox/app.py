@@ -28,6 +28,7 @@ from pydantic import (
 )
 from starlette.requests import ClientDisconnect
 
+from cookbook.sandbox.jobs import jobs_router
 from cookbook.sandbox.store import (
     ActionResult,
     Incoming,
@@ -354,6 +355,7 @@ def create_app(db_path: str | os.PathLike[str], *, narrate: bool = False) -> Fas
     app.state.faults = faults
     app.state.webhooks = webhooks
     kill_switches: list[KillSwitch] = []
+    app.state.kill_switches = kill_switches  # the jobs stand-in fires them too
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -406,6 +408,8 @@ def create_app(db_path: str | os.PathLike[str], *, narrate: bool = False) -> Fas
     # Registered before the catch-all provider route so /_admin/... is never a provider.
     app.include_router(admin)
     app.include_router(webhook_router(webhooks))
+    # The jobs stand-in (cookbook.sandbox.jobs): its own routes, before the catch-all.
+    app.include_router(jobs_router(store, db_path, narrate=narrate))
 
     @app.post("/{provider}/{action}")
     async def provider_call(provider: str, action: str, request: Request) -> Response:

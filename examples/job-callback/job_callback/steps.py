@@ -1,0 +1,90 @@
+"""The steps: submit a job to the jobs service, and cancel one. Each call carries an
+Idempotency-Key from the step's durable id, so a step run again after a crash gets the service's
+first answer instead of submitting (or cancelling) a second time.
+
+A refusal (a 4xx other than 408 and 429) would be the same on every attempt: it is returned as a
+value and never retried. A service that is down, overloaded or silent (a 5xx, 408, 429, a timeout,
+a refused connection) may answer the next attempt: the step raises, and the workflow's retry
+policy tries again with the same key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from resonate.context import Context
+
+from job_callback.job import Job
+
+# Client errors that say "not now" rather than "no": Request Timeout and Too Many Requests.
+RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
+
+
+@dataclass(frozen=True)
+class Services:
+    """A worker dependency: the jobs service's HTTP client, and where jobs must call back.
+
+    `resonate_url` is the Resonate server this worker uses (RESONATE_URL): the jobs service
+    learns it only from each job's callback, so it settles the promise on the same server.
+    """
+
+    jobs: httpx.AsyncClient
+    resonate_url: str
+
+
+@dataclass(frozen=True)
+class JobState:
+    """The jobs service's answer: the job's id and status, or why it refused."""
+
+    job_id: str | None
+    status: str  # running | succeeded | failed | cancelled | refused
+    refusal: str | None = None
+
+
+class JobsUnavailableError(Exception):
+    """The jobs service did not answer now; another attempt (same key) may."""
+
+
+async def submit_job(ctx: Context, job: Job, attempt: int, callback_id: str) -> JobState:
+    """Start the job; when it ends, the service settles promise `callback_id` with its outcome."""
+    print(f"{job.name}: submitting attempt {attempt} (key {ctx.info.id})", flush=True)
+    services = ctx.get_dependency(Services)
+    body = {
+        "spec": {**job.params, "task": job.name, "attempt": attempt},
+        "duration_seconds": job.duration_seconds,
+        "callback": {"url": services.resonate_url, "promise_id": callback_id},
+        "simulate": job.simulate,
+    }
+    return await _call(ctx, "/jobs/submit", body)
+
+
+async def cancel_job(ctx: Context, job_id: str) -> JobState:
+    """Stop the job if it still runs, and learn how it ended.
+
+    Cancelling is safe whatever the job did: a running job is cancelled (it will never call
+    back); one that already ended is left as it is, and the answer says how it ended.
+    """
+    print(f"cancelling {job_id} (key {ctx.info.id})", flush=True)
+    return await _call(ctx, f"/jobs/{job_id}/cancel", {})
+
+
+async def _call(ctx: Context, path: str, body: dict[str, Any]) -> JobState:
+    services = ctx.get_dependency(Services)
+    try:
+        response = await services.jobs.post(
+            path, json=body, headers={"Idempotency-Key": ctx.info.id}
+        )
+    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+        raise JobsUnavailableError(f"{path}: {type(exc).__name__}") from exc
+    if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
+        raise JobsUnavailableError(f"{path}: answered {response.status_code}")
+    reply = response.json()
+    if response.status_code == 409 and isinstance(reply, dict) and "status" in reply:
+        # Cancelling a job that already ended: not an error, the answer is how it ended.
+        return JobState(reply["id"], reply["status"])
+    if response.is_client_error:
+        reason = reply.get("error") if isinstance(reply, dict) else None
+        return JobState(None, "refused", f"{response.status_code} {reason or response.text}")
+    return JobState(reply["id"], reply["status"])

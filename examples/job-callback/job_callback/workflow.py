@@ -1,0 +1,85 @@
+"""The durable workflow: start a job elsewhere, suspend until it calls back, retry or cancel.
+
+The workflow creates a latent promise (`ctx.promise`, with a timeout) and hands its id to the
+jobs service as the job's callback. Then it suspends: no worker holds anything while the job
+runs, for seconds or hours. When the job ends, the jobs service itself settles the promise
+through the Resonate server's HTTP API (resolved with the output, or rejected with the reason),
+which wakes the workflow on any worker.
+
+The promise settles once. A second callback (services deliver at least once) finds it settled
+and changes nothing; a callback after the timeout finds it timed out. So every replay takes the
+same branch.
+
+When the promise is rejected or times out, the workflow asks the jobs service, the system of
+record, how the job ended, by cancelling it: a job still running is stopped (it timed out and
+will never call back), a job that already ended is left alone and the answer says how. A failed
+job is submitted once more, as a new job under a new key; a second failure, a timeout or a
+refusal is the workflow's result, a value, not an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+from resonate.context import Context
+from resonate.error import ApplicationError
+from resonate.retry import Exponential, Never
+
+from job_callback.job import Job
+from job_callback.steps import cancel_job, submit_job
+
+# A jobs service that is down or overloaded gets 4 more attempts, 2, 4, 8 and 16 s apart (about
+# 30 s, long enough for a restart or a burst of 503s); then the execution fails, naming the step.
+# Every attempt sends the same Idempotency-Key, so a submission that timed out but landed is not
+# made twice. Whole seconds: the SDK's policies take `int`.
+STEP_RETRIES = Exponential(delay=1, factor=2, max_retries=4, max_delay=16)
+# The workflow itself is never retried: once it made a durable call the SDK would not anyway,
+# and before that only decoding its argument can fail, which no retry fixes.
+WORKFLOW_RETRIES = Never()
+# A failed job is run once more (a new job, a new key): a lost executor or a spot instance taken
+# back is worth a second try, a job that fails twice needs a person.
+ATTEMPTS = 2
+
+type Status = Literal["succeeded", "failed", "timed-out", "refused"]
+
+
+@dataclass(frozen=True)
+class JobEnded:
+    """What the workflow returns: how the job ended, every job id it ran as, and why."""
+
+    status: Status
+    job_ids: list[str] = field(default_factory=list)
+    output: dict[str, Any] | None = None
+    reason: str | None = None
+
+
+async def run_job(ctx: Context, job: Job) -> JobEnded:
+    step = ctx.options(retry_policy=STEP_RETRIES)
+    job_ids: list[str] = []
+    failures: list[str] = []
+    for attempt in range(1, ATTEMPTS + 1):
+        # The job's callback: the jobs service settles it; the server times it out if it doesn't.
+        callback = ctx.promise(timeout=timedelta(seconds=job.callback_timeout_seconds))
+        submitted = await step.run(submit_job, job, attempt, await callback.id())
+        if submitted.job_id is None:  # refused (a bad spec, say): the same on every attempt
+            return JobEnded("refused", job_ids, reason=submitted.refusal)
+        job_ids.append(submitted.job_id)
+        try:
+            result = await callback
+            return JobEnded("succeeded", job_ids, output=result["output"])
+        except ApplicationError as rejected:  # rejected by the job, or timed out by the server
+            reason = str(rejected)
+        ended = await step.run(cancel_job, submitted.job_id)
+        if ended.status == "cancelled":  # still running at the deadline: it never called back
+            return JobEnded(
+                "timed-out",
+                job_ids,
+                reason=f"no callback from {submitted.job_id} within"
+                f" {job.callback_timeout_seconds}s; the job was cancelled",
+            )
+        if ended.status == "succeeded":  # it ended in time, its callback lost the race
+            return JobEnded("succeeded", job_ids, reason="its callback came after the deadline")
+        failures.append(reason)
+    return JobEnded("failed", job_ids, reason=f"failed {ATTEMPTS} times: " + "; ".join(failures))

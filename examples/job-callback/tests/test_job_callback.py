@@ -1,0 +1,163 @@
+"""job-callback end to end: a real dev server, a worker process, the jobs service (the sandbox).
+
+Exactly-once is judged by the jobs service's own records: the jobs it was asked to submit and
+cancel (the sandbox's effects, by Idempotency-Key) and the callbacks it sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+import httpx
+import pytest
+from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from resonate.resonate import Resonate
+
+
+@pytest.fixture
+def resonate_url(
+    devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
+) -> str:
+    start_worker(
+        "job_callback.worker", {"RESONATE_URL": devserver.url, "PROVIDER_API_URL": sandbox.url}
+    )
+    return devserver.url
+
+
+def job(simulate: str, timeout: int = 30) -> dict[str, Any]:
+    return {
+        "name": "nightly-revenue",
+        "params": {"day": "2026-12-05"},
+        "duration_seconds": 0.2,
+        "callback_timeout_seconds": timeout,
+        "simulate": simulate,
+    }
+
+
+def run(url: str, execution_id: str, request: dict[str, Any]) -> Any:
+    async def go() -> Any:
+        client = Resonate(url=url, group="job-callback-tests")
+        try:
+            handle = client.options(target="job-callback").rpc(execution_id, "run_job", request)
+            return await asyncio.wait_for(handle.result(), 30)
+        finally:
+            await client.stop()
+
+    return asyncio.run(go())
+
+
+def promise_value(url: str, promise_id: str) -> Any:
+    async def go() -> Any:
+        client = Resonate(url=url, group="job-callback-tests")
+        try:
+            return (await client.promises.get(promise_id)).value.data
+        finally:
+            await client.stop()
+
+    return asyncio.run(go())
+
+
+def callbacks(sandbox: RunningSandbox, execution_id: str) -> list[dict[str, Any]]:
+    response = httpx.get(
+        f"{sandbox.url}/_admin/jobs/callbacks", params={"key_prefix": execution_id + ":"}
+    )
+    response.raise_for_status()
+    records: list[dict[str, Any]] = response.json()
+    return records
+
+
+def answered(sandbox: RunningSandbox, execution_id: str, count: int) -> list[dict[str, Any]]:
+    """The execution's callbacks once `count` of them have the server's answer recorded."""
+    for _ in range(100):
+        records = callbacks(sandbox, execution_id)
+        if sum(r["http_status"] is not None for r in records) >= count:
+            return records
+        httpx.get(f"{sandbox.url}/health")  # a round trip, not a sleep: the answer is in flight
+    raise AssertionError(f"callbacks not answered: {callbacks(sandbox, execution_id)}")
+
+
+def effects(sandbox: RunningSandbox, execution_id: str, action: str) -> list[str]:
+    return [
+        e.idempotency_key or ""
+        for e in sandbox.records.effects(key_prefix=execution_id + ":")
+        if (e.provider, e.action) == ("jobs", action)
+    ]
+
+
+def new_id(case: str) -> str:
+    return f"job-callback-test-{case}-{secrets.token_hex(3)}"
+
+
+def test_a_job_that_succeeds_resumes_the_workflow_with_its_output(
+    resonate_url: str, sandbox: RunningSandbox
+) -> None:
+    execution_id = new_id("ok")
+
+    result = run(resonate_url, execution_id, job("succeed"))
+
+    [submitted] = sandbox.records.effects(key_prefix=execution_id + ":")
+    assert result == {
+        "status": "succeeded",
+        "job_ids": [submitted.resource_id],
+        "output": {"task": "nightly-revenue", "attempt": 1, "day": "2026-12-05"},
+        "reason": None,
+    }
+    [callback] = answered(sandbox, execution_id, 1)
+    assert (callback["state"], callback["http_status"], callback["promise_state"]) == (
+        "resolved",
+        200,
+        "resolved",
+    )
+
+
+def test_a_failed_job_is_retried_once_as_a_new_job_then_the_failure_is_a_value(
+    resonate_url: str, sandbox: RunningSandbox
+) -> None:
+    execution_id = new_id("fail")
+
+    result = run(resonate_url, execution_id, job("fail"))
+
+    submits = effects(sandbox, execution_id, "submit")
+    assert len(set(submits)) == len(submits) == 2  # two jobs, two keys
+    assert effects(sandbox, execution_id, "cancel") == []  # a failed job is not cancelled
+    assert result["status"] == "failed"
+    assert len(set(result["job_ids"])) == 2
+    assert "failed 2 times" in result["reason"]
+    assert f"job {result['job_ids'][1]} failed: executor lost" in result["reason"]
+    records = answered(sandbox, execution_id, 2)
+    assert [(r["state"], r["promise_state"]) for r in records] == [("rejected", "rejected")] * 2
+
+
+def test_a_job_that_never_calls_back_is_cancelled_once_at_the_deadline(
+    resonate_url: str, sandbox: RunningSandbox
+) -> None:
+    execution_id = new_id("hang")
+
+    result = run(resonate_url, execution_id, job("never_call_back", timeout=1))
+
+    [job_id] = result["job_ids"]
+    assert result["status"] == "timed-out"
+    assert len(effects(sandbox, execution_id, "cancel")) == 1
+    assert len(effects(sandbox, execution_id, "submit")) == 1
+    assert httpx.get(f"{sandbox.url}/jobs/{job_id}").json()["status"] == "cancelled"
+    assert callbacks(sandbox, execution_id) == []
+
+
+def test_a_second_callback_changes_nothing(resonate_url: str, sandbox: RunningSandbox) -> None:
+    execution_id = new_id("twice")
+
+    result = run(resonate_url, execution_id, job("call_back_twice"))
+
+    first, second = answered(sandbox, execution_id, 2)
+    assert first["promise_id"] == second["promise_id"]
+    assert second["value"] != first["value"]  # the repeat says so: we can tell which one won
+    # The server took both settles without error; the later one found the promise settled.
+    assert [(c["http_status"], c["promise_state"]) for c in (first, second)] == [
+        (200, "resolved")
+    ] * 2
+    held = promise_value(resonate_url, first["promise_id"])
+    assert held in (first["value"], second["value"])
+    assert result["output"] == held["output"]
+    assert len(effects(sandbox, execution_id, "submit")) == 1
