@@ -120,3 +120,21 @@ def test_forked_processes_are_managed_processes(zygote: Zygote, tmp_path: Path) 
     worker = zygote.fork(probe(tmp_path))
     assert isinstance(worker, ForkedProcess)
     assert isinstance(worker, ManagedProcess)
+
+
+def test_a_forked_worker_that_exits_before_it_is_ready_fails_to_start(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    with pytest.raises(ProcessStartError, match="exited with code 3"):
+        zygote.fork(probe(tmp_path, "exit", "3")).start()
+
+
+def test_a_forked_worker_gets_its_own_environment(zygote: Zygote, tmp_path: Path) -> None:
+    # pytest changes PYTEST_CURRENT_TEST between tests: a worker sees its own value, as it
+    # would see it started as `python -m`.
+    process = probe(tmp_path)
+    process.env["PYTEST_CURRENT_TEST"] = "another test"
+    with zygote.fork(process) as worker:
+        report = report_of(worker)
+    assert report["marker"] == "from-the-zygote"
+    assert report["current_test"] == "another test"

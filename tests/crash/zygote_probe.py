@@ -22,6 +22,7 @@ def main() -> None:
         "argv": sys.argv,
         "cwd": os.getcwd(),
         "marker": os.environ.get("ZYGOTE_PROBE_MARKER"),
+        "current_test": os.environ.get("PYTEST_CURRENT_TEST"),
         "session_leader": os.getsid(0) == os.getpid(),
         "threads": threading.active_count(),
         "stdin": os.readlink("/proc/self/fd/0"),

@@ -64,6 +64,7 @@ class ManagedProcess:
         self.ready_match: re.Match[str] | None = None
         self._popen: Child | None = None
         self._ready = threading.Event()
+        self._settled = threading.Event()
         self._reader: threading.Thread | None = None
 
     @property
@@ -75,16 +76,20 @@ class ManagedProcess:
         self._popen = self._launch()
         self._reader = threading.Thread(target=self._read, name=f"{self.name}-output", daemon=True)
         self._reader.start()
+        # Set by the reader at the readiness line, or when the output ends (the process exited;
+        # unless a child of its own still holds its output: then poll() says so).
         deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.05):
+        while not self._settled.wait(0.5):
             if self._popen.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                state = (
-                    f"exited with code {self._popen.returncode}"
-                    if self._popen.returncode is not None
-                    else f"not ready after {timeout}s"
-                )
-                raise ProcessStartError(f"{self.name} {state}; last output:\n{self.tail()}")
+                break
+        if not self._ready.is_set():
+            self.stop()
+            state = (
+                f"exited with code {self._popen.returncode}"
+                if self._popen.returncode is not None
+                else f"not ready after {timeout}s"
+            )
+            raise ProcessStartError(f"{self.name} {state}; last output:\n{self.tail()}")
         return self
 
     def _launch(self) -> Child:
@@ -113,8 +118,10 @@ class ManagedProcess:
             if not self._ready.is_set() and (match := self.ready_pattern.search(line)):
                 self.ready_match = match
                 self._ready.set()
+                self._settled.set()
             if self.on_line is not None:
                 self.on_line(line)
+        self._settled.set()
 
     def alive(self) -> bool:
         return self._popen is not None and self._popen.poll() is None
