@@ -197,14 +197,17 @@ class CrashHarness:
 
     def _forked(self, process: ManagedProcess) -> ManagedProcess:
         """`process`, to be forked from its zygote (started now if it is the first)."""
+        zygote = self._zygote_for(process)
+        return process if zygote is None else zygote.fork(process)
+
+    def _zygote_for(self, process: ManagedProcess) -> Zygote | None:
         role = process.name.rstrip("-0123456789")  # worker-1, worker-2: one zygote
         if role not in self._zygotes and role not in self._no_zygote:
             try:
                 self._zygotes[role] = Zygote.of(process).start()
             except ProcessStartError:
                 self._no_zygote.add(role)
-        zygote = self._zygotes.get(role)
-        return process if zygote is None else zygote.fork(process)
+        return self._zygotes.get(role)
 
     def _client(self) -> Resonate:
         encryptor = None
@@ -413,6 +416,10 @@ class CrashHarness:
         execution_id = self._new_id(golden.scenario, secrets.token_hex(2))
         first = self._first_worker()
         result.worker_pids.append(first.pid)
+        if point.kills_server:
+            # Ready before the kill: started after it, the first restart would take as long as
+            # a cold one, and the workers' second reconnection attempt comes 3 s after the kill.
+            self._zygote_for(self.stack.devserver_to_restart())
         # Workers started to take over; stopped here also when the run fails or times out.
         taking_over: list[ManagedProcess] = []
         verified = False
