@@ -1,4 +1,4 @@
-"""Workers forked from a process that has already imported what they import.
+"""Workers (and restarted dev servers) forked from a process that has imported what they import.
 
 `python -m <worker>` spends most of its start-up importing (resonate, httpx, the example's
 libraries: 0.4-0.6 CPU-seconds, k8s-drain's kubernetes client 1.8), and the crash matrix starts a
@@ -6,16 +6,19 @@ worker for nearly every crash point. A zygote is started once per harness with t
 environment and directory, imports the modules the worker module imports (its top-level import
 statements: nothing of the worker runs), and then forks one worker per request. A forked worker
 is still a real process of its own that did not live through the run it takes over: it is forked
-after the kill, in its own session, and it runs the worker module as `python -m` would
-(`__main__`, its own stdout, no inherited threads, sockets or event loop). It is a child of the
-zygote, not of the harness: the zygote reports its exit status, which is how the harness sees a
-SIGKILL.
+after the kill, in its own session, with its own environment, and it runs the worker module as
+`python -m` would (`__main__`, argv, its own stdout and stderr, stdin from /dev/null; the zygote
+refuses to fork if its imports started a thread, and it never creates an event loop or opens a
+connection). It is a child of the zygote, not of the harness: the zygote reports its exit status,
+which is how the harness sees a SIGKILL. The dev server the harness restarts after a server kill
+is forked the same way, from a zygote of its own.
 
 Protocol, over a Unix socket the harness hands the zygote (`--control-fd`): the harness sends
-`spawn\n` with the write end of a fresh pipe attached (SCM_RIGHTS), which becomes the worker's
-stdout and stderr; the zygote answers `pid <pid>\n`, and `exit <pid> <code>\n` once it has reaped
-that worker (`<code>` as `subprocess.Popen.returncode` has it: -9 after a SIGKILL). When the
-harness goes away (end of file), the zygote SIGKILLs the workers it still has, reaps them and exits.
+`spawn {"args": [...], "env": {...}}\n` with the write end of a fresh pipe attached (SCM_RIGHTS),
+which becomes the process's stdout and stderr; the zygote answers `pid <pid>\n`, and
+`exit <pid> <code>\n` once it has reaped it (`<code>` as `subprocess.Popen.returncode` has it: -9
+after a SIGKILL). When the harness goes away (end of file), the zygote SIGKILLs the processes it
+still has, reaps them and exits.
 """
 
 from __future__ import annotations
