@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -162,3 +163,20 @@ def test_on_a_server_that_skips_time_each_signal_arrives_before_time_skips() -> 
         CrashHarness(skipping, stack) as harness,
     ):
         assert asyncio.run(run(harness)) == Outcome("resolved", "'approved 5'")
+
+
+def _parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def test_the_worker_that_takes_over_is_forked_from_the_zygote(
+    harness: CrashHarness, golden: Golden
+) -> None:
+    # A fresh process all the same: forked after the kill, by a zygote that has run nothing.
+    points = {p.id: p for p in golden.points}
+    result = harness.run(golden, points["approve:step#1/before"])
+    assert result.passed, result.problems
+    killed, took_over = result.worker_pids
+    assert not Path(f"/proc/{killed}").exists()
+    assert _parent_of(took_over) == harness._zygotes["worker"].process.pid != os.getpid()

@@ -18,9 +18,23 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import IO, Protocol, Self
 
 type LineHandler = Callable[[str], None]
+
+
+class Child(Protocol):
+    """What ManagedProcess needs of a started process: a `subprocess.Popen`, or a forked one
+    (cookbook.crash.zygote)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def stdout(self) -> IO[str] | None: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
 class ProcessStartError(RuntimeError):
@@ -37,6 +51,7 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         on_line: LineHandler | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -44,10 +59,12 @@ class ManagedProcess:
         self.env = dict(os.environ if env is None else env)
         self.cwd = cwd
         self.on_line = on_line
+        self.pass_fds = tuple(pass_fds)
         self.output: deque[str] = deque(maxlen=400)
         self.ready_match: re.Match[str] | None = None
-        self._popen: subprocess.Popen[str] | None = None
+        self._popen: Child | None = None
         self._ready = threading.Event()
+        self._settled = threading.Event()
         self._reader: threading.Thread | None = None
 
     @property
@@ -56,8 +73,28 @@ class ManagedProcess:
         return self._popen.pid
 
     def start(self, timeout: float = 20.0) -> Self:
+        self._popen = self._launch()
+        self._reader = threading.Thread(target=self._read, name=f"{self.name}-output", daemon=True)
+        self._reader.start()
+        # Set by the reader at the readiness line, or when the output ends (the process exited;
+        # unless a child of its own still holds its output: then poll() says so).
+        deadline = time.monotonic() + timeout
+        while not self._settled.wait(0.5):
+            if self._popen.poll() is not None or time.monotonic() > deadline:
+                break
+        if not self._ready.is_set():
+            self.stop()
+            state = (
+                f"exited with code {self._popen.returncode}"
+                if self._popen.returncode is not None
+                else f"not ready after {timeout}s"
+            )
+            raise ProcessStartError(f"{self.name} {state}; last output:\n{self.tail()}")
+        return self
+
+    def _launch(self) -> Child:
         self.env.setdefault("PYTHONUNBUFFERED", "1")
-        self._popen = subprocess.Popen(
+        return subprocess.Popen(
             self.argv,
             env=self.env,
             cwd=self.cwd,
@@ -69,20 +106,8 @@ class ManagedProcess:
             # Its own session: a Ctrl-C in the terminal reaches the launcher, which then stops
             # its children in order, instead of every process at once.
             start_new_session=True,
+            pass_fds=self.pass_fds,
         )
-        self._reader = threading.Thread(target=self._read, name=f"{self.name}-output", daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.05):
-            if self._popen.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                state = (
-                    f"exited with code {self._popen.returncode}"
-                    if self._popen.returncode is not None
-                    else f"not ready after {timeout}s"
-                )
-                raise ProcessStartError(f"{self.name} {state}; last output:\n{self.tail()}")
-        return self
 
     def _read(self) -> None:
         assert self._popen is not None
@@ -93,8 +118,10 @@ class ManagedProcess:
             if not self._ready.is_set() and (match := self.ready_pattern.search(line)):
                 self.ready_match = match
                 self._ready.set()
+                self._settled.set()
             if self.on_line is not None:
                 self.on_line(line)
+        self._settled.set()
 
     def alive(self) -> bool:
         return self._popen is not None and self._popen.poll() is None

@@ -13,7 +13,7 @@ import secrets
 import socket
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -166,18 +166,28 @@ class Stack:
             raise
         return self
 
-    def restart_devserver(self) -> None:
-        """Start the embedded dev server again on the same port and data (after a kill)."""
+    def restart_devserver(
+        self, launch: Callable[[ManagedProcess], ManagedProcess] | None = None
+    ) -> None:
+        """Start the embedded dev server again on the same port and data (after a kill).
+
+        `launch` may replace the process to start by an equivalent one (the crash harness forks
+        it from a process that has imported the dev server already: cookbook.crash.zygote).
+        """
         assert self.devserver is not None
-        port = int(self.resonate_url.rsplit(":", 1)[1])
         self.devserver.stop()
-        self.devserver = devserver_process(
+        restarted = self.devserver_to_restart()
+        self.devserver = (restarted if launch is None else launch(restarted)).start()
+
+    def devserver_to_restart(self) -> ManagedProcess:
+        """The embedded dev server as `restart_devserver` starts it (not started)."""
+        return devserver_process(
             self.workdir / "devserver",
-            port=port,
+            port=int(self.resonate_url.rsplit(":", 1)[1]),
             fast_recovery=self.fast_recovery,
             skip_time=self.skip_time,
             tokens=self._tokens(),
-        ).start()
+        )
 
     def _tokens(self) -> tuple[str, ...]:
         return (self.token,) if self.token else ()
@@ -222,6 +232,10 @@ class Stack:
         self.stop()
 
 
+# What a worker prints once it serves (`<example> worker <pid> ready`).
+WORKER_READY = r"worker \d+ ready"
+
+
 def worker_process(
     module: str,
     env: Mapping[str, str],
@@ -236,7 +250,7 @@ def worker_process(
         name,
         [python, "-m", module],
         env=env,
-        ready=r"worker \d+ ready",
+        ready=WORKER_READY,
         on_line=on_line,
         cwd=cwd,
     )

@@ -32,8 +32,10 @@ from resonate.types import Value
 
 from cookbook.catalog import Example, Scenario
 from cookbook.crash import receivers
+from cookbook.crash.clients import http_client
 from cookbook.crash.plan import Checkpoint, CrashPoint, checkpoints, crash_points
-from cookbook.processes import ManagedProcess
+from cookbook.crash.zygote import ForkedProcess, Zygote
+from cookbook.processes import ManagedProcess, ProcessStartError
 from cookbook.stack import Stack, stack_for, worker_process
 
 KILL_TIMEOUT = 30.0
@@ -150,6 +152,11 @@ class CrashHarness:
         # The worker that finished the last run. It is the next run's first worker, as a
         # long-lived worker would be: a run then costs one worker start-up, not two.
         self._standby: ManagedProcess | None = None
+        # Fork the workers, and the dev server restarted after a server kill (cookbook.crash.
+        # zygote); each started when first needed. When one cannot start, its processes are
+        # started as `python -m <module>`, as before.
+        self._zygotes: dict[str, Zygote] = {}
+        self._no_zygote: set[str] = set()
         self.receivers = receivers.declared_by(example.path, example.name)
 
     def close(self) -> None:
@@ -157,6 +164,11 @@ class CrashHarness:
         if self._standby is not None:
             self._standby.stop()
             self._standby = None
+        if self.stack.devserver is not None and isinstance(self.stack.devserver, ForkedProcess):
+            # It dies with the zygote it was forked from: stop it first, as the stack would.
+            self.stack.devserver.stop()
+        while self._zygotes:
+            self._zygotes.popitem()[1].stop()
 
     def __enter__(self) -> Self:
         return self
@@ -181,7 +193,21 @@ class CrashHarness:
         private = self.stack.workdir / "worker-files"
         private.mkdir(exist_ok=True)
         env = self.stack.env(RESONATE_TTL_SECONDS=WORKER_TTL_SECONDS, TMPDIR=str(private))
-        return worker_process(self.example.worker, env, name=name, cwd=private)
+        return self._forked(worker_process(self.example.worker, env, name=name, cwd=private))
+
+    def _forked(self, process: ManagedProcess) -> ManagedProcess:
+        """`process`, to be forked from its zygote (started now if it is the first)."""
+        zygote = self._zygote_for(process)
+        return process if zygote is None else zygote.fork(process)
+
+    def _zygote_for(self, process: ManagedProcess) -> Zygote | None:
+        role = process.name.rstrip("-0123456789")  # worker-1, worker-2: one zygote
+        if role not in self._zygotes and role not in self._no_zygote:
+            try:
+                self._zygotes[role] = Zygote.of(process).start()
+            except ProcessStartError:
+                self._no_zygote.add(role)
+        return self._zygotes.get(role)
 
     def _client(self) -> Resonate:
         encryptor = None
@@ -198,7 +224,7 @@ class CrashHarness:
 
     def _server(self, timeout: float = 5.0) -> httpx.AsyncClient:
         """An HTTP client for the dev server's cookbook endpoints (with its token, if any)."""
-        return httpx.AsyncClient(
+        return http_client(
             base_url=self.stack.resonate_url, headers=self.stack.resonate_headers, timeout=timeout
         )
 
@@ -207,7 +233,7 @@ class CrashHarness:
 
     async def _start(self, client: Resonate, scenario: Scenario, execution_id: str) -> Any:
         await self._setup(scenario, execution_id)
-        async with httpx.AsyncClient(base_url=self.stack.provider_url) as sandbox:
+        async with http_client(base_url=self.stack.provider_url) as sandbox:
             for fault in scenario.faults:
                 response = await sandbox.post(
                     "/_admin/faults", json={**fault, "key_prefix": execution_id}
@@ -220,7 +246,7 @@ class CrashHarness:
         )
 
     async def _setup(self, scenario: Scenario, execution_id: str) -> None:
-        async with httpx.AsyncClient() as http:
+        async with http_client() as http:
             for call in scenario.setup:
                 url = self.stack.service_url(call["service"]) + call["path"]
                 body = _substitute(call.get("json"), execution_id)
@@ -390,6 +416,10 @@ class CrashHarness:
         execution_id = self._new_id(golden.scenario, secrets.token_hex(2))
         first = self._first_worker()
         result.worker_pids.append(first.pid)
+        if point.kills_server:
+            # Ready before the kill: started after it, the first restart would take as long as
+            # a cold one, and the workers' second reconnection attempt comes 3 s after the kill.
+            self._zygote_for(self.stack.devserver_to_restart())
         # Workers started to take over; stopped here also when the run fails or times out.
         taking_over: list[ManagedProcess] = []
         verified = False
@@ -451,7 +481,7 @@ class CrashHarness:
             result.problems.append(f"{victim.name} exited with {killed}, not SIGKILL")
         killed_at = time.perf_counter()
         if point.kills_server:
-            await asyncio.to_thread(self.stack.restart_devserver)
+            await asyncio.to_thread(self.stack.restart_devserver, self._forked)
         else:
             await self._take_over(result, taking_over)
         outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)
@@ -629,7 +659,7 @@ class CrashHarness:
         """The sandbox's records (`effects` or `requests`) for one execution's steps."""
         if not self.stack.provider_url:
             return []
-        async with httpx.AsyncClient(base_url=self.stack.provider_url) as sandbox:
+        async with http_client(base_url=self.stack.provider_url) as sandbox:
             response = await sandbox.get(
                 f"/_admin/{kind}", params={"key_prefix": execution_id + ":"}
             )

@@ -1,0 +1,346 @@
+"""Workers (and restarted dev servers) forked from a process that has imported what they import.
+
+`python -m <worker>` spends most of its start-up importing (resonate, httpx, the example's
+libraries: 0.4-0.6 CPU-seconds, k8s-drain's kubernetes client 1.8), and the crash matrix starts a
+worker for nearly every crash point. A zygote is started once per harness with the workers' own
+environment and directory, imports the modules the worker module imports (its top-level import
+statements: nothing of the worker runs), and then forks one worker per request. A forked worker
+is still a real process of its own that did not live through the run it takes over: it is forked
+after the kill, in its own session, with its own environment, and it runs the worker module as
+`python -m` would (`__main__`, argv, its own stdout and stderr, stdin from /dev/null; the zygote
+refuses to fork if its imports started a thread, and it never creates an event loop or opens a
+connection). It is a child of the zygote, not of the harness: the zygote reports its exit status,
+which is how the harness sees a SIGKILL. The dev server the harness restarts after a server kill
+is forked the same way, from a zygote of its own.
+
+Protocol, over a Unix socket the harness hands the zygote (`--control-fd`): the harness sends
+`spawn {"args": [...], "env": {...}}\n` with the write end of a fresh pipe attached (SCM_RIGHTS),
+which becomes the process's stdout and stderr; the zygote answers `pid <pid>\n`, and
+`exit <pid> <code>\n` once it has reaped it (`<code>` as `subprocess.Popen.returncode` has it: -9
+after a SIGKILL). When the harness goes away (end of file), the zygote SIGKILLs the processes it
+still has, reaps them and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import ctypes
+import importlib
+import importlib.util
+import json
+import os
+import runpy
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from cookbook.processes import Child, LineHandler, ManagedProcess, ProcessStartError
+
+READY = r"zygote (\d+) ready"
+PR_SET_PDEATHSIG = 1
+
+
+def imported_by(module: str) -> list[str]:
+    """The modules `module`'s top-level import statements name (absolute ones only); for a
+    package, its `__main__`'s, which is what `python -m <package>` runs."""
+    spec = importlib.util.find_spec(module)
+    if spec is not None and spec.submodule_search_locations is not None:
+        spec = importlib.util.find_spec(f"{module}.__main__")
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return []
+    tree = ast.parse(Path(spec.origin).read_text(), spec.origin)
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from package import module` imports a module; `from module import name`, a name.
+            names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return names
+
+
+def preload(module: str) -> None:
+    """Import what `module` imports; a name that fails to import is left to the worker itself
+    (or is no module: a name imported from one)."""
+    for name in imported_by(module):
+        if name == "__future__" or name.startswith("__future__."):
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception:
+            continue
+
+
+def serve(control: socket.socket) -> list[str] | None:
+    """Fork a process per request until the harness goes away.
+
+    Returns, in a forked process only, the arguments it was asked to run with.
+    """
+    selector = selectors.DefaultSelector()
+    selector.register(control, selectors.EVENT_READ)
+    children: dict[int, int] = {}  # pidfd -> pid
+    buffer = b""
+    pipes: list[int] = []  # received with requests, one each
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.fileobj is control:
+                    message, fds, _, _ = socket.recv_fds(control, 1 << 16, 1)
+                    if not message:
+                        return None
+                    buffer += message
+                    pipes += fds
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        verb, _, arguments = line.partition(b" ")
+                        assert verb == b"spawn", f"zygote: bad request {line!r}"
+                        assert pipes, "zygote: a spawn request without its output pipe"
+                        output = pipes.pop(0)
+                        pid = os.fork()
+                        if pid == 0:
+                            selector.close()
+                            for pidfd in children:
+                                os.close(pidfd)
+                            children.clear()  # the zygote's, not this worker's, to stop
+                            control.close()
+                            request = json.loads(arguments)
+                            _become_worker(output, request["env"])
+                            args: list[str] = request["args"]
+                            return args
+                        os.close(output)
+                        pidfd = os.pidfd_open(pid)
+                        children[pidfd] = pid
+                        selector.register(pidfd, selectors.EVENT_READ)
+                        control.sendall(f"pid {pid}\n".encode())
+                else:
+                    pidfd = key.fd
+                    pid = children.pop(pidfd)
+                    selector.unregister(pidfd)
+                    os.close(pidfd)
+                    _, status = os.waitpid(pid, 0)
+                    code = os.waitstatus_to_exitcode(status)
+                    control.sendall(f"exit {pid} {code}\n".encode())
+    finally:
+        if children:  # the harness went away (or this zygote failed): leave no worker behind
+            for pidfd, pid in children.items():
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                os.waitpid(pid, 0)
+
+
+def _become_worker(output: int, env: dict[str, str]) -> None:
+    """In the forked child: the process `python -m <worker>` would have started."""
+    os.environ.clear()
+    os.environ.update(env)
+    os.setsid()  # its own session, as ManagedProcess starts processes
+    # Dies with the zygote, which the harness always outlives: no worker outlives its harness.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    os.close(null)
+    os.close(output)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("module", help="the worker module, as `python -m` takes it")
+    parser.add_argument("--control-fd", type=int, required=True)
+    args = parser.parse_args()
+    control = socket.socket(fileno=args.control_fd)
+    preload(args.module)
+    # Forking a process with threads would copy their locks in whatever state they were.
+    if threading.active_count() != 1:
+        sys.exit(f"zygote: importing {args.module}'s imports started threads; cannot fork")
+    print(f"zygote {os.getpid()} ready", flush=True)
+    forked_with = serve(control)
+    if forked_with is None:
+        return
+    sys.argv = [sys.argv[0], *forked_with]  # run_module sets [0] to the module's file, as -m does
+    runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+
+
+class Zygote:
+    """The harness's side of a zygote: start it, fork workers from it, stop it."""
+
+    def __init__(self, module: str, env: Mapping[str, str], cwd: Path | None = None) -> None:
+        self.module = module
+        self._control, self._theirs = socket.socketpair()
+        fd = self._theirs.fileno()
+        argv = [sys.executable, "-m", "cookbook.crash.zygote", module, "--control-fd", str(fd)]
+        self.process = ManagedProcess(
+            f"zygote-{module}", argv, ready=READY, env=env, cwd=cwd, pass_fds=(fd,)
+        )
+        self._spawning = threading.Lock()
+        self._state = threading.Condition()
+        self._pids: list[int] = []  # answers to spawn requests, not yet taken
+        self._children: dict[int, ForkedChild] = {}
+        self._early_exits: dict[int, int] = {}  # reaped before their ForkedChild existed
+        self._gone = False
+        self._reader: threading.Thread | None = None
+
+    def start(self, timeout: float = 30.0) -> Zygote:
+        try:
+            self.process.start(timeout)
+        except BaseException:
+            self._control.close()
+            raise
+        finally:
+            self._theirs.close()
+        self._reader = threading.Thread(target=self._read, name=self.process.name, daemon=True)
+        self._reader.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the zygote; it SIGKILLs whatever worker it still has first."""
+        with self._spawning:
+            self._control.close()
+        self.process.stop()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+    @classmethod
+    def of(cls, process: ManagedProcess) -> Zygote:
+        """A zygote for processes like `process` (`python -m <module> ...`, not started)."""
+        if process.argv[1:2] != ["-m"]:
+            raise ValueError(f"{process.name} is not started as `python -m <module>`")
+        return cls(process.argv[2], process.env, process.cwd)
+
+    def fork(self, process: ManagedProcess) -> ForkedProcess:
+        """`process` (`python -m <this zygote's module> ...`, not started), forked from here.
+
+        Its environment and directory must be the zygote's: what the zygote imported has read
+        them already."""
+        if process.argv[1:3] != ["-m", self.module]:
+            raise ValueError(f"{process.name} does not run {self.module}")
+        if process.cwd != self.process.cwd or _differences(process.env, self.process.env):
+            raise ValueError(
+                f"{process.name} runs with another environment than {self.process.name}"
+            )
+        return ForkedProcess(
+            process.name,
+            self,
+            process.argv[3:],
+            ready=process.ready_pattern.pattern,
+            env=process.env,
+            on_line=process.on_line,
+        )
+
+    def spawn(
+        self,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        timeout: float = 20.0,
+    ) -> ForkedChild:
+        """Fork `python -m <module> <args>`; its stdout and stderr are the child's `stdout`."""
+        read_end, write_end = os.pipe()
+        try:
+            with self._spawning:
+                environment = dict(self.process.env if env is None else env)
+                request = f"spawn {json.dumps({'args': list(args), 'env': environment})}\n"
+
+                socket.send_fds(self._control, [request.encode()], [write_end])
+                with self._state:
+                    if not self._state.wait_for(lambda: self._pids or self._gone, timeout):
+                        raise ProcessStartError(
+                            f"{self.process.name} did not fork within {timeout}s"
+                        )
+                    if not self._pids:
+                        raise ProcessStartError(
+                            f"{self.process.name} exited:\n{self.process.tail()}"
+                        )
+                    pid = self._pids.pop(0)
+                    child = ForkedChild(pid, os.fdopen(read_end, "r"), self._state)
+                    self._children[pid] = child
+                    if pid in self._early_exits:
+                        child.returncode = self._early_exits.pop(pid)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        return child
+
+    def _read(self) -> None:
+        with self._control.makefile("r") as replies:
+            for line in replies:
+                kind, pid, *code = line.split()
+                with self._state:
+                    if kind == "pid":
+                        self._pids.append(int(pid))
+                    elif int(pid) in self._children:
+                        self._children.pop(int(pid)).returncode = int(code[0])
+                    else:
+                        self._early_exits[int(pid)] = int(code[0])
+                    self._state.notify_all()
+        with self._state:  # the zygote is gone, and its workers with it (PR_SET_PDEATHSIG)
+            self._gone = True
+            for child in self._children.values():
+                child.returncode = -signal.SIGKILL
+            self._children.clear()
+            self._state.notify_all()
+
+
+class ForkedChild:
+    """A forked worker as `ManagedProcess` sees a `subprocess.Popen`: pid, output, exit status."""
+
+    def __init__(self, pid: int, stdout: IO[str], state: threading.Condition) -> None:
+        self.pid = pid
+        self.stdout: IO[str] | None = stdout
+        self.returncode: int | None = None
+        self._state = state
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        with self._state:
+            if not self._state.wait_for(lambda: self.returncode is not None, timeout):
+                raise subprocess.TimeoutExpired(f"forked worker {self.pid}", timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+
+class ForkedProcess(ManagedProcess):
+    """A process forked by a zygote; otherwise a ManagedProcess like any other."""
+
+    def __init__(
+        self,
+        name: str,
+        zygote: Zygote,
+        args: Sequence[str] = (),
+        *,
+        ready: str,
+        env: Mapping[str, str] | None = None,
+        on_line: LineHandler | None = None,
+    ) -> None:
+        argv = [sys.executable, "-m", zygote.module, *args]
+        super().__init__(name, argv, ready=ready, env=env, on_line=on_line, cwd=zygote.process.cwd)
+        self.zygote = zygote
+        self.args = list(args)
+
+    def _launch(self) -> Child:
+        self.env.setdefault("PYTHONUNBUFFERED", "1")  # as for a process ManagedProcess starts
+        return self.zygote.spawn(self.args, self.env)
+
+
+# Variables that may differ between a zygote's environment and its children's: ManagedProcess
+# adds PYTHONUNBUFFERED to the zygote's; pytest changes PYTEST_CURRENT_TEST with every test (the
+# dev server's environment is the test process's). A child gets its own environment all the same.
+MAY_DIFFER = {"PYTHONUNBUFFERED", "PYTEST_CURRENT_TEST"}
+
+
+def _differences(ours: Mapping[str, str], theirs: Mapping[str, str]) -> set[str]:
+    keys = (ours.keys() | theirs.keys()) - MAY_DIFFER
+    return {key for key in keys if ours.get(key) != theirs.get(key)}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Workers forked from a zygote are real processes that run as `python -m <worker>` would."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cookbook.crash.zygote import ForkedProcess, Zygote
+from cookbook.processes import ManagedProcess, ProcessStartError
+
+ROOT = Path(__file__).parents[2]
+PROBE = "tests.crash.zygote_probe"
+READY = r"probe worker \d+ ready"
+
+
+def probe(cwd: Path, *args: str, marker: str = "from-the-zygote") -> ManagedProcess:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "ZYGOTE_PROBE_MARKER": marker}
+    argv = [sys.executable, "-m", PROBE, *args]
+    return ManagedProcess("probe", argv, ready=READY, env=env, cwd=cwd)
+
+
+@pytest.fixture
+def zygote(tmp_path: Path) -> Iterator[Zygote]:
+    started = Zygote.of(probe(tmp_path)).start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def report_of(process: ManagedProcess) -> dict[str, object]:
+    report: dict[str, object] = json.loads(process.output[0])
+    return report
+
+
+def gone_within(pid_fd: int, seconds: float) -> bool:
+    readable, _, _ = select.select([pid_fd], [], [], seconds)
+    return bool(readable)
+
+
+def test_a_forked_worker_runs_as_python_dash_m_would(zygote: Zygote, tmp_path: Path) -> None:
+    with zygote.fork(probe(tmp_path, "--flag", "value")) as worker:
+        report = report_of(worker)
+    assert report["name"] == "__main__"
+    assert report["argv"] == [str(ROOT / "tests/crash/zygote_probe.py"), "--flag", "value"]
+    assert report["cwd"] == str(tmp_path)
+    assert report["marker"] == "from-the-zygote"
+    assert report["session_leader"] is True, "a worker runs in a session of its own"
+    assert report["threads"] == 1
+    assert report["stdin"] == "/dev/null"
+    # Forked: its imports were done before, once, by the zygote; it is the zygote's child.
+    assert report["dependency_imported_by"] == zygote.process.pid
+    assert report["ppid"] == zygote.process.pid
+    assert report["pid"] == worker.pid != zygote.process.pid
+
+
+def test_sigkill_kills_exactly_the_forked_worker_and_is_reported(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    with (
+        zygote.fork(probe(tmp_path)) as victim,
+        zygote.fork(probe(tmp_path)) as bystander,
+    ):
+        assert victim.pid != bystander.pid
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait(10) == -signal.SIGKILL
+        assert bystander.alive()
+        assert zygote.process.alive()
+        with zygote.fork(probe(tmp_path)) as next_one:  # forking goes on after a kill
+            assert next_one.pid not in (victim.pid, bystander.pid)
+        assert bystander.stop() == 0  # SIGTERM: it returns from main
+
+
+def test_a_forked_workers_exit_code_is_its_own(zygote: Zygote, tmp_path: Path) -> None:
+    child = zygote.spawn(["exit", "3"])
+    assert child.wait(10) == 3
+    assert child.stdout is not None
+    assert json.loads(child.stdout.readline())["argv"][1:] == ["exit", "3"]
+    child.stdout.close()
+
+
+def test_a_worker_with_another_environment_is_not_forked(zygote: Zygote, tmp_path: Path) -> None:
+    # What the zygote imported read its environment: another one would not be `python -m`'s.
+    with pytest.raises(ValueError, match="another environment"):
+        zygote.fork(probe(tmp_path, marker="another"))
+    with pytest.raises(ValueError, match="another environment"):
+        zygote.fork(probe(tmp_path / "elsewhere"))
+
+
+def test_stopping_the_zygote_leaves_no_forked_worker_behind(tmp_path: Path) -> None:
+    zygote = Zygote.of(probe(tmp_path)).start()
+    try:
+        worker = zygote.fork(probe(tmp_path)).start()
+        pid_fd = os.pidfd_open(worker.pid)
+    finally:
+        zygote.stop()
+    try:
+        assert gone_within(pid_fd, 10), f"forked worker {worker.pid} outlived its zygote"
+    finally:
+        os.close(pid_fd)
+        worker.stop()
+
+
+def test_a_zygote_whose_imports_start_threads_refuses_to_fork(tmp_path: Path) -> None:
+    # A thread's locks would be copied into every fork in whatever state they were.
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "tests.crash.zygote_threads_probe"]
+    threads = ManagedProcess("threads", argv, ready="ready", env=env, cwd=tmp_path)
+    with pytest.raises(ProcessStartError, match="started threads"):
+        Zygote.of(threads).start()
+
+
+def test_forked_processes_are_managed_processes(zygote: Zygote, tmp_path: Path) -> None:
+    worker = zygote.fork(probe(tmp_path))
+    assert isinstance(worker, ForkedProcess)
+    assert isinstance(worker, ManagedProcess)
+
+
+def test_a_forked_worker_that_exits_before_it_is_ready_fails_to_start(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    with pytest.raises(ProcessStartError, match="exited with code 3"):
+        zygote.fork(probe(tmp_path, "exit", "3")).start()
+
+
+def test_a_forked_worker_gets_its_own_environment(zygote: Zygote, tmp_path: Path) -> None:
+    # pytest changes PYTEST_CURRENT_TEST between tests: a worker sees its own value, as it
+    # would see it started as `python -m`.
+    process = probe(tmp_path)
+    process.env["PYTEST_CURRENT_TEST"] = "another test"
+    with zygote.fork(process) as worker:
+        report = report_of(worker)
+    assert report["marker"] == "from-the-zygote"
+    assert report["current_test"] == "another test"
