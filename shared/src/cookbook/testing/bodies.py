@@ -6,7 +6,18 @@ import copy
 import json
 from typing import Any
 
-REMOVED: Any = object()  # as a value for `changed`: remove the field instead of setting it
+
+class _Removed:
+    """As a value for `changed`: remove the field instead of setting it.
+
+    Its repr is the same in every process: pytest-xdist's workers must collect the same test ids,
+    and a test id made with `{value!r}` from a bare `object()` carries a memory address."""
+
+    def __repr__(self) -> str:
+        return "<removed>"
+
+
+REMOVED: Any = _Removed()
 
 
 def changed(valid: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
