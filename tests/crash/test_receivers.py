@@ -106,9 +106,11 @@ def test_every_example_whose_effects_land_outside_the_sandbox_declares_them() ->
         name: sorted(r.name for r in found) for name, found in declarations.items() if found
     } == {
         "batch-processor": ["sink"],
+        "job-callback": ["job callbacks"],
         "k8s-drain": ["kubernetes"],
         "kafka-worker": ["user-data store"],
         "money-transfer": ["ledger"],
         "mutex": ["report generator"],
+        "webhook-handler": ["order book"],
         "wlrf": ["ledger stand-in", "reference store"],
     }
