@@ -66,6 +66,9 @@ test-slow: setup ## opt-in slow tests (minutes)
 run-%: setup ## run an example's narrated demo (e.g. make run-hello; SKIP_TIME=1 skips durable sleeps; COPY_OUT=1 runs it from a copy of its folder alone)
 	@$(COOKBOOK) run $* $(if $(CRASH),--crash $(CRASH)) $(if $(SKIP_TIME),--skip-time) $(if $(COPY_OUT),--copy-out)
 
+copy-out-%: setup ## copy an example's folder alone into a venv of its own and run the tests it carries (TO=dir keeps it)
+	@$(COOKBOOK) copy-out $* $(if $(TO),--to $(TO))
+
 crash-%: setup ## run an example's crash matrix (e.g. make crash-hello)
 	@$(COOKBOOK) crash $*
 

@@ -74,6 +74,28 @@ def run_example(
         return _run_stack(example, crash, also, client, skip_time, quiet, started, python, cwd)
 
 
+def copy_out_example(name: str, to: str | None = None) -> int:
+    """Copy an example's folder alone out of the cookbook, install it into a venv of its own, and
+    run the tests it carries there (`make copy-out-<example>`): what a user who copies it gets."""
+    example = catalog.example(name)
+    with contextlib.ExitStack() as cleanup:
+        if to is None:
+            outside = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="copy-out-")))
+        else:
+            outside = Path(to).resolve()
+            outside.mkdir(parents=True, exist_ok=True)
+        _say(f"· copying {name}'s folder alone to {outside / name}")
+        python = copyout.copy_out(example, outside)
+        _say(f"· installed from its pyproject.toml (and its dev group) into {python.parent.parent}")
+        _say(f"· running the tests it carries: cd {outside / name} && {python} -m pytest tests")
+        done = copyout.run_tests(outside / name, python)
+        sys.stdout.write(done.stdout)
+        sys.stderr.write(done.stderr)
+        if to is None:
+            _say("· the copy is removed (keep it with --to DIR)")
+        return done.returncode
+
+
 def _run_stack(
     example: catalog.Example,
     crash: str | None,
@@ -361,6 +383,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="embedded dev server only: fire durable sleeps and timeouts as soon as every "
         "execution is suspended",
     )
+    copy = sub.add_parser(
+        "copy-out",
+        help="copy an example's folder alone into a venv of its own and run the tests it carries",
+    )
+    copy.add_argument("example")
+    copy.add_argument("--to", metavar="DIR", help="keep the copy here (default: a temporary one)")
     crash = sub.add_parser("crash", help="run an example's crash matrix")
     crash.add_argument("example")
     crash.add_argument("-k", dest="only", help="only crash points whose id contains this")
@@ -411,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     args.skip_time,
                     args.copy_out,
                 )
+            case "copy-out":
+                code = copy_out_example(args.example, args.to)
             case "crash":
                 code = crash_example(args.example, args.only)
             case "chaos":

@@ -10,21 +10,40 @@ outside its folder, a dependency it does not declare) fails there.
 
 The versions installed are the workspace's: the lock is exported as constraints (`uv export`),
 so the copy runs on what the cookbook tested, resolved from the copy's own declared dependencies.
+
+A copy carries the example's portable tests (`tests/*.py`: the SDK's `resonate.testing`, the
+example's own package and dependencies, pytest) and runs them there (`run_tests`, `cookbook
+copy-out <example>`). The tests that need the cookbook's harness live in `tests/cookbook/`, which
+stays behind: they test the example in the cookbook, and would not import outside it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cookbook.catalog import Example, repo_root
 
 # What a user's copy would not have: caches and the artefacts of runs.
-IGNORED = shutil.ignore_patterns(
+_ARTEFACTS = shutil.ignore_patterns(
     "__pycache__", "*.pyc", ".venv", ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.db"
 )
+# The tests that need the cookbook's harness: they stay in the cookbook.
+HARNESS_TESTS = Path("tests") / "cookbook"
+
+
+def _ignored(example: Path) -> Callable[[str, list[str]], set[str]]:
+    def ignored(directory: str, names: list[str]) -> set[str]:
+        left = set(_ARTEFACTS(directory, names))
+        if Path(directory) == example / HARNESS_TESTS.parent:
+            left |= {HARNESS_TESTS.name} & set(names)
+        return left
+
+    return ignored
 
 
 class CopyOutError(RuntimeError):
@@ -77,7 +96,7 @@ def copy_out(example: Example, destination: Path) -> Path:
     """
     root = repo_root(example.path)
     copy = destination / example.name
-    shutil.copytree(example.path, copy, ignore=IGNORED)
+    shutil.copytree(example.path, copy, ignore=_ignored(example.path))
     venv = destination / "venv"
     _run([*uv(), "venv", "--quiet", "--python", sys.executable, str(venv)], "uv venv")
     python = venv / "bin" / "python"
@@ -88,3 +107,21 @@ def copy_out(example: Example, destination: Path) -> Path:
         install += ["--group", f"{copy / 'pyproject.toml'}:dev"]
     _run(install, f"installing {example.name} from its own pyproject.toml")
     return python
+
+
+def run_tests(copy: Path, python: Path) -> subprocess.CompletedProcess[str]:
+    """The copy's own tests, run as its user would run them: `python -m pytest tests` in the copy.
+
+    The environment is the caller's without the variables that would let a test reach back into
+    the workspace (PYTHONPATH) or at a server (RESONATE_URL): portable tests run in process.
+    """
+    environ = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "RESONATE_URL"}}
+    return subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=copy,
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )

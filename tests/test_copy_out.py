@@ -1,0 +1,58 @@
+"""A copy of an example, taken out of the cookbook, carries tests that pass there.
+
+For every example: its folder alone is copied outside the workspace and installed from its own
+pyproject.toml (and its `dev` group) into a fresh venv, as `make copy-out-<example>` does, and the
+tests it carries (`tests/*.py`: the SDK's `resonate.testing`, its own package and dependencies,
+pytest) run there. The tests that need the cookbook's harness (`tests/cookbook/`) stay behind.
+A test that borrows from the cookbook (an import, a fixture of its pytest plugin) fails in the
+copy: the last two tests plant one of each and see it fail.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from cookbook import catalog, copyout
+
+EXAMPLES = [example.name for example in catalog.examples()]
+
+
+def copy_and_test(example: str, destination: Path, planted: str | None = None) -> str:
+    """Copy `example` out, optionally plant a test file, run the copy's tests; their output."""
+    python = copyout.copy_out(catalog.example(example), destination)
+    copy = destination / example
+    assert not (copy / copyout.HARNESS_TESTS).exists(), "tests/cookbook/ was copied out"
+    if planted is not None:
+        (copy / "tests" / "test_planted.py").write_text(planted)
+    done = copyout.run_tests(copy, python)
+    return f"exit {done.returncode}\n{done.stdout}{done.stderr}"
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_a_copy_passes_the_tests_it_carries(example: str, tmp_path: Path) -> None:
+    output = copy_and_test(example, tmp_path)
+
+    assert output.startswith("exit 0\n"), output
+    assert re.search(r"\b\d+ passed\b", output), output
+    # A portable test that skips itself in the copy tests nothing there.
+    assert not re.search(r"\b\d+ (skipped|xfailed|deselected)\b", output), output
+
+
+def test_a_copied_test_that_imports_the_cookbook_fails_there(tmp_path: Path) -> None:
+    planted = "from cookbook import catalog\n\n\ndef test_borrowed() -> None:\n    assert catalog\n"
+
+    output = copy_and_test("hello", tmp_path, planted)
+
+    assert not output.startswith("exit 0\n"), output
+    assert "No module named 'cookbook'" in output, output
+
+
+def test_a_copied_test_that_uses_a_cookbook_fixture_fails_there(tmp_path: Path) -> None:
+    planted = "def test_borrowed(devserver: object) -> None:\n    assert devserver\n"
+
+    output = copy_and_test("hello", tmp_path, planted)
+
+    assert not output.startswith("exit 0\n"), output
+    assert "fixture 'devserver' not found" in output, output
