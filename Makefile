@@ -11,6 +11,8 @@ EXAMPLES := $(notdir $(wildcard examples/*))
 # The suite mostly waits on processes starting and recovering, not on CPU: run it wider than
 # the machine's core count.
 TEST_WORKERS ?= 4
+# More pytest options for `make test`/`make unit`, e.g. PYTEST_ARGS="--durations=30" or "-k saga".
+PYTEST_ARGS ?=
 
 # A Python >= 3.12 for uv: $UV_PYTHON if set, else the one uv finds, else a pyenv version (on
 # machines whose default python3 is older and whose pyenv shim does not select 3.12), else uv
@@ -57,7 +59,7 @@ types: setup ## mypy (strict)
 
 .PHONY: unit
 unit: setup ## pytest: unit tests, example tests, crash matrices
-	@$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	@$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 .PHONY: test-slow
 test-slow: setup ## opt-in slow tests (minutes)
