@@ -253,8 +253,11 @@ def _words(text: str) -> int:
 
 
 def complete(script: Script, request: ChatRequest, digest: str) -> tuple[JSONObject, str | None]:
-    """The `chat.completion` for a request, and the name of the rule that answered it."""
-    rule = next((r for r in script.rules if _matches(r.when, r.reply, request)), None)
+    """The `chat.completion` for a request, and which rule answered (None: the default reply)."""
+    index, rule = next(
+        ((i, r) for i, r in enumerate(script.rules) if _matches(r.when, r.reply, request)),
+        (None, None),
+    )
     message: JSONObject = {"role": "assistant", "content": None, "refusal": None}
     if rule is not None and rule.reply.tool_calls is not None:
         message["tool_calls"] = [
@@ -296,7 +299,7 @@ def complete(script: Script, request: ChatRequest, digest: str) -> tuple[JSONObj
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
-    return completion, None if rule is None else rule.name
+    return completion, None if rule is None else (rule.name or f"rules[{index}]")
 
 
 # --- the routes ------------------------------------------------------------------------
@@ -406,7 +409,7 @@ def model_router(
         outcome = store.execute(call, lambda tx: ActionResult(200, completion, completion["id"]))
         if narrate:
             how = {
-                "executed": f"billed (rule {rule or 'default'})",
+                "executed": f"billed, answered by {rule or 'the default reply'}",
                 "replayed": "replayed from its Idempotency-Key, not billed again",
                 "conflict": "rejected",
             }[outcome.kind]
