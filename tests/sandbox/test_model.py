@@ -211,6 +211,27 @@ def test_a_bad_field_is_a_400_naming_it(model: Sandbox, messages: Any, param: st
     assert model.records.effects(f"bad:{param}:") == []
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [b"{not json", b'{"model": "m", "messages": [], "temperature": NaN}', b"[]"],
+    ids=["broken", "nan", "array"],
+)
+def test_a_body_that_is_no_json_object_is_a_400_and_recorded(model: Sandbox, raw: bytes) -> None:
+    key = f"raw:{raw.decode()}:"
+
+    response = httpx.post(
+        f"{model.url}/v1/chat/completions",
+        content=raw,
+        headers={"Authorization": "Bearer k", "Idempotency-Key": key},
+    )
+
+    assert response.status_code == 400
+    assert "JSON" in response.json()["error"]["message"]
+    [request] = model.records.requests(key)
+    assert (request.status_code, request.body) == (400, raw.decode() if raw != b"[]" else [])
+    assert model.records.effects(key) == []
+
+
 def test_no_api_key_is_a_401(model: Sandbox) -> None:
     with pytest.raises(openai.AuthenticationError):
         model.client().chat.completions.create(

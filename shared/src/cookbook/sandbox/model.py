@@ -373,13 +373,16 @@ def model_router(
         except ClientDisconnect:
             return Response(status_code=499)
         key = request.headers.get("Idempotency-Key")
+        body, parse_error = _decode(raw)
+        # As the sandbox records any request: its JSON, or its text when it is not JSON.
+        recorded = canonical_json(raw.decode("utf-8", "replace") if parse_error else body)
 
         def reject(status: int, body: JSONObject, *, injected: bool = False) -> JSONResponse:
             store.record_request(
                 provider=PROVIDER,
                 action=ACTION,
                 idempotency_key=key,
-                body_text=canonical_json(raw.decode("utf-8", "replace")),
+                body_text=recorded,
                 status_code=status,
                 started_at=started_at,
                 injected_fault=injected,
@@ -393,10 +396,8 @@ def model_router(
             return reject(401, _no_key_body())
         if key is not None and not 0 < len(key) <= 255:
             return bad(f"Idempotency-Key must be 1 to 255 characters, got {len(key)}", None)
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            return bad(f"the request body is not valid JSON: {exc}", None)
+        if parse_error is not None:
+            return bad(f"the request body is not valid JSON: {parse_error}", None)
         if not isinstance(body, dict):
             return bad("the request body must be a JSON object", None)
         try:
@@ -416,7 +417,7 @@ def model_router(
             message = f"injected failure (attempt {attempt}): the stand-in model answered {status}"
             return reject(status, openai_error(message, kind=kind, code=code), injected=True)
 
-        digest = hashlib.sha256(canonical_json(body).encode()).hexdigest()
+        digest = hashlib.sha256(recorded.encode()).hexdigest()
         completion, rule = complete(current[0], chat, digest)
         call = Incoming(PROVIDER, ACTION, key, body, started_at)
         outcome = store.execute(call, lambda tx: ActionResult(200, completion, completion["id"]))
@@ -437,6 +438,18 @@ def model_router(
         return Response(outcome.body, outcome.status_code, headers, "application/json")
 
     return router
+
+
+def _decode(raw: bytes) -> tuple[Any, str | None]:
+    """The request's JSON, or why it is not JSON (NaN and Infinity are not)."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(raw, parse_constant=refuse), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def _has_key(request: Request) -> bool:
