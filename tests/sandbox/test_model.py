@@ -189,6 +189,14 @@ def test_streaming_is_refused_with_400(model: Sandbox) -> None:
     assert model.billed("stream-1") == []
 
 
+def test_more_than_one_choice_is_refused_with_400(model: Sandbox) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(model.client(), "hi", key="choices-1", n=2)
+
+    assert refused.value.param == "n"
+    assert model.billed("choices-1") == []
+
+
 @pytest.mark.parametrize(
     ("messages", "param"),
     [

@@ -209,6 +209,7 @@ class ChatRequest(_Lenient):
     tools: list[Tool] | None = None
     tool_choice: Any = None
     stream: bool | None = None
+    n: int | None = Field(default=None, ge=1)
 
     def last(self, role: str) -> str:
         return next((m.text for m in reversed(self.messages) if m.role == role), "")
@@ -407,6 +408,8 @@ def model_router(
             return bad(f"invalid request: {_describe(first)}", _param(first["loc"]))
         if chat.stream:
             return bad("the stand-in model does not stream: send stream=false", "stream")
+        if chat.n not in (None, 1):
+            return bad("the stand-in model gives one choice: send n=1", "n")
 
         injection = faults.on_request(PROVIDER, ACTION, key)
         if injection.latency_s > 0:
