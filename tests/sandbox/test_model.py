@@ -400,6 +400,7 @@ def test_the_sandbox_refuses_to_start_with_a_bad_script(tmp_path: Path) -> None:
     script = tmp_path / "script.toml"
     script.write_text("[[rules]]\nreply = {}\n")
     argv = [sys.executable, "-m", "cookbook.sandbox", "--model-script", str(script)]
+    argv += ["--db", str(tmp_path / "sandbox.db")]
 
     finished = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
