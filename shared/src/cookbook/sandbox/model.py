@@ -378,7 +378,7 @@ def model_router(
         # As the sandbox records any request: its JSON, or its text when it is not JSON.
         recorded = canonical_json(raw.decode("utf-8", "replace") if parse_error else body)
 
-        def reject(status: int, body: JSONObject, *, injected: bool = False) -> JSONResponse:
+        def reject(status: int, error: JSONObject, *, injected: bool = False) -> JSONResponse:
             store.record_request(
                 provider=PROVIDER,
                 action=ACTION,
@@ -388,7 +388,7 @@ def model_router(
                 started_at=started_at,
                 injected_fault=injected,
             )
-            return JSONResponse(body, status)
+            return JSONResponse(error, status)
 
         def bad(message: str, param: str | None) -> JSONResponse:
             return reject(400, openai_error(message, kind="invalid_request_error", param=param))
