@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult
 from resonate.resonate import Resonate
 
@@ -59,7 +60,10 @@ async def call(session: ClientSession, tool: str, arguments: dict[str, Any]) -> 
     if result.is_error or result.structured_content is None:
         raise SystemExit(f"✗ {tool}: {result.content}")
     answer: dict[str, Any] = result.structured_content
-    print(f"← {answer['status']}: {answer.get('result') or answer.get('hint')}")
+    print(f"← {answer['status']}: {answer.get('hint') or ''}")
+    for name, value in (answer.get("result") or {}).items():
+        if value is not None:
+            print(f"    {name}: {value}")
     return answer
 
 
@@ -100,14 +104,9 @@ async def main() -> None:
         billed = effects(provider_url, f"{weather_call}:", "model")
         print(f"  the model billed {len(billed)} completion(s) for {weather_call}")
 
-    print("\n• An invoice to approve. A person decides, outside MCP: the tool waits 2 s, then")
-    print("  answers pending with the call id.")
-    async with mcp_server(errlog, wait_seconds=2) as session:
-        pending = await call(session, "approve_invoice", invoice)
-        pid = last_pid(errlog)
-        print(f"• The AI app crashes: SIGKILL to the MCP server (pid {pid}).")
-        os.kill(pid, signal.SIGKILL)
-    invoice_call = pending["call_id"]
+    print("\n• An invoice to approve. A person decides, outside MCP; the tool waits for it.")
+    async with mcp_server(errlog, wait_seconds=20) as session:
+        invoice_call = await killed_mid_call(session, errlog, invoice)
 
     print("\n• The approver reads the email the workflow sent, and approves.")
     mail = await _first_email(provider_url, f"{invoice_call}:")
@@ -123,6 +122,26 @@ async def main() -> None:
         await call(session, "call_status", {"call_id": invoice_call, "wait_seconds": 20})
     paid = effects(provider_url, f"{invoice_call}:", "payment")
     print(f"  the vendor was paid {len(paid)} time(s)")
+
+
+async def killed_mid_call(session: ClientSession, errlog: Path, invoice: dict[str, Any]) -> str:
+    """Call approve_invoice, and SIGKILL the MCP server once the call has started."""
+    shown = ", ".join(f"{k}={v!r}" for k, v in invoice.items())
+    print(f"→ approve_invoice({shown})")
+    started: list[str] = []
+
+    async def crash(progress: float, total: float | None, message: str | None) -> None:
+        print(f"  … {message}")
+        started.append(str(message).split()[1])  # "call <id> started"
+        pid = last_pid(errlog)
+        print(f"• The AI app crashes mid-call: SIGKILL to the MCP server (pid {pid}).")
+        os.kill(pid, signal.SIGKILL)
+
+    try:
+        await session.call_tool("approve_invoice", invoice, progress_callback=crash)
+    except MCPError as lost:
+        print(f"← the client sees: {lost}")
+    return started[0]
 
 
 async def _first_email(provider_url: str, key_prefix: str) -> dict[str, Any]:
