@@ -39,7 +39,7 @@ from resonate.error import ServerError
 from resonate.handle import ResonateHandle
 from resonate.resonate import Resonate
 
-from mcp_server.workflow import (
+from mcp_server.calls import (
     City,
     Currency,
     Email,

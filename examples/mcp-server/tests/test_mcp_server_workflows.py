@@ -18,16 +18,15 @@ import httpx
 import httpx2
 import openai
 import pytest
-from mcp_server.steps import Model, Providers
-from mcp_server.workflow import (
+from mcp_server.calls import (
     Invoice,
     InvoiceOutcome,
     WeatherReport,
-    invoice_approval,
     invoice_call_id,
     weather_call_id,
-    weather_report,
 )
+from mcp_server.steps import Model, Providers
+from mcp_server.workflow import invoice_approval, weather_report
 from pydantic import ValidationError
 from resonate.resonate import Resonate
 from resonate.testing import local_resonate

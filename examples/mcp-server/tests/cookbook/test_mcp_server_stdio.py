@@ -163,41 +163,27 @@ async def emails(sandbox: RunningSandbox, call_id: str) -> list[Any]:
     raise AssertionError(f"no email for {call_id}")
 
 
-def test_twenty_concurrent_identical_calls_are_one_execution(
+def test_identical_calls_are_one_execution_and_other_figures_are_refused(
     stack: dict[str, str], sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
     invoice = an_invoice()
+    call_id = f"invoice.{invoice['invoice_id']}"
 
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> tuple[list[dict[str, Any]], str]:
         async with mcp_server(stack, tmp_path / "mcp.stderr", wait_seconds=1) as session:
             calls = [session.call_tool("approve_invoice", invoice) for _ in range(20)]
-            return [answer(result) for result in await asyncio.gather(*calls)]
+            answers = [answer(result) for result in await asyncio.gather(*calls)]
+            other = invoice | {"amount_cents": 999_999}
+            return answers, error_text(await session.call_tool("approve_invoice", other))
 
-    answers = asyncio.run(go())
+    answers, refusal = asyncio.run(go())
 
-    call_id = f"invoice.{invoice['invoice_id']}"
     assert {(a["call_id"], a["status"]) for a in answers} == {(call_id, "pending")}
-    assert len(asyncio.run(emails(sandbox, call_id))) == 1
-
-
-def test_an_invoice_id_reused_with_other_figures_is_refused(
-    stack: dict[str, str], sandbox: RunningSandbox, tmp_path: Path
-) -> None:
-    invoice = an_invoice()
-
-    async def go() -> str:
-        async with mcp_server(stack, tmp_path / "mcp.stderr", wait_seconds=0) as session:
-            answer(await session.call_tool("approve_invoice", invoice))
-            return error_text(
-                await session.call_tool("approve_invoice", invoice | {"amount_cents": 999_999})
-            )
-
-    refusal = asyncio.run(go())
-
-    assert (
-        f"invoice_id {invoice['invoice_id']!r} was already submitted with other details" in refusal
+    assert refusal.endswith(
+        f"invoice_id {invoice['invoice_id']!r} was already submitted with other details; "
+        f"ask call_status with call_id {call_id!r}"
     )
-    [email] = asyncio.run(emails(sandbox, f"invoice.{invoice['invoice_id']}"))
+    [email] = asyncio.run(emails(sandbox, call_id))  # one execution asked the approver once
     assert "1,840.00 EUR" in email.body["subject"]
 
 
@@ -217,28 +203,51 @@ BAD_ARGUMENTS = [
 ]
 
 
-def test_bad_arguments_are_refused_naming_the_field_and_start_nothing(
+def test_bad_arguments_and_unknown_calls_are_refused_naming_the_field_starting_nothing(
     stack: dict[str, str], devserver: RunningDevServer, sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
     promises_before = len(devserver.state()["promises"])  # type: ignore[arg-type]
     effects_before = len(sandbox.records.effects())
 
-    async def go() -> list[str]:
+    async def go() -> tuple[list[str], str]:
         async with mcp_server(stack, tmp_path / "mcp.stderr", wait_seconds=0) as session:
-            return [error_text(await session.call_tool(t, a)) for t, a, _ in BAD_ARGUMENTS]
+            refusals = [error_text(await session.call_tool(t, a)) for t, a, _ in BAD_ARGUMENTS]
+            unknown = await session.call_tool("call_status", {"call_id": "invoice.nope"})
+            return refusals, error_text(unknown)
 
-    refusals = asyncio.run(go())
+    refusals, unknown = asyncio.run(go())
 
     for (tool, _, field_name), refusal in zip(BAD_ARGUMENTS, refusals, strict=True):
         assert f"\n{field_name}\n" in refusal, (tool, field_name, refusal)
         assert len(refusal) < 1_000  # an oversized value is not echoed back whole
     assert len(devserver.state()["promises"]) == promises_before  # type: ignore[arg-type]
     assert len(sandbox.records.effects()) == effects_before
+    assert unknown.endswith("call_id 'invoice.nope': no such call")
 
 
-def test_an_unknown_call_id_is_said_to_be_unknown(stack: dict[str, str], tmp_path: Path) -> None:
-    async def go() -> str:
-        async with mcp_server(stack, tmp_path / "mcp.stderr") as session:
-            return error_text(await session.call_tool("call_status", {"call_id": "invoice.nope"}))
+def test_a_report_survives_its_mcp_server_killed_mid_call_and_is_billed_once(
+    stack: dict[str, str], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    errlog = tmp_path / "mcp.stderr"
+    city = (
+        f"Oslo {secrets.choice('ABCDEFGH')}{secrets.choice('ABCDEFGH')}{secrets.choice('ABCDEFGH')}"
+    )
 
-    assert asyncio.run(go()).endswith("call_id 'invoice.nope': no such call")
+    async def go() -> tuple[str, dict[str, Any], dict[str, Any]]:
+        async with mcp_server(stack, errlog) as session:
+            call_id = await call_killed_mid_call(session, errlog, "weather_report", {"city": city})
+        async with mcp_server(stack, errlog) as session:
+            status = answer(
+                await session.call_tool("call_status", {"call_id": call_id, "wait_seconds": 20})
+            )
+            again = answer(await session.call_tool("weather_report", {"city": city}))
+        return call_id, status, again
+
+    call_id, status, again = asyncio.run(go())
+
+    assert status["status"] == "done"
+    assert status["result"]["city"] == city
+    assert status["result"]["report"]
+    assert again == status  # the same question attaches to the same call
+    billed = [e for e in sandbox.records.effects(key_prefix=f"{call_id}:") if e.provider == "model"]
+    assert len(billed) == 1
