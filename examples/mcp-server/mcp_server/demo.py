@@ -60,7 +60,8 @@ async def call(session: ClientSession, tool: str, arguments: dict[str, Any]) -> 
     if result.is_error or result.structured_content is None:
         raise SystemExit(f"✗ {tool}: {result.content}")
     answer: dict[str, Any] = result.structured_content
-    print(f"← {answer['status']}: {answer.get('hint') or ''}")
+    hint = answer.get("hint")
+    print(f"← {answer['status']}" + (f": {hint}" if hint else ""))
     for name, value in (answer.get("result") or {}).items():
         if value is not None:
             print(f"    {name}: {value}")
