@@ -30,13 +30,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field, StringConstraints
 from resonate.error import ServerError
-from resonate.handle import ResonateHandle
 from resonate.resonate import Resonate
 
 from mcp_server.calls import (
@@ -68,6 +67,13 @@ class CallStatus(BaseModel):
     hint: str | None = None
 
 
+class Pending(Protocol):
+    """What a tool needs of the SDK's handle to an execution."""
+
+    def done(self) -> bool: ...
+    async def result(self) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Calls:
     """This MCP server's way to the workers: a Resonate client and how long a tool waits."""
@@ -77,7 +83,7 @@ class Calls:
     wait_seconds: float
     decide_within: timedelta
 
-    async def wait(self, call_id: str, handle: ResonateHandle[Any], seconds: float) -> CallStatus:
+    async def wait(self, call_id: str, handle: Pending, seconds: float) -> CallStatus:
         try:
             if handle.done():
                 result = await handle.result()
