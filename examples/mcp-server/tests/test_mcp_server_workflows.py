@@ -25,6 +25,7 @@ from mcp_server.calls import (
     invoice_call_id,
     weather_call_id,
 )
+from mcp_server.decide import decide
 from mcp_server.steps import Model, Providers
 from mcp_server.workflow import invoice_approval, weather_report
 from pydantic import ValidationError
@@ -221,3 +222,21 @@ def test_a_bad_invoice_is_refused_naming_the_field(field_name: str, value: Any) 
         Invoice.model_validate(fields)
 
     assert [e["loc"][0] for e in refused.value.errors()] == [field_name]
+
+
+def test_a_decision_is_taken_once_and_an_unknown_one_is_said_so() -> None:
+    async def body(resonate: Resonate) -> list[str]:
+        promise = await resonate.promises.create("invoice.INV-8.decision", 2**62, Value(), {})
+        return [
+            await decide(resonate, promise.id, "reject", "no"),
+            await decide(resonate, promise.id, "approve", "yes after all"),
+            await decide(resonate, "invoice.INV-9.decision", "approve", ""),
+        ]
+
+    said = run_in(World(), body)
+
+    assert said == [
+        "rejected: invoice.INV-8.decision",
+        "invoice.INV-8.decision was already settled (resolved): nothing changed",
+        "no decision is awaited under 'invoice.INV-9.decision'",
+    ]
