@@ -20,6 +20,7 @@ from resonate.resonate import Resonate
 from resonate.types import Value
 
 type Decision = Literal["approve", "reject"]
+PAST: dict[Decision, str] = {"approve": "approved", "reject": "rejected"}
 
 
 async def decide(resonate: Resonate, promise_id: str, decision: Decision, note: str) -> str:
@@ -35,7 +36,7 @@ async def decide(resonate: Resonate, promise_id: str, decision: Decision, note: 
     # A settled promise is returned as it is: only our own value means this call decided.
     if settled.state != "resolved" or settled.value.data != {"decision": decision, "note": note}:
         return f"{promise_id} was already settled ({settled.state}): nothing changed"
-    return f"{decision}d: {promise_id}"
+    return f"{PAST[decision]}: {promise_id}"
 
 
 async def main(argv: list[str]) -> None:
