@@ -11,9 +11,22 @@ use OpenAI, vLLM, Ollama, LiteLLM...). It speaks the Chat Completions wire forma
     GET  /_admin/model/script     the script in use, as JSON
 
 Replies are deterministic and scripted: a script is an ordered list of rules, and the first rule
-whose conditions all hold answers (`[[rules]]` tables with `when = {...}` and `reply = {...}`,
-see `When` and `Reply`). No rule matching, a default reply quotes the last user message. The
-same request gets the same reply, byte for byte: ids and `created` derive from the request.
+whose conditions all hold answers (see `When` and `Reply`). No rule matching, a default reply
+labelled "[stand-in model]" quotes the last user message. The same request gets the same reply,
+byte for byte: ids derive from the request, and `created` is fixed. An example's script:
+
+    [[rules]]
+    name = "look it up"
+    when = { last_user_contains = "weather", tool_offered = "get_weather" }
+    reply = { tool_calls = [{ name = "get_weather", arguments = { city = "Paris" } }] }
+
+    [[rules]]
+    when = { last_message_role = "tool" }
+    reply = { content = "It is {last_tool_result} in Paris." }
+
+The cookbook loads an example's script (`[tool.cookbook.model] script`) when it starts the
+sandbox for it (`python -m cookbook.sandbox --model-script PATH`); a test that shares a sandbox
+loads it with `load_script` and gives its processes `cookbook.stack.stand_in_model_env(url)`.
 
 Every completion is billed: recorded in the sandbox's records like any provider call (provider
 "model", action "complete": an effect whose response holds the model and its `usage`). Tokens
@@ -326,7 +339,7 @@ def model_router(
     """The stand-in's routes. `on_effect(provider, action)` runs after each billed completion
     (the sandbox's kill switches)."""
     router = APIRouter()
-    current = [script]
+    current = [script]  # replaced whole by PUT /_admin/model/script
 
     @router.put("/_admin/model/script", tags=["admin"])
     async def replace_script(request: Request) -> JSONResponse:
