@@ -1,0 +1,242 @@
+"""The workflows in-process: the SDK's own server in memory (`local_resonate`), no network.
+
+The weather API, the email and payment providers are an `httpx.MockTransport`; the model is the
+official `openai` client on a mock transport that answers Chat Completions as the API does, so
+the steps' handling of a completion, a refusal (400) and a rate limit (429) is the real client's.
+Portable: these import only resonate, the example and its own dependencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import httpx2
+import openai
+import pytest
+from mcp_server.calls import (
+    Invoice,
+    InvoiceOutcome,
+    WeatherReport,
+    invoice_call_id,
+    weather_call_id,
+)
+from mcp_server.decide import decide
+from mcp_server.steps import Model, Providers
+from mcp_server.workflow import invoice_approval, weather_report
+from pydantic import ValidationError
+from resonate.resonate import Resonate
+from resonate.testing import local_resonate
+from resonate.types import Value
+
+INVOICE = Invoice(
+    invoice_id="INV-7",
+    vendor="Atelier Lumiere",
+    amount_cents=184_000,
+    currency="EUR",
+    description="Stage lighting",
+    approver_email="grace@example.com",
+)
+
+
+@dataclass
+class World:
+    """What the providers and the model were asked, and how the model answers."""
+
+    model_statuses: list[int] = field(default_factory=list)  # one per call; 200 once they run out
+    provider_calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    model_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    emailed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def provider(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        key = request.headers["Idempotency-Key"]
+        self.provider_calls.append((request.url.path, key, body))
+        if request.url.path == "/email/send":
+            self.emailed.set()
+        return httpx.Response(
+            200, json={"id": f"{request.url.path.split('/')[1]}_{len(self.provider_calls)}"}
+        )
+
+    def model(self, request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        self.model_calls.append((request.headers["Idempotency-Key"], body))
+        status = self.model_statuses.pop(0) if self.model_statuses else 200
+        if status != 200:
+            error = {"message": "scripted failure", "type": "x", "param": None, "code": None}
+            return httpx2.Response(status, json={"error": error})
+        city = body["messages"][-1]["content"].split(" for ")[1].split(" on ")[0]
+        return httpx2.Response(
+            200,
+            json={
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": f"{city}: dry and mild."},
+                    }
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14},
+            },
+        )
+
+
+def run_in(world: World, body: Callable[[Resonate], Coroutine[Any, Any, Any]]) -> Any:
+    async def go() -> Any:
+        model = openai.AsyncOpenAI(
+            api_key="test",
+            base_url="http://model/v1",
+            max_retries=0,
+            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(world.model)),
+        )
+        transport = httpx.MockTransport(world.provider)
+        async with httpx.AsyncClient(transport=transport, base_url="http://providers") as client:
+            resonate = local_resonate()
+            try:
+                resonate.with_dependency(Providers(client))
+                resonate.with_dependency(Model(model, "test-model"))
+                resonate.register(weather_report)
+                resonate.register(invoice_approval)
+                return await body(resonate)
+            finally:
+                await resonate.stop()
+
+    return asyncio.run(go())
+
+
+def test_a_report_is_written_by_one_model_call_keyed_by_its_step() -> None:
+    world = World()
+
+    report: WeatherReport = run_in(
+        world,
+        lambda r: r.run("weather.lyon.2026-12-06", weather_report, "Lyon", "2026-12-06").result(),
+    )
+
+    assert report == WeatherReport("Lyon", "2026-12-06", "api_1", "Lyon: dry and mild.")
+    [(path, observation_key, body)] = world.provider_calls
+    assert (path, body["city"], body["date"]) == ("/api/call", "Lyon", "2026-12-06")
+    [(model_key, request)] = world.model_calls
+    assert request["model"] == "test-model"
+    assert "observation api_1" in request["messages"][-1]["content"]
+    # Each call keyed by its own step's durable id, under the execution.
+    assert observation_key.startswith("weather.lyon.2026-12-06:")
+    assert model_key.startswith("weather.lyon.2026-12-06:")
+    assert model_key != observation_key
+
+
+def test_a_model_refusal_is_a_value_and_is_not_asked_again() -> None:
+    world = World(model_statuses=[400])
+
+    report: WeatherReport = run_in(
+        world, lambda r: r.run("weather.x.1", weather_report, "Lyon", "2026-12-06").result()
+    )
+
+    assert report.report is None
+    assert report.refused == "model: Error code: 400 - scripted failure"
+    assert len(world.model_calls) == 1
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_a_transient_model_failure_is_asked_again_under_the_same_key(status: int) -> None:
+    world = World(model_statuses=[status, status])
+
+    report: WeatherReport = run_in(
+        world, lambda r: r.run("weather.y.1", weather_report, "Lyon", "2026-12-06").result()
+    )
+
+    assert report.report == "Lyon: dry and mild."
+    keys = [key for key, _ in world.model_calls]
+    assert len(keys) == 3
+    assert len(set(keys)) == 1
+
+
+def decided(world: World, value: dict[str, Any] | None) -> InvoiceOutcome:
+    async def body(resonate: Resonate) -> Any:
+        handle = resonate.run("invoice.INV-7", invoice_approval, INVOICE, 3600)
+        await world.emailed.wait()  # the approver's email carries the decision's promise
+        promise = world.provider_calls[0][2]["decision_promise"]
+        await resonate.promises.resolve(promise, Value(data=value))
+        return await handle.result()
+
+    outcome: InvoiceOutcome = run_in(world, body)
+    return outcome
+
+
+def test_an_approved_invoice_pays_the_vendor_once() -> None:
+    world = World()
+
+    outcome = decided(world, {"decision": "approve", "note": "ok"})
+
+    assert outcome == InvoiceOutcome("INV-7", "paid", "ok", payment_id="payment_2")
+    [email, payment] = world.provider_calls
+    assert email[0] == "/email/send"
+    assert email[2]["to"] == "grace@example.com"
+    assert email[2]["decision_promise"] in email[2]["text"]
+    assert payment[0] == "/payment/charge"
+    assert payment[2] == {"payee": "Atelier Lumiere", "amount_cents": 184_000, "currency": "EUR"}
+
+
+@pytest.mark.parametrize(
+    "value", [{"decision": "reject", "note": "no"}, {"decision": "maybe"}, "approve", None]
+)
+def test_anything_but_an_approval_pays_nothing(value: Any) -> None:
+    world = World()
+
+    outcome = decided(world, value)
+
+    assert outcome.state == "rejected"
+    assert [path for path, _, _ in world.provider_calls] == ["/email/send"]
+
+
+def test_call_ids_come_from_the_arguments() -> None:
+    assert weather_call_id("Saint-Étienne", "2026-12-06") == "weather.saint-tienne.2026-12-06"
+    assert weather_call_id("New  York", "2026-12-06") == weather_call_id("new york", "2026-12-06")
+    assert invoice_call_id("INV-7") == "invoice.INV-7"
+
+
+@pytest.mark.parametrize(
+    ("field_name", "value"),
+    [
+        ("invoice_id", "INV:7"),
+        ("invoice_id", ""),
+        ("amount_cents", 0),
+        ("amount_cents", "100"),
+        ("currency", "XYZ"),
+        ("approver_email", "grace"),
+        ("vendor", " padded"),
+        ("description", "x" * 201),
+    ],
+)
+def test_a_bad_invoice_is_refused_naming_the_field(field_name: str, value: Any) -> None:
+    fields = INVOICE.model_dump() | {field_name: value}
+
+    with pytest.raises(ValidationError) as refused:
+        Invoice.model_validate(fields)
+
+    assert [e["loc"][0] for e in refused.value.errors()] == [field_name]
+
+
+def test_a_decision_is_taken_once_and_an_unknown_one_is_said_so() -> None:
+    async def body(resonate: Resonate) -> list[str]:
+        promise = await resonate.promises.create("invoice.INV-8.decision", 2**62, Value(), {})
+        return [
+            await decide(resonate, promise.id, "reject", "no"),
+            await decide(resonate, promise.id, "approve", "yes after all"),
+            await decide(resonate, "invoice.INV-9.decision", "approve", ""),
+        ]
+
+    said = run_in(World(), body)
+
+    assert said == [
+        "rejected: invoice.INV-8.decision",
+        "invoice.INV-8.decision was already settled (resolved): nothing changed",
+        "no decision is awaited under 'invoice.INV-9.decision'",
+    ]
