@@ -1,21 +1,118 @@
-"""The durable workflow. Each `ctx.run` is a checkpoint; a replay skips finished steps."""
+"""The durable workflow: fetch a page, summarize it, and revise until a person approves.
+
+One execution per page to summarize, keyed by an id the caller chooses. The page is fetched
+once, a checkpoint: every round summarizes the same text. Each summary is one completion and one
+checkpoint: a crash after the model answered never asks (nor pays) for that summary again. The
+reviewer gets the summary by email with the id of a latent promise, and the workflow suspends on
+it: nothing runs and no worker holds the execution while the reviewer reads. Their answer
+resolves the promise: `{"approve": true}`, or `{"approve": false, "feedback": "..."}`, which
+starts the next round with the feedback in the conversation. At most MAX_ROUNDS summaries; the
+approved one is posted to the team's channel.
+
+The promise settles once, one way, so every replay takes the same branch. A decision that cannot
+be read is never taken as an approval, and a reviewer who does not answer within REVIEW_WITHIN
+ends the execution (the server times the promise out by itself).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
 from resonate.context import Context
-from resonate.retry import Exponential
+from resonate.error import ApplicationError
+from resonate.retry import Exponential, Never
 
-from summarize_approve.steps import Outcome, call_provider
+from summarize_approve.steps import (
+    Refused,
+    Round,
+    ask_reviewer,
+    fetch_page,
+    publish,
+    summarize,
+)
 
-# TODO choose these numbers for your provider, and say why here. As scaffolded: a provider that
-# is down gets 4 more attempts, 2, 4, 8 and 16 s apart (about 30 s, enough to ride out a restart
-# or a burst of 503s/429s); after that the execution fails, naming the step. Delays are whole
-# seconds: the SDK's policies take `int`. A refusal is never retried: the step returns it.
-STEP_RETRIES = Exponential(delay=1, factor=2, max_retries=4, max_delay=16)
+MAX_ROUNDS = 3
+# Under the SDK's default deadline of a day for the execution (a child's deadline is capped by
+# its parent's), half a day per round.
+REVIEW_WITHIN = timedelta(hours=12)
+# The web, the email and chat providers: a 5xx, 408, 429, timeout or lost connection is retried
+# after 2, 4, 8 and 16 s (about 30 s, a restart or a burst of 503s), under the same key.
+PROVIDER_RETRIES = Exponential(delay=1, factor=2, max_retries=4, max_delay=16)
+# The model: a rate limit (429) tells the client to back off for seconds to a minute, and an
+# overloaded model (500/503) passes as slowly, so six retries 2, 4, 8, 16, 30, 30 s apart (about
+# 90 s). Each retry sends the same Idempotency-Key: the stand-in bills it once.
+MODEL_RETRIES = Exponential(delay=1, factor=2, max_retries=6, max_delay=30)
+# The workflow itself is never retried: once it made a durable call the SDK would not retry it
+# anyway, and before that nothing can fail that a retry would fix.
+WORKFLOW_RETRIES = Never()
+
+type State = Literal[
+    "approved",  # a summary was approved (and posted)
+    "rejected",  # MAX_ROUNDS summaries, each rejected
+    "no-decision",  # the reviewer did not answer in time, or the answer could not be read
+    "unfetchable",  # the page could not be had (a 4xx)
+    "model-refused",  # the model API said no (a 4xx): asking again gets the same answer
+    "reviewer-unreachable",  # the reviewer could not be emailed
+]
 
 
-async def run(ctx: Context, subject: str) -> dict[str, Outcome]:
-    step = ctx.options(retry_policy=STEP_RETRIES)
-    first = await step.run(call_provider, "first step", subject)
-    second = await step.run(call_provider, "second step", subject)
-    return {"first": first, "second": second}
+@dataclass(frozen=True)
+class Ended:
+    """What an execution returns."""
+
+    state: State
+    rounds: int  # how many summaries were written (= completions billed)
+    summary: str | None = None  # the approved one, or the last one written
+    feedback: list[str] = field(default_factory=list)  # what the reviewer asked, round by round
+    reason: str | None = None  # why it ended without an approved summary
+    posted: str | None = None  # the chat message id of the approved summary
+
+
+async def summarize_and_approve(ctx: Context, url: str, reviewer: str) -> Ended:
+    web = ctx.options(retry_policy=PROVIDER_RETRIES)
+    model = ctx.options(retry_policy=MODEL_RETRIES)
+
+    page = await web.run(fetch_page, url)
+    if page.refusal is not None:
+        return Ended("unfetchable", rounds=0, reason=page.refusal)
+
+    rounds: list[Round] = []
+    while True:
+        summary = await model.run(summarize, page, rounds)
+        written = len(rounds) + 1
+        feedback = [r.feedback for r in rounds]
+        if summary.refusal is not None:
+            return Ended("model-refused", written, feedback=feedback, reason=summary.refusal)
+
+        decision = ctx.promise(timeout=REVIEW_WITHIN)
+        asked = await web.run(
+            ask_reviewer, reviewer, page, summary.text, written, await decision.id()
+        )
+        if isinstance(asked, Refused):  # nobody will answer: waiting half a day is pointless
+            return Ended("reviewer-unreachable", written, summary.text, feedback, asked.reason)
+        try:
+            decided = await decision
+        except ApplicationError:  # timed out (nothing else rejects it)
+            return Ended("no-decision", written, summary.text, feedback, "no answer in time")
+
+        match decided:
+            case {"approve": True}:
+                posted = await web.run(publish, page, summary.text)
+                if isinstance(posted, Refused):  # approved all the same; the post is reported
+                    return Ended("approved", written, summary.text, feedback, posted.reason)
+                return Ended("approved", written, summary.text, feedback, posted=posted)
+            case {"approve": False, **rest}:
+                rounds.append(Round(summary.text, _feedback(rest.get("feedback"))))
+                if written == MAX_ROUNDS:
+                    said = [r.feedback for r in rounds]
+                    why = f"{MAX_ROUNDS} summaries rejected"
+                    return Ended("rejected", written, summary.text, said, why)
+            case _:  # resolved with something else: never publish on a value we misread
+                why = "the decision could not be read"
+                return Ended("no-decision", written, summary.text, feedback, why)
+
+
+def _feedback(said: object) -> str:
+    return said.strip() if isinstance(said, str) and said.strip() else "(no reason given)"
