@@ -82,6 +82,10 @@ async def main() -> None:
         async with httpx.AsyncClient(
             base_url=os.environ["PROVIDER_API_URL"], timeout=10
         ) as sandbox:
+            print(
+                f"The page: {PAGE} on the provider sandbox, which stands in for the web (it is"
+                " the sandbox's own API description).\n"
+            )
             print("Grace asks for one change, then approves the second summary.")
             await summarize(
                 resonate,

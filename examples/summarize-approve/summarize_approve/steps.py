@@ -114,7 +114,10 @@ async def fetch_page(ctx: Context, url: str) -> Page:
     if response.is_error:
         return Page(url, refusal=f"GET {url} answered {response.status_code}")
     text = response.text
-    return Page(url, text[:MAX_PAGE_CHARS], truncated=len(text) > MAX_PAGE_CHARS)
+    truncated = len(text) > MAX_PAGE_CHARS
+    cut = f" (the model is sent the first {MAX_PAGE_CHARS:,})" if truncated else ""
+    print(f"fetched {url}: {len(text):,} characters{cut}", flush=True)
+    return Page(url, text[:MAX_PAGE_CHARS], truncated)
 
 
 def conversation(page: Page, rounds: list[Round]) -> list[ChatCompletionMessageParam]:
