@@ -19,7 +19,12 @@ import httpx
 import pytest
 from cookbook.sandbox import SandboxRecords
 from cookbook.stack import sandbox_process, stand_in_model_env
-from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from cookbook.testing.fixtures import (
+    DevServerFactory,
+    ProcessFactory,
+    RunningDevServer,
+    RunningSandbox,
+)
 from resonate.resonate import Resonate
 from resonate.types import Value
 
@@ -176,3 +181,26 @@ def test_a_rate_limited_model_is_asked_again_under_the_same_key(
     assert key is not None
     asked = model_sandbox.records.requests(key_prefix=key)
     assert [r.status_code for r in asked] == [429, 200]
+
+
+def test_a_reviewer_who_never_answers_ends_it_when_the_promise_times_out(
+    start_devserver: DevServerFactory, model_sandbox: RunningSandbox, start_worker: ProcessFactory
+) -> None:
+    # A dev server that skips time: the 12-hour review deadline passes as soon as the
+    # workflow is suspended on it, and the server times the promise out by itself.
+    devserver = start_devserver(skip_time=True)
+    env = {
+        "RESONATE_URL": devserver.url,
+        "PROVIDER_API_URL": model_sandbox.url,
+        **stand_in_model_env(model_sandbox.url),
+    }
+    start_worker("summarize_approve.worker", env)
+
+    execution_id, ended = summarize(devserver.url, model_sandbox, [])
+
+    assert ended["state"] == "no-decision"
+    assert ended["reason"] == "no answer in time"
+    assert ended["summary"].startswith(FIRST)
+    assert len(billed_keys(model_sandbox, execution_id)) == ended["rounds"] == 1
+    effects = model_sandbox.records.effects(key_prefix=f"{execution_id}:")
+    assert [e.provider for e in effects if e.provider in ("email", "slack")] == ["email"]
