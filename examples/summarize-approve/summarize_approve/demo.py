@@ -107,6 +107,12 @@ async def main() -> None:
                     {"approve": False, "feedback": "One sentence, please."},
                 ],
             )
+            print("\nA page given as an ftp:// URL is refused before anything is done.")
+            handle = resonate.options(target=GROUP).rpc(
+                f"bad-{run}", "summarize_and_approve", "ftp://example.com/notes", REVIEWER
+            )
+            ended = await handle.result()
+            print(f"✓ {ended['state']}: {ended['reason']}")
     finally:
         await resonate.stop()
 

@@ -16,9 +16,11 @@ ends the execution (the server times the promise out by itself).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
+from urllib.parse import urlsplit
 
 from resonate.context import Context
 from resonate.error import ApplicationError
@@ -49,6 +51,7 @@ MODEL_RETRIES = Exponential(delay=1, factor=2, max_retries=6, max_delay=30)
 WORKFLOW_RETRIES = Never()
 
 type State = Literal[
+    "invalid",  # the arguments were refused before anything was done
     "approved",  # a summary was approved (and posted)
     "rejected",  # MAX_ROUNDS summaries, each rejected
     "no-decision",  # the reviewer did not answer in time, or the answer could not be read
@@ -70,7 +73,34 @@ class Ended:
     posted: str | None = None  # the chat message id of the approved summary
 
 
+EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def problems(url: object, reviewer: object) -> list[str]:
+    """What is wrong with the arguments, each naming the argument; empty when they are fine."""
+    found = []
+    if not isinstance(url, str) or len(url) > 2000 or not _is_page(url):
+        found.append("url: must be a path (/...) or an http(s) URL, of at most 2,000 characters")
+    if not isinstance(reviewer, str) or len(reviewer) > 254 or not EMAIL_PATTERN.match(reviewer):
+        found.append("reviewer: must be an email address")
+    return found
+
+
+def _is_page(url: str) -> bool:
+    if not url or any(c.isspace() for c in url):
+        return False
+    if url.startswith("/"):  # a path on the web's base URL
+        return True
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 async def summarize_and_approve(ctx: Context, url: str, reviewer: str) -> Ended:
+    # Checked before the first step, so bad arguments do nothing: no fetch (a malformed URL
+    # would look like a connection error and be retried), no completion, no email.
+    refused = problems(url, reviewer)
+    if refused:
+        return Ended("invalid", rounds=0, reason="; ".join(refused))
     web = ctx.options(retry_policy=PROVIDER_RETRIES)
     model = ctx.options(retry_policy=MODEL_RETRIES)
 

@@ -234,3 +234,42 @@ def test_a_decision_that_cannot_be_read_publishes_nothing(decision: Any) -> None
     assert ended.state == "no-decision"
     assert ended.reason == "the decision could not be read"
     assert harness.web.posts == []
+
+
+@pytest.mark.parametrize(
+    ("url", "reviewer", "reason"),
+    [
+        ("ftp://example.com/a", REVIEWER, "url: "),
+        ("articles/no-slash", REVIEWER, "url: "),
+        ("https://", REVIEWER, "url: "),
+        ("/has space", REVIEWER, "url: "),
+        ("/" + "a" * 2000, REVIEWER, "url: "),
+        ("/articles/resonate", "grace", "reviewer: "),
+        ("/articles/resonate", "", "reviewer: "),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_argument_and_nothing_is_done(
+    url: str, reviewer: str, reason: str
+) -> None:
+    ended: list[Ended] = []
+
+    async def scenario(harness: Harness) -> None:
+        handle = harness.resonate.run(
+            f"summary-{secrets.token_hex(4)}", summarize_and_approve, url, reviewer
+        )
+        ended.append(await handle.result())
+
+    harness = run(scenario)
+
+    assert ended[0].state == "invalid"
+    assert ended[0].reason is not None
+    assert ended[0].reason.startswith(reason)
+    assert (harness.web.fetches, harness.model.requests, harness.web.emails) == ([], [], [])
+
+
+@pytest.mark.parametrize("url", ["/openapi.json", "https://example.com", "http://a.b/c?d=e#f"])
+def test_a_path_or_an_http_url_is_accepted(url: str) -> None:
+    ended, harness = outcome({"approve": True}, url=url)
+
+    assert ended.state == "approved"
+    assert len(harness.web.fetches) == 1
