@@ -52,7 +52,7 @@ async def billed(sandbox: httpx.AsyncClient, execution_id: str) -> str:
     return f"{len(completions)} completions billed, {len(keys)} keys, {tokens} tokens"
 
 
-async def summarize(
+async def summarize_with_reviewer(
     resonate: Resonate, sandbox: httpx.AsyncClient, execution_id: str, answers: list[Any]
 ) -> None:
     print(f"→ summarize {PAGE} for {REVIEWER}, as execution {execution_id}")
@@ -87,7 +87,7 @@ async def main() -> None:
                 " the sandbox's own API description).\n"
             )
             print("Grace asks for one change, then approves the second summary.")
-            await summarize(
+            await summarize_with_reviewer(
                 resonate,
                 sandbox,
                 f"reading-{run}",
@@ -97,7 +97,7 @@ async def main() -> None:
                 ],
             )
             print(f"\nGrace rejects every summary: the workflow stops after {MAX_ROUNDS} rounds.")
-            await summarize(
+            await summarize_with_reviewer(
                 resonate,
                 sandbox,
                 f"picky-{run}",
