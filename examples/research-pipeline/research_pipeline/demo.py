@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import textwrap
 import time
 from collections import Counter
 from typing import Any
@@ -100,8 +101,9 @@ def main() -> None:
         status = settle(gateway, status_url)
         billed(providers, status_url)
         print("  the report, as posted to #research:")
-        for line in (status.get("report") or {}).get("report", "").splitlines():
-            print(f"  │ {line}")
+        for paragraph in (status.get("report") or {}).get("report", "").split("\n\n"):
+            for line in textwrap.wrap(paragraph, 88):
+                print(f"  │ {line}")
 
         print("\n2. the client repeats its POST (say its first answer was lost): the same run")
         again = begin(gateway, "tidal power in Scotland", key)
@@ -114,9 +116,9 @@ def main() -> None:
         billed(providers, status_url)
 
         print("\n4. bad input is refused, naming the field, and nothing starts")
-        bad = gateway.post("/research", json={"topic": "  "})
+        bad = gateway.post("/research", json={"topic": ""})
         problem = bad.json()["detail"][0]
-        print(f"→ POST /research {{'topic': '  '}} ← {bad.status_code}: {problem['loc']}")
+        print(f"→ POST /research {{'topic': ''}} ← {bad.status_code}: {problem['loc']}")
         print(f"  {problem['msg']}")
 
 

@@ -155,6 +155,7 @@ async def review(ctx: Context, topic: str, draft: str) -> Review:
 async def deliver(ctx: Context, topic: str, report: str, note: str) -> Delivered:
     """Post the report to the receiver's channel, once: the key makes a repeat a no-op."""
     receiver = ctx.get_dependency(Receiver)
+    print(f"delivering the report to {receiver.channel}", flush=True)
     message = {"channel": receiver.channel, "text": f"*{topic}* ({note})\n\n{report}"}
     try:
         response = await receiver.client.post(
@@ -178,6 +179,7 @@ async def _complete(
 ) -> ChatCompletion | str:
     """One completion, keyed by this step's durable id; a refusal comes back as its reason."""
     agents = ctx.get_dependency(Agents)
+    print(f"{agent}: asking the model (Idempotency-Key {ctx.info.id})", flush=True)
     try:
         return await agents.client.chat.completions.create(
             model=agents.model,
@@ -189,7 +191,11 @@ async def _complete(
     except openai.APIStatusError as exc:
         if exc.status_code >= 500 or exc.status_code in RETRYABLE_CLIENT_ERRORS:
             raise ModelUnavailableError(f"{agent}: the model answered {exc.status_code}") from None
-        return f"{agent}: the model refused (HTTP {exc.status_code}: {_reason(exc)})"
+        # The provider's message goes to the log; the result keeps only what is stable (the
+        # status and the error's code): the message may differ from one attempt to the next.
+        print(f"{agent}: the model refused: {exc.message}", flush=True)
+        code = f", {exc.code}" if exc.code else ""
+        return f"{agent}: the model refused (HTTP {exc.status_code}{code})"
     except openai.APIConnectionError as exc:  # includes a timeout: it may have been billed
         raise ModelUnavailableError(f"{agent}: {type(exc).__name__}") from None
 
@@ -210,13 +216,6 @@ def _verdict(answer: ChatCompletion) -> Review:
     # The model answered, so this is its answer, not a failure to answer: asking again under
     # the same key would be answered from the record, the same.
     return Review(refusal="reviewer: the model answered without a usable submit_review call")
-
-
-def _reason(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return str(body["message"])
-    return exc.message
 
 
 def _system(content: str) -> ChatCompletionMessageParam:

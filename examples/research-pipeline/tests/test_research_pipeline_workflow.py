@@ -50,7 +50,8 @@ class FakeModel:
         self.requests.append((agent, key, body))
         if self.failures.get(agent):
             status = self.failures[agent].pop(0)
-            error = {"message": f"injected {status}", "type": "test", "param": None, "code": None}
+            code = None if status >= 429 else "invalid_request"
+            error = {"message": f"injected {status}", "type": "test", "param": None, "code": code}
             return httpx2.Response(status, json={"error": error})
         if key not in self.billed:
             self.billed[key] = self.complete(agent, body)
@@ -209,7 +210,7 @@ def test_a_refusal_is_a_value_asked_once_and_nothing_is_delivered(
         outcome="refused",
         topic=TOPIC,
         refused_by="writer",
-        reason=f"writer: the model refused (HTTP {status}: injected {status})",
+        reason=f"writer: the model refused (HTTP {status}, invalid_request)",
     )
     assert chat.posts == {}
 
