@@ -144,7 +144,7 @@ def new_key() -> str:
 # -- the pipeline, billed once per call --------------------------------------------------------
 
 
-def test_a_run_is_accepted_at_once_and_its_report_delivered_once(stack: Stack) -> None:
+def test_a_run_started_on_one_gateway_is_delivered_once_and_read_on_the_other(stack: Stack) -> None:
     key = new_key()
     research_id = research_id_for(key)
 
