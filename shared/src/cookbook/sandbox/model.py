@@ -11,9 +11,22 @@ use OpenAI, vLLM, Ollama, LiteLLM...). It speaks the Chat Completions wire forma
     GET  /_admin/model/script     the script in use, as JSON
 
 Replies are deterministic and scripted: a script is an ordered list of rules, and the first rule
-whose conditions all hold answers (`[[rules]]` tables with `when = {...}` and `reply = {...}`,
-see `When` and `Reply`). No rule matching, a default reply quotes the last user message. The
-same request gets the same reply, byte for byte: ids and `created` derive from the request.
+whose conditions all hold answers (see `When` and `Reply`). No rule matching, a default reply
+labelled "[stand-in model]" quotes the last user message. The same request gets the same reply,
+byte for byte: ids derive from the request, and `created` is fixed. An example's script:
+
+    [[rules]]
+    name = "look it up"
+    when = { last_user_contains = "weather", tool_offered = "get_weather" }
+    reply = { tool_calls = [{ name = "get_weather", arguments = { city = "Paris" } }] }
+
+    [[rules]]
+    when = { last_message_role = "tool" }
+    reply = { content = "It is {last_tool_result} in Paris." }
+
+The cookbook loads an example's script (`[tool.cookbook.model] script`) when it starts the
+sandbox for it (`python -m cookbook.sandbox --model-script PATH`); a test that shares a sandbox
+loads it with `load_script` and gives its processes `cookbook.stack.stand_in_model_env(url)`.
 
 Every completion is billed: recorded in the sandbox's records like any provider call (provider
 "model", action "complete": an effect whose response holds the model and its `usage`). Tokens
@@ -253,8 +266,11 @@ def _words(text: str) -> int:
 
 
 def complete(script: Script, request: ChatRequest, digest: str) -> tuple[JSONObject, str | None]:
-    """The `chat.completion` for a request, and the name of the rule that answered it."""
-    rule = next((r for r in script.rules if _matches(r.when, r.reply, request)), None)
+    """The `chat.completion` for a request, and which rule answered (None: the default reply)."""
+    index, rule = next(
+        ((i, r) for i, r in enumerate(script.rules) if _matches(r.when, r.reply, request)),
+        (None, None),
+    )
     message: JSONObject = {"role": "assistant", "content": None, "refusal": None}
     if rule is not None and rule.reply.tool_calls is not None:
         message["tool_calls"] = [
@@ -296,7 +312,7 @@ def complete(script: Script, request: ChatRequest, digest: str) -> tuple[JSONObj
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
-    return completion, None if rule is None else rule.name
+    return completion, None if rule is None else (rule.name or f"rules[{index}]")
 
 
 # --- the routes ------------------------------------------------------------------------
@@ -323,7 +339,7 @@ def model_router(
     """The stand-in's routes. `on_effect(provider, action)` runs after each billed completion
     (the sandbox's kill switches)."""
     router = APIRouter()
-    current = [script]
+    current = [script]  # replaced whole by PUT /_admin/model/script
 
     @router.put("/_admin/model/script", tags=["admin"])
     async def replace_script(request: Request) -> JSONResponse:
@@ -406,7 +422,7 @@ def model_router(
         outcome = store.execute(call, lambda tx: ActionResult(200, completion, completion["id"]))
         if narrate:
             how = {
-                "executed": f"billed (rule {rule or 'default'})",
+                "executed": f"billed, answered by {rule or 'the default reply'}",
                 "replayed": "replayed from its Idempotency-Key, not billed again",
                 "conflict": "rejected",
             }[outcome.kind]
