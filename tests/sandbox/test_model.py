@@ -308,15 +308,16 @@ def test_billing_records_the_model_tokens_and_key(model: Sandbox) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "error"),
+    ("status", "error", "kind"),
     [
-        (429, openai.RateLimitError),
-        (500, openai.InternalServerError),
-        (503, openai.InternalServerError),
+        (400, openai.BadRequestError, "invalid_request_error"),
+        (429, openai.RateLimitError, "requests"),
+        (500, openai.InternalServerError, "server_error"),
+        (503, openai.InternalServerError, "server_error"),
     ],
 )
 def test_an_injected_failure_raises_what_the_real_api_would(
-    model: Sandbox, status: int, error: type[openai.APIStatusError]
+    model: Sandbox, status: int, error: type[openai.APIStatusError], kind: str
 ) -> None:
     key = f"fault-{status}"
     model.add_fault(
@@ -327,6 +328,8 @@ def test_an_injected_failure_raises_what_the_real_api_would(
     with pytest.raises(error) as failed:
         ask(client, "hi", key=key)
     assert failed.value.status_code == status
+    assert isinstance(failed.value.body, dict)
+    assert failed.value.body["type"] == kind
     assert model.billed(key) == []
 
     ask(client, "hi", key=key)  # the retry goes through, and is billed once

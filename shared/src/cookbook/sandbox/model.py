@@ -416,7 +416,8 @@ def model_router(
             await asyncio.sleep(injection.latency_s)
         if injection.failure is not None:
             status, attempt = injection.failure
-            kind, code = _FAULT_KINDS.get(status, ("server_error", None))
+            other = ("server_error" if status >= 500 else "invalid_request_error", None)
+            kind, code = _FAULT_KINDS.get(status, other)
             message = f"injected failure (attempt {attempt}): the stand-in model answered {status}"
             return reject(status, openai_error(message, kind=kind, code=code), injected=True)
 
