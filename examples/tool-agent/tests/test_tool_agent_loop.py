@@ -260,7 +260,11 @@ def test_an_unknown_tool_and_bad_arguments_are_told_to_the_model() -> None:
 
 
 def test_the_loop_ends_after_max_model_calls() -> None:
-    model, providers = FakeModel(lambda _: calls("teleport", {})), FakeProviders()
+    # A model that never answers (it would, after 10 calls, to end an unbounded loop).
+    def never_answers(messages: list[dict[str, Any]]) -> Reply:
+        return calls("teleport", {}) if len(messages) < 22 else says("finally")
+
+    model, providers = FakeModel(never_answers), FakeProviders()
 
     ended = run_agent(model, providers, "run-bounded", max_model_calls=3)
 

@@ -47,15 +47,15 @@ def ended(gateway: httpx.Client, run_id: str) -> dict[str, Any]:
 
 
 def start(gateway: httpx.Client, run_id: str) -> None:
-    print(f"→ POST /runs {run_id}: {TASK!r}")
+    print(f"→ POST /runs {run_id}", flush=True)
     response = gateway.post("/runs", json={"run_id": run_id, "task": TASK})
     print(f"← {response.status_code} {response.json()}")
 
 
 def answer(gateway: httpx.Client, question_id: str, text: str) -> None:
+    print(f"→ POST /questions/{question_id}/answer: the manager answers {text!r}", flush=True)
     response = gateway.post(f"/questions/{question_id}/answer", json={"answer": text})
-    detail = response.json().get("detail", "answered")
-    print(f"→ the manager answers {text!r}\n← {response.status_code} {detail}")
+    print(f"← {response.status_code} {response.json().get('detail', 'answered')}")
 
 
 def report(provider_url: str, view: dict[str, Any], run_id: str) -> None:
@@ -75,7 +75,7 @@ def main() -> None:
     provider_url = os.environ["PROVIDER_API_URL"]
     suffix = secrets.token_hex(3)
     with httpx.Client(base_url=os.environ["GATEWAY_URL"], timeout=15) as gateway:
-        print("Ada needs a flight. The agent asks her manager first, then books.")
+        print(f"Ada needs a flight. The task: {TASK!r}")
         run_id = f"ada-{suffix}"
         start(gateway, run_id)
         start(gateway, run_id)  # a repeat attaches to the same run

@@ -33,7 +33,7 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, TypeAdapter, ValidationError
 from resonate.error import ServerError
 from resonate.resonate import Resonate
 from resonate.types import PromiseRecord, Value
@@ -149,6 +149,7 @@ def _workers(request: Request) -> Workers:
 WorkersDep = Annotated[Workers, Depends(_workers)]
 
 router = APIRouter()
+_ENDED = TypeAdapter(AgentEnded)
 
 
 @router.post("/runs", status_code=202, responses=_answers(400, 409, 413, 422))
@@ -174,7 +175,8 @@ async def status(run_id: Annotated[RunId, Path()], workers: WorkersDep) -> RunSt
     if found[0].state == "pending":
         return RunStatus(run_id=run_id, state="running")
     try:
-        ended: AgentEnded = await (await workers.resonate.get(run_id)).result()
+        # `get` knows no return type: the outcome comes back as JSON, read here as what it is.
+        ended = _ENDED.validate_python(await (await workers.resonate.get(run_id)).result())
     except Exception as exc:  # not an agent's outcome (a provider down for good): a person looks
         return RunStatus(run_id=run_id, state="failed", reason=str(exc))
     return RunStatus(
