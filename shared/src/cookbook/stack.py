@@ -74,9 +74,18 @@ def sandbox_process(
     return ManagedProcess("sandbox", argv, ready=r"sandbox listening on (\S+)", on_line=on_line)
 
 
-# What the example's processes get for the stand-in model, unless the environment says otherwise
-# (then they talk to the model it names: OpenAI, vLLM, Ollama...). OPENAI_BASE_URL is added too.
-STAND_IN_MODEL_ENV = {"OPENAI_API_KEY": "stand-in-key", "OPENAI_MODEL": "stand-in-1"}
+def stand_in_model_env(sandbox_url: str) -> dict[str, str]:
+    """What points the `openai` client at the stand-in model of the sandbox at `sandbox_url`.
+
+    A Stack gives each variable to the example's processes unless the environment sets it: with
+    OPENAI_BASE_URL, OPENAI_API_KEY and OPENAI_MODEL set, they talk to that model instead
+    (OpenAI, vLLM, Ollama, LiteLLM...).
+    """
+    return {
+        "OPENAI_BASE_URL": f"{sandbox_url}/v1",
+        "OPENAI_API_KEY": "stand-in-key",
+        "OPENAI_MODEL": "stand-in-1",
+    }
 
 
 def url_of(process: ManagedProcess) -> str:
@@ -230,7 +239,7 @@ class Stack:
         if self.provider_url:
             env["PROVIDER_API_URL"] = self.provider_url
         if self.model and self.provider_url:
-            stand_in = {**STAND_IN_MODEL_ENV, "OPENAI_BASE_URL": f"{self.provider_url}/v1"}
+            stand_in = stand_in_model_env(self.provider_url)
             env |= {name: value for name, value in stand_in.items() if name not in env}
         if self.kafka_bootstrap:
             env["KAFKA_BOOTSTRAP"] = self.kafka_bootstrap
