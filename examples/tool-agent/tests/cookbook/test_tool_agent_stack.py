@@ -20,10 +20,10 @@ import httpx
 import pytest
 from cookbook.sandbox.store import SandboxRecords
 from cookbook.stack import (
-    STAND_IN_MODEL_ENV,
     devserver_process,
     gateway_process,
     sandbox_process,
+    stand_in_model_env,
     url_of,
     worker_process,
 )
@@ -106,8 +106,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentStack]:
         }
         env = {
             **inherited,
-            **STAND_IN_MODEL_ENV,
-            "OPENAI_BASE_URL": f"{url_of(sandbox)}/v1",
+            **stand_in_model_env(url_of(sandbox)),
             "RESONATE_URL": url_of(server),
             "PROVIDER_API_URL": url_of(sandbox),
         }
