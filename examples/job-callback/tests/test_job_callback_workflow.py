@@ -1,0 +1,198 @@
+"""`run_job` in process: the SDK's own `resonate.testing`, a fake jobs service on MockTransport.
+
+The fake jobs service calls back as the real one does, with the SDK's own request
+(`resonate.promises.resolve(id, Value(data=...))`, or `.reject`), on the in-process server.
+The deadline and the refusal are replayed over a journal instead (`root_context`): the SDK's
+in-process server never times out a promise without a target (the callback), and its Core holds
+a workflow that returns while a promise it made is pending as suspended.
+These tests need only the SDK, this package and pytest: they run in a copy of this folder outside
+the cookbook (`make copy-out-job-callback`). The tests that drive a real dev server, worker and
+the provider sandbox's jobs service are in tests/cookbook/ and run in the cookbook only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+from job_callback.job import Job
+from job_callback.steps import Services
+from job_callback.workflow import WORKFLOW_RETRIES, JobEnded, run_job
+from resonate.context import Context
+from resonate.dependencies import DependencyMap
+from resonate.resonate import Resonate
+from resonate.testing import local_resonate, resolved_promise, root_context
+from resonate.types import PromiseRecord, Value
+
+type Ending = Literal["succeed", "fail", "silent", "refuse", "down-once"]
+
+
+@dataclass
+class FakeJobs:
+    """The jobs service: each submitted job ends as `ending(attempt)` says, by calling back.
+
+    `cancel_answer` is what cancelling a job finds: "cancelled" (it was still running) or how
+    it had already ended (answered 409, as the real service does).
+    """
+
+    ending: Callable[[int], Ending]
+    cancel_answer: str = "failed"
+    resonate: Resonate | None = None
+    submits: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (key, body)
+    cancels: list[tuple[str, str]] = field(default_factory=list)  # (key, job id)
+    callbacks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        key = request.headers["Idempotency-Key"]
+        if request.url.path.endswith("/cancel"):
+            job_id = request.url.path.split("/")[2]
+            self.cancels.append((key, job_id))
+            if self.cancel_answer == "cancelled":
+                return httpx.Response(200, json={"id": job_id, "status": "cancelled"})
+            return httpx.Response(409, json={"id": job_id, "status": self.cancel_answer})
+        body = json.loads(request.content)
+        self.submits.append((key, body))
+        ending = self.ending(body["spec"]["attempt"])
+        if ending == "refuse":
+            return httpx.Response(422, json={"error": "unknown task"})
+        if ending == "down-once" and len(self.submits) == 1:
+            return httpx.Response(503, json={"error": "restarting"})
+        job_id = f"job_{len(self.submits)}"
+        if ending != "silent":
+            self.callbacks.add(asyncio.create_task(self.call_back(body, job_id, ending)))
+        return httpx.Response(202, json={"id": job_id, "status": "running"})
+
+    async def call_back(self, body: dict[str, Any], job_id: str, ending: Ending) -> None:
+        assert self.resonate is not None
+        promise_id = body["callback"]["promise_id"]
+        if ending == "fail":
+            # What the jobs service sends: an error value, which the workflow sees as the reason.
+            error = {"__type": "error", "message": f"{job_id}: out of memory"}
+            await self.resonate.promises.reject(promise_id, Value(data=error))
+        else:
+            await self.resonate.promises.resolve(promise_id, Value(data={"output": {"rows": 7}}))
+
+
+def job(timeout_seconds: int = 30) -> Job:
+    return Job(name="nightly-export", duration_seconds=1, callback_timeout_seconds=timeout_seconds)
+
+
+def run(jobs: FakeJobs, spec: Job | None = None) -> JobEnded:
+    """`run_job` on an in-process Resonate registered as the worker does."""
+
+    async def go() -> JobEnded:
+        resonate = local_resonate()
+        jobs.resonate = resonate
+        try:
+            transport = httpx.MockTransport(jobs.handle)
+            async with httpx.AsyncClient(transport=transport, base_url="http://jobs") as client:
+                resonate.with_dependency(Services(client, "http://resonate.invalid"))
+                resonate.register(run_job, retry_policy=WORKFLOW_RETRIES)
+                handle = resonate.run("run-1", run_job, spec or job())
+                ended: JobEnded = await asyncio.wait_for(handle.result(), 30)
+                return ended
+        finally:
+            await resonate.stop()
+
+    return asyncio.run(go())
+
+
+def test_the_job_calls_back_on_the_promise_it_was_given_and_the_workflow_wakes() -> None:
+    jobs = FakeJobs(lambda attempt: "succeed")
+
+    ended = run(jobs)
+
+    assert ended == JobEnded("succeeded", ["job_1"], output={"rows": 7})
+    [(_, body)] = jobs.submits
+    assert body["callback"] == {"url": "http://resonate.invalid", "promise_id": "run-1:1"}
+    assert jobs.cancels == []
+
+
+def test_a_failed_job_is_submitted_once_more_as_a_new_job_under_a_new_key() -> None:
+    jobs = FakeJobs(lambda attempt: "fail" if attempt == 1 else "succeed")
+
+    ended = run(jobs)
+
+    assert ended == JobEnded("succeeded", ["job_1", "job_2"], output={"rows": 7})
+    (first_key, first), (second_key, second) = jobs.submits
+    assert first_key != second_key
+    assert first["callback"]["promise_id"] != second["callback"]["promise_id"]
+    assert [job_id for _, job_id in jobs.cancels] == ["job_1"]  # asked how it ended
+
+
+def test_a_job_that_fails_twice_is_the_workflows_result_with_both_reasons() -> None:
+    jobs = FakeJobs(lambda attempt: "fail")
+
+    ended = run(jobs)
+
+    assert ended.status == "failed"
+    assert ended.job_ids == ["job_1", "job_2"]
+    assert ended.reason == "failed 2 times: job_1: out of memory; job_2: out of memory"
+
+
+def timed_out(promise_id: str) -> PromiseRecord:
+    """The callback as the server leaves it at its deadline: timed out, no value."""
+    return PromiseRecord(id=promise_id, state="rejected_timedout", timeout_at=1, settled_at=1)
+
+
+def replay(jobs: FakeJobs, journal: list[PromiseRecord]) -> JobEnded:
+    """The workflow body over `journal` (what a worker does when it wakes), no server."""
+
+    async def go() -> JobEnded:
+        transport = httpx.MockTransport(jobs.handle)
+        async with httpx.AsyncClient(transport=transport, base_url="http://jobs") as client:
+            deps = DependencyMap()
+            deps.insert(Services(client, "http://resonate.invalid"))
+            ctx: Context = root_context(id="run-1", preload=journal, deps=deps)
+            return await run_job(ctx, job())
+
+    return asyncio.run(go())
+
+
+SUBMITTED = resolved_promise("run-1:2", {"job_id": "job_1", "status": "running", "refusal": None})
+
+
+def test_a_job_still_running_at_the_callbacks_deadline_is_cancelled_and_not_run_again() -> None:
+    jobs = FakeJobs(lambda attempt: "silent", cancel_answer="cancelled")
+
+    ended = replay(jobs, [timed_out("run-1:1"), SUBMITTED])
+
+    assert ended.status == "timed-out"
+    assert ended.reason == "no callback from job_1 within 30s; the job was cancelled"
+    assert jobs.cancels == [("run-1:3", "job_1")]
+    assert jobs.submits == []  # a job that timed out is not run again
+
+
+def test_a_job_that_ended_but_whose_callback_lost_the_race_is_a_success() -> None:
+    jobs = FakeJobs(lambda attempt: "silent", cancel_answer="succeeded")
+
+    ended = replay(jobs, [timed_out("run-1:1"), SUBMITTED])
+
+    assert ended == JobEnded("succeeded", ["job_1"], reason="its callback came after the deadline")
+
+
+def test_a_refusal_is_a_value_and_a_service_that_is_down_is_asked_again_with_the_same_key() -> None:
+    refused = FakeJobs(lambda attempt: "refuse")
+    flaky = FakeJobs(lambda attempt: "down-once")
+
+    assert replay(refused, []) == JobEnded("refused", [], reason="422 unknown task")
+    assert len(refused.submits) == 1
+    assert run(flaky).status == "succeeded"
+    (first_key, first), (second_key, second) = flaky.submits
+    assert first_key == second_key
+    assert first == second  # the same callback: the retry is the same request
+
+
+def test_a_replay_after_the_callback_landed_submits_nothing_again() -> None:
+    """A worker that died while the job ran: the next replays over the journal and wakes."""
+    jobs = FakeJobs(lambda attempt: "succeed")
+    callback = resolved_promise("run-1:1", {"output": {"rows": 7}})
+
+    assert replay(jobs, [callback, SUBMITTED]) == JobEnded(
+        "succeeded", ["job_1"], output={"rows": 7}
+    )
+    assert jobs.submits == []

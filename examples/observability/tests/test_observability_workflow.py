@@ -1,0 +1,167 @@
+"""`place_order` and its telemetry in process: the SDK's own `resonate.testing`, fake providers on
+`httpx.MockTransport`, and OpenTelemetry's in-memory exporter and reader.
+
+The worker's `DurableTelemetry` is wired as the worker wires it (`observer=telemetry.observe` and
+a dependency). These tests need only the SDK, this package and its dependencies, and pytest: they
+run in a copy of this folder outside the cookbook (`make copy-out-observability`). The tests that
+drive a real dev server, worker processes, a crash and an OTLP receiver are in tests/cookbook/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from observability.steps import Order, Outcome, Providers
+from observability.telemetry import PROMISE_ID, DurableTelemetry, span_id_of, trace_id_of
+from observability.workflow import STEP_RETRIES, place_order
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from resonate.context import Context
+from resonate.dependencies import DependencyMap
+from resonate.retry import Never
+from resonate.testing import local_resonate, resolved_promise, root_context
+
+ORDER = Order("o-1", "cus_1", 4200)
+
+
+@dataclass
+class FakeProviders:
+    """Answer by rule: `answer(path, attempt) -> (status, body)`, attempt counting that path."""
+
+    answer: Callable[[str, int], tuple[int, dict[str, Any]]]
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (path, idempotency key)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append((request.url.path, request.headers["Idempotency-Key"]))
+        status, body = self.answer(request.url.path, self.paths().count(request.url.path))
+        return httpx.Response(status, json=body)
+
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.calls]
+
+
+def acted(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
+    return 200, {"id": path.split("/")[1] + "_1"}
+
+
+@dataclass
+class Observed:
+    result: dict[str, Outcome]
+    spans: list[ReadableSpan]
+    counters: dict[str, float]
+
+
+def place(providers: FakeProviders) -> Observed:
+    """The order on an in-process Resonate wired as the worker is, its telemetry in memory."""
+    exporter = InMemorySpanExporter()
+    reader = InMemoryMetricReader()
+    telemetry = DurableTelemetry(exporter, [reader], export_delay_ms=10)
+
+    async def go() -> dict[str, Outcome]:
+        resonate = local_resonate(observer=telemetry.observe)
+        try:
+            transport = httpx.MockTransport(providers.handle)
+            async with httpx.AsyncClient(transport=transport, base_url="http://providers") as c:
+                resonate.with_dependency(Providers(c))
+                resonate.with_dependency(telemetry)
+                resonate.register(place_order, retry_policy=Never())
+                handle = resonate.run(ORDER.order_id, place_order, ORDER)
+                result: dict[str, Outcome] = await asyncio.wait_for(handle.result(), 30)
+                return result
+        finally:
+            await resonate.stop()
+
+    result = asyncio.run(go())
+    counters: dict[str, float] = {}
+    data = reader.get_metrics_data()
+    assert telemetry.shutdown(timeout_s=5)
+    for resource_metrics in data.resource_metrics if data else []:
+        for scope in resource_metrics.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    if isinstance(point, NumberDataPoint):
+                        counters[metric.name] = counters.get(metric.name, 0) + point.value
+    return Observed(result, list(exporter.get_finished_spans()), counters)
+
+
+def test_each_step_calls_its_provider_once_under_its_own_key() -> None:
+    providers = FakeProviders(acted)
+
+    observed = place(providers)
+
+    assert observed.result == {
+        "charge": Outcome(receipt="payment_1"),
+        "warehouse": Outcome(receipt="slack_1"),
+        "receipt": Outcome(receipt="email_1"),
+        "sms": Outcome(receipt="sms_1"),
+    }
+    assert providers.paths() == ["/payment/charge", "/slack/send", "/email/send", "/sms/send"]
+    assert len({key for _, key in providers.calls}) == 4
+
+
+def test_a_declined_card_ends_the_order_with_the_refusal_and_nothing_else_runs() -> None:
+    def answer(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
+        return (402, {"error": "card declined"}) if path == "/payment/charge" else acted(path, 1)
+
+    providers = FakeProviders(answer)
+
+    observed = place(providers)
+
+    assert observed.result == {"charge": Outcome(refusal="402 card declined")}
+    assert providers.paths() == ["/payment/charge"]
+
+
+def test_the_span_tree_is_the_promise_tree_and_a_retry_is_an_event_and_a_count() -> None:
+    def answer(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
+        return (503, {}) if path == "/email/send" and attempt == 1 else acted(path, attempt)
+
+    providers = FakeProviders(answer)
+
+    observed = place(providers)
+
+    email_keys = [key for path, key in providers.calls if path == "/email/send"]
+    assert email_keys == [email_keys[0]] * 2  # retried under the same key
+    step_ids = list(dict.fromkeys(key for _, key in providers.calls))
+    by_promise = {
+        str(span.attributes[PROMISE_ID]): span for span in observed.spans if span.attributes
+    }
+    assert sorted(by_promise) == sorted([ORDER.order_id, *step_ids])  # one span per promise
+    for promise_id, span in by_promise.items():
+        assert span.context is not None
+        assert span.context.trace_id == trace_id_of(ORDER.order_id)
+        assert span.context.span_id == span_id_of(promise_id)
+        if promise_id != ORDER.order_id:
+            assert span.parent is not None
+            assert span.parent.span_id == span_id_of(ORDER.order_id)
+    email_span = by_promise[email_keys[0]]
+    assert [event.name for event in email_span.events].count("retry") == 1
+    assert observed.counters["resonate.steps.started"] == 4
+    assert observed.counters["resonate.steps.completed"] == 4
+    assert observed.counters["resonate.steps.retried"] == 1
+    assert STEP_RETRIES.max_retries >= 1
+
+
+def test_a_replay_skips_the_steps_its_journal_holds() -> None:
+    providers = FakeProviders(acted)
+    journal = [
+        resolved_promise("o-1:1", {"receipt": "payment_1", "refusal": None}),
+        resolved_promise("o-1:2", {"receipt": "slack_1", "refusal": None}),
+    ]
+
+    async def replay() -> dict[str, Outcome]:
+        transport = httpx.MockTransport(providers.handle)
+        async with httpx.AsyncClient(transport=transport, base_url="http://providers") as c:
+            deps = DependencyMap()
+            deps.insert(Providers(c))
+            ctx: Context = root_context(id="o-1", preload=journal, deps=deps)
+            return await place_order(ctx, ORDER)
+
+    result = asyncio.run(replay())
+
+    assert result["charge"] == Outcome(receipt="payment_1")
+    assert providers.paths() == ["/email/send", "/sms/send"]
