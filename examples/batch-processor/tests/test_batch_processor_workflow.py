@@ -88,7 +88,9 @@ def test_at_most_the_window_of_batches_runs_at_once(tmp_path: Path) -> None:
 
     run_job(sink, item_count=8, batch_size=1, work_seconds=0.25)
 
-    assert most_in_flight(sink.runs("job-1")) == WINDOW
+    # More than one (the batches overlap), never more than the window: the exact peak depends
+    # on how busy the machine is, the bound does not.
+    assert 1 < most_in_flight(sink.runs("job-1")) <= WINDOW
 
 
 def test_a_batch_the_sink_could_not_take_is_retried_and_its_items_land_once(tmp_path: Path) -> None:
