@@ -63,7 +63,7 @@ class FakeProvider:
         self.answered_before.setdefault(job, set(self.answered))
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
         self.in_flight -= 1
         self.answered.add(job)
         status, body = self.answer(job, sum(1 for called, _ in self.calls if called == job))
