@@ -1,0 +1,156 @@
+"""`notify` in process: the SDK's `resonate.testing` and fake channel providers.
+
+These tests need only the SDK, this package and pytest: they run in a copy of this folder
+outside the cookbook (`uv sync` then `uv run pytest tests`). The tests that drive a real dev
+server, worker processes and the provider sandbox are in tests/cookbook/ and run in the cookbook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from fan_out.steps import Providers
+from fan_out.workflow import CHANNELS, RETRY, Notification, notify
+from resonate.dependencies import DependencyMap
+from resonate.retry import Never
+from resonate.testing import local_resonate, resolved_promise, root_context
+
+
+def delivers(channel: str, attempt: int) -> tuple[int, dict[str, Any]]:
+    return 200, {"id": f"{channel}-{attempt}"}
+
+
+@dataclass
+class FakeChannels:
+    """Answers by rule: `answer(channel, attempt on it) -> (status, body)`; records every call.
+
+    With `together` set, no answer is given until that many requests are in flight at once.
+    """
+
+    answer: Callable[[str, int], tuple[int, dict[str, Any]]] = delivers
+    together: int = 0
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    in_flight: int = 0
+    all_in: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        channel = request.url.path.split("/")[1]
+        self.calls.append((channel, request.headers["Idempotency-Key"]))
+        self.in_flight += 1
+        if self.in_flight >= self.together:
+            self.all_in.set()
+        await asyncio.wait_for(self.all_in.wait(), 2)
+        self.in_flight -= 1
+        status, body = self.answer(channel, self.attempts(channel))
+        return httpx.Response(status, json=body)
+
+    def attempts(self, channel: str) -> int:
+        return sum(1 for called, _ in self.calls if called == channel)
+
+    def keys(self, channel: str) -> list[str]:
+        return [key for called, key in self.calls if called == channel]
+
+
+def notify_in_process(channels: FakeChannels) -> Notification:
+    """`notify` on an in-process Resonate (no server, no worker); retries take no time."""
+
+    async def go() -> Notification:
+        resonate = local_resonate()
+        try:
+            transport = httpx.MockTransport(channels.handle)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                resonate.with_dependency(Providers(client))
+                resonate.register(notify, retry_policy=Never())
+                handle = resonate.run("notify-1", notify, "ada", "hello")
+                notification: Notification = await asyncio.wait_for(handle.result(), 30)
+                return notification
+        finally:
+            await resonate.stop()
+
+    return asyncio.run(go())
+
+
+def test_the_four_channels_are_sent_at_once_each_with_its_own_key() -> None:
+    """No provider answers until all four requests are in flight: a sequential notify would hang."""
+    channels = FakeChannels(together=len(CHANNELS))
+
+    notification = notify_in_process(channels)
+
+    assert notification == Notification(receipts={c: f"{c}-1" for c in CHANNELS})
+    assert sorted(channel for channel, _ in channels.calls) == sorted(CHANNELS)
+    assert len({key for _, key in channels.calls}) == 4
+
+
+def test_a_refusing_channel_is_reported_asked_once_and_the_others_deliver() -> None:
+    channels = FakeChannels(
+        lambda channel, attempt: (
+            (400, {"error": "no such number"}) if channel == "sms" else delivers(channel, attempt)
+        )
+    )
+
+    notification = notify_in_process(channels)
+
+    assert notification.failed == {"sms": "refused: 400 no such number"}
+    assert set(notification.receipts) == {"email", "slack", "push"}
+    assert channels.attempts("sms") == 1
+
+
+def test_a_flaky_channel_retries_alone_with_the_same_key() -> None:
+    channels = FakeChannels(
+        lambda channel, attempt: (
+            (429, {}) if channel == "push" and attempt == 1 else delivers(channel, attempt)
+        )
+    )
+
+    notification = notify_in_process(channels)
+
+    assert notification.receipts["push"] == "push-2"
+    assert len(set(channels.keys("push"))) == 1
+    assert [channels.attempts(c) for c in CHANNELS] == [1, 1, 1, 2]
+
+
+def test_a_channel_down_past_its_retries_is_reported_and_does_not_hold_up_the_others() -> None:
+    channels = FakeChannels(
+        lambda channel, attempt: (
+            (503, {"error": "down"}) if channel == "slack" else delivers(channel, attempt)
+        )
+    )
+
+    notification = notify_in_process(channels)
+
+    assert notification.failed == {"slack": "unavailable: answered 503"}
+    assert set(notification.receipts) == {"email", "sms", "push"}
+    assert channels.attempts("slack") == 1 + RETRY.max_retries
+    assert len(set(channels.keys("slack"))) == 1
+
+
+def test_a_replay_sends_only_the_channels_the_journal_has_no_result_for() -> None:
+    """After a crash with email and sms checkpointed: slack and push are sent again, only they."""
+    channels = FakeChannels()
+    journal = [
+        resolved_promise("notify-1:1", {"channel": "email", "receipt": "email-journal"}),
+        resolved_promise("notify-1:2", {"channel": "sms", "receipt": "sms-journal"}),
+    ]
+
+    async def replay() -> Notification:
+        transport = httpx.MockTransport(channels.handle)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            deps = DependencyMap()
+            deps.insert(Providers(client))
+            return await notify(
+                root_context(id="notify-1", preload=journal, deps=deps), "ada", "hi"
+            )
+
+    notification = asyncio.run(replay())
+
+    assert notification.receipts == {
+        "email": "email-journal",
+        "sms": "sms-journal",
+        "slack": "slack-1",
+        "push": "push-1",
+    }
+    assert sorted(channel for channel, _ in channels.calls) == ["push", "slack"]
