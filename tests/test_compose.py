@@ -57,6 +57,8 @@ CATALOG_SERVICES: dict[str, tuple[str | None, str]] = {
     "sandbox": ("sandbox", "PROVIDER_API_URL"),
     "kafka": ("redpanda", "KAFKA_BOOTSTRAP"),
     "kubernetes": (None, "KUBE_API_URL"),
+    # The stand-in model is served by the sandbox (cookbook.sandbox.model).
+    "model": ("sandbox", "OPENAI_BASE_URL"),
 }
 
 
