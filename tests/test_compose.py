@@ -57,7 +57,7 @@ CATALOG_SERVICES: dict[str, tuple[str | None, str]] = {
     "sandbox": ("sandbox", "PROVIDER_API_URL"),
     "kafka": ("redpanda", "KAFKA_BOOTSTRAP"),
     "kubernetes": (None, "KUBE_API_URL"),
-    # The stand-in model is served by the sandbox (cookbook.sandbox.model).
+    # The stand-in model is served by the sandbox, under /v1.
     "model": ("sandbox", "OPENAI_BASE_URL"),
 }
 

@@ -76,7 +76,7 @@ def test_a_misspelt_scenario_key_names_the_file_the_scenario_and_the_key(tmp_pat
         (('worker = "demo.worker"', ""), "[tool.cookbook].worker: missing (required)"),
         (
             ('services = ["sandbox"]', 'services = ["sandbox", "redis"]'),
-            "[tool.cookbook].services[1]: 'redis' is not one of sandbox, kafka, kubernetes",
+            "[tool.cookbook].services[1]: 'redis' is not one of sandbox, kafka, kubernetes, model",
         ),
         (
             ('services = ["sandbox"]', 'services = "sandbox"'),
@@ -131,7 +131,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_a_file_in_this_repository_is_named_by_its_path_in_it() -> None:
     assert catalog.validate({"worker": "w", "group": "g", "sevices": []}) == [
         "[tool.cookbook].sevices: unknown key (known: worker, group, demo, gateway, services, "
-        "scenarios, receivers, skip_time, auth, encryptor, pattern, summary, chaos)"
+        "scenarios, receivers, skip_time, auth, encryptor, pattern, summary, chaos, model)"
     ]
     with pytest.raises(catalog.CatalogError, match=r"^examples/saga/missing/pyproject.toml: "):
         catalog.load_example(ROOT / "examples" / "saga" / "missing")

@@ -73,6 +73,9 @@ class Example:
     pattern: str = ""
     summary: str = ""
     chaos: Chaos | None = None
+    # The stand-in model's script (`[tool.cookbook.model] script`, a TOML file in the example's
+    # folder): loaded into the sandbox whenever the cookbook runs the example.
+    model_script: Path | None = None
 
     @property
     def package(self) -> str:
@@ -87,7 +90,9 @@ def repo_root(start: Path | None = None) -> Path:
     raise CatalogError("not inside the cookbook repository (no examples/ and shared/ found)")
 
 
-SERVICES = ("sandbox", "kafka", "kubernetes")
+# "model" is the stand-in model, served by the sandbox (so it needs "sandbox" too): the example's
+# processes get OPENAI_BASE_URL, OPENAI_API_KEY and OPENAI_MODEL for it, unless already set.
+SERVICES = ("sandbox", "kafka", "kubernetes", "model")
 EXPECTATIONS = ("resolved", "rejected")
 
 
@@ -124,6 +129,8 @@ EXAMPLE_KEYS: dict[str, Key] = {
     "summary": _A_STRING,
     # How random-timing chaos runs drive the example through its entry point (`cookbook chaos`).
     "chaos": Key((dict,)),
+    # The stand-in model's scripted replies (cookbook.sandbox.model): `script = "<file>.toml"`.
+    "model": Key((dict,)),
 }
 SCENARIO_KEYS: dict[str, Key] = {
     "name": _REQUIRED_STRING,
@@ -141,6 +148,8 @@ SETUP_KEYS: dict[str, Key] = {
     "method": _A_STRING,
     "json": Key((dict, list, str, int, float, bool)),
 }
+
+MODEL_KEYS: dict[str, Key] = {"script": _REQUIRED_STRING}
 
 CHAOS_KEYS: dict[str, Key] = {
     "driver": _REQUIRED_STRING,
@@ -231,6 +240,21 @@ def validate(table: Any, where: str = "[tool.cookbook]") -> list[str]:
             Path(driver).is_absolute() or ".." in Path(driver).parts or not driver.endswith(".py")
         ):
             problems.append(f"{at}.driver: must be a .py file inside the example's folder")
+    services = table.get("services")
+    services = services if isinstance(services, list) else []
+    if "model" in services and "sandbox" not in services:
+        problems.append(f"{where}.services: 'model' is served by the sandbox: list 'sandbox' too")
+    model = table.get("model")
+    if isinstance(model, dict):
+        at = f"{where[:-1]}.model]"
+        problems += _check(model, MODEL_KEYS, at)
+        if "model" not in services:
+            problems.append(f"{at}: a model script, but 'model' is not in services")
+        script = model.get("script")
+        if isinstance(script, str) and (
+            Path(script).is_absolute() or ".." in Path(script).parts or not script.endswith(".toml")
+        ):
+            problems.append(f"{at}.script: must be a .toml file inside the example's folder")
     return problems
 
 
@@ -256,6 +280,9 @@ def load_example(path: Path) -> Example:
     chaos_table = table.get("chaos") if isinstance(table, dict) else None
     if not problems and chaos_table is not None and not (path / chaos_table["driver"]).is_file():
         problems.append(f"[tool.cookbook.chaos].driver: no such file {chaos_table['driver']}")
+    model_table = table.get("model") if isinstance(table, dict) else None
+    if not problems and model_table is not None and not (path / model_table["script"]).is_file():
+        problems.append(f"[tool.cookbook.model].script: no such file {model_table['script']}")
     if problems:
         raise CatalogError("\n".join(f"{shown}: {problem}" for problem in problems))
     scenarios = tuple(
@@ -293,6 +320,7 @@ def load_example(path: Path) -> Example:
             kills=chaos_table.get("kills", Chaos.kills),
             seconds=float(chaos_table.get("seconds", Chaos.seconds)),
         ),
+        model_script=None if model_table is None else path / model_table["script"],
     )
 
 

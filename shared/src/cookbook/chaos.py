@@ -383,7 +383,12 @@ async def _chaos(
     kill_plan = schedule(rng, kills, seconds, victims)
     victim_rng = random.Random(f"{seed}/victims")
     began = time.monotonic()
-    with stack_for(example.services, fast_recovery=True, auth=example.auth) as stack:
+    with stack_for(
+        example.services,
+        fast_recovery=True,
+        auth=example.auth,
+        model_script=example.model_script,
+    ) as stack:
         workdir = stack.workdir / "workers"
         workdir.mkdir()
         processes = _Processes(example, driver, stack, workdir)

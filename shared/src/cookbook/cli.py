@@ -90,6 +90,7 @@ def _run_stack(
         narrate=None if quiet else _prefixed("provider"),
         skip_time=skip_time,
         auth=example.auth,
+        model_script=example.model_script,
     ) as stack:
         where = "embedded dev server" if stack.embedded else "RESONATE_URL"
         if stack.token:  # never shown: the example's processes get it as RESONATE_TOKEN

@@ -2,8 +2,9 @@
 
 With `RESONATE_URL` set, examples talk to that server (the official Resonate server from docker
 compose, or a dev server already running); otherwise an embedded dev server runs for the duration.
-The provider sandbox stands in for third-party APIs. Example processes learn where everything is
-from environment variables only, which is all they would get in production.
+The provider sandbox stands in for third-party APIs, and for an OpenAI-compatible model (the
+"model" service, cookbook.sandbox.model). Example processes learn where everything is from
+environment variables only, which is all they would get in production.
 """
 
 from __future__ import annotations
@@ -59,12 +60,32 @@ def devserver_process(
 
 
 def sandbox_process(
-    db_path: Path, *, narrate: bool = False, on_line: LineHandler | None = None
+    db_path: Path,
+    *,
+    narrate: bool = False,
+    on_line: LineHandler | None = None,
+    model_script: Path | None = None,
 ) -> ManagedProcess:
     argv = [sys.executable, "-m", "cookbook.sandbox", "--port", "0", "--db", str(db_path)]
     if narrate:
         argv.append("--narrate")
+    if model_script is not None:
+        argv += ["--model-script", str(model_script)]
     return ManagedProcess("sandbox", argv, ready=r"sandbox listening on (\S+)", on_line=on_line)
+
+
+def stand_in_model_env(sandbox_url: str) -> dict[str, str]:
+    """What points the `openai` client at the stand-in model of the sandbox at `sandbox_url`.
+
+    A Stack gives each variable to the example's processes unless the environment sets it: with
+    OPENAI_BASE_URL, OPENAI_API_KEY and OPENAI_MODEL set, they talk to that model instead
+    (OpenAI, vLLM, Ollama, LiteLLM...).
+    """
+    return {
+        "OPENAI_BASE_URL": f"{sandbox_url}/v1",
+        "OPENAI_API_KEY": "stand-in-key",
+        "OPENAI_MODEL": "stand-in-1",
+    }
 
 
 def url_of(process: ManagedProcess) -> str:
@@ -87,6 +108,8 @@ class Stack:
         kubernetes: bool = False,
         skip_time: bool = False,
         auth: bool = False,
+        model: bool = False,
+        model_script: Path | None = None,
     ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="cookbook-")
@@ -111,12 +134,16 @@ class Stack:
         self.kube_api_url = self.environ.get("KUBE_API_URL", "")
         self.resonate_url = self.environ.get("RESONATE_URL", "")
         self.provider_url = ""
+        # The stand-in model is served by the sandbox; `model_script` is what it answers from.
+        self.model = model
+        self.model_script = model_script
 
     def service_url(self, service: str) -> str:
         """Where a named service listens (for scenario setup calls)."""
         urls = {
             "resonate": self.resonate_url,
             "sandbox": self.provider_url,
+            "model": f"{self.provider_url}/v1" if self.model and self.provider_url else "",
             "kubernetes": self.kube_api_url,
         }
         if not urls.get(service):
@@ -150,6 +177,7 @@ class Stack:
                     else lambda line: (
                         None if line.startswith("sandbox listening") else narrate(line)
                     ),
+                    model_script=self.model_script,
                 ).start()
                 self.provider_url = url_of(self.sandbox)
             if self._want_kafka and not self.kafka_bootstrap:
@@ -210,6 +238,9 @@ class Stack:
             env["RESONATE_TOKEN"] = self.token
         if self.provider_url:
             env["PROVIDER_API_URL"] = self.provider_url
+        if self.model and self.provider_url:
+            stand_in = stand_in_model_env(self.provider_url)
+            env |= {name: value for name, value in stand_in.items() if name not in env}
         if self.kafka_bootstrap:
             env["KAFKA_BOOTSTRAP"] = self.kafka_bootstrap
         if self.kube_api_url:
@@ -315,11 +346,16 @@ def kafka_process(port: int | None = None) -> tuple[ManagedProcess, str]:
     return ManagedProcess("kafka", argv, ready=r"ready in"), bootstrap
 
 
-def stack_for(services: tuple[str, ...], **options: Any) -> Stack:
-    """The Stack an example's `[tool.cookbook] services` list asks for."""
+def stack_for(
+    services: tuple[str, ...], *, model_script: Path | None = None, **options: Any
+) -> Stack:
+    """The Stack an example's `[tool.cookbook] services` list asks for (and its model script,
+    `[tool.cookbook.model] script`)."""
     return Stack(
         sandbox="sandbox" in services,
         kafka="kafka" in services,
         kubernetes="kubernetes" in services,
+        model="model" in services,
+        model_script=model_script,
         **options,
     )

@@ -699,6 +699,7 @@ def harness_stack(example: Example) -> Stack:
         environ=environ,
         skip_time=example.skip_time,
         auth=example.auth,
+        model_script=example.model_script,
     )
 
 

@@ -1,4 +1,7 @@
-"""Run the provider sandbox: ``python -m cookbook.sandbox --host H --port P --db PATH``."""
+"""Run the provider sandbox: ``python -m cookbook.sandbox --host H --port P --db PATH``.
+
+``--model-script PATH`` loads the stand-in model's script (cookbook.sandbox.model) at start.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from types import FrameType
 import uvicorn
 
 from cookbook.sandbox.app import create_app
+from cookbook.sandbox.model import ScriptError, parse_script
 
 
 class _AnnouncingServer(uvicorn.Server):
@@ -43,7 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--db", default="sandbox.db", help="SQLite file for the records")
     parser.add_argument("--narrate", action="store_true", help="print one line per provider call")
+    parser.add_argument(
+        "--model-script", help="TOML file of scripted replies for the stand-in model"
+    )
     args = parser.parse_args(argv)
+    script = None
+    if args.model_script:
+        try:
+            with open(args.model_script, encoding="utf-8") as file:
+                script = parse_script(file.read())
+        except (OSError, ScriptError) as exc:
+            parser.error(f"--model-script {args.model_script}: {exc}")
 
     # uvicorn handles SIGTERM/SIGINT itself while serving (graceful shutdown), then
     # re-raises the signal against whatever handler was installed before; this one turns
@@ -54,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sock = _bind(args.host, args.port)
     config = uvicorn.Config(
-        create_app(args.db, narrate=args.narrate), log_level="warning", lifespan="on"
+        create_app(args.db, narrate=args.narrate, model_script=script),
+        log_level="warning",
+        lifespan="on",
     )
     server = _AnnouncingServer(config)
     try:

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from starlette.requests import ClientDisconnect
 
+from cookbook.sandbox import model
 from cookbook.sandbox.jobs import jobs_router
 from cookbook.sandbox.store import (
     ActionResult,
@@ -51,6 +52,9 @@ PROVIDERS: Final[Mapping[str, tuple[str, ...]]] = {
     "payment": ("charge", "refund"),
     "api": ("call",),
 }
+
+# What faults can target: the providers above, and the stand-in model (its own routes).
+FAULT_TARGETS: Final[Mapping[str, tuple[str, ...]]] = {**PROVIDERS, model.PROVIDER: (model.ACTION,)}
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 REPLAYED_HEADER: Final = "Idempotent-Replayed"
@@ -76,14 +80,14 @@ class FaultSpec(BaseModel):
     @field_validator("provider")
     @classmethod
     def _known_provider(cls, value: str) -> str:
-        if value not in PROVIDERS:
-            raise ValueError(f"unknown provider {value!r}; known: {', '.join(PROVIDERS)}")
+        if value not in FAULT_TARGETS:
+            raise ValueError(f"unknown provider {value!r}; known: {', '.join(FAULT_TARGETS)}")
         return value
 
     @field_validator("action")
     @classmethod
     def _known_action(cls, value: str | None, info: ValidationInfo) -> str | None:
-        actions = PROVIDERS.get(info.data.get("provider", ""))
+        actions = FAULT_TARGETS.get(info.data.get("provider", ""))
         if value is not None and actions is not None and value not in actions:
             raise ValueError(f"unknown action {value!r}; known: {', '.join(actions)}")
         return value
@@ -332,11 +336,30 @@ class KillSwitch(BaseModel):
     nth: int = Field(default=1, ge=1, description="fire on the nth matching effect")
 
 
-def create_app(db_path: str | os.PathLike[str], *, narrate: bool = False) -> FastAPI:
+def _fire_kill_switch(kill_switches: list[KillSwitch], provider: str, action: str) -> None:
+    for i, switch in enumerate(kill_switches):
+        if switch.provider == provider and switch.action in (None, action):
+            if switch.nth > 1:
+                kill_switches[i] = switch.model_copy(update={"nth": switch.nth - 1})
+                return
+            kill_switches.remove(switch)
+            # SIGKILL is acted on before the caller runs another instruction: it never
+            # reads this answer, and the step's result is never checkpointed.
+            os.kill(switch.pid, signal.SIGKILL)
+            return
+
+
+def create_app(
+    db_path: str | os.PathLike[str],
+    *,
+    narrate: bool = False,
+    model_script: model.Script | None = None,
+) -> FastAPI:
     """Build a sandbox app recording into the SQLite database at ``db_path``.
 
     With ``narrate``, print one line per provider call, so a demo can show what the outside
     world saw: which calls acted, and which were answered from the idempotency store.
+    ``model_script`` is what the stand-in model answers from (cookbook.sandbox.model).
     """
     # Opened here rather than in the lifespan so in-process clients that skip lifespan
     # events (httpx.ASGITransport) work too.
@@ -410,6 +433,16 @@ def create_app(db_path: str | os.PathLike[str], *, narrate: bool = False) -> Fas
     app.include_router(webhook_router(webhooks))
     # The jobs stand-in (cookbook.sandbox.jobs): its own routes, before the catch-all.
     app.include_router(jobs_router(store, db_path, narrate=narrate))
+    # The stand-in model (cookbook.sandbox.model): OpenAI-compatible routes under /v1.
+    app.include_router(
+        model.model_router(
+            store,
+            faults,
+            script=model_script or model.Script(),
+            on_effect=lambda provider, action: _fire_kill_switch(kill_switches, provider, action),
+            narrate=narrate,
+        )
+    )
 
     @app.post("/{provider}/{action}")
     async def provider_call(provider: str, action: str, request: Request) -> Response:
@@ -517,16 +550,7 @@ def create_app(db_path: str | os.PathLike[str], *, narrate: bool = False) -> Fas
             }[outcome.kind]
             print(f"{provider}.{action} {outcome.status_code}: {how}  (key {key})", flush=True)
         if outcome.kind == "executed":
-            for i, switch in enumerate(kill_switches):
-                if switch.provider == provider and switch.action in (None, action):
-                    if switch.nth > 1:
-                        kill_switches[i] = switch.model_copy(update={"nth": switch.nth - 1})
-                        break
-                    kill_switches.remove(switch)
-                    # SIGKILL is acted on before the caller runs another instruction: it never
-                    # reads this answer, and the step's result is never checkpointed.
-                    os.kill(switch.pid, signal.SIGKILL)
-                    break
+            _fire_kill_switch(kill_switches, provider, action)
         return Response(outcome.body, outcome.status_code, headers, "application/json")
 
     return app

@@ -28,7 +28,13 @@ def running_gateway(example: Example, workdir: Path) -> Iterator[str]:
     # The gateway and worker learn where everything is from the environment alone, as in
     # production; a RESONATE_URL of the caller's would point them at another server.
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
-    with stack_for(example.services, workdir=workdir, environ=environ, auth=example.auth) as stack:
+    with stack_for(
+        example.services,
+        workdir=workdir,
+        environ=environ,
+        auth=example.auth,
+        model_script=example.model_script,
+    ) as stack:
         env = stack.env()
         with (
             worker_process(example.worker, env),
