@@ -21,10 +21,10 @@ import pytest
 from chatbot.workflow import turn_id
 from cookbook.sandbox.store import SandboxRecords
 from cookbook.stack import (
-    STAND_IN_MODEL_ENV,
     devserver_process,
     gateway_process,
     sandbox_process,
+    stand_in_model_env,
     url_of,
     worker_process,
 )
@@ -88,8 +88,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatStack]:
         }
         env = {
             **inherited,
-            **STAND_IN_MODEL_ENV,
-            "OPENAI_BASE_URL": f"{url_of(sandbox)}/v1",
+            **stand_in_model_env(url_of(sandbox)),
             "RESONATE_URL": url_of(server),
             "PROVIDER_API_URL": url_of(sandbox),
             "ANSWER_WITHIN_SECONDS": str(ANSWER_WITHIN_SECONDS),
