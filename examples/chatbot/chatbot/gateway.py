@@ -178,7 +178,9 @@ async def _history_before(resonate: Resonate, chat_id: str, number: int) -> list
         raise HTTPException(409, f"chat {chat_id!r} has no turn {number - 1}: send it first")
     if previous.state == "pending":
         raise HTTPException(409, f"turn {number - 1} of chat {chat_id!r} is still being answered")
-    return history_after(previous_turn, await _reply(resonate, previous_turn))
+    if previous.state != "resolved":  # the turn failed: it adds nothing to the conversation
+        return history_after(previous_turn, None)
+    return history_after(previous_turn, await _reply(resonate, previous.id))
 
 
 async def _status(resonate: Resonate, turn: Turn) -> TurnStatus:
@@ -187,13 +189,15 @@ async def _status(resonate: Resonate, turn: Turn) -> TurnStatus:
     record = await _record(resonate, execution_id)
     if record is None or record.state == "pending":
         return TurnStatus(chat_id=turn.chat_id, turn=turn.number, status="pending", status_url=url)
-    try:
-        reply = Reply.model_validate(await (await resonate.get(execution_id)).result())
-    except Exception as exc:  # the model down past every retry, or a bug: what the turn raised
-        reason = str(exc) or type(exc).__name__
+    if record.state != "resolved":
         return TurnStatus(
-            chat_id=turn.chat_id, turn=turn.number, status="failed", reason=reason, status_url=url
+            chat_id=turn.chat_id,
+            turn=turn.number,
+            status="failed",
+            reason=await _failure(resonate, execution_id),
+            status_url=url,
         )
+    reply = await _reply(resonate, execution_id)
     if reply.content is None:
         return TurnStatus(
             chat_id=turn.chat_id,
@@ -211,14 +215,18 @@ async def _status(resonate: Resonate, turn: Turn) -> TurnStatus:
     )
 
 
-async def _reply(resonate: Resonate, turn: Turn) -> Reply | None:
-    """A settled turn's reply; None if the turn failed."""
+async def _reply(resonate: Resonate, execution_id: str) -> Reply:
+    """The reply of a turn that has been answered (its execution resolved)."""
+    return Reply.model_validate(await (await resonate.get(execution_id)).result())
+
+
+async def _failure(resonate: Resonate, execution_id: str) -> str:
+    """Why a turn failed (its execution rejected): what it raised, as the SDK decodes it."""
     try:
-        return Reply.model_validate(
-            await (await resonate.get(turn_id(turn.chat_id, turn.number))).result()
-        )
-    except Exception:  # a failed turn adds nothing to the conversation
-        return None
+        await (await resonate.get(execution_id)).result()
+    except Exception as exc:  # the model down past every retry, or a bug
+        return str(exc) or type(exc).__name__
+    return "unknown"
 
 
 async def _record(resonate: Resonate, execution_id: str) -> PromiseRecord | None:
