@@ -143,10 +143,20 @@ def test_a_tool_call_round_trip(model: Sandbox) -> None:
 
 
 def test_a_tool_is_not_called_unless_offered(model: Sandbox) -> None:
-    completion = ask(model.client(), "What is the weather like?")
+    model.load(
+        '[[rules]]\nwhen = { last_user_contains = "weather" }\n'
+        'reply = { tool_calls = [{ name = "get_weather" }] }\n'
+        '[[rules]]\nreply = { content = "no tool for that" }\n'
+    )
+    client = model.client()
 
-    assert completion.choices[0].message.tool_calls is None
-    assert completion.choices[0].message.content is not None
+    def answer(**options: Any) -> str | None:
+        message = ask(client, "What is the weather like?", **options).choices[0].message
+        return message.content if message.tool_calls is None else message.tool_calls[0].id
+
+    assert answer() == "no tool for that"
+    assert answer(tools=[WEATHER_TOOL], tool_choice="none") == "no tool for that"
+    assert (answer(tools=[WEATHER_TOOL]) or "").startswith("call_")
 
 
 def test_the_default_reply_is_labelled_and_quotes_the_user(model: Sandbox) -> None:
@@ -179,6 +189,14 @@ def test_streaming_is_refused_with_400(model: Sandbox) -> None:
     assert model.billed("stream-1") == []
 
 
+def test_more_than_one_choice_is_refused_with_400(model: Sandbox) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(model.client(), "hi", key="choices-1", n=2)
+
+    assert refused.value.param == "n"
+    assert model.billed("choices-1") == []
+
+
 @pytest.mark.parametrize(
     ("messages", "param"),
     [
@@ -191,12 +209,35 @@ def test_streaming_is_refused_with_400(model: Sandbox) -> None:
 def test_a_bad_field_is_a_400_naming_it(model: Sandbox, messages: Any, param: str) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         model.client().chat.completions.create(
-            model="stand-in-1", messages=messages, extra_headers={"Idempotency-Key": "bad-1"}
+            model="stand-in-1",
+            messages=messages,
+            extra_headers={"Idempotency-Key": f"bad:{param}:"},
         )
 
     assert refused.value.param == param
     assert param in refused.value.message
-    assert model.billed("bad-1") == []
+    assert model.records.effects(f"bad:{param}:") == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{not json", b'{"model": "m", "messages": [], "temperature": NaN}', b"[]"],
+    ids=["broken", "nan", "array"],
+)
+def test_a_body_that_is_no_json_object_is_a_400_and_recorded(model: Sandbox, raw: bytes) -> None:
+    key = f"raw:{raw.decode()}:"
+
+    response = httpx.post(
+        f"{model.url}/v1/chat/completions",
+        content=raw,
+        headers={"Authorization": "Bearer k", "Idempotency-Key": key},
+    )
+
+    assert response.status_code == 400
+    assert "JSON" in response.json()["error"]["message"]
+    [request] = model.records.requests(key)
+    assert (request.status_code, request.body) == (400, raw.decode() if raw != b"[]" else [])
+    assert model.records.effects(key) == []
 
 
 def test_no_api_key_is_a_401(model: Sandbox) -> None:
@@ -359,6 +400,7 @@ def test_the_sandbox_refuses_to_start_with_a_bad_script(tmp_path: Path) -> None:
     script = tmp_path / "script.toml"
     script.write_text("[[rules]]\nreply = {}\n")
     argv = [sys.executable, "-m", "cookbook.sandbox", "--model-script", str(script)]
+    argv += ["--db", str(tmp_path / "sandbox.db")]
 
     finished = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
@@ -417,6 +459,22 @@ def test_the_model_table_names_a_script_in_the_examples_folder(tmp_path: Path) -
             model=env["OPENAI_MODEL"], messages=[{"role": "user", "content": "hi"}]
         )
     assert completion.choices[0].message.content == "from the example"
+
+
+def test_the_crash_harness_stack_serves_the_model_with_the_examples_script(
+    tmp_path: Path,
+) -> None:
+    from cookbook.crash.harness import harness_stack
+
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "m.toml").write_text("")
+    example = example_at(
+        tmp_path, '["sandbox", "model"]', '[tool.cookbook.model]\nscript = "m.toml"'
+    )
+
+    stack = harness_stack(example)
+
+    assert (stack.model, stack.model_script) == (True, tmp_path / "agent" / "m.toml")
 
 
 @pytest.mark.parametrize(

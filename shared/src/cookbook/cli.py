@@ -100,6 +100,8 @@ def _run_stack(
         _say(f"· resonate server: {stack.resonate_url} ({where})")
         if stack.provider_url:
             _say(f"· provider sandbox: {stack.provider_url}")
+        if stack.model:
+            _say(f"· model: {_model_line(stack)}")
         if stack.kafka_bootstrap:
             _say(f"· kafka broker: {stack.kafka_bootstrap}")
 
@@ -155,6 +157,14 @@ CRASH_SPEC = re.compile(r"^(?P<provider>[a-z]+)(\.(?P<action>[a-z]+))?(#(?P<nth>
 
 def _prefixed(name: str) -> Callable[[str], None]:
     return lambda line: _say(f"  {name} | {line}")
+
+
+def _model_line(stack: Stack) -> str:
+    base_url = stack.env()["OPENAI_BASE_URL"]
+    if base_url != stack.service_url("model"):
+        return f"{base_url} (OPENAI_BASE_URL from the environment)"
+    script = stack.model_script.name if stack.model_script else "no script: default replies"
+    return f"the stand-in model at {base_url} ({script})"
 
 
 def _arm_crash(

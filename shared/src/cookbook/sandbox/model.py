@@ -11,9 +11,22 @@ use OpenAI, vLLM, Ollama, LiteLLM...). It speaks the Chat Completions wire forma
     GET  /_admin/model/script     the script in use, as JSON
 
 Replies are deterministic and scripted: a script is an ordered list of rules, and the first rule
-whose conditions all hold answers (`[[rules]]` tables with `when = {...}` and `reply = {...}`,
-see `When` and `Reply`). No rule matching, a default reply quotes the last user message. The
-same request gets the same reply, byte for byte: ids and `created` derive from the request.
+whose conditions all hold answers (see `When` and `Reply`). No rule matching, a default reply
+labelled "[stand-in model]" quotes the last user message. The same request gets the same reply,
+byte for byte: ids derive from the request, and `created` is fixed. An example's script:
+
+    [[rules]]
+    name = "look it up"
+    when = { last_user_contains = "weather", tool_offered = "get_weather" }
+    reply = { tool_calls = [{ name = "get_weather", arguments = { city = "Paris" } }] }
+
+    [[rules]]
+    when = { last_message_role = "tool" }
+    reply = { content = "It is {last_tool_result} in Paris." }
+
+The cookbook loads an example's script (`[tool.cookbook.model] script`) when it starts the
+sandbox for it (`python -m cookbook.sandbox --model-script PATH`); a test that shares a sandbox
+loads it with `load_script` and gives its processes `cookbook.stack.stand_in_model_env(url)`.
 
 Every completion is billed: recorded in the sandbox's records like any provider call (provider
 "model", action "complete": an effect whose response holds the model and its `usage`). Tokens
@@ -196,6 +209,7 @@ class ChatRequest(_Lenient):
     tools: list[Tool] | None = None
     tool_choice: Any = None
     stream: bool | None = None
+    n: int | None = Field(default=None, ge=1)
 
     def last(self, role: str) -> str:
         return next((m.text for m in reversed(self.messages) if m.role == role), "")
@@ -326,7 +340,7 @@ def model_router(
     """The stand-in's routes. `on_effect(provider, action)` runs after each billed completion
     (the sandbox's kill switches)."""
     router = APIRouter()
-    current = [script]
+    current = [script]  # replaced whole by PUT /_admin/model/script
 
     @router.put("/_admin/model/script", tags=["admin"])
     async def replace_script(request: Request) -> JSONResponse:
@@ -360,18 +374,21 @@ def model_router(
         except ClientDisconnect:
             return Response(status_code=499)
         key = request.headers.get("Idempotency-Key")
+        body, parse_error = _decode(raw)
+        # As the sandbox records any request: its JSON, or its text when it is not JSON.
+        recorded = canonical_json(raw.decode("utf-8", "replace") if parse_error else body)
 
-        def reject(status: int, body: JSONObject, *, injected: bool = False) -> JSONResponse:
+        def reject(status: int, error: JSONObject, *, injected: bool = False) -> JSONResponse:
             store.record_request(
                 provider=PROVIDER,
                 action=ACTION,
                 idempotency_key=key,
-                body_text=canonical_json(raw.decode("utf-8", "replace")),
+                body_text=recorded,
                 status_code=status,
                 started_at=started_at,
                 injected_fault=injected,
             )
-            return JSONResponse(body, status)
+            return JSONResponse(error, status)
 
         def bad(message: str, param: str | None) -> JSONResponse:
             return reject(400, openai_error(message, kind="invalid_request_error", param=param))
@@ -380,10 +397,8 @@ def model_router(
             return reject(401, _no_key_body())
         if key is not None and not 0 < len(key) <= 255:
             return bad(f"Idempotency-Key must be 1 to 255 characters, got {len(key)}", None)
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            return bad(f"the request body is not valid JSON: {exc}", None)
+        if parse_error is not None:
+            return bad(f"the request body is not valid JSON: {parse_error}", None)
         if not isinstance(body, dict):
             return bad("the request body must be a JSON object", None)
         try:
@@ -393,6 +408,8 @@ def model_router(
             return bad(f"invalid request: {_describe(first)}", _param(first["loc"]))
         if chat.stream:
             return bad("the stand-in model does not stream: send stream=false", "stream")
+        if chat.n not in (None, 1):
+            return bad("the stand-in model gives one choice: send n=1", "n")
 
         injection = faults.on_request(PROVIDER, ACTION, key)
         if injection.latency_s > 0:
@@ -403,7 +420,7 @@ def model_router(
             message = f"injected failure (attempt {attempt}): the stand-in model answered {status}"
             return reject(status, openai_error(message, kind=kind, code=code), injected=True)
 
-        digest = hashlib.sha256(canonical_json(body).encode()).hexdigest()
+        digest = hashlib.sha256(recorded.encode()).hexdigest()
         completion, rule = complete(current[0], chat, digest)
         call = Incoming(PROVIDER, ACTION, key, body, started_at)
         outcome = store.execute(call, lambda tx: ActionResult(200, completion, completion["id"]))
@@ -424,6 +441,18 @@ def model_router(
         return Response(outcome.body, outcome.status_code, headers, "application/json")
 
     return router
+
+
+def _decode(raw: bytes) -> tuple[Any, str | None]:
+    """The request's JSON, or why it is not JSON (NaN and Infinity are not)."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(raw, parse_constant=refuse), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def _has_key(request: Request) -> bool:
