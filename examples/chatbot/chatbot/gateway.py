@@ -41,6 +41,7 @@ from resonate.types import PromiseRecord
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatbot.steps import Message as ChatMessage
 from chatbot.steps import Reply
 from chatbot.workflow import ChatId, Turn, TurnNumber, UserText, history_after, turn_id
 
@@ -168,7 +169,7 @@ async def get_turn(chat_id: ChatIdPath, number: TurnNumber, workers: WorkersDep)
     return await _status(workers.resonate, turn)
 
 
-async def _history_before(resonate: Resonate, chat_id: str, number: int) -> list[Any]:
+async def _history_before(resonate: Resonate, chat_id: str, number: int) -> list[ChatMessage]:
     """The conversation before turn `number`, from turn number-1 once it has settled; or 409."""
     if number == 1:
         return []
