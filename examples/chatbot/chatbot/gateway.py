@@ -16,6 +16,8 @@ from the previous one, so any number of gateways serve the same chats.
   ANSWER_WITHIN_SECONDS   how long a POST waits for the reply before answering 202 (default 10)
   GATEWAY_HOST            the address to listen on (default 127.0.0.1; 0.0.0.0 in a container)
   GATEWAY_PORT            the port to serve on (default 0: any free port)
+  CHAT_ENCRYPTION_KEYS    the key ring the worker has, as JSON, or
+  CHAT_ENCRYPTION_KEYS_FILE  the path of a file holding it (see crypto.py)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from resonate.types import PromiseRecord
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatbot.crypto import AesGcmEncryptor, KeyRing, KeyRingError, load_key_ring
 from chatbot.steps import Message as ChatMessage
 from chatbot.steps import Reply
 from chatbot.workflow import ChatId, Turn, TurnNumber, UserText, history_after, turn_id
@@ -267,9 +270,15 @@ def _turn_of(record: PromiseRecord | None) -> Turn | None:
         return None
 
 
-def create_app(resonate_url: str, group: str, answer_within: float) -> FastAPI:
-    # A client in a group of its own: the server never hands it workflow work.
-    resonate = Resonate(url=resonate_url, group="chatbot-gateway", autostart=False)
+def create_app(resonate_url: str, group: str, answer_within: float, key_ring: KeyRing) -> FastAPI:
+    resonate = Resonate(
+        url=resonate_url,
+        # A client in a group of its own: the server never hands it workflow work.
+        group="chatbot-gateway",
+        autostart=False,
+        # The gateway writes a turn's message and reads its reply: sealed with the worker's keys.
+        encryptor=AesGcmEncryptor(key_ring),
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -342,12 +351,18 @@ def main() -> None:
     if not resonate_url:
         sys.exit("chatbot.gateway: RESONATE_URL is not set (start a server, or `make run-chatbot`)")
     # Bound here rather than by uvicorn, so that port 0 turns into a port we can announce.
+    try:
+        key_ring = load_key_ring()
+    except KeyRingError as exc:
+        sys.exit(f"chatbot.gateway: {exc}")
+    print(key_ring.describe(), flush=True)
     host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
     sock = socket.create_server((host, int(os.environ.get("GATEWAY_PORT", "0"))))
     app = create_app(
         resonate_url,
         os.environ.get("RESONATE_GROUP", "chatbot"),
         float(os.environ.get("ANSWER_WITHIN_SECONDS", "10")),
+        key_ring,
     )
     # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again: exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,7 +2,8 @@
 
 Environment: RESONATE_URL (required), RESONATE_GROUP (default: chatbot), RESONATE_TTL_SECONDS,
 OPENAI_BASE_URL, OPENAI_API_KEY (required), OPENAI_MODEL (required),
-OPENAI_TIMEOUT_SECONDS (default 30).
+OPENAI_TIMEOUT_SECONDS (default 30), CHAT_ENCRYPTION_KEYS or CHAT_ENCRYPTION_KEYS_FILE (the
+key ring; see crypto.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import openai
 from resonate.resonate import Resonate
 from resonate.retry import Never
 
+from chatbot.crypto import AesGcmEncryptor, KeyRingError, load_key_ring
 from chatbot.steps import Model
 from chatbot.workflow import chat_turn
 
@@ -40,11 +42,18 @@ def model_from_environment() -> Model:
 async def main() -> None:
     if not os.environ.get("RESONATE_URL"):
         sys.exit("chatbot.worker: RESONATE_URL is not set (start a server, or `make run-chatbot`)")
+    try:
+        key_ring = load_key_ring()
+    except KeyRingError as exc:
+        sys.exit(f"chatbot.worker: {exc}")
     model = model_from_environment()
     resonate = Resonate(
         url=os.environ["RESONATE_URL"],
         group=os.environ.get("RESONATE_GROUP", "chatbot"),
         ttl=timedelta(seconds=float(os.environ.get("RESONATE_TTL_SECONDS", "30"))),
+        # A turn's arguments (the conversation so far) and its result (the reply) are personal
+        # data: sealed before they reach the server, opened only by a process with the key.
+        encryptor=AesGcmEncryptor(key_ring),
     )
     resonate.with_dependency(model)
     # A turn is never retried as a whole; its model call is, by MODEL_RETRIES. The SDK's default
@@ -55,6 +64,7 @@ async def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     print(f"chatbot worker {os.getpid()} ready (model {model.name})", flush=True)
+    print(key_ring.describe(), flush=True)
     await stop.wait()
     await resonate.stop()
     await model.client.close()

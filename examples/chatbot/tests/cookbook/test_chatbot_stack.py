@@ -9,6 +9,9 @@ uses its own chat ids, and the model's records are read by key prefix, i.e. by t
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -18,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from chatbot.crypto import AesGcmEncryptor, KeyRing
 from chatbot.workflow import turn_id
 from cookbook.sandbox.store import SandboxRecords
 from cookbook.stack import (
@@ -43,6 +47,7 @@ class ChatStack:
     gateway: httpx.Client
     server: RunningDevServer
     sandbox: RunningSandbox
+    key_ring: KeyRing  # the worker's and the gateway's
 
     def send(self, chat_id: str, turn: int, message: str) -> httpx.Response:
         return self.gateway.post(f"/chats/{chat_id}/turns", json={"turn": turn, "message": message})
@@ -70,6 +75,12 @@ class ChatStack:
         promises: list[object] = self.server.state()["promises"]  # type: ignore[assignment]
         return len(promises)
 
+    def stored(self, chat_id: str, turn: int) -> list[dict[str, Any]]:
+        """A turn's promises (the execution and its step) as the server holds them: no key."""
+        response = httpx.get(f"{self.server.url}/_cookbook/state", headers=self.server.headers)
+        promises: list[dict[str, Any]] = response.raise_for_status().json()["promises"]
+        return [p for p in promises if p["id"].startswith(turn_id(chat_id, turn))]
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatStack]:
@@ -77,6 +88,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatStack]:
     # A sandbox of its own: the stand-in model answers from this example's script.
     data_dir = tmp_path_factory.mktemp("devserver")
     db = tmp_path_factory.mktemp("sandbox") / "sandbox.db"
+    key_ring = KeyRing.new("test-1")
     with (
         devserver_process(data_dir) as server,
         sandbox_process(db, model_script=SCRIPT) as sandbox,
@@ -92,6 +104,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatStack]:
             "RESONATE_URL": url_of(server),
             "PROVIDER_API_URL": url_of(sandbox),
             "ANSWER_WITHIN_SECONDS": str(ANSWER_WITHIN_SECONDS),
+            # The worker and the gateway share a key ring of this test module's own.
+            "CHAT_ENCRYPTION_KEYS": key_ring.to_json(),
         }
         with (
             worker_process("chatbot.worker", env),
@@ -102,6 +116,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatStack]:
                 client,
                 RunningDevServer(server, data_dir, False),
                 RunningSandbox(sandbox, SandboxRecords(db)),
+                key_ring,
             )
 
 
@@ -235,11 +250,41 @@ def test_a_turn_is_read_back_and_an_unknown_one_is_404(stack: ChatStack) -> None
     assert stack.gateway.get(f"/chats/{chat}/turns/0").status_code == 422
 
 
+def test_the_server_holds_neither_the_message_nor_the_reply_in_plaintext(
+    stack: ChatStack,
+) -> None:
+    chat = new_chat()
+    stack.send(chat, 1, GREETING)
+    second = stack.send(chat, 2, QUESTION)
+    reply = second.json()["reply"]
+
+    stored = stack.stored(chat, 2)
+
+    # The execution (its argument, its result) and its model call (its result): the turn.
+    assert len(stored) == 2
+    assert all(p["state"] == "resolved" for p in stored)
+    [execution] = [p for p in stored if p["id"] == turn_id(chat, 2)]
+    assert execution["param"].get("data")
+    assert all(p["value"].get("data") for p in stored)
+    # Turn 2 carries the whole chat so far (both messages, turn 1's reply) and its own reply.
+    personal = [GREETING, QUESTION, reply]
+    readable = [json.dumps(stored).encode()]
+    for promise in stored:
+        for value in (promise["param"], promise["value"]):
+            try:
+                readable.append(base64.b64decode(value.get("data") or ""))
+            except (binascii.Error, ValueError):
+                continue
+    assert [text for text in personal if any(text.encode() in r for r in readable)] == []
+
+
 def wait_answered(stack: ChatStack, chat: str, turn: int) -> None:
     """Wait for the turn to settle: the execution's own completion, not a poll of the gateway."""
 
     async def settled() -> None:
-        client = Resonate(url=stack.server.url, group="chatbot-tests")
+        client = Resonate(
+            url=stack.server.url, group="chatbot-tests", encryptor=AesGcmEncryptor(stack.key_ring)
+        )
         try:
             await asyncio.wait_for((await client.get(turn_id(chat, turn))).result(), 30)
         finally:
