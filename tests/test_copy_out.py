@@ -24,6 +24,7 @@ def copy_and_test(example: str, destination: Path, planted: str | None = None) -
     python = copyout.copy_out(catalog.example(example), destination)
     copy = destination / example
     assert not (copy / copyout.HARNESS_TESTS).exists(), "tests/cookbook/ was copied out"
+    assert not (copy / ".dev-keys").exists(), "a development key ring was copied out"
     if planted is not None:
         (copy / "tests" / "test_planted.py").write_text(planted)
     done = copyout.run_tests(copy, python)

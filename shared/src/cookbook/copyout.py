@@ -28,9 +28,17 @@ from pathlib import Path
 
 from cookbook.catalog import Example, repo_root
 
-# What a user's copy would not have: caches and the artefacts of runs.
+# What a user's copy would not have: caches, the artefacts of runs, and the development key rings
+# an example creates on first use (a copy makes its own).
 _ARTEFACTS = shutil.ignore_patterns(
-    "__pycache__", "*.pyc", ".venv", ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.db"
+    "__pycache__",
+    "*.pyc",
+    ".venv",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    "*.db",
+    ".dev-keys",
 )
 # The tests that need the cookbook's harness: they stay in the cookbook.
 HARNESS_TESTS = Path("tests") / "cookbook"
