@@ -51,6 +51,8 @@ PROVIDERS: Final[Mapping[str, tuple[str, ...]]] = {
     "payment": ("charge", "refund"),
     "api": ("call",),
 }
+# What a fault can target: every provider above, and the jobs stand-in's submission.
+FAULT_TARGETS: Final[Mapping[str, tuple[str, ...]]] = {**PROVIDERS, "jobs": ("submit",)}
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 REPLAYED_HEADER: Final = "Idempotent-Replayed"
@@ -76,14 +78,14 @@ class FaultSpec(BaseModel):
     @field_validator("provider")
     @classmethod
     def _known_provider(cls, value: str) -> str:
-        if value not in PROVIDERS:
-            raise ValueError(f"unknown provider {value!r}; known: {', '.join(PROVIDERS)}")
+        if value not in FAULT_TARGETS:
+            raise ValueError(f"unknown provider {value!r}; known: {', '.join(FAULT_TARGETS)}")
         return value
 
     @field_validator("action")
     @classmethod
     def _known_action(cls, value: str | None, info: ValidationInfo) -> str | None:
-        actions = PROVIDERS.get(info.data.get("provider", ""))
+        actions = FAULT_TARGETS.get(info.data.get("provider", ""))
         if value is not None and actions is not None and value not in actions:
             raise ValueError(f"unknown action {value!r}; known: {', '.join(actions)}")
         return value
