@@ -217,3 +217,33 @@ def test_a_refused_job_ends_the_workflow_at_once_and_leaves_no_promise_pending(
     assert pending == []
     assert list(callback_states.values()) == ["rejected"]  # released by the workflow itself
     assert effects(sandbox, execution_id, "submit") == []
+
+
+def test_a_job_never_submitted_fails_the_workflow_once_out_of_retries_not_days_later(
+    resonate_url: str, sandbox: RunningSandbox
+) -> None:
+    execution_id = new_id("down")
+    httpx.post(
+        f"{sandbox.url}/_admin/faults",
+        json={"provider": "jobs", "action": "submit", "status": 503}
+        | {"key_prefix": execution_id + ":"},
+    ).raise_for_status()
+
+    async def go() -> None:
+        client = Resonate(url=resonate_url, group="job-callback-tests")
+        try:
+            request = job("succeed", timeout=3600)
+            handle = client.options(target="job-callback").rpc(execution_id, "run_job", request)
+            # The step's retries take about 31 s; the callback's deadline is an hour away.
+            await asyncio.wait_for(handle.result(), 90)
+        finally:
+            await client.stop()
+
+    # The execution's own error (a TimeoutError here would mean it waited for the callback).
+    with pytest.raises(Exception, match="/jobs/submit: answered 503"):
+        asyncio.run(go())
+
+    pending, callback_states = pending_and_callbacks(resonate_url, execution_id)
+    assert pending == []
+    assert list(callback_states.values()) == ["rejected"]
+    assert effects(sandbox, execution_id, "submit") == []
