@@ -187,11 +187,19 @@ async def tell_restaurant(ctx: Context, order: Order, reason: str) -> Outcome:
     return await _act(ctx, order, "tell_restaurant", "/slack/send", body)
 
 
-async def notify_customer(ctx: Context, order: Order, reason: str, refunded: bool) -> Outcome:
-    money = "You have been refunded." if refunded else "You were not charged."
+# What became of a cancelled order's money, as the customer is told it.
+type Money = Literal["not charged", "refunded", "refund pending"]
+MONEY_TOLD: Final[dict[Money, str]] = {
+    "not charged": "You were not charged.",
+    "refunded": "You have been refunded.",
+    "refund pending": "Your refund has not gone through yet: we will contact you about it.",
+}
+
+
+async def notify_customer(ctx: Context, order: Order, reason: str, money: Money) -> Outcome:
     body = {
         "to": order.customer_id,
-        "text": f"Sorry, your order {order.order_id} was cancelled: {reason}. {money}",
+        "text": f"Sorry, your order {order.order_id} was cancelled: {reason}. {MONEY_TOLD[money]}",
     }
     return await _act(ctx, order, "notify_customer", "/sms/send", body)
 

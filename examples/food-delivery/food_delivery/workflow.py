@@ -21,6 +21,7 @@ from resonate.context import Context
 from resonate.retry import Exponential, Linear, Never
 
 from food_delivery.steps import (
+    Money,
     Outcome,
     ProviderUnavailableError,
     assign_driver,
@@ -180,12 +181,16 @@ async def cancel(
 
     if driver_request_key is not None:
         await attempt("release_driver", undoing.run(release_driver, order, driver_request_key))
+    # What the customer is told about their money must be true: a refund that was refused or
+    # kept failing has not given it back, and a person follows it up (it is in the result).
+    money: Money = "not charged"
     if charge_id is not None:
         await attempt("refund", undoing.run(refund, order, charge_id))
+        refunded = compensations[-1].problem is None
+        money = "refunded" if refunded else "refund pending"
     if tell_the_restaurant:
         await attempt("tell_restaurant", undoing.run(tell_restaurant, order, reason))
-    refunded = any(c.stage == "refund" and c.problem is None for c in compensations)
-    await attempt("notify_customer", undoing.run(notify_customer, order, reason, refunded))
+    await attempt("notify_customer", undoing.run(notify_customer, order, reason, money))
     return Delivery("cancelled", reason, charge_id, compensations=compensations)
 
 

@@ -1,6 +1,8 @@
-"""The steps: submit a job to the jobs service, and cancel one. Each call carries an
-Idempotency-Key from the step's durable id, so a step run again after a crash gets the service's
-first answer instead of submitting (or cancelling) a second time.
+"""The steps: submit a job to the jobs service, cancel one, and release an unused callback.
+
+Each call to the jobs service carries an Idempotency-Key from the step's durable id, so a step run
+again after a crash gets the service's first answer instead of submitting (or cancelling) a second
+time.
 
 A refusal (a 4xx other than 408 and 429) would be the same on every attempt: it is returned as a
 value and never retried. A service that is down, overloaded or silent (a 5xx, 408, 429, a timeout,
@@ -15,6 +17,8 @@ from typing import Any
 
 import httpx
 from resonate.context import Context
+from resonate.resonate import Resonate
+from resonate.types import Value
 
 from job_callback.job import Job
 
@@ -32,6 +36,13 @@ class Services:
 
     jobs: httpx.AsyncClient
     resonate_url: str
+
+
+@dataclass(frozen=True)
+class CallbackServer:
+    """A worker dependency: the worker's own Resonate client, to settle a callback no job holds."""
+
+    resonate: Resonate
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,23 @@ async def cancel_job(ctx: Context, job_id: str) -> JobState:
     """
     print(f"cancelling {job_id} (key {ctx.info.id})", flush=True)
     return await _call(ctx, f"/jobs/{job_id}/cancel", {})
+
+
+async def release_callback(ctx: Context, callback_id: str, why: str) -> None:
+    """Reject the callback promise of a job that was never started: no one else ever will.
+
+    Run again after a crash (or by a worker that stalled while another finished the workflow),
+    it finds the promise settled and writes nothing: a settle is not fenced by the task's lease.
+    """
+    server = ctx.get_dependency(CallbackServer)
+    if (await server.resonate.promises.get(callback_id)).state != "pending":
+        return
+    print(f"releasing callback {callback_id}: {why} (key {ctx.info.id})", flush=True)
+    await server.resonate.promises.reject(callback_id, Value(data=JobNotStartedError(why)))
+
+
+class JobNotStartedError(Exception):
+    """Why a callback promise was rejected by the workflow itself: its job never started."""
 
 
 async def _call(ctx: Context, path: str, body: dict[str, Any]) -> JobState:

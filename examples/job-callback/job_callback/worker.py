@@ -15,7 +15,7 @@ from datetime import timedelta
 import httpx
 from resonate.resonate import Resonate
 
-from job_callback.steps import Services
+from job_callback.steps import CallbackServer, Services
 from job_callback.workflow import WORKFLOW_RETRIES, run_job
 
 
@@ -36,6 +36,8 @@ async def main() -> None:
         )
         # Jobs call back to the server this worker uses: the URL travels in each job's callback.
         resonate.with_dependency(Services(jobs, resonate_url))
+        # The workflow rejects the callback of a job that was never started, with this client.
+        resonate.with_dependency(CallbackServer(resonate))
         resonate.register(run_job, retry_policy=WORKFLOW_RETRIES)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,20 +15,25 @@ record, how the job ended, by cancelling it: a job still running is stopped (it 
 will never call back), a job that already ended is left alone and the answer says how. A failed
 job is submitted once more, as a new job under a new key; a second failure, a timeout or a
 refusal is the workflow's result, a value, not an error.
+
+A job the service refused (or that could not be submitted at all) will never call back, so the
+workflow rejects that callback promise itself before it returns (or fails): an execution that
+ends with a promise still pending would otherwise stay suspended until the promise timed out.
 """
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
-from resonate.context import Context
+from resonate.context import Context, ResonateFuture
 from resonate.error import ApplicationError
 from resonate.retry import Exponential, Never
 
 from job_callback.job import Job
-from job_callback.steps import cancel_job, submit_job
+from job_callback.steps import JobNotStartedError, cancel_job, release_callback, submit_job
 
 # A jobs service that is down or overloaded gets 4 more attempts, 2, 4, 8 and 16 s apart (about
 # 30 s, long enough for a restart or a burst of 503s); then the execution fails, naming the step.
@@ -61,9 +66,17 @@ async def run_job(ctx: Context, job: Job) -> JobEnded:
     failures: list[str] = []
     for attempt in range(1, ATTEMPTS + 1):
         # The job's callback: the jobs service settles it; the server times it out if it doesn't.
+        # It exists before the submission, so a job that ends at once finds it there.
         callback = ctx.promise(timeout=timedelta(seconds=job.callback_timeout_seconds))
-        submitted = await step.run(submit_job, job, attempt, await callback.id())
+        callback_id = await callback.id()
+        try:
+            submitted = await step.run(submit_job, job, attempt, callback_id)
+        except Exception as unavailable:  # out of retries: the execution fails, naming the step
+            # (if the submission landed after all, its job's callback finds the promise settled)
+            await release(ctx, callback, callback_id, f"not submitted: {unavailable}")
+            raise
         if submitted.job_id is None:  # refused (a bad spec, say): the same on every attempt
+            await release(ctx, callback, callback_id, f"refused: {submitted.refusal}")
             return JobEnded("refused", job_ids, reason=submitted.refusal)
         job_ids.append(submitted.job_id)
         try:
@@ -83,3 +96,17 @@ async def run_job(ctx: Context, job: Job) -> JobEnded:
             return JobEnded("succeeded", job_ids, reason="its callback came after the deadline")
         failures.append(reason)
     return JobEnded("failed", job_ids, reason=f"failed {ATTEMPTS} times: " + "; ".join(failures))
+
+
+async def release(ctx: Context, callback: ResonateFuture[Any], callback_id: str, why: str) -> None:
+    """Settle, then await, the callback of a job that never started, so it is pending no more.
+
+    SDK 0.8.1 treats an execution that ends while a promise it created is still pending as
+    suspended: it would finish only when that promise timed out, days later. Rejecting it from a
+    step (no job will) and awaiting it costs one round trip, and the execution ends at once.
+    """
+    await ctx.options(retry_policy=STEP_RETRIES).run(release_callback, callback_id, why)
+    # Rejected just now by the step above: its error comes back as itself, or as an
+    # ApplicationError where it cannot be unpickled.
+    with suppress(JobNotStartedError, ApplicationError):
+        await callback

@@ -202,6 +202,33 @@ def test_no_driver_refunds_tells_the_restaurant_and_the_customer(stack: Delivery
     }
 
 
+def test_a_refund_that_does_not_go_through_is_not_told_as_done(stack: DeliveryStack) -> None:
+    order = new_order()
+    arm_fault(stack.sandbox, f"{order['order_id']}:", provider="api", status=409)
+    # Refused: the same compensation outcome as a refund out of retries (about 14 minutes).
+    arm_fault(
+        stack.sandbox, f"{order['order_id']}:", provider="payment", action="refund", status=422
+    )
+
+    assert stack.gateway.post("/orders", json=order).status_code == 202
+    status = stack.wait_settled(order["order_id"])
+
+    assert (status["status"], status["reason"]) == ("cancelled", "no driver")
+    [refund] = [c for c in status["compensations"] if c["stage"] == "refund"]
+    assert "422" in refund["problem"]
+    done = stack.sandbox.records.effects(key_prefix=f"{order['order_id']}:")
+    assert [(e.provider, e.action) for e in done] == [
+        ("payment", "charge"),
+        ("slack", "send"),
+        ("slack", "send"),
+        ("sms", "send"),
+    ]
+    text = done[-1].body["text"]
+    assert "Your refund has not gone through yet: we will contact you about it." in text
+    assert "not charged" not in text
+    assert "have been refunded" not in text
+
+
 def test_a_declined_card_cancels_the_order_before_anything_else(stack: DeliveryStack) -> None:
     order = new_order()
     arm_fault(stack.sandbox, f"{order['order_id']}:1", provider="payment", status=402)

@@ -161,3 +161,89 @@ def test_a_second_callback_changes_nothing(resonate_url: str, sandbox: RunningSa
     assert held in (first["value"], second["value"])
     assert result["output"] == held["output"]
     assert len(effects(sandbox, execution_id, "submit")) == 1
+
+
+def pending_and_callbacks(url: str, execution_id: str) -> tuple[list[str], dict[str, str]]:
+    """The execution's promises still pending, and each callback promise's state, by id.
+
+    Read from the server: a callback is the workflow's latent promise, the one tagged external.
+    """
+
+    async def search(client: Resonate, state: str | None, tags: dict[str, str]) -> list[Any]:
+        found: list[Any] = []
+        cursor: str | None = None
+        while True:
+            page = await client.promises.search(state, tags, 100, cursor)
+            found += page.promises
+            cursor = page.cursor
+            if cursor is None:
+                return found
+
+    async def go() -> tuple[list[str], dict[str, str]]:
+        client = Resonate(url=url, group="job-callback-tests")
+        try:
+            origin = {"resonate:origin": execution_id}
+            pending = await search(client, "pending", origin)
+            external = await search(client, None, origin | {"resonate:external": "true"})
+            states = {p.id: (await client.promises.get(p.id)).state for p in external}
+            return [p.id for p in pending], states
+        finally:
+            await client.stop()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("status", [409, 422])
+def test_a_refused_job_ends_the_workflow_at_once_and_leaves_no_promise_pending(
+    resonate_url: str, sandbox: RunningSandbox, status: int
+) -> None:
+    execution_id = new_id(f"refused-{status}")
+    httpx.post(
+        f"{sandbox.url}/_admin/faults",
+        json={"provider": "jobs", "action": "submit", "status": status}
+        | {"key_prefix": execution_id + ":"},
+    ).raise_for_status()
+
+    # The callback's deadline is an hour: a workflow that waited for it would not end in time.
+    result = run(resonate_url, execution_id, job("succeed", timeout=3600))
+
+    assert result == {
+        "status": "refused",
+        "job_ids": [],
+        "output": None,
+        "reason": f"{status} injected failure",
+    }
+    pending, callback_states = pending_and_callbacks(resonate_url, execution_id)
+    assert pending == []
+    assert list(callback_states.values()) == ["rejected"]  # released by the workflow itself
+    assert effects(sandbox, execution_id, "submit") == []
+
+
+def test_a_job_never_submitted_fails_the_workflow_once_out_of_retries_not_days_later(
+    resonate_url: str, sandbox: RunningSandbox
+) -> None:
+    execution_id = new_id("down")
+    httpx.post(
+        f"{sandbox.url}/_admin/faults",
+        json={"provider": "jobs", "action": "submit", "status": 503}
+        | {"key_prefix": execution_id + ":"},
+    ).raise_for_status()
+
+    async def go() -> None:
+        client = Resonate(url=resonate_url, group="job-callback-tests")
+        try:
+            request = job("succeed", timeout=3600)
+            handle = client.options(target="job-callback").rpc(execution_id, "run_job", request)
+            # The step's retries take about 31 s; the callback's deadline is an hour away.
+            await asyncio.wait_for(handle.result(), 90)
+        finally:
+            await client.stop()
+
+    # The execution's own error (a TimeoutError here would mean it waited for the callback).
+    with pytest.raises(Exception, match="/jobs/submit: answered 503"):
+        asyncio.run(go())
+
+    pending, callback_states = pending_and_callbacks(resonate_url, execution_id)
+    assert pending == []
+    assert list(callback_states.values()) == ["rejected"]
+    assert effects(sandbox, execution_id, "submit") == []

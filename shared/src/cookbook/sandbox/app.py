@@ -52,6 +52,8 @@ PROVIDERS: Final[Mapping[str, tuple[str, ...]]] = {
     "payment": ("charge", "refund"),
     "api": ("call",),
 }
+# What a fault can target: every provider above, and the jobs stand-in's submission.
+FAULT_TARGETS: Final[Mapping[str, tuple[str, ...]]] = {**PROVIDERS, "jobs": ("submit",)}
 
 # What faults can target: the providers above, and the stand-in model (its own routes).
 FAULT_TARGETS: Final[Mapping[str, tuple[str, ...]]] = {**PROVIDERS, model.PROVIDER: (model.ACTION,)}
