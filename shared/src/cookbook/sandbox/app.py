@@ -52,11 +52,13 @@ PROVIDERS: Final[Mapping[str, tuple[str, ...]]] = {
     "payment": ("charge", "refund"),
     "api": ("call",),
 }
-# What a fault can target: every provider above, and the jobs stand-in's submission.
-FAULT_TARGETS: Final[Mapping[str, tuple[str, ...]]] = {**PROVIDERS, "jobs": ("submit",)}
-
-# What faults can target: the providers above, and the stand-in model (its own routes).
-FAULT_TARGETS: Final[Mapping[str, tuple[str, ...]]] = {**PROVIDERS, model.PROVIDER: (model.ACTION,)}
+# What a fault can target: every provider above, and the stand-ins on routes of their own (the
+# jobs service's submission, the model's completions).
+FAULT_TARGETS: Final[Mapping[str, tuple[str, ...]]] = {
+    **PROVIDERS,
+    "jobs": ("submit",),
+    model.PROVIDER: (model.ACTION,),
+}
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 REPLAYED_HEADER: Final = "Idempotent-Replayed"
