@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import httpx
 from job_callback.job import Job
-from job_callback.steps import Services
+from job_callback.steps import CallbackServer, Services
 from job_callback.workflow import WORKFLOW_RETRIES, JobEnded, run_job
 from resonate.context import Context
 from resonate.dependencies import DependencyMap
@@ -91,6 +91,7 @@ def run(jobs: FakeJobs, spec: Job | None = None) -> JobEnded:
             transport = httpx.MockTransport(jobs.handle)
             async with httpx.AsyncClient(transport=transport, base_url="http://jobs") as client:
                 resonate.with_dependency(Services(client, "http://resonate.invalid"))
+                resonate.with_dependency(CallbackServer(resonate))
                 resonate.register(run_job, retry_policy=WORKFLOW_RETRIES)
                 handle = resonate.run("run-1", run_job, spec or job())
                 ended: JobEnded = await asyncio.wait_for(handle.result(), 30)
@@ -179,7 +180,7 @@ def test_a_refusal_is_a_value_and_a_service_that_is_down_is_asked_again_with_the
     refused = FakeJobs(lambda attempt: "refuse")
     flaky = FakeJobs(lambda attempt: "down-once")
 
-    assert replay(refused, []) == JobEnded("refused", [], reason="422 unknown task")
+    assert run(refused) == JobEnded("refused", [], reason="422 unknown task")
     assert len(refused.submits) == 1
     assert run(flaky).status == "succeeded"
     (first_key, first), (second_key, second) = flaky.submits
