@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import signal
@@ -31,12 +30,16 @@ from starlette.requests import ClientDisconnect
 from cookbook.sandbox import model
 from cookbook.sandbox.jobs import jobs_router
 from cookbook.sandbox.store import (
+    IDEMPOTENCY_HEADER,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    REPLAYED_HEADER,
     ActionResult,
     Incoming,
     JSONObject,
     SandboxStore,
     Transaction,
     canonical_json,
+    decode_json,
 )
 from cookbook.sandbox.webhooks import WebhookSender, webhook_router
 
@@ -59,10 +62,6 @@ FAULT_TARGETS: Final[Mapping[str, tuple[str, ...]]] = {
     "jobs": ("submit",),
     model.PROVIDER: (model.ACTION,),
 }
-
-IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
-REPLAYED_HEADER: Final = "Idempotent-Replayed"
-MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
 
 
 # --- fault injection -------------------------------------------------------------------
@@ -308,11 +307,6 @@ _ACTIONS: Final[Mapping[str, Action]] = {
 }
 
 
-def _reject_constants(name: str) -> Any:
-    # NaN/Infinity are not JSON; accepting them would make the response unrenderable.
-    raise ValueError(f"{name} is not valid JSON")
-
-
 _JSON_TYPE_NAMES: Final[Mapping[type, str]] = {
     list: "an array",
     str: "a string",
@@ -460,14 +454,9 @@ def create_app(
                 print(f"{provider}.{action}: caller gone before its request was whole", flush=True)
             return Response(status_code=499)
         key = request.headers.get(IDEMPOTENCY_HEADER)
-        parse_error: str | None = None
-        try:
-            decoded: Any = json.loads(raw, parse_constant=_reject_constants)
-            body_text = canonical_json(decoded)
-        except ValueError as exc:
-            # Recorded as a JSON string so the requests.body column always holds JSON.
-            decoded, parse_error = None, str(exc)
-            body_text = canonical_json(raw.decode("utf-8", "replace"))
+        decoded, parse_error = decode_json(raw)
+        # Not JSON: recorded as a JSON string, so the requests.body column always holds JSON.
+        body_text = canonical_json(raw.decode("utf-8", "replace") if parse_error else decoded)
 
         def reject(status: int, payload: JSONObject, *, injected: bool = False) -> JSONResponse:
             store.record_request(

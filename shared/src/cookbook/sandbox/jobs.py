@@ -48,6 +48,8 @@ from pydantic import (
 )
 
 from cookbook.sandbox.store import (
+    IDEMPOTENCY_HEADER,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
     ActionResult,
     Incoming,
     JSONObject,
@@ -85,6 +87,10 @@ CREATE TABLE IF NOT EXISTS job_callbacks (
 """
 
 PromiseId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH),
+]
 
 
 class Callback(BaseModel):
@@ -355,9 +361,7 @@ def jobs_router(
     @router.post("/jobs/submit")
     async def submit(
         request: Request,
-        idempotency_key: Annotated[
-            str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response:
         # Read and checked here rather than by a typed parameter: an oversized body is refused
         # (413) before it is parsed.
@@ -425,9 +429,7 @@ def jobs_router(
     async def cancel(
         job_id: str,
         request: Request,
-        idempotency_key: Annotated[
-            str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response:
         call = Incoming(PROVIDER, "cancel", idempotency_key, {"job_id": job_id}, time.time())
 

@@ -60,7 +60,17 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import ClientDisconnect
 
-from cookbook.sandbox.store import ActionResult, Incoming, JSONObject, SandboxStore, canonical_json
+from cookbook.sandbox.store import (
+    IDEMPOTENCY_HEADER,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    REPLAYED_HEADER,
+    ActionResult,
+    Incoming,
+    JSONObject,
+    SandboxStore,
+    canonical_json,
+    decode_json,
+)
 
 if TYPE_CHECKING:
     from cookbook.sandbox.app import FaultRegistry
@@ -373,8 +383,8 @@ def model_router(
             raw = await request.body()
         except ClientDisconnect:
             return Response(status_code=499)
-        key = request.headers.get("Idempotency-Key")
-        body, parse_error = _decode(raw)
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        body, parse_error = decode_json(raw)
         # As the sandbox records any request: its JSON, or its text when it is not JSON.
         recorded = canonical_json(raw.decode("utf-8", "replace") if parse_error else body)
 
@@ -395,8 +405,9 @@ def model_router(
 
         if not _has_key(request):
             return reject(401, _no_key_body())
-        if key is not None and not 0 < len(key) <= 255:
-            return bad(f"Idempotency-Key must be 1 to 255 characters, got {len(key)}", None)
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+            limit = f"1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+            return bad(f"{IDEMPOTENCY_HEADER} must be {limit}, got {len(key)}", None)
         if parse_error is not None:
             return bad(f"the request body is not valid JSON: {parse_error}", None)
         if not isinstance(body, dict):
@@ -438,22 +449,10 @@ def model_router(
             return JSONResponse(error, 409)
         if outcome.kind == "executed":
             on_effect(PROVIDER, ACTION)
-        headers = {"Idempotent-Replayed": "true"} if outcome.kind == "replayed" else None
+        headers = {REPLAYED_HEADER: "true"} if outcome.kind == "replayed" else None
         return Response(outcome.body, outcome.status_code, headers, "application/json")
 
     return router
-
-
-def _decode(raw: bytes) -> tuple[Any, str | None]:
-    """The request's JSON, or why it is not JSON (NaN and Infinity are not)."""
-
-    def refuse(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
-    try:
-        return json.loads(raw, parse_constant=refuse), None
-    except ValueError as exc:
-        return None, str(exc)
 
 
 def _has_key(request: Request) -> bool:

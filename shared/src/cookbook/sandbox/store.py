@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 type JSONObject = dict[str, Any]
 
@@ -76,9 +76,28 @@ CREATE TABLE IF NOT EXISTS voided_keys (
 """
 
 
+# The idempotency contract every provider of the sandbox keeps (Stripe's spelling and bound).
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+REPLAYED_HEADER: Final = "Idempotent-Replayed"
+MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
+
+
 def canonical_json(value: Any) -> str:
     """Key-order-independent JSON, so equal bodies compare equal as strings."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _reject_constants(name: str) -> Any:
+    # NaN/Infinity are not JSON; accepting them would make the response unrenderable.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json(raw: bytes) -> tuple[Any, str | None]:
+    """A request body's JSON, or why it is not JSON (NaN and Infinity are not)."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constants), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 @dataclass(frozen=True, slots=True)
