@@ -115,11 +115,6 @@ class Stack:
     def effects(self, claim_id: str) -> list[EffectRecord]:
         return self.sandbox.records.effects(key_prefix=f"{claim_id}:")
 
-    def promise_count(self) -> int:
-        promises = self.server.state()["promises"]
-        assert isinstance(promises, list)
-        return len(promises)
-
 
 def title_of(html: str) -> str:
     match = TITLE.search(html)
@@ -541,7 +536,7 @@ BAD_BODIES: dict[str, bytes] = {
 def test_a_bad_claim_is_a_4xx_naming_the_field_and_starts_nothing(
     stack: Stack, body: bytes
 ) -> None:
-    promises_before = stack.promise_count()
+    executions_before = stack.server.executions()
 
     response = stack.gateway.post(
         "/claims", content=body, headers={"Content-Type": "application/json"}
@@ -551,7 +546,7 @@ def test_a_bad_claim_is_a_4xx_naming_the_field_and_starts_nothing(
     assert len(response.content) < 2_000  # says what is wrong without echoing the input
     if response.status_code == 422:
         assert response.json()["detail"], "a 422 names the fields that are wrong"
-    assert stack.promise_count() == promises_before
+    assert stack.server.executions() == executions_before
     assert stack.sandbox.records.requests("bad-body:") == []
 
 
@@ -573,7 +568,7 @@ def test_a_422_names_the_field_and_the_reason(stack: Stack) -> None:
 
 def test_an_oversized_body_is_a_413_claim_or_form(stack: Stack, undecided: tuple[str, str]) -> None:
     _, approve = undecided
-    promises_before = stack.promise_count()
+    executions_before = stack.server.executions()
 
     claim = stack.gateway.post("/claims", json=_changed("description", "A" * 20_000))
     form = stack.gateway.post(
@@ -585,7 +580,7 @@ def test_an_oversized_body_is_a_413_claim_or_form(stack: Stack, undecided: tuple
     assert (claim.status_code, form.status_code) == (413, 413)
     assert claim.json() == {"error": "The data value transmitted exceeds the capacity limit."}
     assert title_of(form.text) == "Request Entity Too Large"
-    assert stack.promise_count() == promises_before
+    assert stack.server.executions() == executions_before
 
 
 def test_unknown_and_malformed_claim_ids(stack: Stack) -> None:

@@ -71,10 +71,6 @@ class ChatStack:
         effects = self.sandbox.records.effects(key_prefix=f"{turn_id(chat_id, turn)}:")
         return [e.idempotency_key for e in effects if e.provider == "model"]
 
-    def promise_count(self) -> int:
-        promises: list[object] = self.server.state()["promises"]  # type: ignore[assignment]
-        return len(promises)
-
     def stored(self, chat_id: str, turn: int) -> list[dict[str, Any]]:
         """A turn's promises (the execution and its step) as the server holds them: no key."""
         response = httpx.get(f"{self.server.url}/_cookbook/state", headers=self.server.headers)
@@ -198,7 +194,7 @@ def test_a_refused_turn_is_an_answer_and_the_next_turn_goes_on_without_it(
 
 def test_twenty_identical_sends_of_a_turn_are_one_execution_billed_once(stack: ChatStack) -> None:
     chat = new_chat()
-    promises_before = stack.promise_count()
+    executions_before = stack.server.executions()
 
     async def send_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=stack.gateway.base_url, timeout=30) as client:
@@ -212,7 +208,8 @@ def test_twenty_identical_sends_of_a_turn_are_one_execution_billed_once(stack: C
     assert [r.status_code for r in responses] == [200] * 20
     assert len({r.json()["reply"] for r in responses}) == 1
     assert len(stack.billed(chat, 1)) == 1
-    assert stack.promise_count() == promises_before + 2  # the turn and its model call
+    (execution,) = stack.server.executions() - executions_before
+    assert len(stack.server.state(execution)["promises"]) == 2  # the turn and its model call
 
 
 def test_a_turn_sent_again_with_another_message_is_409_and_bills_nothing(
@@ -230,13 +227,13 @@ def test_a_turn_sent_again_with_another_message_is_409_and_bills_nothing(
 
 def test_a_turn_out_of_order_is_409_and_starts_nothing(stack: ChatStack) -> None:
     chat = new_chat()
-    promises_before = stack.promise_count()
+    executions_before = stack.server.executions()
 
     skipped = stack.send(chat, 2, QUESTION)
 
     assert skipped.status_code == 409
     assert skipped.json()["detail"] == f"chat '{chat}' has no turn 1: send it first"
-    assert stack.promise_count() == promises_before
+    assert stack.server.executions() == executions_before
 
 
 def test_a_turn_is_read_back_and_an_unknown_one_is_404(stack: ChatStack) -> None:
@@ -330,7 +327,7 @@ HOSTILE: dict[str, bytes] = {
 
 @pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
 def test_hostile_request_is_rejected_and_nothing_is_stored(stack: ChatStack, body: bytes) -> None:
-    promises_before = stack.promise_count()
+    executions_before = stack.server.executions()
     model_calls_before = len(stack.sandbox.records.requests())
 
     response = stack.gateway.post(
@@ -341,7 +338,7 @@ def test_hostile_request_is_rejected_and_nothing_is_stored(stack: ChatStack, bod
     assert len(response.content) < 2_000  # says what is wrong without echoing the input
     if response.status_code == 422:
         assert response.json()["detail"], "a 422 names the fields that are wrong"
-    assert stack.promise_count() == promises_before
+    assert stack.server.executions() == executions_before
     assert len(stack.sandbox.records.requests()) == model_calls_before
 
 

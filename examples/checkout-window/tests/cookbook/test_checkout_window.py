@@ -95,11 +95,6 @@ class Stack:
     def effects(self, purchase_id: str) -> list[EffectRecord]:
         return self.sandbox.records.effects(key_prefix=f"{purchase_id}:")
 
-    def promise_count(self) -> int:
-        promises = self.server.state()["promises"]
-        assert isinstance(promises, list)
-        return len(promises)
-
 
 def did(effects: list[EffectRecord]) -> list[str]:
     return [f"{e.provider}.{e.action}" for e in effects]
@@ -288,7 +283,7 @@ BAD_BODIES: dict[str, bytes] = {
 
 @pytest.mark.parametrize("body", BAD_BODIES.values(), ids=BAD_BODIES.keys())
 def test_a_bad_body_is_a_4xx_naming_the_field_and_starts_nothing(stack: Stack, body: bytes) -> None:
-    promises_before = stack.promise_count()
+    executions_before = stack.server.executions()
 
     response = stack.gateway.post(
         "/purchases", content=body, headers={"Content-Type": "application/json"}
@@ -298,7 +293,7 @@ def test_a_bad_body_is_a_4xx_naming_the_field_and_starts_nothing(stack: Stack, b
     assert len(response.content) < 2_000  # says what is wrong without echoing the input
     if response.status_code == 422:
         assert response.json()["detail"], "a 422 names the fields that are wrong"
-    assert stack.promise_count() == promises_before
+    assert stack.server.executions() == executions_before
     assert stack.sandbox.records.requests("bad-body:") == []
 
 

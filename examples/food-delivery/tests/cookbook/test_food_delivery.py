@@ -77,10 +77,6 @@ class DeliveryStack:
                 return status
             time.sleep(0.02)
 
-    def promise_count(self) -> int:
-        promises: list[object] = self.server.state()["promises"]  # type: ignore[assignment]
-        return len(promises)
-
 
 def arm_fault(sandbox: RunningSandbox, key_prefix: str, **fault: Any) -> None:
     """Make one simulated provider fail the calls whose key starts with `key_prefix`."""
@@ -565,7 +561,7 @@ HOSTILE: dict[str, bytes] = {
 
 @pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
 def test_a_bad_body_is_rejected_and_nothing_is_started(stack: DeliveryStack, body: bytes) -> None:
-    promises_before = stack.promise_count()
+    executions_before = stack.server.executions()
     provider_calls_before = len(stack.sandbox.records.requests())
 
     response = stack.gateway.post(
@@ -576,7 +572,7 @@ def test_a_bad_body_is_rejected_and_nothing_is_started(stack: DeliveryStack, bod
     assert len(response.content) < 2_000  # says what is wrong without echoing the input
     if response.status_code == 422:
         assert response.json()["detail"], "a 422 names the fields that are wrong"
-    assert stack.promise_count() == promises_before
+    assert stack.server.executions() == executions_before
     assert len(stack.sandbox.records.requests()) == provider_calls_before
 
 

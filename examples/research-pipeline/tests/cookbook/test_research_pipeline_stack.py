@@ -65,11 +65,6 @@ class Stack:
         """Every completion request sent with this key: was it answered from the record?"""
         return [r.replayed for r in self.records.requests(key_prefix=key) if r.provider == "model"]
 
-    def promise_count(self) -> int:
-        promises = self.server.state()["promises"]
-        assert isinstance(promises, list)
-        return len(promises)
-
     def arm(self, **spec: Any) -> None:
         httpx.post(f"{self.sandbox_url}/_admin/faults", json=spec).raise_for_status()
 
@@ -371,7 +366,7 @@ HOSTILE: dict[str, bytes] = {
 
 @pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
 def test_hostile_request_is_rejected_and_nothing_is_stored(stack: Stack, body: bytes) -> None:
-    promises_before = stack.promise_count()
+    executions_before = stack.server.executions()
     calls_before = len(stack.records.requests())
 
     response = stack.gateway.post(
@@ -382,7 +377,7 @@ def test_hostile_request_is_rejected_and_nothing_is_stored(stack: Stack, body: b
     assert len(response.content) < 2_000  # says what is wrong without echoing the input
     if response.status_code == 422:
         assert response.json()["detail"], "a 422 names the fields that are wrong"
-    assert stack.promise_count() == promises_before
+    assert stack.server.executions() == executions_before
     assert len(stack.records.requests()) == calls_before
 
 
@@ -408,7 +403,7 @@ def test_a_body_over_16_kib_is_413_also_when_streamed(stack: Stack) -> None:
 
 @pytest.mark.parametrize("key", ["", "a" * 256, "with space", "ключ"])
 def test_a_bad_idempotency_key_is_422_naming_the_header(stack: Stack, key: str) -> None:
-    promises_before = stack.promise_count()
+    executions_before = stack.server.executions()
 
     response = stack.gateway.post(
         "/research", json=TIDAL, headers={b"Idempotency-Key": key.encode()}
@@ -416,4 +411,4 @@ def test_a_bad_idempotency_key_is_422_naming_the_header(stack: Stack, key: str) 
 
     assert response.status_code == 422
     assert [p["loc"] for p in response.json()["detail"]] == [["header", "Idempotency-Key"]]
-    assert stack.promise_count() == promises_before
+    assert stack.server.executions() == executions_before

@@ -65,10 +65,6 @@ class SagaStack:
     def disarm_fault(self, fault_id: str) -> None:
         httpx.delete(f"{self.sandbox.url}/_admin/faults/{fault_id}").raise_for_status()
 
-    def promise_count(self) -> int:
-        promises: list[object] = self.server.state()["promises"]  # type: ignore[assignment]
-        return len(promises)
-
 
 @pytest.fixture(scope="module")
 def stack(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaStack]:
@@ -465,7 +461,7 @@ HOSTILE: dict[str, bytes] = {
 
 @pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
 def test_hostile_request_is_rejected_and_nothing_is_stored(stack: SagaStack, body: bytes) -> None:
-    promises_before = stack.promise_count()
+    executions_before = stack.server.executions()
     provider_calls_before = len(stack.sandbox.records.requests())
 
     response = stack.gateway.post(
@@ -476,7 +472,7 @@ def test_hostile_request_is_rejected_and_nothing_is_stored(stack: SagaStack, bod
     assert len(response.content) < 2_000  # says what is wrong without echoing the input
     if response.status_code == 422:
         assert response.json()["detail"], "a 422 names the fields that are wrong"
-    assert stack.promise_count() == promises_before
+    assert stack.server.executions() == executions_before
     assert len(stack.sandbox.records.requests()) == provider_calls_before
 
 

@@ -116,9 +116,6 @@ class Stack:
     def effects(self, session_id: str) -> list[EffectRecord]:
         return self.sandbox.records.effects(key_prefix=f"{session_id}:")
 
-    def promise_count(self) -> int:
-        return len(server_promises(self.server))
-
 
 def server_promises(server: RunningDevServer, origin: str | None = None) -> list[dict[str, Any]]:
     promises = server.state(origin)["promises"]
@@ -565,13 +562,13 @@ BAD_ACTIVITIES: dict[str, Any] = {
 
 @pytest.mark.parametrize("body", BAD_LOGINS.values(), ids=BAD_LOGINS.keys())
 def test_a_bad_login_is_422_and_starts_nothing(stack: Stack, body: Any) -> None:
-    promises_before = stack.promise_count()
+    executions_before = stack.server.executions()
 
     response = stack.gateway.post("/sessions", json=body)
 
     assert response.status_code == 422, response.text
     assert response.json()["detail"], "a 422 names the fields that are wrong"
-    assert stack.promise_count() == promises_before
+    assert stack.server.executions() == executions_before
 
 
 @pytest.fixture(scope="module")

@@ -85,10 +85,6 @@ class AgentStack:
         promises = cast("list[dict[str, str]]", self.server.state(run_id)["promises"])
         return {p["id"]: p["state"] for p in promises}
 
-    def promise_count(self) -> int:
-        promises: list[object] = self.server.state()["promises"]  # type: ignore[assignment]
-        return len(promises)
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentStack]:
@@ -310,7 +306,7 @@ HOSTILE_RUNS: dict[str, bytes] = {
 def test_a_hostile_run_request_is_rejected_and_nothing_is_stored(
     stack: AgentStack, body: bytes
 ) -> None:
-    promises_before = stack.promise_count()
+    executions_before = stack.server.executions()
     calls_before = len(stack.records.requests())
 
     response = stack.gateway.post(
@@ -321,7 +317,7 @@ def test_a_hostile_run_request_is_rejected_and_nothing_is_stored(
     assert len(response.content) < 2_000  # says what is wrong without echoing the input
     if response.status_code == 422:
         assert response.json()["detail"], "a 422 names the fields that are wrong"
-    assert stack.promise_count() == promises_before
+    assert stack.server.executions() == executions_before
     assert len(stack.records.requests()) == calls_before
 
 

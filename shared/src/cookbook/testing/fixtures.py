@@ -54,6 +54,17 @@ class RunningDevServer:
         result: dict[str, object] = response.json()
         return result
 
+    def executions(self) -> set[str]:
+        """The id of every execution the server holds: each promise's origin.
+
+        "A rejected request stored nothing" is `executions()` unchanged. Counting promises
+        instead flakes on a shared stack, where a job an earlier test started may still be
+        creating its children.
+        """
+        promises = self.state()["promises"]
+        assert isinstance(promises, list)
+        return {p["tags"].get("resonate:origin", p["id"]) for p in promises}
+
     def journal(self, origin: str) -> list[dict[str, object]]:
         response = httpx.get(
             f"{self.url}/_cookbook/journal", params={"origin": origin}, headers=self.headers
