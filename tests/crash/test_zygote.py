@@ -60,6 +60,16 @@ def test_a_forked_worker_runs_as_python_dash_m_would(zygote: Zygote, tmp_path: P
     assert report["pid"] == worker.pid != zygote.process.pid
 
 
+def test_what_libraries_import_on_first_use_is_imported_before_the_fork(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    with probe(tmp_path) as started_alone, zygote.fork(probe(tmp_path)) as forked:
+        alone, from_the_zygote = report_of(started_alone), report_of(forked)
+
+    assert alone["lazy_imports_loaded"] == []
+    assert from_the_zygote["lazy_imports_loaded"] == ["anyio._backends._asyncio", "httpcore"]
+
+
 def test_sigkill_kills_exactly_the_forked_worker_and_is_reported(
     zygote: Zygote, tmp_path: Path
 ) -> None:

@@ -29,6 +29,9 @@ def main() -> None:
         "dependency_imported_by": zygote_probe_dependency.IMPORTED_BY,
         "pid": os.getpid(),
         "ppid": os.getppid(),
+        "lazy_imports_loaded": sorted(
+            name for name in ("httpcore", "anyio._backends._asyncio") if name in sys.modules
+        ),
     }
     print(json.dumps(report))
     if sys.argv[1:2] == ["exit"]:

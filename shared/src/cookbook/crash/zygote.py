@@ -66,10 +66,16 @@ def imported_by(module: str) -> list[str]:
     return names
 
 
+# What libraries import on first use rather than at import time, so every forked worker would
+# import it again: httpx its transport (httpcore) when the first client is made, and httpcore
+# anyio's asyncio backend on the first request. A third of a worker's CPU in the matrix.
+IMPORTED_ON_FIRST_USE = ("httpcore", "anyio", "anyio._backends._asyncio")
+
+
 def preload(module: str) -> None:
-    """Import what `module` imports; a name that fails to import is left to the worker itself
-    (or is no module: a name imported from one)."""
-    for name in imported_by(module):
+    """Import what `module` imports, and what its libraries import on first use; a name that
+    fails to import is left to the worker itself (or is no module: a name imported from one)."""
+    for name in [*imported_by(module), *IMPORTED_ON_FIRST_USE]:
         if name == "__future__" or name.startswith("__future__."):
             continue
         try:
