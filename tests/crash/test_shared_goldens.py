@@ -10,7 +10,7 @@ from cookbook import catalog
 from cookbook.crash.harness import Golden, Outcome
 from cookbook.crash.plan import Checkpoint, crash_points
 from cookbook.testing import matrix
-from cookbook.testing.fixtures import crash_matrix_group
+from cookbook.testing.fixtures import SharedSetUps, crash_matrix_group
 
 HELLO = catalog.example("hello")
 SMS = Checkpoint(":1", "step", "sms.send", suspended_on=False)
@@ -78,3 +78,30 @@ def test_without_xdist_the_golden_runs_stay_in_the_process(
 )
 def test_crash_points_of_one_example_are_one_xdist_group(nodeid: str, group: str | None) -> None:
     assert crash_matrix_group(nodeid) == group
+
+
+def test_the_tests_of_a_module_sharing_a_set_up_are_one_xdist_group(tmp_path: Path) -> None:
+    (tmp_path / "stack").mkdir()
+    (tmp_path / "stack" / "test_gateway.py").write_text(
+        '@pytest.fixture(scope="module")\ndef stack(): ...\n'
+    )
+    (tmp_path / "stack" / "test_plain.py").write_text("@pytest.fixture\ndef body(): ...\n")
+    (tmp_path / "under_conftest").mkdir()
+    (tmp_path / "under_conftest" / "conftest.py").write_text("@pytest.fixture(scope='package')\n")
+    (tmp_path / "under_conftest" / "test_it.py").write_text("def test_it(): ...\n")
+    groups = SharedSetUps(tmp_path).group
+
+    assert groups("stack/test_gateway.py::test_a[1]") == "module:stack/test_gateway.py"
+    assert groups("stack/test_gateway.py::test_b") == "module:stack/test_gateway.py"
+    assert groups("stack/test_plain.py::test_a[1]") == "stack/test_plain.py::test_a[1]"
+    assert groups("under_conftest/test_it.py::test_it") == "module:under_conftest/test_it.py"
+
+
+def test_an_example_stack_module_of_the_cookbook_is_one_group() -> None:
+    groups = SharedSetUps(catalog.repo_root()).group
+    module = "examples/saga/tests/cookbook/test_saga.py"
+
+    assert groups(f"{module}::test_x") == groups(f"{module}::test_y[1]") == f"module:{module}"
+    assert groups("tests/test_demos.py::test_the_demo_runs_as_its_readme_says[saga]") == (
+        "tests/test_demos.py::test_the_demo_runs_as_its_readme_says[saga]"
+    )

@@ -7,6 +7,7 @@ port is picked free by the process itself and read back from its readiness line.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -247,20 +248,26 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`--dist loadgroup` that keeps all of an example's crash points in one test process.
+    """`--dist loadgroup` that runs the tests sharing a costly set-up in one test process.
 
-    pytest-xdist's own loadgroup marks a group by appending `@<group>` to a test's node id, which
-    pytest 9 no longer carries to the controller: one example's crash points were spread over
-    every process, and each of them started that example's stack. Group by the example the
-    crash-point id names instead; every other test is a group of its own.
+    - All of an example's crash points go to one process, which starts that example's stack
+      once. pytest-xdist's own loadgroup marks a group by appending `@<group>` to a test's node
+      id, which pytest 9 no longer carries to the controller: the points were spread over every
+      process, and each of them started the stack.
+    - The tests of a module with a module-scoped fixture (an example's stack: a dev server, a
+      sandbox, workers and gateways) go to one process too. Spread, each process set the stack
+      up again: three or four times per module, 2-5 s each.
+    - Every other test is a group of its own, so the independent ones (a demo, a copy-out, a
+      chaos run) spread over every process.
     """
     if config.getoption("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     scheduler = LoadScopeScheduling(config, log)
+    shared = SharedSetUps(config.rootpath)
     # Its one extension point is this method; xdist ships no types to subclass it under mypy.
-    scheduler._split_scope = lambda nodeid: crash_matrix_group(nodeid) or nodeid
+    scheduler._split_scope = lambda nodeid: crash_matrix_group(nodeid) or shared.group(nodeid)
     return scheduler
 
 
@@ -270,6 +277,36 @@ def crash_matrix_group(nodeid: str) -> str | None:
     if not module.endswith("test_crash_matrix.py") or "[" not in name:
         return None
     return "crash-matrix:" + name.split("[", 2)[1]
+
+
+class SharedSetUps:
+    """Which test modules share a module-scoped fixture, read from their source (the controller
+    has node ids, not fixtures): the module's own file, or a conftest.py on its way up."""
+
+    MODULE_SCOPE = re.compile(r"""scope\s*=\s*["'](module|package)["']""")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._known: dict[Path, bool] = {}
+
+    def group(self, nodeid: str) -> str:
+        module = nodeid.partition("::")[0]
+        return f"module:{module}" if self._shares_set_up(self.root / module) else nodeid
+
+    def _shares_set_up(self, module: Path) -> bool:
+        if self._declares(module):
+            return True
+        return any(
+            self._declares(directory / "conftest.py")
+            for directory in module.parents
+            if directory.is_relative_to(self.root)
+        )
+
+    def _declares(self, path: Path) -> bool:
+        if path not in self._known:
+            text = path.read_text() if path.is_file() else ""
+            self._known[path] = self.MODULE_SCOPE.search(text) is not None
+        return self._known[path]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
