@@ -11,6 +11,7 @@ copy: the last two tests plant one of each and see it fail.
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,28 @@ def test_a_copied_test_that_uses_a_cookbook_fixture_fails_there(tmp_path: Path) 
 
     assert not output.startswith("exit 0\n"), output
     assert "fixture 'devserver' not found" in output, output
+
+
+def test_copies_of_the_same_sources_share_one_venv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(copyout.SHARED_VENVS, str(tmp_path / "venvs"))
+    hello = catalog.example("hello")
+
+    first = copyout.copy_out(hello, tmp_path / "first")
+    second = copyout.copy_out(hello, tmp_path / "second")
+
+    assert first == second
+    assert first.is_relative_to(tmp_path / "venvs")
+    assert (tmp_path / "second" / "hello" / "pyproject.toml").exists(), "each copy is its own"
+
+
+def test_a_venv_is_shared_only_by_copies_of_the_same_sources(tmp_path: Path) -> None:
+    copy = tmp_path / "hello"
+    shutil.copytree(catalog.example("hello").path, copy)
+    root = catalog.repo_root()
+    before = copyout.sources_digest(copy, root)
+
+    (copy / "hello" / "steps.py").write_text("# changed\n", encoding="utf-8")
+
+    assert copyout.sources_digest(copy, root) != before

@@ -15,10 +15,17 @@ A copy carries the example's portable tests (`tests/*.py`: the SDK's `resonate.t
 example's own package and dependencies, pytest) and runs them there (`run_tests`, `cookbook
 copy-out <example>`). The tests that need the cookbook's harness live in `tests/cookbook/`, which
 stays behind: they test the example in the cookbook, and would not import outside it.
+
+The test suite copies every example out twice (its demo, its tests) in parallel test processes.
+With `COOKBOOK_COPY_OUT_VENVS` set to a directory, copies of the same example sources under the
+same lock share one venv there, made by whichever copy comes first (under a file lock): an
+install with compiled bytecode costs 2-6 CPU-seconds, paid once instead of twice.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -96,8 +103,12 @@ def constraints(root: Path, destination: Path) -> Path:
     return destination
 
 
+SHARED_VENVS = "COOKBOOK_COPY_OUT_VENVS"
+
+
 def copy_out(example: Example, destination: Path) -> Path:
-    """The example's folder, alone, at `destination/<name>`, installed into `destination/venv`.
+    """The example's folder, alone, at `destination/<name>`, installed into `destination/venv`
+    (or into a shared venv: see `SHARED_VENVS`).
 
     Returns the python of that venv. Its dependency group `dev`, if it declares one, is installed
     too: the tests a copy carries may need it.
@@ -105,16 +116,42 @@ def copy_out(example: Example, destination: Path) -> Path:
     root = repo_root(example.path)
     copy = destination / example.name
     shutil.copytree(example.path, copy, ignore=_ignored(example.path))
-    venv = destination / "venv"
+    shared = os.environ.get(SHARED_VENVS)
+    if not shared:
+        return _install(copy, root, destination / "venv")
+    Path(shared).mkdir(parents=True, exist_ok=True)
+    venv = Path(shared) / f"{example.name}-{sources_digest(copy, root)}"
+    with open(f"{venv}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed; a crashed holder's too
+        complete = venv / "complete"
+        if not complete.exists():
+            shutil.rmtree(venv, ignore_errors=True)  # a half-made one, if its maker failed
+            venv.mkdir(parents=True)
+            _install(copy, root, venv / "venv")
+            complete.touch()
+    return venv / "venv" / "bin" / "python"
+
+
+def _install(copy: Path, root: Path, venv: Path) -> Path:
+    """`copy` installed into a new venv at `venv`, pinned to the workspace's lock; its python."""
     _run([*uv(), "venv", "--quiet", "--python", sys.executable, str(venv)], "uv venv")
     python = venv / "bin" / "python"
-    pins = constraints(root, destination / "constraints.txt")
+    pins = constraints(root, venv.parent / "constraints.txt")
     install = [*uv(), "pip", "install", "--quiet", "--python", str(python), "-c", str(pins)]
     install.append(str(copy))
     if "[dependency-groups]" in (copy / "pyproject.toml").read_text():
         install += ["--group", f"{copy / 'pyproject.toml'}:dev"]
-    _run(install, f"installing {example.name} from its own pyproject.toml")
+    _run(install, f"installing {copy.name} from its own pyproject.toml")
     return python
+
+
+def sources_digest(copy: Path, root: Path) -> str:
+    """What the venv is made from: the copy's files (the package is installed from them) and the
+    workspace's lock (the versions)."""
+    digest = hashlib.sha256((root / "uv.lock").read_bytes())
+    for path in sorted(p for p in copy.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(copy)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def run_tests(copy: Path, python: Path) -> subprocess.CompletedProcess[str]:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cookbook import copyout
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox import SandboxRecords
 from cookbook.stack import (
@@ -237,8 +238,16 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput["cookbook_golden_dir"] = str(config.stash[_GOLDEN_DIR])
 
 
+_COPY_OUT_VENVS = pytest.StashKey[Path]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
+    if workerinput is None and copyout.SHARED_VENVS not in os.environ:
+        # Set before the test processes start, which inherit it: an example's demo and its
+        # copy-out test then install the example's venv once between them.
+        config.stash[_COPY_OUT_VENVS] = Path(tempfile.mkdtemp(prefix="cookbook-copy-out-"))
+        os.environ[copyout.SHARED_VENVS] = str(config.stash[_COPY_OUT_VENVS])
     if workerinput is not None and "cookbook_golden_dir" in workerinput:
         matrix.share_goldens_through(
             Path(workerinput["cookbook_golden_dir"]),
@@ -310,6 +319,10 @@ class SharedSetUps:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    venvs = config.stash.get(_COPY_OUT_VENVS, None)
+    if venvs is not None:
+        os.environ.pop(copyout.SHARED_VENVS, None)
+        shutil.rmtree(venvs, ignore_errors=True)
     directory = config.stash.get(_GOLDEN_DIR, None)
     if directory is not None:
         shutil.rmtree(directory, ignore_errors=True)
