@@ -59,6 +59,9 @@ types: setup ## mypy (strict)
 
 .PHONY: unit
 unit: setup ## pytest: unit tests, example tests, crash matrices
+	@# The workspace's own sources, compiled once: the suite starts thousands of processes that
+	@# import them, and where PYTHONDONTWRITEBYTECODE is set each would compile them again.
+	@$(BIN)/python -m compileall -q -j 0 shared/src examples tests >/dev/null
 	@$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 .PHONY: test-slow
