@@ -31,12 +31,22 @@ def tracked_copy(destination: Path) -> Path:
     return destination
 
 
+def copy_env() -> dict[str, str]:
+    """The environment for commands in the copy.
+
+    The copy's venv is made without compiling every installed package's bytecode (most are
+    never imported here: 20-30 CPU-seconds saved), and its processes may write the bytecode of
+    what they do import, for the next process to reuse.
+    """
+    dropped = {"VIRTUAL_ENV", "RESONATE_URL", "PYTHONDONTWRITEBYTECODE"}
+    return {k: v for k, v in os.environ.items() if k not in dropped} | {"UV_COMPILE_BYTECODE": "0"}
+
+
 def make(copy: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "RESONATE_URL")}
     return subprocess.run(
         ["make", "--no-print-directory", *args],
         cwd=copy,
-        env=env,
+        env=copy_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -59,7 +69,7 @@ def test_a_scaffolded_example_runs_and_survives_its_crash_matrix(tmp_path: Path)
     tests = subprocess.run(
         [copy / ".venv" / "bin" / "pytest", "-q", "-p", "no:cacheprovider", "examples/demo-app"],
         cwd=copy,
-        env={k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "RESONATE_URL")},
+        env=copy_env(),
         capture_output=True,
         text=True,
         timeout=300,
