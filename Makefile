@@ -10,7 +10,7 @@ COOKBOOK := $(BIN)/cookbook
 EXAMPLES := $(notdir $(wildcard examples/*))
 # The suite mostly waits on processes starting and recovering, not on CPU: run it wider than
 # the machine's core count.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 # More pytest options for `make test`/`make unit`, e.g. PYTEST_ARGS="--durations=30" or "-k saga".
 PYTEST_ARGS ?=
 
