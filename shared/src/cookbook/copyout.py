@@ -17,9 +17,9 @@ copy-out <example>`). The tests that need the cookbook's harness live in `tests/
 stays behind: they test the example in the cookbook, and would not import outside it.
 
 The test suite copies every example out twice (its demo, its tests) in parallel test processes.
-With `COOKBOOK_COPY_OUT_VENVS` set to a directory, copies of the same example sources under the
-same lock share one venv there, made by whichever copy comes first (under a file lock): an
-install with compiled bytecode costs 2-6 CPU-seconds, paid once instead of twice.
+With `COOKBOOK_COPY_OUT_VENVS` set to a directory (the suite's pytest plugin sets it), copies of
+the same sources pinned by the same `uv.lock` share one venv there; the first copy makes it,
+under a file lock. An install with compiled bytecode costs 2-6 CPU-seconds, paid once, not twice.
 """
 
 from __future__ import annotations
