@@ -158,6 +158,19 @@ class FaultRegistry:
                 failure = (fault.status, fault.hits)
         return Injection(latency_ms / 1000, failure)
 
+    async def inject(self, provider: str, action: str, key: str | None) -> tuple[int, int] | None:
+        """Apply the matching faults to a request: wait out their latency, then return the
+        (status code, attempt number) it must fail with, if it must.
+
+        The wait is a plain sleep outside any lock: calls with different keys must overlap. A
+        failure is not stored under the idempotency key: like Stripe, a request that failed
+        before executing is run for real when retried with the same key.
+        """
+        injection = self.on_request(provider, action, key)
+        if injection.latency_s > 0:
+            await asyncio.sleep(injection.latency_s)
+        return injection.failure
+
 
 # --- provider actions ------------------------------------------------------------------
 
@@ -512,14 +525,9 @@ def create_app(
                     },
                 )
 
-        injection = faults.on_request(provider, action, key)
-        if injection.latency_s > 0:
-            # A plain sleep outside any lock: calls with different keys must overlap.
-            await asyncio.sleep(injection.latency_s)
-        if injection.failure is not None:
-            # Not stored under the idempotency key: like Stripe, a request that failed
-            # before executing is re-run for real when retried with the same key.
-            status, attempt = injection.failure
+        failure = await faults.inject(provider, action, key)
+        if failure is not None:
+            status, attempt = failure
             return reject(
                 status,
                 {

@@ -383,16 +383,15 @@ def jobs_router(
             )
         # The sandbox's faults (`POST /_admin/faults`, provider "jobs"), where the app has them.
         faults = getattr(request.app.state, "faults", None)
-        if faults is not None:
-            injection = faults.on_request(PROVIDER, "submit", idempotency_key)
-            if injection.latency_s > 0:
-                await asyncio.sleep(injection.latency_s)
-            if injection.failure is not None:  # not stored under the key: a retry runs for real
-                status, attempt = injection.failure
-                return JSONResponse(
-                    {"error": "injected failure", "provider": PROVIDER, "attempt": attempt},
-                    status,
-                )
+        failure = (
+            None if faults is None else await faults.inject(PROVIDER, "submit", idempotency_key)
+        )
+        if failure is not None:
+            status, attempt = failure
+            return JSONResponse(
+                {"error": "injected failure", "provider": PROVIDER, "attempt": attempt},
+                status,
+            )
         body = submission.model_dump(mode="json")
         body["callback"]["url"] = str(submission.callback.url)
         call = Incoming(PROVIDER, "submit", idempotency_key, body, time.time())

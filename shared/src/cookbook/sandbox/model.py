@@ -45,7 +45,6 @@ it with `max_retries=0`, so that Resonate's retry policy, chosen on purpose, own
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
@@ -422,11 +421,9 @@ def model_router(
         if chat.n not in (None, 1):
             return bad("the stand-in model gives one choice: send n=1", "n")
 
-        injection = faults.on_request(PROVIDER, ACTION, key)
-        if injection.latency_s > 0:
-            await asyncio.sleep(injection.latency_s)
-        if injection.failure is not None:
-            status, attempt = injection.failure
+        failure = await faults.inject(PROVIDER, ACTION, key)
+        if failure is not None:
+            status, attempt = failure
             other = ("server_error" if status >= 500 else "invalid_request_error", None)
             kind, code = _FAULT_KINDS.get(status, other)
             message = f"injected failure (attempt {attempt}): the stand-in model answered {status}"
