@@ -27,7 +27,7 @@ from approval.links import Link, LinkSigner
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
-from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.browser import browser_fixture  # noqa: F401  (the fixture `browser`)
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
 from selenium.webdriver import Chrome
@@ -491,11 +491,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 
 BAD_BODIES: dict[str, bytes] = {
-    "empty object": as_json({}),
-    "array": as_json([a_claim("bad-body")]),
-    "null": as_json(None),
-    "string": as_json("a claim"),
-    "truncated json": as_json(a_claim("bad-body"))[:40],
+    **malformed_bodies(a_claim("bad-body")),
     "missing employee": as_json(_changed("employee", REMOVED)),
     "missing approver": as_json(_changed("approver", REMOVED)),
     "missing amount": as_json(_changed("amount_cents", REMOVED)),

@@ -21,7 +21,7 @@ import pytest
 from async_http_api.gateway import job_id_for
 from async_http_api.workflow import DOWNLOADS
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
-from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
 from resonate.resonate import Resonate
 from resonate.types import Value
@@ -356,13 +356,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 
 HOSTILE: dict[str, bytes] = {
-    "empty object": as_json({}),
-    "array": as_json([REQUEST]),
-    "null": as_json(None),
-    "string": as_json("sales"),
-    "number": as_json(42),
-    "truncated json": as_json(REQUEST)[:30],
-    "empty body": b"",
+    **malformed_bodies(REQUEST),
     "not json": b"report=sales",
     "missing report": as_json(_changed("report", REMOVED)),
     "missing email": as_json(_changed("email", REMOVED)),

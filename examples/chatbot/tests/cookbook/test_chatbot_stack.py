@@ -32,7 +32,7 @@ from cookbook.stack import (
     url_of,
     worker_process,
 )
-from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
 from resonate.resonate import Resonate
 
@@ -296,12 +296,7 @@ def wait_answered(stack: ChatStack, chat: str, turn: int) -> None:
 VALID = {"turn": 1, "message": GREETING}
 
 HOSTILE: dict[str, bytes] = {
-    "empty object": as_json({}),
-    "array": as_json([VALID]),
-    "null": as_json(None),
-    "string": as_json("hello"),
-    "truncated json": as_json(VALID)[:12],
-    "empty body": b"",
+    **malformed_bodies(VALID),
     "missing turn": as_json(changed(VALID, "turn", REMOVED)),
     "missing message": as_json(changed(VALID, "message", REMOVED)),
     "turn zero": as_json(changed(VALID, "turn", 0)),

@@ -25,7 +25,7 @@ import pytest
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
-from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import (
     ProcessFactory,
     RunningDevServer,
@@ -240,11 +240,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 
 BAD_BODIES: dict[str, bytes] = {
-    "empty object": as_json({}),
-    "array": as_json([lamp_purchase("bad-body")]),
-    "null": as_json(None),
-    "string": as_json("LAMP-7"),
-    "truncated json": as_json(lamp_purchase("bad-body"))[:40],
+    **malformed_bodies(lamp_purchase("bad-body")),
     "missing buyer": as_json(_changed("buyer", REMOVED)),
     "missing items": as_json(_changed("items", REMOVED)),
     "missing currency": as_json(_changed("currency", REMOVED)),

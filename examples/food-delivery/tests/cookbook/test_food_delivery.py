@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
-from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from resonate.error import SerializationError
 from resonate.resonate import Resonate
@@ -511,13 +511,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 
 HOSTILE: dict[str, bytes] = {
-    "empty object": as_json({}),
-    "array": as_json([new_order()]),
-    "null": as_json(None),
-    "string": as_json("2 pizzas"),
-    "number": as_json(42),
-    "truncated json": as_json(new_order())[:40],
-    "empty body": b"",
+    **malformed_bodies(new_order()),
     "missing order_id": as_json(_changed("order_id", REMOVED)),
     "missing customer_id": as_json(_changed("customer_id", REMOVED)),
     "missing items": as_json(_changed("items", REMOVED)),

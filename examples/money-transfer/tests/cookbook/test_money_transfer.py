@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
-from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer
 from money_transfer.steps import Ledger
 from resonate.resonate import Resonate
@@ -209,11 +209,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 
 HOSTILE: dict[str, bytes] = {
-    "empty object": as_json({}),
-    "array": as_json([transfer_request()]),
-    "null": as_json(None),
-    "truncated json": as_json(transfer_request())[:30],
-    "empty body": b"",
+    **malformed_bodies(transfer_request()),
     "missing transfer_id": as_json(_changed("transfer_id", REMOVED)),
     "missing amount": as_json(_changed("amount_cents", REMOVED)),
     "transfer_id with colon": as_json(_changed("transfer_id", "tx:1")),

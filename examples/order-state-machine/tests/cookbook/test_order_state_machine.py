@@ -23,7 +23,7 @@ import httpx
 import pytest
 from cookbook.sandbox.store import RequestRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
-from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
 from resonate.error import ResonateTimeoutError, ServerError
 from resonate.resonate import Resonate
@@ -607,12 +607,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 
 HOSTILE_ORDERS: dict[str, bytes] = {
-    "empty object": as_json({}),
-    "array": as_json([new_order()]),
-    "null": as_json(None),
-    "string": as_json("order"),
-    "truncated json": as_json(new_order())[:40],
-    "empty body": b"",
+    **malformed_bodies(new_order()),
     "missing order_id": as_json(_changed("order_id", REMOVED)),
     "missing customer": as_json(_changed("customer", REMOVED)),
     "missing currency": as_json(_changed("currency", REMOVED)),

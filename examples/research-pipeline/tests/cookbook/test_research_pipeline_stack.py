@@ -30,7 +30,7 @@ from cookbook.stack import (
     url_of,
     worker_process,
 )
-from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import RunningDevServer
 from research_pipeline.gateway import research_id_for
 from research_pipeline.steps import RESEARCHER, REVIEWER, WRITER
@@ -338,12 +338,7 @@ def test_unknown_runs_are_404_and_malformed_ids_422(stack: Stack) -> None:
 
 
 HOSTILE: dict[str, bytes] = {
-    "empty object": as_json({}),
-    "array": as_json([TIDAL]),
-    "null": as_json(None),
-    "string": as_json("tidal power"),
-    "truncated json": as_json(TIDAL)[:10],
-    "empty body": b"",
+    **malformed_bodies(TIDAL),
     "not json": b"topic=tidal",
     "missing topic": as_json(changed(TIDAL, "topic", REMOVED)),
     "topic null": as_json(changed(TIDAL, "topic", None)),

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
-from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
 from resonate.error import SerializationError
 from resonate.resonate import Resonate
@@ -408,13 +408,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 
 HOSTILE: dict[str, bytes] = {
-    "empty object": as_json({}),
-    "array": as_json([trip_request()]),
-    "null": as_json(None),
-    "string": as_json("LHR-LIS"),
-    "number": as_json(42),
-    "truncated json": as_json(trip_request())[:40],
-    "empty body": b"",
+    **malformed_bodies(trip_request()),
     "missing trip_id": as_json(_changed("trip_id", REMOVED)),
     "missing traveller": as_json(_changed("traveller", REMOVED)),
     "missing car": as_json(_changed("car", REMOVED)),

@@ -27,7 +27,7 @@ from cookbook.stack import (
     url_of,
     worker_process,
 )
-from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import RunningDevServer
 from resonate.resonate import Resonate
 
@@ -273,11 +273,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 
 HOSTILE_RUNS: dict[str, bytes] = {
-    "empty object": as_json({}),
-    "array": as_json([new_run()]),
-    "null": as_json(None),
-    "truncated json": as_json(new_run())[:20],
-    "empty body": b"",
+    **malformed_bodies(new_run()),
     "missing run_id": as_json(_changed("run_id", REMOVED)),
     "missing task": as_json(_changed("task", REMOVED)),
     "run_id with colon": as_json(_changed("run_id", "run:1")),

@@ -24,7 +24,7 @@ import pytest
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox.webhooks import SIGNATURE_HEADER, signature_header
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
-from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from resonate.resonate import Resonate
 from webhook_handler.steps import OrderBook
@@ -352,12 +352,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 
 HOSTILE: dict[str, bytes] = {
-    "empty object": as_json({}),
-    "array": as_json([new_event()]),
-    "null": as_json(None),
-    "a number": as_json(7),
-    "truncated json": as_json(new_event())[:30],
-    "empty body": b"",
+    **malformed_bodies(new_event()),
     "invalid utf-8": b'{"id": "evt_\xff\xfe"}',
     "deeply nested": b"[" * 5_000 + b"]" * 5_000,
     "missing id": as_json(_changed("id", REMOVED)),

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from cookbook.processes import ManagedProcess
 from cookbook.stack import devserver_process, gateway_process, url_of
-from cookbook.testing.bodies import REMOVED, as_json, changed
+from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
 from resonate.resonate import Resonate
 
@@ -227,13 +227,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 
 HOSTILE: dict[str, bytes] = {
-    "empty object": as_json({}),
-    "array": as_json([new_ticket()]),
-    "null": as_json(None),
-    "string": as_json("2 seats"),
-    "number": as_json(42),
-    "truncated json": as_json(new_ticket())[:30],
-    "empty body": b"",
+    **malformed_bodies(new_ticket()),
     "not json": b"ticket_id=t-1&seats=2",
     "missing ticket_id": as_json(_changed("ticket_id", REMOVED)),
     "missing customer_id": as_json(_changed("customer_id", REMOVED)),

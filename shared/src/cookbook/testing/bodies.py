@@ -1,4 +1,5 @@
-"""Building hostile request bodies for gateway tests: one field of a valid body changed."""
+"""Building hostile request bodies for gateway tests: bodies that are not the object an endpoint
+takes, and one field of a valid body changed."""
 
 from __future__ import annotations
 
@@ -40,3 +41,18 @@ def changed(valid: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 def as_json(value: Any) -> bytes:
     """Encoded as a client would send it: ASCII-escaped, so a lone surrogate or a NaN survives."""
     return json.dumps(value).encode()
+
+
+def malformed_bodies(valid: dict[str, Any]) -> dict[str, bytes]:
+    """Bodies that are not the JSON object an endpoint takes, by name (a test id each): an empty
+    object, `valid` in an array, null, a string, a number, `valid` cut off halfway, no body."""
+    whole = as_json(valid)
+    return {
+        "empty object": as_json({}),
+        "array": as_json([valid]),
+        "null": as_json(None),
+        "string": as_json("text"),
+        "number": as_json(42),
+        "truncated json": whole[: len(whole) // 2],
+        "empty body": b"",
+    }
