@@ -60,12 +60,15 @@ class NewTurn(BaseModel):
     message: UserText
 
 
+# answered: `reply` is the model's; refused: the model would not answer (`reason`); failed: the
+# model stayed unavailable through every retry (`reason`).
+TurnState = Literal["pending", "answered", "refused", "failed"]
+
+
 class TurnStatus(BaseModel):
     chat_id: str
     turn: int
-    # answered: `reply` is the model's; refused: the model would not answer (`reason`);
-    # failed: the model stayed unavailable through every retry (`reason`).
-    status: Literal["pending", "answered", "refused", "failed"]
+    status: TurnState
     reply: str | None = None
     reason: str | None = None
     status_url: str
@@ -189,34 +192,22 @@ async def _history_before(resonate: Resonate, chat_id: str, number: int) -> list
 
 async def _status(resonate: Resonate, turn: Turn) -> TurnStatus:
     execution_id = turn_id(turn.chat_id, turn.number)
-    url = f"/chats/{turn.chat_id}/turns/{turn.number}"
+
+    def status(state: TurnState, **outcome: str | None) -> TurnStatus:
+        url = f"/chats/{turn.chat_id}/turns/{turn.number}"
+        return TurnStatus(
+            chat_id=turn.chat_id, turn=turn.number, status=state, status_url=url, **outcome
+        )
+
     record = await _record(resonate, execution_id)
     if record is None or record.state == "pending":
-        return TurnStatus(chat_id=turn.chat_id, turn=turn.number, status="pending", status_url=url)
+        return status("pending")
     if record.state != "resolved":
-        return TurnStatus(
-            chat_id=turn.chat_id,
-            turn=turn.number,
-            status="failed",
-            reason=await _failure(resonate, execution_id),
-            status_url=url,
-        )
+        return status("failed", reason=await _failure(resonate, execution_id))
     reply = await _reply(resonate, execution_id)
     if reply.content is None:
-        return TurnStatus(
-            chat_id=turn.chat_id,
-            turn=turn.number,
-            status="refused",
-            reason=reply.refusal,
-            status_url=url,
-        )
-    return TurnStatus(
-        chat_id=turn.chat_id,
-        turn=turn.number,
-        status="answered",
-        reply=reply.content,
-        status_url=url,
-    )
+        return status("refused", reason=reply.refusal)
+    return status("answered", reply=reply.content)
 
 
 async def _reply(resonate: Resonate, execution_id: str) -> Reply:
