@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -312,15 +311,6 @@ async def test_a_callback_to_an_unknown_promise_is_recorded_as_refused(
 
     [callback] = (await jobs.http.get("/_admin/jobs/callbacks")).json()
     assert (callback["http_status"], callback["promise_state"]) == (404, None)
-
-
-@pytest.fixture
-def victim() -> Iterator[subprocess.Popen[bytes]]:
-    """A process for a kill switch to kill; killed by its pid at teardown if it is not."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process
-    process.kill()
-    process.wait()
 
 
 async def test_a_kill_switch_on_jobs_submit_kills_after_the_job_is_submitted(

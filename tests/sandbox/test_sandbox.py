@@ -517,3 +517,18 @@ def test_a_caller_that_dies_mid_request_is_no_server_error(tmp_path: Path) -> No
         assert httpx.get(f"{url}/health").status_code == 200
         assert "Traceback" not in sandbox.tail(400)
     assert SandboxRecords(tmp_path / "sandbox.db").requests() == []
+
+
+async def test_a_kill_switch_with_a_body_fires_only_on_a_call_whose_body_matches(
+    client: httpx.AsyncClient, victim: subprocess.Popen[bytes]
+) -> None:
+    switch = {"provider": "api", "pid": victim.pid, "body": {"worker_pid": 7, "phase": "go"}}
+    assert (await client.post("/_admin/kill-switches", json=switch)).status_code == 201
+
+    for body in ({"worker_pid": 8, "phase": "go"}, {"worker_pid": 7, "phase": "done"}):
+        assert (await post(client, "/api/call", body, key=f"k-{body['worker_pid']}")).is_success
+    survived = victim.poll()
+    assert (await post(client, "/api/call", {"worker_pid": 7, "phase": "go"}, key="k")).is_success
+
+    assert survived is None, "a call whose body does not match fired the switch"
+    assert await asyncio.to_thread(victim.wait, 10) == -signal.SIGKILL

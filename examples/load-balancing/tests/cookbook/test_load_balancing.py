@@ -22,8 +22,7 @@ def worker_pids(
         "PROVIDER_API_URL": sandbox.url,
         # A dead worker's jobs wait this long for its lease to lapse.
         "RESONATE_TTL_SECONDS": "2",
-        # Long enough that every job has started (and sent its first note) before any finishes,
-        # even on a loaded machine: the kill switch below counts notes from every worker.
+        # Long enough that a job the victim started is still running when it is killed.
         "JOB_WORK_SECONDS": "2",
     }
     return [start_worker("load_balancing.worker", env, name=f"worker-{n}").pid for n in (1, 2, 3)]
@@ -67,9 +66,11 @@ def test_a_killed_workers_jobs_finish_on_the_others(
 ) -> None:
     batch = f"lb-test-{secrets.token_hex(4)}"
     victim = worker_pids[2]
-    # The sandbox SIGKILLs the victim right after the 15th note: every job is started by then
-    # (the notes of 30 concurrent starts land before any 2 s of work ends), none finished.
-    switch = {"provider": "api", "action": "call", "pid": victim, "nth": JOBS // 2}
+    # The sandbox SIGKILLs the victim right after its own first "started" note has landed: it
+    # holds a started job then, and has finished none (a job works 2 s). Counting every
+    # worker's notes instead, a loaded machine could reach the count before the victim had one.
+    victims_start = {"worker_pid": victim, "phase": "started"}
+    switch = {"provider": "api", "action": "call", "pid": victim, "body": victims_start}
     httpx.post(f"{sandbox.url}/_admin/kill-switches", json=switch).raise_for_status()
 
     results, seen = run_batch(devserver.url, sandbox.url, batch)

@@ -345,11 +345,24 @@ class KillSwitch(BaseModel):
     action: str | None = None
     pid: int = Field(gt=1)
     nth: int = Field(default=1, ge=1, description="fire on the nth matching effect")
+    body: dict[str, Any] | None = Field(
+        default=None,
+        description="match only effects whose request body has these fields with these values"
+        " (a worker's pid it sends, say: the victim's own call, not the nth of any worker's)",
+    )
+
+    def matches(self, provider: str, action: str, body: Any) -> bool:
+        if self.provider != provider or self.action not in (None, action):
+            return False
+        fields = self.body or {}
+        return all(isinstance(body, dict) and body.get(k) == v for k, v in fields.items())
 
 
-def _fire_kill_switch(kill_switches: list[KillSwitch], provider: str, action: str) -> None:
+def _fire_kill_switch(
+    kill_switches: list[KillSwitch], provider: str, action: str, body: Any = None
+) -> None:
     for i, switch in enumerate(kill_switches):
-        if switch.provider == provider and switch.action in (None, action):
+        if switch.matches(provider, action, body):
             if switch.nth > 1:
                 kill_switches[i] = switch.model_copy(update={"nth": switch.nth - 1})
                 return
@@ -551,7 +564,7 @@ def create_app(
             }[outcome.kind]
             print(f"{provider}.{action} {outcome.status_code}: {how}  (key {key})", flush=True)
         if outcome.kind == "executed":
-            _fire_kill_switch(kill_switches, provider, action)
+            _fire_kill_switch(kill_switches, provider, action, body)
         return Response(outcome.body, outcome.status_code, headers, "application/json")
 
     return app
