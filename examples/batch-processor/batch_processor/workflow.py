@@ -25,7 +25,7 @@ MAX_BATCH_SIZE = 10_000
 MAX_ITEMS = 1_000_000
 
 # A batch fails when the sink cannot take its items now (locked, or its disk briefly gone): 3 more
-# attempts, 1, 2 and 4 s apart, ride out a lock held by another writer or a restart. A batch that
+# attempts, 2, 4 and 4 s apart, ride out a lock held by another writer or a restart. A batch that
 # still fails then fails the job, naming the batch, rather than skipping its items. (SDK 0.8.1's
 # policies cannot tell errors apart, so a bug is retried 3 times too, and fails the same way.)
 BATCH_RETRIES = Exponential(delay=1, factor=2, max_retries=3, max_delay=4)

@@ -34,8 +34,8 @@ from infinite_monitor.steps import (
 # landed) and the monitor goes on: a monitor that dies because Slack is down watches nothing.
 ALERT_RETRIES = Exponential(delay=1, factor=2, max_retries=6, max_delay=30)
 # Observing (reading the stop flag, then probing) and starting the next generation talk to the
-# Resonate server: a server that is restarting answers again within seconds. 5 retries, 1 s
-# doubling to 16 s (about 30 s). A probe itself never raises (a failed probe is a "down"): the
+# Resonate server: a server that is restarting answers again within seconds. 5 retries, 2 s
+# doubling to 16 s (about 45 s). A probe itself never raises (a failed probe is a "down"): the
 # next iteration is its retry, and a retried observation sends each probe again with its key.
 SERVER_RETRIES = Exponential(delay=1, factor=2, max_retries=5, max_delay=16)
 

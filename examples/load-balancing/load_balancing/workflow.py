@@ -12,10 +12,11 @@ from resonate.retry import Exponential
 
 from load_balancing.steps import crunch, note_job
 
-# A sandbox that is down gets 4 more attempts, 1, 2, 4 and 8 s apart (15 s in all): enough to
+# A sandbox that is down gets 4 more attempts, 2, 4, 8 and 8 s apart (22 s in all): enough to
 # ride out a restart or a burst of 503s. After that the job fails, naming the step, and the
 # client sees it; nothing is half-written, as each note is one idempotent call. Delays are
-# whole seconds: the SDK's policies take `int`.
+# whole seconds: the SDK's policies take `int`, and `Exponential` waits `delay * factor**n`
+# before retry n, n counted from 1.
 STEP_RETRIES = Exponential(delay=1, factor=2, max_retries=4, max_delay=8)
 
 
