@@ -8,6 +8,10 @@
 - Every function it registers with Resonate names its retry policy: under SDK 0.8.1's default a
   workflow that raises before its first durable call is retried 30 times with doubling delays
   while holding its lease, which is never what an example means.
+- It reads its environment when it runs, not when its modules are imported. Configuration read
+  at import is fixed for whoever imported it first: the tests fork an example's workers from a
+  process that imported its modules for another test, with another server's address
+  (cookbook.crash.zygote), and a user's test that sets a variable would see it ignored.
 - It imports no `cookbook` module: tests/test_examples.py checks that; here that check is only
   shown to catch an offender.
 
@@ -156,6 +160,51 @@ def registrations_without_a_retry_policy(source: str) -> list[Finding]:
     return sorted(found, key=lambda f: f.line)
 
 
+class ImportTimeEnvironment(ast.NodeVisitor):
+    """Reads of the environment in code that runs at import: outside function bodies, and
+    outside the `if __name__ == "__main__":` block a module runs only as a program."""
+
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self.generic_visit_decorators(node)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+        self.generic_visit_decorators(node)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        return
+
+    def generic_visit_decorators(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        for expression in [*node.decorator_list, *node.args.defaults, *node.args.kw_defaults]:
+            # `environ: Mapping[str, str] = os.environ` binds the live mapping: read per call.
+            if expression is not None and ast.unparse(expression) not in ("os.environ", "environ"):
+                self.visit(expression)
+
+    def visit_If(self, node: ast.If) -> None:
+        if ast.unparse(node.test).replace("'", '"') == '__name__ == "__main__"':
+            for statement in node.orelse:
+                self.visit(statement)
+            return
+        self.generic_visit(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr in ("environ", "environb", "getenv"):
+            self.findings.append(Finding(node.lineno, f"reads `{ast.unparse(node)}` at import"))
+        self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if node.id in ("environ", "getenv"):
+            self.findings.append(Finding(node.lineno, f"reads `{node.id}` at import"))
+
+
+def environment_read_at_import(source: str) -> list[Finding]:
+    checker = ImportTimeEnvironment()
+    checker.visit(ast.parse(source))
+    return sorted(checker.findings, key=lambda f: f.line)
+
+
 def runtime_modules() -> list[Path]:
     return [
         path
@@ -204,6 +253,46 @@ def test_every_registered_function_names_its_retry_policy(example: catalog.Examp
     }
     if found:
         pytest.fail(report("a retry policy is chosen on purpose", found), pytrace=False)
+
+
+@pytest.mark.parametrize("example", catalog.examples(ROOT), ids=lambda e: e.name)
+def test_runtime_code_reads_its_environment_when_it_runs(example: catalog.Example) -> None:
+    found = {
+        path: findings
+        for path in sorted((example.path / example.package).rglob("*.py"))
+        if (findings := environment_read_at_import(path.read_text()))
+    }
+    if found:
+        pytest.fail(report("read configuration when it is used", found), pytrace=False)
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        'WORK_SECONDS = float(os.environ.get("JOB_WORK_SECONDS", "1"))',
+        'URL = os.getenv("RESONATE_URL")',
+        'from os import environ\nURL = environ["RESONATE_URL"]',
+        'class Settings:\n    url = os.environ["RESONATE_URL"]',
+        'def f(url=os.environ["RESONATE_URL"]): ...',
+        'if DEBUG:\n    LEVEL = os.environ["LEVEL"]',
+    ],
+)
+def test_the_import_time_environment_check_catches(snippet: str) -> None:
+    assert environment_read_at_import(snippet)
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        'def url() -> str:\n    return os.environ["RESONATE_URL"]',
+        "def open_stores(environ: Mapping[str, str] = os.environ) -> Stores: ...",
+        'async def main() -> None:\n    url = os.getenv("RESONATE_URL")',
+        'if __name__ == "__main__":\n    main(os.environ)',
+        "read = lambda: os.environ['X']",
+    ],
+)
+def test_the_import_time_environment_check_leaves_alone(snippet: str) -> None:
+    assert not environment_read_at_import(snippet)
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,12 @@ from resonate.context import Context
 
 # Client errors that say "not now" rather than "no": Request Timeout and Too Many Requests.
 RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
-# How long a job's work takes: long enough that a worker killed mid-run holds jobs in flight.
-WORK_SECONDS = float(os.environ.get("JOB_WORK_SECONDS", "1.0"))
+
+
+def work_seconds() -> float:
+    """How long a job's work takes (JOB_WORK_SECONDS, 1 s by default): long enough that a worker
+    killed mid-run holds jobs in flight. Read as the work starts, like all configuration."""
+    return float(os.environ.get("JOB_WORK_SECONDS", "1.0"))
 
 
 @dataclass(frozen=True)
@@ -64,5 +68,5 @@ def _reason(response: httpx.Response) -> str:
 
 async def crunch(ctx: Context, job_number: int) -> str:
     """The job's work: a stand-in for anything that takes a while (here, hashing and waiting)."""
-    await asyncio.sleep(WORK_SECONDS)
+    await asyncio.sleep(work_seconds())
     return hashlib.sha256(f"job-{job_number}".encode()).hexdigest()[:12]

@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from load_balancing import steps
 from load_balancing.steps import Providers
 from load_balancing.workflow import STEP_RETRIES, job
 from resonate.context import Context
@@ -30,7 +29,7 @@ from resonate.testing import local_resonate, resolved_promise, root_context
 @pytest.fixture(autouse=True)
 def no_work_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """The job's work waits `JOB_WORK_SECONDS` (1 s) to hold jobs in flight; not here."""
-    monkeypatch.setattr(steps, "WORK_SECONDS", 0.0)
+    monkeypatch.setenv("JOB_WORK_SECONDS", "0")
 
 
 @dataclass
