@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cookbook.crash.zygote import ForkedProcess, Zygote
+from cookbook.crash.zygote import ForkedProcess, Zygote, Zygotes
 from cookbook.processes import ManagedProcess, ProcessStartError
 
 ROOT = Path(__file__).parents[2]
@@ -148,3 +148,82 @@ def test_a_forked_worker_gets_its_own_environment(zygote: Zygote, tmp_path: Path
         report = report_of(worker)
     assert report["marker"] == "from-the-zygote"
     assert report["current_test"] == "another test"
+
+
+# -- Zygotes: one zygote per kind of process -------------------------------------------------------
+
+
+@pytest.fixture
+def zygotes() -> Iterator[Zygotes]:
+    pool = Zygotes(read_when_run=["ZYGOTE_PROBE_MARKER"], fork_after=1)
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+def test_the_first_process_of_a_kind_starts_alone_and_the_next_ones_are_forked(
+    zygotes: Zygotes, tmp_path: Path
+) -> None:
+    first, second, third = (zygotes.launch(probe(tmp_path)) for _ in range(3))
+
+    assert not isinstance(first, ForkedProcess)
+    assert isinstance(second, ForkedProcess)
+    assert isinstance(third, ForkedProcess)
+    assert second.zygote is third.zygote
+    with first, second:
+        assert report_of(first)["ppid"] == os.getpid()
+        assert report_of(second)["ppid"] == second.zygote.process.pid
+
+
+def test_a_variable_read_when_run_may_differ_and_each_process_sees_its_own(
+    zygotes: Zygotes, tmp_path: Path
+) -> None:
+    zygotes.launch(probe(tmp_path, marker="first"))  # counted, not started
+
+    one = zygotes.launch(probe(tmp_path, marker="one"))
+    other = zygotes.launch(probe(tmp_path, marker="other"))
+
+    assert isinstance(one, ForkedProcess)
+    assert isinstance(other, ForkedProcess)
+    assert one.zygote is other.zygote
+    with one, other:
+        assert (report_of(one)["marker"], report_of(other)["marker"]) == ("one", "other")
+
+
+def test_another_directory_or_variable_is_another_kind(zygotes: Zygotes, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    kinds = [probe(tmp_path), probe(elsewhere), probe(tmp_path)]
+    kinds[2].env["ANOTHER"] = "variable"
+    for process in kinds:
+        zygotes.launch(process)
+
+    forked = [zygotes.launch(process) for process in kinds]
+
+    zygote_pids = {p.zygote.process.pid for p in forked if isinstance(p, ForkedProcess)}
+    assert len(zygote_pids) == 3
+
+
+def test_what_cannot_be_forked_starts_as_it_is(zygotes: Zygotes, tmp_path: Path) -> None:
+    another_python = probe(tmp_path)
+    another_python.argv[0] = str(Path(sys.executable).resolve().parent / "python3")
+    not_a_module = ManagedProcess("script", [sys.executable, "-c", "pass"], ready="never")
+    with_fds = probe(tmp_path)
+    with_fds.pass_fds = (0,)
+
+    for process in (another_python, not_a_module, with_fds):
+        assert zygotes.launch(process) is process
+        assert zygotes.launch(process) is process
+
+
+def test_a_kind_whose_zygote_cannot_start_starts_as_it_is(zygotes: Zygotes, tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "tests.crash.zygote_threads_probe"]
+
+    def threads() -> ManagedProcess:
+        return ManagedProcess("threads", argv, ready="ready", env=env, cwd=tmp_path)
+
+    launched = [zygotes.launch(process) for process in (threads(), threads(), threads())]
+
+    assert not any(isinstance(process, ForkedProcess) for process in launched)

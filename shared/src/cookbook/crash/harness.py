@@ -34,8 +34,8 @@ from cookbook.catalog import Example, Scenario
 from cookbook.crash import receivers
 from cookbook.crash.clients import http_client
 from cookbook.crash.plan import Checkpoint, CrashPoint, checkpoints, crash_points
-from cookbook.crash.zygote import ForkedProcess, Zygote
-from cookbook.processes import ManagedProcess, ProcessStartError
+from cookbook.crash.zygote import ForkedProcess, Zygotes
+from cookbook.processes import ManagedProcess
 from cookbook.stack import Stack, stack_for, worker_process
 
 KILL_TIMEOUT = 30.0
@@ -153,10 +153,9 @@ class CrashHarness:
         # long-lived worker would be: a run then costs one worker start-up, not two.
         self._standby: ManagedProcess | None = None
         # Fork the workers, and the dev server restarted after a server kill (cookbook.crash.
-        # zygote); each started when first needed. When one cannot start, its processes are
-        # started as `python -m <module>`, as before.
-        self._zygotes: dict[str, Zygote] = {}
-        self._no_zygote: set[str] = set()
+        # zygote); each zygote started when first needed. When one cannot start, its processes
+        # are started as `python -m <module>`.
+        self._zygotes = Zygotes()
         self.receivers = receivers.declared_by(example.path, example.name)
 
     def close(self) -> None:
@@ -167,8 +166,7 @@ class CrashHarness:
         if self.stack.devserver is not None and isinstance(self.stack.devserver, ForkedProcess):
             # It dies with the zygote it was forked from: stop it first, as the stack would.
             self.stack.devserver.stop()
-        while self._zygotes:
-            self._zygotes.popitem()[1].stop()
+        self._zygotes.stop()
 
     def __enter__(self) -> Self:
         return self
@@ -193,21 +191,9 @@ class CrashHarness:
         private = self.stack.workdir / "worker-files"
         private.mkdir(exist_ok=True)
         env = self.stack.env(RESONATE_TTL_SECONDS=WORKER_TTL_SECONDS, TMPDIR=str(private))
-        return self._forked(worker_process(self.example.worker, env, name=name, cwd=private))
-
-    def _forked(self, process: ManagedProcess) -> ManagedProcess:
-        """`process`, to be forked from its zygote (started now if it is the first)."""
-        zygote = self._zygote_for(process)
-        return process if zygote is None else zygote.fork(process)
-
-    def _zygote_for(self, process: ManagedProcess) -> Zygote | None:
-        role = process.name.rstrip("-0123456789")  # worker-1, worker-2: one zygote
-        if role not in self._zygotes and role not in self._no_zygote:
-            try:
-                self._zygotes[role] = Zygote.of(process).start()
-            except ProcessStartError:
-                self._no_zygote.add(role)
-        return self._zygotes.get(role)
+        return self._zygotes.launch(
+            worker_process(self.example.worker, env, name=name, cwd=private)
+        )
 
     def _client(self) -> Resonate:
         encryptor = None
@@ -419,7 +405,7 @@ class CrashHarness:
         if point.kills_server:
             # Ready before the kill: started after it, the first restart would take as long as
             # a cold one, and the workers' second reconnection attempt comes 3 s after the kill.
-            self._zygote_for(self.stack.devserver_to_restart())
+            self._zygotes.zygote_for(self.stack.devserver_to_restart())
         # Workers started to take over; stopped here also when the run fails or times out.
         taking_over: list[ManagedProcess] = []
         verified = False
@@ -481,7 +467,7 @@ class CrashHarness:
             result.problems.append(f"{victim.name} exited with {killed}, not SIGKILL")
         killed_at = time.perf_counter()
         if point.kills_server:
-            await asyncio.to_thread(self.stack.restart_devserver, self._forked)
+            await asyncio.to_thread(self.stack.restart_devserver, self._zygotes.launch)
         else:
             await self._take_over(result, taking_over)
         outcome = await asyncio.wait_for(Outcome.of(handle), COMPLETE_TIMEOUT)

@@ -13,6 +13,10 @@ connection). It is a child of the zygote, not of the harness: the zygote reports
 which is how the harness sees a SIGKILL. The dev server the harness restarts after a server kill
 is forked the same way, from a zygote of its own.
 
+`Zygotes` keeps one zygote per kind of process (module, directory, environment) for a caller that
+starts many: the crash harness, and the test fixtures that start dev servers, workers and gateways
+for every test (cookbook.testing.fixtures).
+
 Protocol, over a Unix socket the harness hands the zygote (`--control-fd`): the harness sends
 `spawn {"args": [...], "env": {...}}\n` with the write end of a fresh pipe attached (SCM_RIGHTS),
 which becomes the process's stdout and stderr; the zygote answers `pid <pid>\n`, and
@@ -37,7 +41,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -176,8 +181,18 @@ def main() -> None:
 class Zygote:
     """The harness's side of a zygote: start it, fork workers from it, stop it."""
 
-    def __init__(self, module: str, env: Mapping[str, str], cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        module: str,
+        env: Mapping[str, str],
+        cwd: Path | None = None,
+        *,
+        read_when_run: Collection[str] = (),
+    ) -> None:
         self.module = module
+        # Variables the module's imports do not read: a process forked from here may have
+        # other values for them (a dev server's address, given to each worker as it starts).
+        self.read_when_run = MAY_DIFFER | frozenset(read_when_run)
         self._control, self._theirs = socket.socketpair()
         fd = self._theirs.fileno()
         argv = [sys.executable, "-m", "cookbook.crash.zygote", module, "--control-fd", str(fd)]
@@ -213,20 +228,22 @@ class Zygote:
             self._reader.join(timeout=5)
 
     @classmethod
-    def of(cls, process: ManagedProcess) -> Zygote:
+    def of(cls, process: ManagedProcess, read_when_run: Collection[str] = ()) -> Zygote:
         """A zygote for processes like `process` (`python -m <module> ...`, not started)."""
         if process.argv[1:2] != ["-m"]:
             raise ValueError(f"{process.name} is not started as `python -m <module>`")
-        return cls(process.argv[2], process.env, process.cwd)
+        return cls(process.argv[2], process.env, process.cwd, read_when_run=read_when_run)
 
     def fork(self, process: ManagedProcess) -> ForkedProcess:
         """`process` (`python -m <this zygote's module> ...`, not started), forked from here.
 
-        Its environment and directory must be the zygote's: what the zygote imported has read
-        them already."""
+        Its environment and directory must be the zygote's (`read_when_run` aside): what the
+        zygote imported has read them already."""
         if process.argv[1:3] != ["-m", self.module]:
             raise ValueError(f"{process.name} does not run {self.module}")
-        if process.cwd != self.process.cwd or _differences(process.env, self.process.env):
+        if process.cwd != self.process.cwd or _differences(
+            process.env, self.process.env, self.read_when_run
+        ):
             raise ValueError(
                 f"{process.name} runs with another environment than {self.process.name}"
             )
@@ -337,15 +354,76 @@ class ForkedProcess(ManagedProcess):
         return self.zygote.spawn(self.args, self.env)
 
 
-# Variables that may differ between a zygote's environment and its children's: ManagedProcess
+# Variables that may differ between any zygote's environment and its children's: ManagedProcess
 # adds PYTHONUNBUFFERED to the zygote's; pytest changes PYTEST_CURRENT_TEST with every test (the
 # dev server's environment is the test process's). A child gets its own environment all the same.
-MAY_DIFFER = {"PYTHONUNBUFFERED", "PYTEST_CURRENT_TEST"}
+MAY_DIFFER = frozenset({"PYTHONUNBUFFERED", "PYTEST_CURRENT_TEST"})
 
 
-def _differences(ours: Mapping[str, str], theirs: Mapping[str, str]) -> set[str]:
-    keys = (ours.keys() | theirs.keys()) - MAY_DIFFER
+def _differences(
+    ours: Mapping[str, str], theirs: Mapping[str, str], ignoring: Collection[str] = MAY_DIFFER
+) -> set[str]:
+    keys = (ours.keys() | theirs.keys()) - set(ignoring)
     return {key for key in keys if ours.get(key) != theirs.get(key)}
+
+
+type Kind = tuple[str, Path | None, tuple[tuple[str, str], ...]]
+
+
+class Zygotes:
+    """A zygote per kind of `python -m` process a caller starts, each started when first needed.
+
+    A kind is a module, a directory and an environment (`read_when_run` aside). `launch` returns
+    the process to start: forked from its kind's zygote, or as it was where it cannot be forked
+    (another interpreter, file descriptors to pass, a zygote that failed to start). With
+    `fork_after=n`, the first n processes of a kind start as they are: a zygote costs one start-up
+    of its own, which a kind that is started once would never win back.
+    """
+
+    def __init__(self, *, read_when_run: Collection[str] = (), fork_after: int = 0) -> None:
+        self.read_when_run = MAY_DIFFER | frozenset(read_when_run)
+        self.fork_after = fork_after
+        self._zygotes: dict[Kind, Zygote] = {}
+        self._failed: set[Kind] = set()
+        self._started: Counter[Kind] = Counter()
+        self._lock = threading.Lock()
+
+    def launch(self, process: ManagedProcess) -> ManagedProcess:
+        """`process` (not started), forked from its kind's zygote where it can be."""
+        zygote = self.zygote_for(process)
+        return process if zygote is None else zygote.fork(process)
+
+    def zygote_for(self, process: ManagedProcess) -> Zygote | None:
+        """The zygote for processes like `process`, started here if it is due; None if there is
+        none (yet)."""
+        if process.argv[:2] != [sys.executable, "-m"] or len(process.argv) < 3 or process.pass_fds:
+            return None
+        kind = self._kind(process)
+        with self._lock:
+            if kind in self._zygotes or kind in self._failed:
+                return self._zygotes.get(kind)
+            self._started[kind] += 1
+            if self._started[kind] <= self.fork_after:
+                return None
+            try:
+                zygote = Zygote.of(process, self.read_when_run).start()
+            except ProcessStartError:
+                self._failed.add(kind)
+                return None
+            self._zygotes[kind] = zygote
+            return zygote
+
+    def stop(self) -> None:
+        """Stop every zygote, and with it whatever process forked from it is still running."""
+        with self._lock:
+            while self._zygotes:
+                self._zygotes.popitem()[1].stop()
+
+    def _kind(self, process: ManagedProcess) -> Kind:
+        env = tuple(
+            sorted(item for item in process.env.items() if item[0] not in self.read_when_run)
+        )
+        return process.argv[2], process.cwd, env
 
 
 if __name__ == "__main__":

@@ -2,6 +2,11 @@
 
 Every process a fixture starts is stopped by its pid when the test ends, passed or failed; every
 port is picked free by the process itself and read back from its readiness line.
+
+The suite starts a dev server, a worker or a gateway for most of its tests, and most of such a
+process's start-up is importing (0.3-0.6 CPU-seconds). From the second process of a kind on, a
+test process forks them from a zygote that has imported what they import (cookbook.crash.zygote):
+each is still a process of its own, started for its test and SIGKILLable by its pid.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import httpx
 import pytest
 
 from cookbook import copyout
+from cookbook.crash.zygote import Zygotes
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox import SandboxRecords
 from cookbook.stack import (
@@ -139,15 +145,38 @@ class RunningSandbox:
 type DevServerFactory = Callable[..., RunningDevServer]
 type ProcessFactory = Callable[..., ManagedProcess]
 
+# Where the services a process talks to are, and its credentials for them: what differs between
+# the workers and gateways of two tests. The cookbook's processes and the examples' read them when
+# they run, never when their modules are imported (tests/test_example_rules.py checks the
+# examples), so a process forked from a zygote started for another test still runs with its own.
+ADDRESSES = (
+    "RESONATE_URL",
+    "RESONATE_TOKEN",
+    "RESONATE_DEVSERVER_TOKENS",
+    "PROVIDER_API_URL",
+    "KAFKA_BOOTSTRAP",
+    "KUBE_API_URL",
+    "OPENAI_BASE_URL",
+)
+
+
+@pytest.fixture(scope="session")
+def zygotes() -> Iterator[Zygotes]:
+    """The zygotes this test process forks dev servers, workers and gateways from."""
+    pool = Zygotes(read_when_run=ADDRESSES, fork_after=1)
+    yield pool
+    pool.stop()
+
 
 @pytest.fixture
-def start_process() -> Iterator[Callable[[ManagedProcess], ManagedProcess]]:
+def start_process(zygotes: Zygotes) -> Iterator[Callable[[ManagedProcess], ManagedProcess]]:
     """Start any ManagedProcess (a gateway, a consumer, ...); stopped by pid at teardown."""
     started: list[ManagedProcess] = []
 
     def start(process: ManagedProcess) -> ManagedProcess:
-        started.append(process)
-        return process.start()
+        launched = zygotes.launch(process)
+        started.append(launched)
+        return launched.start()
 
     yield start
     for process in reversed(started):
@@ -155,7 +184,7 @@ def start_process() -> Iterator[Callable[[ManagedProcess], ManagedProcess]]:
 
 
 @pytest.fixture
-def start_devserver(tmp_path: Path) -> Iterator[DevServerFactory]:
+def start_devserver(tmp_path: Path, zygotes: Zygotes) -> Iterator[DevServerFactory]:
     """Start dev servers (`fast_recovery=`, `sse_rotate_seconds=`, `tokens=`, `skip_time=`);
     all stopped at teardown. With tokens, requests need `Authorization: Bearer <one of them>`."""
     started: list[RunningDevServer] = []
@@ -168,12 +197,14 @@ def start_devserver(tmp_path: Path) -> Iterator[DevServerFactory]:
         skip_time: bool = False,
     ) -> RunningDevServer:
         data_dir = tmp_path / f"devserver-{len(started)}"
-        process = devserver_process(
-            data_dir,
-            fast_recovery=fast_recovery,
-            sse_rotate_seconds=sse_rotate_seconds,
-            tokens=tokens,
-            skip_time=skip_time,
+        process = zygotes.launch(
+            devserver_process(
+                data_dir,
+                fast_recovery=fast_recovery,
+                sse_rotate_seconds=sse_rotate_seconds,
+                tokens=tokens,
+                skip_time=skip_time,
+            )
         )
         server = RunningDevServer(
             process.start(), data_dir, fast_recovery, sse_rotate_seconds, tuple(tokens), skip_time
@@ -201,13 +232,13 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox
 
 
 @pytest.fixture
-def start_worker() -> Iterator[ProcessFactory]:
+def start_worker(zygotes: Zygotes) -> Iterator[ProcessFactory]:
     """Start an example's worker (`start_worker("hello.worker", env)`); stopped at teardown."""
     started: list[ManagedProcess] = []
 
     def start(module: str, env: Mapping[str, str], name: str = "worker") -> ManagedProcess:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
-        process = worker_process(module, {**inherited, **env}, name=name)
+        process = zygotes.launch(worker_process(module, {**inherited, **env}, name=name))
         started.append(process)
         return process.start()
 
