@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,12 @@ from cookbook import catalog
 from cookbook.crash.harness import Golden, Outcome
 from cookbook.crash.plan import Checkpoint, crash_points
 from cookbook.testing import matrix
-from cookbook.testing.fixtures import SharedSetUps, crash_matrix_group
+from cookbook.testing.fixtures import (
+    SharedSetUps,
+    crash_matrix_group,
+    golden_runs_made_by,
+    own_first,
+)
 
 HELLO = catalog.example("hello")
 SMS = Checkpoint(":1", "step", "sms.send", suspended_on=False)
@@ -47,6 +52,7 @@ def test_a_second_process_loads_the_golden_run_the_first_one_made(
     matrix.share_goldens_through(tmp_path, worker_index=1)
     second = matrix.crash_matrix(["hello"])
     assert fresh_matrix == ["hello"], "the second process ran the golden run again"
+    assert matrix.recorded_by(tmp_path, "hello") == 0
     assert [p.id for p in second] == [p.id for p in first]  # type: ignore[attr-defined]
     assert [p.id for p in first] == [  # type: ignore[attr-defined]
         f"hello[{point.id}]" for point in crash_points("greet", [SMS])
@@ -71,6 +77,10 @@ def test_without_xdist_the_golden_runs_stay_in_the_process(
         (
             "tests/test_crash_matrix.py::test_recovers_from_crash[k8s-drain[pdb:step#1/server-kill]]",
             "crash-matrix:k8s-drain",
+        ),
+        (
+            "tests/test_crash_matrix.py::test_crash_points_are_the_pinned_ones[saga]",
+            "crash-matrix:saga",
         ),
         ("tests/test_demos.py::test_the_demo_runs_as_its_readme_says[saga-None]", None),
         ("tests/test_crash_matrix.py::test_something_else", None),
@@ -105,3 +115,25 @@ def test_an_example_stack_module_of_the_cookbook_is_one_group() -> None:
     assert groups("tests/test_demos.py::test_the_demo_runs_as_its_readme_says[saga]") == (
         "tests/test_demos.py::test_the_demo_runs_as_its_readme_says[saga]"
     )
+
+
+def test_a_process_is_given_the_crash_points_whose_golden_runs_it_made_first(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "saga.owner").write_text("1")
+    (tmp_path / "hello.owner").write_text("0")
+    (tmp_path / "wlrf.owner").write_text("1")
+    queue = OrderedDict.fromkeys(
+        ["crash-matrix:hello", "crash-matrix:saga", "tests/test_demos.py::x", "crash-matrix:wlrf"]
+    )
+    made_by = golden_runs_made_by(queue, tmp_path)
+    assert made_by == {"crash-matrix:hello": 0, "crash-matrix:saga": 1, "crash-matrix:wlrf": 1}
+
+    own_first(queue, made_by, 1)
+    assert next(iter(queue)) == "crash-matrix:saga"
+    queue.pop("crash-matrix:saga")
+    own_first(queue, made_by, 1)
+    assert next(iter(queue)) == "crash-matrix:wlrf"
+    queue.pop("crash-matrix:wlrf")
+    own_first(queue, made_by, 1)  # nothing of its own left: the queue's order stands
+    assert list(queue) == ["crash-matrix:hello", "tests/test_demos.py::x"]

@@ -16,7 +16,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,6 +300,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
       up again: three or four times per module, 2-5 s each.
     - Every other test is a group of its own, so the independent ones (a demo, a copy-out, a
       chaos run) spread over every process.
+    - A process is given the crash points of an example whose golden runs it made first, when
+      any are left: it started that example's stack for them, and still has it running.
     """
     if config.getoption("dist") != "loadgroup":
         return None
@@ -306,17 +309,51 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     scheduler = LoadScopeScheduling(config, log)
     shared = SharedSetUps(config.rootpath)
-    # Its one extension point is this method; xdist ships no types to subclass it under mypy.
+    # xdist ships no types to subclass its schedulers under mypy: its two methods are replaced.
     scheduler._split_scope = lambda nodeid: crash_matrix_group(nodeid) or shared.group(nodeid)
+    assign = scheduler._assign_work_unit
+    made_by: dict[str, int] = {}  # crash-matrix group -> the process that made its golden runs
+
+    def assign_own_goldens_first(node: Any) -> None:
+        # Work is assigned once every process has collected: every golden run is made by then.
+        golden_dir = config.stash.get(_GOLDEN_DIR, None)
+        if golden_dir is not None and not made_by:
+            made_by.update(golden_runs_made_by(scheduler.workqueue, golden_dir))
+        own_first(scheduler.workqueue, made_by, int(node.gateway.id.removeprefix("gw")))
+        assign(node)
+
+    scheduler._assign_work_unit = assign_own_goldens_first
     return scheduler
 
 
+def own_first(queue: OrderedDict[str, Any], made_by: Mapping[str, int], index: int) -> None:
+    """Move the first group in the queue whose golden runs process `index` made to the front."""
+    own = next((group for group in queue if made_by.get(group) == index), None)
+    if own is not None:
+        queue.move_to_end(own, last=False)
+
+
+def golden_runs_made_by(groups: Iterable[str], golden_dir: Path) -> dict[str, int]:
+    """For each crash-matrix group, the index of the test process that made its golden runs."""
+    made_by = {}
+    for group in groups:
+        if group.startswith(CRASH_MATRIX):
+            index = matrix.recorded_by(golden_dir, group.removeprefix(CRASH_MATRIX))
+            if index is not None:
+                made_by[group] = index
+    return made_by
+
+
+CRASH_MATRIX = "crash-matrix:"
+
+
 def crash_matrix_group(nodeid: str) -> str | None:
-    """The example a crash-matrix test belongs to: its ids read `<example>[<crash point>]`."""
+    """The example a crash-matrix test belongs to: its ids read `<example>[<crash point>]`, and
+    the pin test's `[<example>]`."""
     module, _, name = nodeid.partition("::")
     if not module.endswith("test_crash_matrix.py") or "[" not in name:
         return None
-    return "crash-matrix:" + name.split("[", 2)[1]
+    return CRASH_MATRIX + name.split("[", 1)[1].split("[", 1)[0].removesuffix("]")
 
 
 class SharedSetUps:

@@ -4,7 +4,9 @@ Crash points come from golden runs, so they are found while pytest collects. Und
 every test process collects, and all of them must collect the same tests: the golden runs are
 therefore made once per session, each example's by whichever process gets to it first, and shared
 through a directory the controller hands out (see `share_goldens_through`). Each process starts an
-example's stack (dev server + sandbox + ...) when it first needs it and stops it at the end.
+example's stack (dev server + sandbox + ...) when it first needs it and stops it at the end. The
+process that made an example's golden runs has its stack running already: the scheduler gives it
+that example's crash points when it can (`recorded_by`, cookbook.testing.fixtures).
 
 A scenario whose golden run fails (or an example whose `[tool.cookbook]` is wrong) becomes one
 failing test of that example, saying which scenario and why; every other example's crash points are
@@ -90,6 +92,12 @@ def share_goldens_through(directory: Path, worker_index: int) -> None:
     global _shared_dir, _rotation
     _shared_dir = directory
     _rotation = worker_index
+
+
+def recorded_by(directory: Path, example_name: str) -> int | None:
+    """The index of the test process that made the example's golden runs (None: not shared)."""
+    owner = directory / f"{example_name}.owner"
+    return int(owner.read_text()) if owner.is_file() else None
 
 
 def stop_all() -> None:
@@ -227,6 +235,7 @@ def _load_or_record(example: catalog.Example) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps([g.to_json() for g in _goldens[example.name].values()]))
     partial.replace(path)  # readers see the whole file or none
+    (_shared_dir / f"{example.name}.owner").write_text(str(_rotation))
 
 
 def _from_json(data: dict[str, Any], example: catalog.Example) -> Golden | GoldenFailure:
