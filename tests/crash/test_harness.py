@@ -179,4 +179,7 @@ def test_the_worker_that_takes_over_is_forked_from_the_zygote(
     assert result.passed, result.problems
     killed, took_over = result.worker_pids
     assert not Path(f"/proc/{killed}").exists()
-    assert _parent_of(took_over) == harness._zygotes["worker"].process.pid != os.getpid()
+    parent = _parent_of(took_over)
+    assert parent != os.getpid()
+    command = Path(f"/proc/{parent}/cmdline").read_text().split("\0")
+    assert command[1:4] == ["-m", "cookbook.crash.zygote", harness.example.worker]
