@@ -10,7 +10,7 @@ import pytest
 from cookbook import catalog
 from cookbook.crash import pins
 from cookbook.crash.harness import Golden, Outcome
-from cookbook.crash.plan import Checkpoint, crash_points
+from cookbook.crash.plan import Checkpoint
 from cookbook.testing import matrix
 
 HELLO = catalog.example("hello")
@@ -123,7 +123,6 @@ def fresh_matrix(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     fake = FakeHarness({("hello", "greet")}, made)
     monkeypatch.setattr(matrix, "_goldens", {})
     monkeypatch.setattr(matrix, "_shared_dir", None)
-    monkeypatch.setattr(matrix, "_rotation", 0)
     monkeypatch.setattr(matrix, "_harness", fake.for_example)
     return made
 
@@ -134,48 +133,71 @@ def ids(params: list[Any]) -> list[str]:
 
 def test_a_failed_golden_run_fails_only_its_own_example(fresh_matrix: list[str]) -> None:
     params = matrix.crash_matrix(["hello", "wlrf"])
+    hello = [p for p in params if p.id.startswith("hello[")]
 
-    assert ids(params)[0] == "hello[greet/golden-run]"
-    assert ids(params)[1:] == [
-        f"wlrf[{point.id}]"
-        for scenario in ("opened", "refused")
-        for point in crash_points(scenario, [SEND, LOG])
-    ]
-    with pytest.raises(AssertionError) as failed:
-        params[0].values[0].run()
-    assert str(failed.value) == (
-        "hello: the golden run of scenario 'greet' failed, so its crash points are unknown: "
-        "AssertionError: golden run of greet: expected resolved, got rejected: boom"
-    )
+    assert hello
+    for param in hello:
+        with pytest.raises(AssertionError) as failed:
+            param.values[0].run()
+        assert str(failed.value) == (
+            "hello: the golden run of scenario 'greet' failed, so its crash points are unknown: "
+            "AssertionError: golden run of greet: expected resolved, got rejected: boom"
+        )
     with pytest.raises(AssertionError, match="scenario 'greet' failed"):
         matrix.golden_run("hello", "greet")
+    assert matrix.golden_run("wlrf", "opened").points  # wlrf's own golden runs are made
+
+
+def test_a_pinned_point_the_golden_run_does_not_find_fails_saying_so(
+    fresh_matrix: list[str],
+) -> None:
+    # The fake golden runs find SEND and LOG only: wlrf's pinned points are not among them.
+    case = matrix.crash_matrix(["wlrf"])[0].values[0]  # type: ignore[attr-defined]
+
+    with pytest.raises(AssertionError, match=r"is pinned, but the golden run of 'opened' has no"):
+        case.run()
 
 
 def test_a_failed_golden_run_is_shared_with_the_other_test_processes(
     fresh_matrix: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    matrix.share_goldens_through(tmp_path, worker_index=0)
-    first = ids(matrix.crash_matrix(["hello", "wlrf"]))
+    matrix.share_goldens_through(tmp_path)
+    for example in ("hello", "wlrf"):
+        matrix.goldens_of(catalog.example(example))
     monkeypatch.setattr(matrix, "_goldens", {})  # the second process
-    matrix.share_goldens_through(tmp_path, worker_index=1)
-    second = ids(matrix.crash_matrix(["hello", "wlrf"]))
-    assert second == first
+    for example in ("hello", "wlrf"):
+        matrix.goldens_of(catalog.example(example))
     assert fresh_matrix == ["hello/greet", "wlrf/opened", "wlrf/refused"]  # each made once
+    with pytest.raises(AssertionError, match="scenario 'greet' failed"):
+        matrix.golden_run("hello", "greet")
 
 
 def test_an_example_with_a_bad_table_fails_only_its_own_test(
     fresh_matrix: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder_in(tmp_path, "shop")
+    pins.write(catalog.load_example(folder_in(tmp_path, "shop")), {"paid": ["paid:a/before"]})
     folder_in(tmp_path, "till", toml_extra='expcet = "rejected"')
     monkeypatch.setattr(catalog, "repo_root", lambda start=None: tmp_path)
 
     params = matrix.crash_matrix()
 
-    assert ids(params)[0] == "till[pyproject.toml]"
-    assert all(i.startswith("shop[") for i in ids(params)[1:])
+    assert ids(params) == ["shop[paid:a/before]", "till[pyproject.toml]"]
     with pytest.raises(AssertionError, match=r"\[tool.cookbook\].expcet: unknown key"):
+        params[1].values[0].run()
+
+
+def test_an_example_without_a_pin_file_is_one_failing_test(
+    fresh_matrix: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder_in(tmp_path, "shop")
+    monkeypatch.setattr(catalog, "repo_root", lambda start=None: tmp_path)
+
+    params = matrix.crash_matrix()
+
+    assert ids(params) == ["shop[pins]"]
+    with pytest.raises(AssertionError, match=r"shop: its pin file cannot be read .*make pin"):
         params[0].values[0].run()
+    assert fresh_matrix == []
 
 
 def test_the_pin_test_compares_the_session_golden_runs(fresh_matrix: list[str]) -> None:

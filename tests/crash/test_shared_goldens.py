@@ -1,21 +1,17 @@
-"""Parallel test processes make each golden run once and collect the same crash points."""
+"""Collecting the crash matrix starts nothing; parallel test processes make each golden run once."""
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from cookbook import catalog
+from cookbook.crash import pins
 from cookbook.crash.harness import Golden, Outcome
 from cookbook.crash.plan import Checkpoint, crash_points
 from cookbook.testing import matrix
-from cookbook.testing.fixtures import (
-    SharedSetUps,
-    crash_matrix_group,
-    golden_runs_made_by,
-    own_first,
-)
+from cookbook.testing.fixtures import SharedSetUps, crash_matrix_group
 
 HELLO = catalog.example("hello")
 SMS = Checkpoint(":1", "step", "sms.send", suspended_on=False)
@@ -36,27 +32,35 @@ def fresh_matrix(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     # Restored afterwards, whatever share_goldens_through sets in between.
     monkeypatch.setattr(matrix, "_goldens", {})
     monkeypatch.setattr(matrix, "_shared_dir", None)
-    monkeypatch.setattr(matrix, "_rotation", 0)
     monkeypatch.setattr(matrix, "_record", record)
     return recorded
+
+
+def test_the_crash_points_are_collected_from_the_pins_without_a_golden_run(
+    fresh_matrix: list[str],
+) -> None:
+    params = matrix.crash_matrix(["hello"])
+
+    assert fresh_matrix == [], "collecting made a golden run"
+    pinned = pins.read(HELLO)
+    assert [p.id for p in params] == [  # type: ignore[attr-defined]
+        f"hello[{point_id}]" for point_ids in pinned.values() for point_id in point_ids
+    ]
 
 
 def test_a_second_process_loads_the_golden_run_the_first_one_made(
     fresh_matrix: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    matrix.share_goldens_through(tmp_path, worker_index=0)
-    first = matrix.crash_matrix(["hello"])
+    scenario = HELLO.scenarios[0].name
+    matrix.share_goldens_through(tmp_path)
+    first = matrix.golden_run("hello", scenario)
     assert fresh_matrix == ["hello"]
 
     monkeypatch.setattr(matrix, "_goldens", {})  # the second process
-    matrix.share_goldens_through(tmp_path, worker_index=1)
-    second = matrix.crash_matrix(["hello"])
+    second = matrix.golden_run("hello", scenario)
     assert fresh_matrix == ["hello"], "the second process ran the golden run again"
-    assert matrix.recorded_by(tmp_path, "hello") == 0
-    assert [p.id for p in second] == [p.id for p in first]  # type: ignore[attr-defined]
-    assert [p.id for p in first] == [  # type: ignore[attr-defined]
-        f"hello[{point.id}]" for point in crash_points("greet", [SMS])
-    ]
+    assert [p.id for p in second.points] == [p.id for p in first.points]
+    assert [p.id for p in first.points] == [p.id for p in crash_points(scenario, [SMS])]
 
 
 def test_without_xdist_the_golden_runs_stay_in_the_process(
@@ -115,25 +119,3 @@ def test_an_example_stack_module_of_the_cookbook_is_one_group() -> None:
     assert groups("tests/test_demos.py::test_the_demo_runs_as_its_readme_says[saga]") == (
         "tests/test_demos.py::test_the_demo_runs_as_its_readme_says[saga]"
     )
-
-
-def test_a_process_is_given_the_crash_points_whose_golden_runs_it_made_first(
-    tmp_path: Path,
-) -> None:
-    (tmp_path / "saga.owner").write_text("1")
-    (tmp_path / "hello.owner").write_text("0")
-    (tmp_path / "wlrf.owner").write_text("1")
-    queue = OrderedDict.fromkeys(
-        ["crash-matrix:hello", "crash-matrix:saga", "tests/test_demos.py::x", "crash-matrix:wlrf"]
-    )
-    made_by = golden_runs_made_by(queue, tmp_path)
-    assert made_by == {"crash-matrix:hello": 0, "crash-matrix:saga": 1, "crash-matrix:wlrf": 1}
-
-    own_first(queue, made_by, 1)
-    assert next(iter(queue)) == "crash-matrix:saga"
-    queue.pop("crash-matrix:saga")
-    own_first(queue, made_by, 1)
-    assert next(iter(queue)) == "crash-matrix:wlrf"
-    queue.pop("crash-matrix:wlrf")
-    own_first(queue, made_by, 1)  # nothing of its own left: the queue's order stands
-    assert list(queue) == ["crash-matrix:hello", "tests/test_demos.py::x"]

@@ -3,7 +3,9 @@
 Crash points come from golden runs, so a regression that drops a step would shrink the matrix and
 still pass. The pin file is what the golden runs found when someone last looked on purpose; the
 crash-matrix tests (and `cookbook crash`) fail on any difference, with a diff. After a deliberate
-change, `make pin` (`cookbook pin [EXAMPLE ...]`) rewrites the files from fresh golden runs.
+change, `make pin` (`cookbook pin [EXAMPLE ...]`) rewrites the files from fresh golden runs. The
+crash-matrix tests are collected from these files (cookbook.testing.matrix), so that collecting
+them starts no process.
 
 The format is one crash-point id per line, grouped by scenario under `[scenario]` headers:
 
@@ -60,6 +62,11 @@ def parse(text: str) -> dict[str, list[str]]:
         else:
             current.append(line)
     return points
+
+
+def read(example: Example) -> dict[str, list[str]]:
+    """The example's pinned crash points, by scenario (OSError: no file; ValueError: a bad one)."""
+    return parse(pin_path(example).read_text())
 
 
 def write(example: Example, points: Mapping[str, Sequence[str]]) -> Path:

@@ -16,8 +16,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,27 +280,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_COPY_OUT_VENVS] = Path(tempfile.mkdtemp(prefix="cookbook-copy-out-"))
         os.environ[copyout.SHARED_VENVS] = str(config.stash[_COPY_OUT_VENVS])
     if workerinput is not None and "cookbook_golden_dir" in workerinput:
-        matrix.share_goldens_through(
-            Path(workerinput["cookbook_golden_dir"]),
-            int(workerinput["workerid"].removeprefix("gw")),
-        )
+        matrix.share_goldens_through(Path(workerinput["cookbook_golden_dir"]))
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadgroup` that runs the tests sharing a costly set-up in one test process.
 
-    - All of an example's crash points go to one process, which starts that example's stack
-      once. pytest-xdist's own loadgroup marks a group by appending `@<group>` to a test's node
-      id, which pytest 9 no longer carries to the controller: the points were spread over every
-      process, and each of them started the stack.
+    - All of an example's crash points, and its pin test, go to one process, which makes the
+      example's golden runs and starts its stack once. pytest-xdist's own loadgroup marks a
+      group by appending `@<group>` to a test's node id, which pytest 9 no longer carries to the
+      controller: the points were spread over every process, and each of them started the stack.
     - The tests of a module with a module-scoped fixture (an example's stack: a dev server, a
       sandbox, workers and gateways) go to one process too. Spread, each process set the stack
       up again: three or four times per module, 2-5 s each.
     - Every other test is a group of its own, so the independent ones (a demo, a copy-out, a
       chaos run) spread over every process.
-    - A process is given the crash points of an example whose golden runs it made first, when
-      any are left: it started that example's stack for them, and still has it running.
     """
     if config.getoption("dist") != "loadgroup":
         return None
@@ -309,39 +303,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     scheduler = LoadScopeScheduling(config, log)
     shared = SharedSetUps(config.rootpath)
-    # xdist ships no types to subclass its schedulers under mypy: its two methods are replaced.
+    # Its one extension point is this method; xdist ships no types to subclass it under mypy.
     scheduler._split_scope = lambda nodeid: crash_matrix_group(nodeid) or shared.group(nodeid)
-    assign = scheduler._assign_work_unit
-    made_by: dict[str, int] = {}  # crash-matrix group -> the process that made its golden runs
-
-    def assign_own_goldens_first(node: Any) -> None:
-        # Work is assigned once every process has collected: every golden run is made by then.
-        golden_dir = config.stash.get(_GOLDEN_DIR, None)
-        if golden_dir is not None and not made_by:
-            made_by.update(golden_runs_made_by(scheduler.workqueue, golden_dir))
-        own_first(scheduler.workqueue, made_by, int(node.gateway.id.removeprefix("gw")))
-        assign(node)
-
-    scheduler._assign_work_unit = assign_own_goldens_first
     return scheduler
-
-
-def own_first(queue: OrderedDict[str, Any], made_by: Mapping[str, int], index: int) -> None:
-    """Move the first group in the queue whose golden runs process `index` made to the front."""
-    own = next((group for group in queue if made_by.get(group) == index), None)
-    if own is not None:
-        queue.move_to_end(own, last=False)
-
-
-def golden_runs_made_by(groups: Iterable[str], golden_dir: Path) -> dict[str, int]:
-    """For each crash-matrix group, the index of the test process that made its golden runs."""
-    made_by = {}
-    for group in groups:
-        if group.startswith(CRASH_MATRIX):
-            index = matrix.recorded_by(golden_dir, group.removeprefix(CRASH_MATRIX))
-            if index is not None:
-                made_by[group] = index
-    return made_by
 
 
 CRASH_MATRIX = "crash-matrix:"

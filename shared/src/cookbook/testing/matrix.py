@@ -1,17 +1,19 @@
 """The crash matrix as pytest parameters: one test per crash point (`hello[greet:sms.send/before]`).
 
-Crash points come from golden runs, so they are found while pytest collects. Under pytest-xdist
-every test process collects, and all of them must collect the same tests: the golden runs are
-therefore made once per session, each example's by whichever process gets to it first, and shared
-through a directory the controller hands out (see `share_goldens_through`). Each process starts an
-example's stack (dev server + sandbox + ...) when it first needs it and stops it at the end. The
-process that made an example's golden runs has its stack running already: the scheduler gives it
-that example's crash points when it can (`recorded_by`, cookbook.testing.fixtures).
+The crash points are collected from each example's pin file (tests/crash/points/<example>.txt,
+cookbook.crash.pins): collecting starts no process, and `-k hello` makes hello's golden runs
+only. An example's golden runs are made when the first of its crash points (or its pin test)
+runs, and each point runs against them. The pin test fails when the golden runs find other
+crash points than the pinned ones; a pinned point they do not have fails, saying so.
 
-A scenario whose golden run fails (or an example whose `[tool.cookbook]` is wrong) becomes one
-failing test of that example, saying which scenario and why; every other example's crash points are
-collected as usual. Each example's crash points are also compared with its pinned list (see
-cookbook.crash.pins): `pin_cases` gives one test per example for that.
+Under pytest-xdist, an example's crash points and its pin test run in one test process (the
+scheduler groups them: cookbook.testing.fixtures), which starts that example's stack (dev server
++ sandbox + ...) once and stops it at the end. Another test that needs a golden run (a README's
+promise tree, tests/test_examples.py) may run in another process: golden runs are shared through
+a directory the controller hands out (`share_goldens_through`), so each is made once a session.
+
+A scenario whose golden run fails fails each of its crash points, saying which scenario and why;
+an example whose `[tool.cookbook]` or pin file cannot be read is one failing test of its own.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import pytest
 from cookbook import catalog
 from cookbook.crash import pins
 from cookbook.crash.harness import CrashHarness, CrashResult, Golden, harness_stack
-from cookbook.crash.plan import CrashPoint
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,29 @@ class GoldenFailure:
 
 @dataclass(frozen=True)
 class MatrixCase:
+    """A pinned crash point: run against the session's golden run of its scenario."""
+
     example: catalog.Example
-    golden: Golden | GoldenFailure
-    point: CrashPoint | None  # None when the golden run failed
+    scenario: str
+    point_id: str
 
     def run(self) -> CrashResult:
-        if isinstance(self.golden, GoldenFailure) or self.point is None:
-            raise AssertionError(_failed(self.example.name, self.golden))
-        return _harness(self.example).run(self.golden, self.point)
+        golden = goldens_of(self.example).get(self.scenario)
+        fix = f"if the change is deliberate, run `make pin EXAMPLE={self.example.name}`"
+        if golden is None:
+            raise AssertionError(
+                f"{self.example.name}: scenario {self.scenario!r} is pinned, but the example "
+                f"has no such scenario; {fix}"
+            )
+        if isinstance(golden, GoldenFailure):
+            raise AssertionError(_failed(self.example.name, golden))
+        point = next((p for p in golden.points if p.id == self.point_id), None)
+        if point is None:
+            raise AssertionError(
+                f"{self.example.name}: crash point {self.point_id!r} is pinned, but the golden "
+                f"run of {self.scenario!r} has no such point (its pin test shows the diff); {fix}"
+            )
+        return _harness(self.example).run(golden, point)
 
 
 @dataclass(frozen=True)
@@ -80,24 +96,12 @@ _harnesses: dict[str, CrashHarness] = {}
 # check (tests/test_examples.py), whichever asks first.
 _goldens: dict[str, dict[str, Golden | GoldenFailure]] = {}
 _shared_dir: Path | None = None
-_rotation = 0
 
 
-def share_goldens_through(directory: Path, worker_index: int) -> None:
-    """Share golden runs with the session's other test processes through `directory`.
-
-    `worker_index` staggers where each process starts, so that they make different examples'
-    golden runs at the same time rather than queueing for the same one.
-    """
-    global _shared_dir, _rotation
+def share_goldens_through(directory: Path) -> None:
+    """Share golden runs with the session's other test processes through `directory`."""
+    global _shared_dir
     _shared_dir = directory
-    _rotation = worker_index
-
-
-def recorded_by(directory: Path, example_name: str) -> int | None:
-    """The index of the test process that made the example's golden runs (None: not shared)."""
-    owner = directory / f"{example_name}.owner"
-    return int(owner.read_text()) if owner.is_file() else None
 
 
 def stop_all() -> None:
@@ -126,30 +130,27 @@ def _declared(example_names: list[str] | None) -> list[catalog.Example | BrokenE
 
 
 def crash_matrix(example_names: list[str] | None = None) -> list[object]:
-    """pytest params for every crash point of the given examples (default: all of them)."""
-    declared = _declared(example_names)
-    examples = [e for e in declared if isinstance(e, catalog.Example) and e.scenarios]
-    _make_goldens(examples)
-    params: list[object] = [
-        pytest.param(broken, id=f"{broken.name}[pyproject.toml]")
-        for broken in declared
-        if isinstance(broken, BrokenExample)
-    ]
-    for example in examples:
-        group = pytest.mark.xdist_group(example.name)
-        for name, golden in goldens_of(example).items():
-            if isinstance(golden, GoldenFailure):
-                case = MatrixCase(example, golden, None)
-                params.append(pytest.param(case, id=f"{example.name}[{name}/golden-run]"))
-                continue
-            params += [
-                pytest.param(
-                    MatrixCase(example, golden, point),
-                    id=f"{example.name}[{point.id}]",
-                    marks=group,
-                )
-                for point in golden.points
-            ]
+    """pytest params for every pinned crash point of the given examples (default: all of them)."""
+    params: list[object] = []
+    for example in _declared(example_names):
+        if isinstance(example, BrokenExample):
+            params.append(pytest.param(example, id=f"{example.name}[pyproject.toml]"))
+            continue
+        if not example.scenarios:
+            continue
+        try:
+            pinned = pins.read(example)
+        except (OSError, ValueError) as exc:
+            reason = f"{example.name}: its pin file cannot be read ({exc}); run `make pin`"
+            params.append(
+                pytest.param(BrokenExample(example.name, reason), id=f"{example.name}[pins]")
+            )
+            continue
+        params += [
+            pytest.param(MatrixCase(example, scenario, point_id), id=f"{example.name}[{point_id}]")
+            for scenario, point_ids in pinned.items()
+            for point_id in point_ids
+        ]
     return params
 
 
@@ -187,23 +188,9 @@ def goldens_of(example: catalog.Example) -> dict[str, Golden | GoldenFailure]:
         if _shared_dir is None:
             _goldens[example.name] = _record(example)
         else:
-            with _locked(example, wait=True):
+            with _locked(example):
                 _load_or_record(example)
     return _goldens[example.name]
-
-
-def _make_goldens(examples: list[catalog.Example]) -> None:
-    """Make the golden runs nobody has made yet, then wait for those others are making."""
-    if _shared_dir is not None and examples:
-        start = _rotation % len(examples)
-        for example in examples[start:] + examples[:start]:
-            if example.name in _goldens:
-                continue
-            with _locked(example, wait=False) as mine:
-                if mine:
-                    _load_or_record(example)
-    for example in examples:
-        goldens_of(example)
 
 
 def _harness(example: catalog.Example) -> CrashHarness:
@@ -235,7 +222,6 @@ def _load_or_record(example: catalog.Example) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps([g.to_json() for g in _goldens[example.name].values()]))
     partial.replace(path)  # readers see the whole file or none
-    (_shared_dir / f"{example.name}.owner").write_text(str(_rotation))
 
 
 def _from_json(data: dict[str, Any], example: catalog.Example) -> Golden | GoldenFailure:
@@ -249,16 +235,12 @@ def _scenario_of(golden: Golden | GoldenFailure) -> str:
 
 
 @contextmanager
-def _locked(example: catalog.Example, *, wait: bool) -> Iterator[bool]:
-    """Hold the example's lock (yields True), or, if `wait` is false and it is taken, False."""
+def _locked(example: catalog.Example) -> Iterator[None]:
+    """Hold the example's lock: one process makes its golden runs while the others wait."""
     assert _shared_dir is not None
     with open(_shared_dir / f"{example.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
+            yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
