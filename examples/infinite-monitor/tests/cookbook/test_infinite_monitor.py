@@ -29,6 +29,8 @@ from resonate.types import Value
 
 SERVICES = ["checkout", "inventory", "payments"]
 INTERVAL = 300  # five minutes
+# A task target no worker listens on: a promise sent there stays pending, which holds skipped time.
+NOBODY = "poll://any@infinite-monitor-tests-nobody"
 TIMEOUT_S = 600
 
 
@@ -187,11 +189,17 @@ def test_alerts_once_and_one_successor_across_worker_kills_in_an_alert_and_the_h
     server.kill_at("settle", f"{monitor}:4", when="before", pid=first.pid)
     workers: list[ManagedProcess] = [first]
 
-    async def outages(_: Resonate) -> None:
+    async def outages(client: Resonate) -> None:
         assert await asyncio.to_thread(first.wait, 60) == -9
+        # The worker that takes over reaches the hand-over as soon as time skips past the sleep
+        # at :5: hold time (a task nobody serves is pending) until its tripwire is armed.
+        hold = f"{monitor}-hold"
+        in_an_hour = int(time.time() * 1000) + 3600 * 1000
+        await client.promises.create(hold, in_an_hour, Value(), {"resonate:target": NOBODY})
         second = await asyncio.to_thread(_worker, start_worker, server, sandbox.url)
         workers.append(second)
         server.kill_at("settle", f"{monitor}:9", when="before", pid=second.pid)
+        await client.promises.resolve(hold, Value())
         assert await asyncio.to_thread(second.wait, 60) == -9
         await asyncio.to_thread(_worker, start_worker, server, sandbox.url)
 
