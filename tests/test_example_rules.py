@@ -24,6 +24,7 @@ import ast
 import io
 import re
 import tokenize
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,15 +169,16 @@ class ImportTimeEnvironment(ast.NodeVisitor):
         self.findings: list[Finding] = []
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
-        self.generic_visit_decorators(node)
+        self._visit_signature(node)
 
     def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
-        self.generic_visit_decorators(node)
+        self._visit_signature(node)
 
     def visit_Lambda(self, node: ast.Lambda) -> None:
         return
 
-    def generic_visit_decorators(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+    def _visit_signature(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        """What runs when the `def` does: its decorators and its default values, not its body."""
         for expression in [*node.decorator_list, *node.args.defaults, *node.args.kw_defaults]:
             # `environ: Mapping[str, str] = os.environ` binds the live mapping: read per call.
             if expression is not None and ast.unparse(expression) not in ("os.environ", "environ"):
@@ -205,12 +207,15 @@ def environment_read_at_import(source: str) -> list[Finding]:
     return sorted(checker.findings, key=lambda f: f.line)
 
 
-def runtime_modules() -> list[Path]:
-    return [
-        path
-        for example in catalog.examples(ROOT)
+def breaches(
+    example: catalog.Example, check: Callable[[str], list[Finding]]
+) -> dict[Path, list[Finding]]:
+    """The example's runtime modules in which `check` finds something, with what it found."""
+    return {
+        path: findings
         for path in sorted((example.path / example.package).rglob("*.py"))
-    ]
+        if (findings := check(path.read_text()))
+    }
 
 
 def report(check: str, findings: dict[Path, list[Finding]]) -> str:
@@ -224,45 +229,25 @@ def report(check: str, findings: dict[Path, list[Finding]]) -> str:
 
 @pytest.mark.parametrize("example", catalog.examples(ROOT), ids=lambda e: e.name)
 def test_runtime_code_never_parses_sdk_generated_ids(example: catalog.Example) -> None:
-    found = {
-        path: findings
-        for path in sorted((example.path / example.package).rglob("*.py"))
-        if (findings := sdk_id_parsing(path.read_text()))
-    }
-    if found:
+    if found := breaches(example, sdk_id_parsing):
         pytest.fail(report(SEE_ALSO, found), pytrace=False)
 
 
 @pytest.mark.parametrize("example", catalog.examples(ROOT), ids=lambda e: e.name)
 def test_runtime_code_has_no_type_ignore(example: catalog.Example) -> None:
-    found = {
-        path: findings
-        for path in sorted((example.path / example.package).rglob("*.py"))
-        if (findings := type_ignores(path.read_text()))
-    }
-    if found:
+    if found := breaches(example, type_ignores):
         pytest.fail(report("code a user copies is typed", found), pytrace=False)
 
 
 @pytest.mark.parametrize("example", catalog.examples(ROOT), ids=lambda e: e.name)
 def test_every_registered_function_names_its_retry_policy(example: catalog.Example) -> None:
-    found = {
-        path: findings
-        for path in sorted((example.path / example.package).rglob("*.py"))
-        if (findings := registrations_without_a_retry_policy(path.read_text()))
-    }
-    if found:
+    if found := breaches(example, registrations_without_a_retry_policy):
         pytest.fail(report("a retry policy is chosen on purpose", found), pytrace=False)
 
 
 @pytest.mark.parametrize("example", catalog.examples(ROOT), ids=lambda e: e.name)
 def test_runtime_code_reads_its_environment_when_it_runs(example: catalog.Example) -> None:
-    found = {
-        path: findings
-        for path in sorted((example.path / example.package).rglob("*.py"))
-        if (findings := environment_read_at_import(path.read_text()))
-    }
-    if found:
+    if found := breaches(example, environment_read_at_import):
         pytest.fail(report("read configuration when it is used", found), pytrace=False)
 
 
