@@ -308,16 +308,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return scheduler
 
 
-CRASH_MATRIX = "crash-matrix:"
-
-
 def crash_matrix_group(nodeid: str) -> str | None:
     """The example a crash-matrix test belongs to: its ids read `<example>[<crash point>]`, and
     the pin test's `[<example>]`."""
     module, _, name = nodeid.partition("::")
     if not module.endswith("test_crash_matrix.py") or "[" not in name:
         return None
-    return CRASH_MATRIX + name.split("[", 1)[1].split("[", 1)[0].removesuffix("]")
+    return "crash-matrix:" + name.split("[", 1)[1].split("[", 1)[0].removesuffix("]")
 
 
 class SharedSetUps:
