@@ -348,6 +348,9 @@ class SharedSetUps:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    # Not left to atexit: a test process that takes long to exit is killed by pytest-xdist's
+    # controller, and the stacks it still held outlived the session.
+    matrix.stop_all()
     venvs = config.stash.get(_COPY_OUT_VENVS, None)
     if venvs is not None:
         os.environ.pop(copyout.SHARED_VENVS, None)

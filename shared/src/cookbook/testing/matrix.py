@@ -106,9 +106,13 @@ def share_goldens_through(directory: Path) -> None:
 
 def stop_all() -> None:
     while _harnesses:
-        harness = _harnesses.popitem()[1]
-        harness.close()
-        harness.stack.stop()
+        _stop(next(iter(_harnesses)))
+
+
+def _stop(example_name: str) -> None:
+    harness = _harnesses.pop(example_name)
+    harness.close()
+    harness.stack.stop()
 
 
 atexit.register(stop_all)
@@ -173,8 +177,15 @@ def pin_drift(example: catalog.Example) -> list[str]:
 
 
 def golden_run(example_name: str, scenario_name: str) -> Golden:
-    """The session's golden run of one scenario (made now if no test process has made it)."""
+    """The session's golden run of one scenario (made now if no test process has made it).
+
+    A stack started here only to make the golden runs is stopped once they are made: its
+    caller wants the runs, and an example's crash points may run in another test process.
+    """
+    started_here = example_name not in _harnesses
     goldens = goldens_of(catalog.example(example_name))
+    if started_here and example_name in _harnesses:
+        _stop(example_name)
     if scenario_name not in goldens:
         raise catalog.CatalogError(f"{example_name} has no scenario {scenario_name!r}")
     golden = goldens[scenario_name]
