@@ -62,7 +62,10 @@ unit: setup ## pytest: unit tests, example tests, crash matrices
 	@# The workspace's own sources, compiled once: the suite starts thousands of processes that
 	@# import them, and where PYTHONDONTWRITEBYTECODE is set each would compile them again.
 	@$(BIN)/python -m compileall -q -j 0 shared/src examples tests >/dev/null
-	@$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	@# An example's portable tests (examples/<x>/tests/*.py) run once, where they must pass: in
+	@# its copy outside the workspace (tests/test_copy_out.py). `pytest examples/<x>` runs them here.
+	@$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup \
+		--ignore-glob='examples/*/tests/test_*.py' $(PYTEST_ARGS)
 
 .PHONY: test-slow
 test-slow: setup ## opt-in slow tests (minutes)
