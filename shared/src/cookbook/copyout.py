@@ -137,7 +137,11 @@ def _install(copy: Path, root: Path, venv: Path) -> Path:
     _run([*uv(), "venv", "--quiet", "--python", sys.executable, str(venv)], "uv venv")
     python = venv / "bin" / "python"
     pins = constraints(root, venv.parent / "constraints.txt")
-    install = [*uv(), "pip", "install", "--quiet", "--python", str(python), "-c", str(pins)]
+    # Compiled once here, whoever calls (make exports UV_COMPILE_BYTECODE, a bare pytest does
+    # not): where PYTHONDONTWRITEBYTECODE is set, every process of the copy would otherwise
+    # compile its imports again (saga's demo: 6.9 CPU-seconds instead of 3.9).
+    install = [*uv(), "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python)]
+    install += ["-c", str(pins)]
     install.append(str(copy))
     if "[dependency-groups]" in (copy / "pyproject.toml").read_text():
         install += ["--group", f"{copy / 'pyproject.toml'}:dev"]
