@@ -58,6 +58,37 @@ def test_starts_listening_within_a_second(tmp_path: Path) -> None:
     assert cpu < 1.0, f"took {cpu:.2f} CPU seconds"
 
 
+def test_a_sigterm_stops_it_promptly_while_a_worker_is_connected(tmp_path: Path) -> None:
+    # A connected worker holds an SSE stream open; the server must not wait for it to end.
+    async def stop_with_a_client_connected() -> tuple[float, int | None]:
+        with devserver_process(tmp_path / "data") as process:
+            client = Resonate(url=url_of(process), group="devserver-tests-sigterm")
+            client.start()
+            try:
+                await asyncio.to_thread(_stream_open, url_of(process))
+                began = time.monotonic()
+                code = await asyncio.to_thread(process.stop)
+                return time.monotonic() - began, code
+            finally:
+                await client.stop()
+
+    seconds, code = asyncio.run(stop_with_a_client_connected())
+    assert code == 0, f"exited {code}: not a clean stop on SIGTERM"  # -9: the launcher's SIGKILL
+    assert seconds < 4, f"took {seconds:.1f}s to stop"
+
+
+def _stream_open(url: str) -> None:
+    """Until a connection to the server at `url` is established (the worker's SSE stream)."""
+    port = f"{int(url.rsplit(':', 1)[1]):04X}"
+    for _ in range(200):
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        # local address `0100007F:<port>`, state 01 (established): the server's end of it
+        if any(row.split()[1].endswith(f":{port}") and row.split()[3] == "01" for row in table):
+            return
+        time.sleep(0.05)
+    raise TimeoutError("no connection reached the dev server")
+
+
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [

@@ -39,6 +39,8 @@ log = logging.getLogger("cookbook.devserver")
 DEFAULT_SSE_ROTATE_SECONDS = 240.0
 # How far back to re-send work written to a stream that then broke (see Subscriber.sent).
 RESEND_WINDOW_SECONDS = 5.0
+# How long a stopping server lets the requests in flight finish (see `start`).
+SHUTDOWN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,13 @@ class DevServer:
                 web.delete("/_cookbook/tripwires", self._handle_disarm),
             ]
         )
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        # A worker's SSE stream never ends on its own, and aiohttp waits up to 60 s by default
+        # for open requests when stopping: with a worker connected, a SIGTERM (a Ctrl-C, a test
+        # tearing its stack down) hung until the launcher's SIGKILL. One second lets the short
+        # requests in flight finish; the streams are then cut, and workers reconnect elsewhere.
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_SECONDS
+        )
         await self._runner.setup()
         if sock is None:
             sock = bind(self.config.host, self.config.port)
