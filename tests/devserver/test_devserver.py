@@ -62,10 +62,11 @@ def test_a_sigterm_stops_it_promptly_while_a_worker_is_connected(tmp_path: Path)
     # A connected worker holds an SSE stream open; the server must not wait for it to end.
     async def stop_with_a_client_connected() -> tuple[float, int | None]:
         with devserver_process(tmp_path / "data") as process:
-            client = Resonate(url=url_of(process), group="devserver-tests-sigterm")
+            group = "devserver-tests-sigterm"
+            client = Resonate(url=url_of(process), group=group)
             client.start()
             try:
-                await asyncio.to_thread(_stream_open, url_of(process))
+                await asyncio.to_thread(_subscribed, url_of(process), group)
                 began = time.monotonic()
                 code = await asyncio.to_thread(process.stop)
                 return time.monotonic() - began, code
@@ -77,16 +78,14 @@ def test_a_sigterm_stops_it_promptly_while_a_worker_is_connected(tmp_path: Path)
     assert seconds < 4, f"took {seconds:.1f}s to stop"
 
 
-def _stream_open(url: str) -> None:
-    """Until a connection to the server at `url` is established (the worker's SSE stream)."""
-    port = f"{int(url.rsplit(':', 1)[1]):04X}"
+def _subscribed(url: str, group: str) -> None:
+    """Until the server lists a live event stream (SSE) of `group` (`/_cookbook/health`)."""
     for _ in range(200):
-        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
-        # local address `0100007F:<port>`, state 01 (established): the server's end of it
-        if any(row.split()[1].endswith(f":{port}") and row.split()[3] == "01" for row in table):
+        subscribers = httpx.get(f"{url}/_cookbook/health").json()["subscribers"]
+        if group in {s["group"] for s in subscribers}:
             return
         time.sleep(0.05)
-    raise TimeoutError("no connection reached the dev server")
+    raise TimeoutError(f"no stream of {group} reached the dev server")
 
 
 @pytest.mark.parametrize(
