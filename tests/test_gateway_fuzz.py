@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from cookbook import catalog
+from cookbook import catalog, clients
 from cookbook.testing.gateways import gateway_examples, running_gateway
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -127,7 +127,7 @@ def app_routes(module: str) -> list[Route]:
 def started(example: catalog.Example, workdir: Path) -> Iterator[Gateway]:
     assert example.gateway is not None
     with running_gateway(example, workdir) as url:
-        response = httpx.get(f"{url}/openapi.json", timeout=10)
+        response = clients.get(f"{url}/openapi.json", timeout=10)
         try:
             document = response.json() if response.status_code == 200 else None
         except ValueError:
@@ -240,7 +240,7 @@ def hostile_body_failures(gateway: Gateway) -> list[str]:
     problems: dict[str, list[str]] = {}  # what went wrong -> the requests it went wrong for
     sent = 0
     unknown = "fuzz-unknown-id"  # every run starts on a fresh server: no such execution
-    with httpx.Client(base_url=gateway.url, timeout=20) as client:
+    with clients.client(base_url=gateway.url, timeout=20) as client:
         for route in gateway.routes:
             cases = [(f"an unknown id ({unknown})", None, None)] if "{" in route.path else []
             if route.has_body:
@@ -270,7 +270,7 @@ def random_request_failures(gateway: Gateway) -> list[str]:
     document for schemathesis to read: never a 5xx."""
     began = time.monotonic()
     problems: dict[tuple[str, int], str] = {}  # the first request of each route and answer
-    with httpx.Client(base_url=gateway.url, timeout=20) as client:
+    with clients.client(base_url=gateway.url, timeout=20) as client:
 
         @settings(
             max_examples=RANDOM_REQUESTS,

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import msgspec
+from cookbook import clients
 from resonate.context import Context
 from resonate.effects import ResonateEffects
 from resonate.resonate import Resonate
@@ -122,7 +123,7 @@ def _forget_completed_steps() -> None:
 async def main() -> None:
     global _client
     _forget_completed_steps()
-    async with httpx.AsyncClient(base_url=os.environ["PROVIDER_API_URL"], timeout=10) as client:
+    async with clients.async_client(base_url=os.environ["PROVIDER_API_URL"], timeout=10) as client:
         _client = client
         resonate = Resonate(
             url=os.environ["RESONATE_URL"],

@@ -17,7 +17,7 @@ from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
+from cookbook import clients
 from resonate.context import Context
 from resonate.resonate import Resonate
 
@@ -26,7 +26,7 @@ ROWS_DB = Path("bookings.db")
 
 async def reserve_flight(ctx: Context, keyed: bool) -> str:
     headers = {"Idempotency-Key": ctx.info.id} if keyed else {}
-    async with httpx.AsyncClient(base_url=os.environ["PROVIDER_API_URL"]) as provider:
+    async with clients.async_client(base_url=os.environ["PROVIDER_API_URL"]) as provider:
         response = await provider.post(
             "/flight/reserve", json={"origin": "LHR", "destination": "LIS"}, headers=headers
         )

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from cookbook import catalog
+from cookbook import catalog, clients
 
 ROOT = catalog.repo_root(Path(__file__))
 
@@ -161,7 +161,6 @@ def test_skip_time_must_be_a_boolean(tmp_path: Path) -> None:
 def test_auth_makes_the_harness_stack_require_a_token(tmp_path: Path) -> None:
     """With `auth = true` the harness's dev server refuses requests without the stack's token,
     also once restarted (a server-kill point), and the example's processes get that token."""
-    import httpx
     from cookbook.crash.harness import harness_stack
 
     plain = catalog.load_example(example_at(tmp_path, GOOD.replace('["sandbox"]', "[]")))
@@ -174,9 +173,9 @@ def test_auth_makes_the_harness_stack_require_a_token(tmp_path: Path) -> None:
     with harness_stack(catalog.load_example(example_at(tmp_path / "b", toml))) as stack:
         health = f"{stack.resonate_url}/_cookbook/health"
         for _ in ("started", "restarted"):
-            assert httpx.get(health).status_code == 401
-            assert httpx.get(health, headers={"Authorization": "Bearer wrong"}).status_code == 401
-            assert httpx.get(health, headers=stack.resonate_headers).status_code == 200
+            assert clients.get(health).status_code == 401
+            assert clients.get(health, headers={"Authorization": "Bearer wrong"}).status_code == 401
+            assert clients.get(health, headers=stack.resonate_headers).status_code == 200
             stack.restart_devserver()
         assert stack.token is not None
         assert stack.env()["RESONATE_TOKEN"] == stack.token

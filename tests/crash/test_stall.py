@@ -3,8 +3,8 @@ worker, then the stopped worker continued: its late writes are refused, its late
 
 from __future__ import annotations
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.crash.harness import CrashHarness, accepted_late_writes
 from cookbook.devserver.tripwires import TripwireError, Tripwires
 
@@ -13,7 +13,7 @@ from tests.crash.conftest import BOOK, WITHOUT_KEY, run_at
 
 def stalled_execution(harness: CrashHarness) -> tuple[str, list[dict[str, object]]]:
     """The last execution the dev server stalled a worker in, and its journal."""
-    journal = httpx.get(harness.stack.resonate_url + "/_cookbook/journal").json()["entries"]
+    journal = clients.get(harness.stack.resonate_url + "/_cookbook/journal").json()["entries"]
     (execution_id, *_) = [
         e["promise_id"] for e in reversed(journal) if e["corr_id"] == "devserver-stall"
     ]

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.devserver.__main__ import parse_args
 from cookbook.devserver.app import DevServer, DevServerConfig
 from cookbook.devserver.auth import TOKENS_ENV
@@ -67,23 +68,23 @@ def test_without_a_valid_token_every_endpoint_answers_401_and_nothing_changes(
     promise_id = f"auth-{secrets.token_hex(3)}"
 
     _assert_401(
-        httpx.post(f"{server.url}/", content=_create(promise_id), headers=headers),
+        clients.post(f"{server.url}/", content=_create(promise_id), headers=headers),
         "promise.create",
         "c-auth",
     )
-    _assert_401(httpx.get(f"{server.url}/poll/intruders/pid-1", headers=headers))
-    _assert_401(httpx.get(f"{server.url}/_cookbook/state", headers=headers))
-    _assert_401(httpx.get(f"{server.url}/_cookbook/health", headers=headers))
+    _assert_401(clients.get(f"{server.url}/poll/intruders/pid-1", headers=headers))
+    _assert_401(clients.get(f"{server.url}/_cookbook/state", headers=headers))
+    _assert_401(clients.get(f"{server.url}/_cookbook/health", headers=headers))
     wire = {"operation": "create", "promise_id": promise_id, "victim": "server"}
-    _assert_401(httpx.post(f"{server.url}/_cookbook/tripwires", json=wire, headers=headers))
+    _assert_401(clients.post(f"{server.url}/_cookbook/tripwires", json=wire, headers=headers))
 
     assert server.state() == before
     authorized = _bearer(OTHER_TOKEN)  # any of the configured tokens is accepted
-    answer = httpx.post(f"{server.url}/", content=_get(promise_id), headers=authorized).json()
+    answer = clients.post(f"{server.url}/", content=_get(promise_id), headers=authorized).json()
     assert answer["head"]["status"] == 404, "the refused create must not have happened"
-    health = httpx.get(f"{server.url}/_cookbook/health", headers=authorized).json()
+    health = clients.get(f"{server.url}/_cookbook/health", headers=authorized).json()
     assert health["subscribers"] == [], "the refused stream must not have subscribed"
-    tripwires = httpx.get(f"{server.url}/_cookbook/tripwires", headers=authorized).json()
+    tripwires = clients.get(f"{server.url}/_cookbook/tripwires", headers=authorized).json()
     assert tripwires["armed"] == []
 
     server.process.stop()
@@ -148,10 +149,10 @@ def test_without_tokens_the_server_stays_open(start_devserver: DevServerFactory)
     server = start_devserver()
     promise_id = f"open-{secrets.token_hex(3)}"
     for headers in ({}, _bearer("anything")):
-        answer = httpx.post(f"{server.url}/", content=_get(promise_id), headers=headers)
+        answer = clients.post(f"{server.url}/", content=_get(promise_id), headers=headers)
         assert answer.status_code == 200
         assert answer.json()["head"]["status"] == 404
-        assert httpx.get(f"{server.url}/_cookbook/health", headers=headers).status_code == 200
+        assert clients.get(f"{server.url}/_cookbook/health", headers=headers).status_code == 200
 
 
 def test_tokens_come_from_flags_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,7 +201,7 @@ def test_a_nested_token_is_never_logged_however_its_key_is_spelled(
         server = DevServer(DevServerConfig(data_dir=tmp_path / "data"))
         url = await server.start()
         try:
-            async with httpx.AsyncClient(base_url=url) as client:
+            async with clients.async_client(base_url=url) as client:
                 answer = (await client.post("/", content=body)).json()
             assert answer["head"]["status"] == 201, answer
         finally:

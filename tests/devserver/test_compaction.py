@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from cookbook import clients
 from cookbook.devserver.state import (
     ARCHIVE_NAME,
     COMPACTION_STAGES,
@@ -276,7 +277,7 @@ def test_a_server_sigkilled_during_a_compaction_comes_back_with_every_promise(
     server.start()
     settled: dict[str, Any] = {}
     try:
-        with httpx.Client(base_url=url_of(server), timeout=10) as client:
+        with clients.client(base_url=url_of(server), timeout=10) as client:
 
             def send(kind: str, data: dict[str, Any]) -> None:
                 reply = client.post("/", json=_envelope(kind, data)).json()
@@ -300,7 +301,7 @@ def test_a_server_sigkilled_during_a_compaction_comes_back_with_every_promise(
 
     restarted = devserver_process(data).start()
     try:
-        with httpx.Client(base_url=url_of(restarted), timeout=10) as client:
+        with clients.client(base_url=url_of(restarted), timeout=10) as client:
             for promise_id, value in settled.items():
                 got = client.post("/", json=_envelope("promise.get", {"id": promise_id})).json()
                 assert got["data"]["promise"]["state"] == "resolved", promise_id

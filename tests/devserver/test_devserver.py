@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.stack import devserver_process, url_of
 from cookbook.testing.fixtures import DevServerFactory, ProcessFactory, RunningDevServer
@@ -54,7 +55,7 @@ def test_starts_listening_within_a_second(tmp_path: Path) -> None:
     # machine's load as much as the server (1.8 s with eleven runnable processes on 2 cores).
     with devserver_process(tmp_path / "data") as process:
         cpu = _cpu_seconds(process.pid)
-        assert httpx.get(f"{url_of(process)}/_cookbook/health").json()["status"] == "ok"
+        assert clients.get(f"{url_of(process)}/_cookbook/health").json()["status"] == "ok"
     assert cpu < 1.0, f"took {cpu:.2f} CPU seconds"
 
 
@@ -81,7 +82,7 @@ def test_a_sigterm_stops_it_promptly_while_a_worker_is_connected(tmp_path: Path)
 def _subscribed(url: str, group: str) -> None:
     """Until the server lists a live event stream (SSE) of `group` (`/_cookbook/health`)."""
     for _ in range(200):
-        subscribers = httpx.get(f"{url}/_cookbook/health").json()["subscribers"]
+        subscribers = clients.get(f"{url}/_cookbook/health").json()["subscribers"]
         if group in {s["group"] for s in subscribers}:
             return
         time.sleep(0.05)
@@ -106,11 +107,11 @@ def _subscribed(url: str, group: str) -> None:
 def test_malformed_requests_get_an_error_envelope_not_a_crash(
     devserver: RunningDevServer, body: bytes, status: int, fragment: str
 ) -> None:
-    response = httpx.post(f"{devserver.url}/", content=body)
+    response = clients.post(f"{devserver.url}/", content=body)
     envelope = response.json()
     assert envelope["head"]["status"] == status
     assert fragment in envelope["data"].get("error", "")
-    assert httpx.get(f"{devserver.url}/_cookbook/health").json()["status"] == "ok"
+    assert clients.get(f"{devserver.url}/_cookbook/health").json()["status"] == "ok"
 
 
 def test_a_workflow_survives_the_dev_server_being_sigkilled_mid_run(
@@ -126,7 +127,7 @@ def test_a_workflow_survives_the_dev_server_being_sigkilled_mid_run(
         "when": "after",
         "victim": "server",
     }
-    assert httpx.post(f"{devserver.url}/_cookbook/tripwires", json=wire).status_code == 201
+    assert clients.post(f"{devserver.url}/_cookbook/tripwires", json=wire).status_code == 201
 
     async def run_through_the_kill() -> int:
         client = Resonate(url=devserver.url, group="devserver-tests-client")
@@ -221,7 +222,7 @@ def test_promise_search_and_inspection_show_an_execution(
 def test_tripwires_reject_bad_definitions_naming_the_field(
     devserver: RunningDevServer, spec: dict[str, Any], field: str
 ) -> None:
-    response = httpx.post(f"{devserver.url}/_cookbook/tripwires", json=spec)
+    response = clients.post(f"{devserver.url}/_cookbook/tripwires", json=spec)
     assert response.status_code == 422
     assert response.json()["error"].startswith(field)
 

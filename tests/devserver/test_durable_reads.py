@@ -11,8 +11,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.devserver.app import DevServer, DevServerConfig
 
 PROMISE_ID = "not-yet-on-disk"
@@ -39,7 +39,7 @@ async def _read_while_a_create_awaits_its_fsync(
             {"kind": "promise.create", "corrId": "c", "id": PROMISE_ID, "timeoutAt": 2**62}
         )
         method, path, body = read
-        async with httpx.AsyncClient(base_url=url) as client:
+        async with clients.async_client(base_url=url) as client:
             response = await client.request(method, path, json=body)
         return response.json(), created.log_seq, durable_up_to
     finally:

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiohttp import web
+from cookbook import clients
 from cookbook.devserver.app import DevServer, DevServerConfig
 
 CONCURRENT_REQUESTS = 40
@@ -68,7 +68,7 @@ async def _concurrent_creates(
     monkeypatch.setattr(web.Response, "prepare", checking_prepare)
     fsyncs_before = log_fsyncs
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with clients.async_client(base_url=url, timeout=30) as client:
 
             async def create(i: int) -> None:
                 envelope = {

@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
+from cookbook import clients
 from cookbook.testing.fixtures import DevServerFactory, ProcessFactory, RunningDevServer
 from resonate.resonate import Resonate
 
@@ -156,5 +156,5 @@ def test_without_the_flag_a_long_sleep_takes_its_time(
     devserver.wait_for("settle", f"{execution_id}:2")  # step 1 done: only the sleep is left
     time.sleep(0.5)  # no event to await: the point is that ticks pass and nothing fires
     assert _promise(devserver, f"{execution_id}:1")["state"] == "pending"
-    health = httpx.get(f"{devserver.url}/_cookbook/health").json()
+    health = clients.get(f"{devserver.url}/_cookbook/health").json()
     assert health["status"] == "ok"

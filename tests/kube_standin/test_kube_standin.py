@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.kube_standin import kube_standin_process
 from cookbook.processes import ManagedProcess
 from cookbook.stack import url_of
@@ -64,11 +64,11 @@ def pod(name: str, node: str | None = "node-a", **extra: Any) -> dict[str, Any]:
 
 def reset(url: str, **cluster: Any) -> None:
     seed = {"nodes": ["node-a", "node-b"], **cluster}
-    httpx.post(f"{url}/_admin/reset", json=seed).raise_for_status()
+    clients.post(f"{url}/_admin/reset", json=seed).raise_for_status()
 
 
 def records(url: str, **params: str) -> list[tuple[str, str, int, bool]]:
-    found = httpx.get(f"{url}/_admin/records", params=params).raise_for_status().json()
+    found = clients.get(f"{url}/_admin/records", params=params).raise_for_status().json()
     return [(r["verb"], r["name"], r["code"], r["applied"]) for r in found]
 
 
@@ -96,15 +96,15 @@ def test_says_it_is_a_stand_in(standin: ManagedProcess, url: str) -> None:
     assert "NOT Kubernetes" in standin.output[0]
     assert standin.output[1] == f"kube stand-in listening on {url}"
     for response in (
-        httpx.get(f"{url}/api/v1/nodes"),
-        httpx.get(f"{url}/api/v1/namespaces/default/secrets"),  # not served: a 404 Status
-        httpx.post(f"{url}/_admin/reset", json={"nodes": "not a list"}),
+        clients.get(f"{url}/api/v1/nodes"),
+        clients.get(f"{url}/api/v1/namespaces/default/secrets"),  # not served: a 404 Status
+        clients.post(f"{url}/_admin/reset", json={"nodes": "not a list"}),
     ):
         assert response.headers["X-Stand-In"] == "cookbook"
 
 
 def test_unserved_paths_answer_like_an_apiserver(url: str) -> None:
-    response = httpx.get(f"{url}/apis/apps/v1/deployments")
+    response = clients.get(f"{url}/apis/apps/v1/deployments")
 
     assert response.status_code == 404
     assert response.json()["kind"] == "Status"
@@ -115,7 +115,7 @@ def test_keeps_its_cluster_and_records_across_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "kube.db"
     with kube_standin_process(state) as first:
         reset(url_of(first), pods=[pod("web-1")])
-        httpx.patch(
+        clients.patch(
             f"{url_of(first)}/api/v1/nodes/node-a",
             json={"spec": {"unschedulable": True}},
             headers={"Content-Type": "application/merge-patch+json"},
@@ -165,7 +165,7 @@ def test_a_patch_cannot_touch_status_or_names(url: str, core: CoreV1Api) -> None
 def test_only_merge_patches_are_accepted(url: str) -> None:
     reset(url)
 
-    response = httpx.patch(
+    response = clients.patch(
         f"{url}/api/v1/nodes/node-a",
         content=json.dumps([{"op": "add", "path": "/spec/unschedulable", "value": True}]),
         headers={"Content-Type": "application/json-patch+json"},
@@ -350,7 +350,7 @@ def test_force_delete_ignores_budgets_and_applies_once(url: str, core: CoreV1Api
     assert deleted.metadata.deletion_grace_period_seconds == 0
     assert code == 404
     assert names(core) == []
-    found = httpx.get(f"{url}/_admin/records").json()
+    found = clients.get(f"{url}/_admin/records").json()
     assert [(r["code"], r["applied"], r["detail"]["grace_period_seconds"]) for r in found] == [
         (200, True, 0),
         (404, False, 0),
@@ -420,7 +420,7 @@ def test_a_bad_seed_is_422_and_keeps_the_cluster(
 ) -> None:
     reset(url, pods=[pod("web-1")])
 
-    response = httpx.post(f"{url}/_admin/reset", json=seed)
+    response = clients.post(f"{url}/_admin/reset", json=seed)
 
     assert response.status_code == 422
     assert names(core) == ["web-1"]

@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
-from cookbook import catalog
+from cookbook import catalog, clients
 from cookbook.sandbox import SandboxRecords
 from cookbook.sandbox.model import ChatRequest, Script, complete, load_script, parse_script
 from cookbook.stack import sandbox_process, stack_for, url_of
@@ -57,11 +56,11 @@ class Sandbox:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="any-key", max_retries=0, **options)
 
     def load(self, script: str) -> None:
-        response = httpx.put(f"{self.url}/_admin/model/script", content=script)
+        response = clients.put(f"{self.url}/_admin/model/script", content=script)
         assert response.status_code == 200, response.text
 
     def add_fault(self, **spec: Any) -> None:
-        response = httpx.post(f"{self.url}/_admin/faults", json=spec)
+        response = clients.post(f"{self.url}/_admin/faults", json=spec)
         assert response.status_code == 201, response.text
 
     def billed(self, key_prefix: str) -> list[dict[str, Any]]:
@@ -84,7 +83,7 @@ def model(sandbox: Sandbox) -> Iterator[Sandbox]:
     """The module's sandbox with the weather script loaded and no faults armed."""
     sandbox.load(WEATHER_SCRIPT)
     yield sandbox
-    httpx.delete(f"{sandbox.url}/_admin/faults")
+    clients.delete(f"{sandbox.url}/_admin/faults")
 
 
 def ask(
@@ -227,7 +226,7 @@ def test_a_bad_field_is_a_400_naming_it(model: Sandbox, messages: Any, param: st
 def test_a_body_that_is_no_json_object_is_a_400_and_recorded(model: Sandbox, raw: bytes) -> None:
     key = f"raw:{raw.decode()}:"
 
-    response = httpx.post(
+    response = clients.post(
         f"{model.url}/v1/chat/completions",
         content=raw,
         headers={"Authorization": "Bearer k", "Idempotency-Key": key},
@@ -375,7 +374,7 @@ def test_a_bad_script_is_refused_naming_the_field(model: Sandbox) -> None:
     model.load('[[rules]]\nreply = { content = "kept" }\n')
     bad = '[[rules]]\nwhen = { tool_ofered = "x" }\nreply = { content = "y" }\n'
 
-    response = httpx.put(f"{model.url}/_admin/model/script", content=bad)
+    response = clients.put(f"{model.url}/_admin/model/script", content=bad)
 
     assert response.status_code == 400
     assert "rules[0].when.tool_ofered" in response.json()["error"]["message"]
@@ -415,7 +414,7 @@ def test_a_kill_switch_fires_after_a_billed_completion(model: Sandbox) -> None:
     with subprocess.Popen(["sleep", "60"]) as victim:
         try:
             switch = {"provider": "model", "action": "complete", "pid": victim.pid}
-            response = httpx.post(f"{model.url}/_admin/kill-switches", json=switch)
+            response = clients.post(f"{model.url}/_admin/kill-switches", json=switch)
             assert response.status_code == 201
             ask(model.client(), "hi", key="kill-1")
             assert victim.wait(timeout=10) == -9

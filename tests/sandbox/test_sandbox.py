@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.sandbox import SandboxRecords, create_app
 from cookbook.stack import sandbox_process, url_of
 
@@ -474,7 +475,7 @@ def test_runs_as_a_process_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert match, f"unexpected first line {line!r}"
         assert int(match[2]) > 0
 
-        response = httpx.post(
+        response = clients.post(
             f"{match[1]}/sms/send", json={"to": "+1"}, headers={"Idempotency-Key": "p-1"}
         )
         assert response.status_code == 200
@@ -514,7 +515,7 @@ def test_a_caller_that_dies_mid_request_is_no_server_error(tmp_path: Path) -> No
                 b'Idempotency-Key: gone-1\r\nContent-Length: 500\r\n\r\n{"to": '
             )
         assert gone.wait(10), sandbox.tail()
-        assert httpx.get(f"{url}/health").status_code == 200
+        assert clients.get(f"{url}/health").status_code == 200
         assert "Traceback" not in sandbox.tail(400)
     assert SandboxRecords(tmp_path / "sandbox.db").requests() == []
 

@@ -37,7 +37,7 @@ from resonate.error import ServerError
 from resonate.resonate import Resonate
 from resonate.types import PromiseRecord
 
-from cookbook import catalog
+from cookbook import catalog, clients
 from cookbook.crash import receivers
 from cookbook.processes import ManagedProcess
 from cookbook.stack import Stack, gateway_process, stack_for, url_of, worker_process
@@ -405,7 +405,7 @@ async def _chaos(
             place = receivers.Place(stack.service_url, workdir, stack.sandbox is not None)
             active = receivers.active(receivers.declared_by(example.path, example.name), place)
             marks = await receivers.watermarks(active, place)
-            async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+            async with clients.async_client(base_url=base_url, timeout=30) as http:
                 entry = Entry(stack, http, workdir)
                 try:
                     await driver.prepare(entry, plans)

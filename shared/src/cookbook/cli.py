@@ -18,9 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import httpx
-
-from cookbook import bench, catalog, copyout, diagram, docs, scaffold
+from cookbook import bench, catalog, clients, copyout, diagram, docs, scaffold
 from cookbook.crash import pins
 from cookbook.crash.harness import CrashHarness, CrashResult, Golden, harness_stack
 from cookbook.processes import ManagedProcess, stopping
@@ -208,7 +206,7 @@ def _arm_crash(
         "nth": int(match["nth"] or 1),
         "pid": workers[0].pid,
     }
-    response = httpx.post(f"{stack.provider_url}/_admin/kill-switches", json=switch)
+    response = clients.post(f"{stack.provider_url}/_admin/kill-switches", json=switch)
     if response.status_code != 201:
         sys.exit(f"cookbook: cannot arm CRASH={spec}: {response.text}")
     victim = workers[0]

@@ -32,9 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import httpx
-
-from cookbook import catalog, docs
+from cookbook import catalog, clients, docs
 
 MERMAID_VERSION = "11.17.2"
 MERMAID_TARBALL = f"https://registry.npmjs.org/mermaid/-/mermaid-{MERMAID_VERSION}.tgz"
@@ -418,7 +416,7 @@ def mermaid_js(cache: Path) -> Path:
     cached = cache / f"mermaid-{MERMAID_VERSION}.min.js"
     if cached.is_file():
         return cached
-    response = httpx.get(MERMAID_TARBALL, timeout=120, follow_redirects=True)
+    response = clients.get(MERMAID_TARBALL, timeout=120, follow_redirects=True)
     response.raise_for_status()
     digest = base64.b64encode(hashlib.sha512(response.content).digest()).decode()
     if f"sha512-{digest}" != MERMAID_INTEGRITY:

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from approval.links import Link, LinkSigner
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
@@ -144,7 +145,7 @@ def stack(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> 
         env = environment(url_of(server), sandbox.url)
         with (
             gateway_process("approval.gateway", env) as gateway,
-            httpx.Client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client,
+            clients.client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client,
         ):
             running = Stack(client, RunningDevServer(server, data_dir, True), sandbox, env)
             running.workers.append(worker_process("approval.worker", env).start())
@@ -249,7 +250,9 @@ def test_twenty_concurrent_clicks_decide_once(stack: Stack) -> None:
     approve = stack.links(claim_id)["approve"]
 
     async def click_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=stack.gateway.base_url, timeout=TIMEOUT_S) as client:
+        async with clients.async_client(
+            base_url=stack.gateway.base_url, timeout=TIMEOUT_S
+        ) as client:
             return await asyncio.gather(*(client.post(approve) for _ in range(20)))
 
     titles = sorted(title_of(r.text) for r in asyncio.run(click_all()))
@@ -447,7 +450,9 @@ def test_twenty_concurrent_duplicate_posts_start_one_claim(stack: Stack) -> None
     claim_id = body["claim_id"]
 
     async def post_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=stack.gateway.base_url, timeout=TIMEOUT_S) as client:
+        async with clients.async_client(
+            base_url=stack.gateway.base_url, timeout=TIMEOUT_S
+        ) as client:
             return await asyncio.gather(*(client.post("/claims", json=body) for _ in range(20)))
 
     responses = asyncio.run(post_all())
@@ -597,7 +602,7 @@ def skipping(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) 
         with (
             gateway_process("approval.gateway", env) as gateway,
             worker_process("approval.worker", env),
-            httpx.Client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client,
+            clients.client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client,
         ):
             running = RunningDevServer(server, data_dir, True, skip_time=True)
             yield Stack(client, running, sandbox, env)

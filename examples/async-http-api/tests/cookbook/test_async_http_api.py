@@ -20,6 +20,7 @@ import httpx
 import pytest
 from async_http_api.gateway import job_id_for
 from async_http_api.workflow import DOWNLOADS
+from cookbook import clients
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
@@ -49,7 +50,7 @@ class Stack:
     def arm(self, job_id: str, **fault: Any) -> str:
         """Make the simulated APIs misbehave for this job's calls only; the fault's id."""
         spec = {"provider": "api", "action": "call", **fault, "key_prefix": f"{job_id}:"}
-        response = httpx.post(f"{self.sandbox.url}/_admin/faults", json=spec)
+        response = clients.post(f"{self.sandbox.url}/_admin/faults", json=spec)
         return str(response.raise_for_status().json()["id"])
 
     def calls(self, job_id: str) -> list[tuple[str, str, int]]:
@@ -78,8 +79,8 @@ def stack(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> 
             worker_process("async_http_api.worker", env, name="worker-2"),
             gateway_process("async_http_api.gateway", env) as first,
             gateway_process("async_http_api.gateway", env) as second,
-            httpx.Client(base_url=url_of(first), timeout=30) as a,
-            httpx.Client(base_url=url_of(second), timeout=30) as b,
+            clients.client(base_url=url_of(first), timeout=30) as a,
+            clients.client(base_url=url_of(second), timeout=30) as b,
         ):
             yield Stack((a, b), RunningDevServer(server, data_dir, True), sandbox, env)
 
@@ -259,7 +260,7 @@ def test_a_gateway_sigkilled_mid_job_loses_nothing_and_a_new_one_answers(stack: 
     job_id = job_id_for(key)
     stack.arm(job_id, mode="latency", latency_ms=2000)
     with gateway_process("async_http_api.gateway", stack.env) as doomed:
-        with httpx.Client(base_url=url_of(doomed), timeout=10) as client:
+        with clients.client(base_url=url_of(doomed), timeout=10) as client:
             assert begin(client, key=key) == job_id
             assert client.get(f"/jobs/{job_id}").json()["status"] == "pending"
         doomed.kill()
@@ -267,7 +268,7 @@ def test_a_gateway_sigkilled_mid_job_loses_nothing_and_a_new_one_answers(stack: 
 
     with (
         gateway_process("async_http_api.gateway", stack.env) as replacement,
-        httpx.Client(base_url=url_of(replacement), timeout=30) as client,
+        clients.client(base_url=url_of(replacement), timeout=30) as client,
     ):
         assert client.get(f"/jobs/{job_id}").json()["status"] == "pending"
         status = settled(client, job_id)
@@ -285,7 +286,7 @@ def test_twenty_concurrent_posts_with_one_key_start_one_job(stack: Stack) -> Non
 
     async def post_all() -> list[httpx.Response]:
         async def post(base_url: httpx.URL) -> httpx.Response:
-            async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            async with clients.async_client(base_url=base_url, timeout=30) as client:
                 return await client.post("/jobs", json=REQUEST, headers={"Idempotency-Key": key})
 
         urls = [stack.gateways[i % 2].base_url for i in range(20)]  # through both gateways

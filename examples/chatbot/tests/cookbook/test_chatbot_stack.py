@@ -23,6 +23,7 @@ import httpx
 import pytest
 from chatbot.crypto import AesGcmEncryptor, KeyRing
 from chatbot.workflow import turn_id
+from cookbook import clients
 from cookbook.sandbox.store import SandboxRecords
 from cookbook.stack import (
     devserver_process,
@@ -55,7 +56,7 @@ class ChatStack:
     def arm_fault(self, chat_id: str, turn: int, **fault: Any) -> None:
         """Make the model fail, for this turn's calls only."""
         spec = {"provider": "model", "action": "complete", **fault}
-        response = httpx.post(
+        response = clients.post(
             f"{self.sandbox.url}/_admin/faults",
             json={**spec, "key_prefix": f"{turn_id(chat_id, turn)}:"},
         )
@@ -73,7 +74,7 @@ class ChatStack:
 
     def stored(self, chat_id: str, turn: int) -> list[dict[str, Any]]:
         """A turn's promises (the execution and its step) as the server holds them: no key."""
-        response = httpx.get(f"{self.server.url}/_cookbook/state", headers=self.server.headers)
+        response = clients.get(f"{self.server.url}/_cookbook/state", headers=self.server.headers)
         promises: list[dict[str, Any]] = response.raise_for_status().json()["promises"]
         return [p for p in promises if p["id"].startswith(turn_id(chat_id, turn))]
 
@@ -106,7 +107,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatStack]:
         with (
             worker_process("chatbot.worker", env),
             gateway_process("chatbot.gateway", env) as gateway,
-            httpx.Client(base_url=url_of(gateway), timeout=30) as client,
+            clients.client(base_url=url_of(gateway), timeout=30) as client,
         ):
             yield ChatStack(
                 client,
@@ -197,7 +198,7 @@ def test_twenty_identical_sends_of_a_turn_are_one_execution_billed_once(stack: C
     executions_before = stack.server.executions()
 
     async def send_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=stack.gateway.base_url, timeout=30) as client:
+        async with clients.async_client(base_url=stack.gateway.base_url, timeout=30) as client:
             body = {"turn": 1, "message": GREETING}
             return await asyncio.gather(
                 *(client.post(f"/chats/{chat}/turns", json=body) for _ in range(20))

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
@@ -102,7 +103,7 @@ def did(effects: list[EffectRecord]) -> list[str]:
 
 def add_fault(stack: Stack, purchase_id: str, **fault: Any) -> None:
     body = {**fault, "key_prefix": f"{purchase_id}:"}
-    response = httpx.post(f"{stack.sandbox.url}/_admin/faults", json=body)
+    response = clients.post(f"{stack.sandbox.url}/_admin/faults", json=body)
     assert response.status_code == 201, response.text
 
 
@@ -115,7 +116,7 @@ def stack(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> 
         with (
             worker_process("checkout_window.worker", env),
             gateway_process("checkout_window.gateway", env) as gateway,
-            httpx.Client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client,
+            clients.client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client,
         ):
             yield Stack(client, RunningDevServer(server, data_dir, False), sandbox)
 
@@ -156,7 +157,9 @@ def test_twenty_concurrent_cancels_cancel_once(stack: Stack) -> None:
     stack.wait_for(purchase_id, "window-open")
 
     async def cancel_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=stack.gateway.base_url, timeout=TIMEOUT_S) as client:
+        async with clients.async_client(
+            base_url=stack.gateway.base_url, timeout=TIMEOUT_S
+        ) as client:
             url = f"/purchases/{purchase_id}/cancel"
             return await asyncio.gather(*(client.post(url) for _ in range(20)))
 
@@ -179,7 +182,9 @@ def test_twenty_concurrent_duplicate_posts_start_one_purchase(stack: Stack) -> N
     purchase_id = body["purchase_id"]
 
     async def post_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=stack.gateway.base_url, timeout=TIMEOUT_S) as client:
+        async with clients.async_client(
+            base_url=stack.gateway.base_url, timeout=TIMEOUT_S
+        ) as client:
             return await asyncio.gather(*(client.post("/purchases", json=body) for _ in range(20)))
 
     responses = asyncio.run(post_all())
@@ -362,7 +367,7 @@ def skipping(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) 
         env = {**os.environ, "RESONATE_URL": url_of(server), "PROVIDER_API_URL": sandbox.url}
         with (
             gateway_process("checkout_window.gateway", env) as gateway,
-            httpx.Client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client,
+            clients.client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client,
         ):
             running = RunningDevServer(server, data_dir, True, skip_time=True)
             yield Stack(client, running, sandbox)

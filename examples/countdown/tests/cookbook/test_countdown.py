@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.testing.fixtures import (
     DevServerFactory,
@@ -223,7 +223,7 @@ def test_a_push_whose_result_was_lost_is_answered_from_its_key_not_sent_twice(
 
 
 def _add_fault(sandbox: RunningSandbox, key_prefix: str, **spec: Any) -> None:
-    response = httpx.post(
+    response = clients.post(
         f"{sandbox.url}/_admin/faults", json={"provider": "push", "key_prefix": key_prefix, **spec}
     )
     response.raise_for_status()

@@ -19,8 +19,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.stack import worker_process
 from cookbook.testing.fixtures import (
@@ -97,7 +97,7 @@ def plaintext_found(blob: bytes, values: list[str]) -> list[str]:
 def what_the_server_holds(devserver: RunningDevServer, origins: list[str]) -> dict[str, bytes]:
     """Every file of the dev server's data directory, and its inspection endpoints' answers."""
     held = {str(p): p.read_bytes() for p in Path(devserver.data_dir).rglob("*") if p.is_file()}
-    held["/_cookbook/state"] = httpx.get(f"{devserver.url}/_cookbook/state").content
+    held["/_cookbook/state"] = clients.get(f"{devserver.url}/_cookbook/state").content
     for origin in origins:
         held[f"/_cookbook/journal?origin={origin}"] = json.dumps(devserver.journal(origin)).encode()
     return held
@@ -138,7 +138,7 @@ def test_no_personal_data_reaches_the_server_in_plaintext(
     onboarded, refused, invalid = customer(), customer(), customer()
     invalid["email"] = invalid["email"].replace("@", " at ")
     ids = [execution_id() for _ in range(3)]
-    response = httpx.post(
+    response = clients.post(
         f"{sandbox.url}/_admin/faults",
         json={"provider": "api", "mode": "fail_always", "status": 422, "key_prefix": ids[1] + ":"},
     )

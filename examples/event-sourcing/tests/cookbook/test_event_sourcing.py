@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from event_sourcing.account import Account, Event, fold
@@ -54,7 +54,7 @@ async def _project(devserver: RunningDevServer, execution_id: str, *args: Any) -
 
 
 def _add_fault(sandbox: RunningSandbox, key_prefix: str, **spec: Any) -> None:
-    response = httpx.post(
+    response = clients.post(
         f"{sandbox.url}/_admin/faults", json={"provider": "api", "key_prefix": key_prefix, **spec}
     )
     response.raise_for_status()
@@ -110,7 +110,7 @@ def test_a_crash_at_event_k_resumes_at_event_k(
     # SIGKILL the worker once event k was published but before its step checkpointed (a tripwire
     # on the dev server: it fires as the worker asks to store the step's result).
     wire = {"operation": "settle", "promise_id": f"{execution_id}:{k}", "when": "before"}
-    httpx.post(
+    clients.post(
         f"{devserver.url}/_cookbook/tripwires", json={**wire, "victim": "worker", "pid": first.pid}
     ).raise_for_status()
 

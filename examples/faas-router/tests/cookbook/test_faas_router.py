@@ -8,8 +8,8 @@ import secrets
 import time
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from resonate.resonate import Resonate
 
@@ -80,7 +80,7 @@ def promise_state(url: str, promise_id: str) -> str:
 
 
 def add_fault(sandbox: RunningSandbox, key_prefix: str, **spec: Any) -> None:
-    response = httpx.post(
+    response = clients.post(
         f"{sandbox.url}/_admin/faults", json={"provider": "api", "key_prefix": key_prefix, **spec}
     )
     response.raise_for_status()

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from fan_out.steps import Delivery, Providers, send
 from fan_out.workflow import CHANNELS, RETRY
@@ -40,7 +41,7 @@ def new_execution_id() -> str:
 
 
 def add_fault(sandbox: RunningSandbox, execution_id: str, **spec: Any) -> None:
-    response = httpx.post(
+    response = clients.post(
         f"{sandbox.url}/_admin/faults", json={**spec, "key_prefix": execution_id + ":"}
     )
     response.raise_for_status()

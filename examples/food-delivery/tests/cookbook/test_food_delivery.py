@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
@@ -80,7 +81,7 @@ class DeliveryStack:
 
 def arm_fault(sandbox: RunningSandbox, key_prefix: str, **fault: Any) -> None:
     """Make one simulated provider fail the calls whose key starts with `key_prefix`."""
-    httpx.post(
+    clients.post(
         f"{sandbox.url}/_admin/faults", json={**fault, "key_prefix": key_prefix}
     ).raise_for_status()
 
@@ -97,7 +98,7 @@ def stack(
         with (
             worker_process("food_delivery.worker", env),
             gateway_process("food_delivery.gateway", env) as gateway,
-            httpx.Client(base_url=url_of(gateway), timeout=10) as client,
+            clients.client(base_url=url_of(gateway), timeout=10) as client,
         ):
             yield DeliveryStack(client, RunningDevServer(server, data_dir, False), sandbox)
 
@@ -374,7 +375,7 @@ def test_a_worker_killed_after_the_charge_and_after_the_refund_charges_and_refun
 
     def kill_after(action: str, pid: int) -> None:
         switch = {"provider": "payment", "action": action, "pid": pid}
-        httpx.post(f"{sandbox.url}/_admin/kill-switches", json=switch).raise_for_status()
+        clients.post(f"{sandbox.url}/_admin/kill-switches", json=switch).raise_for_status()
 
     first = start_worker("food_delivery.worker", env, name="worker-1")
     kill_after("charge", first.pid)
@@ -449,7 +450,7 @@ def test_twenty_concurrent_duplicate_posts_start_one_execution(stack: DeliverySt
     order = new_order()
 
     async def post_all() -> list[int]:
-        async with httpx.AsyncClient(base_url=stack.gateway.base_url) as client:
+        async with clients.async_client(base_url=stack.gateway.base_url) as client:
             responses = await asyncio.gather(
                 *(client.post("/orders", json=order) for _ in range(20))
             )

@@ -6,8 +6,8 @@ import asyncio
 import secrets
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from resonate.error import ApplicationError
 from resonate.resonate import Resonate
@@ -31,7 +31,7 @@ def new_execution_id() -> str:
 
 
 def add_fault(sandbox: RunningSandbox, execution_id: str, **spec: Any) -> None:
-    response = httpx.post(
+    response = clients.post(
         f"{sandbox.url}/_admin/faults", json={**spec, "key_prefix": execution_id + ":"}
     )
     response.raise_for_status()

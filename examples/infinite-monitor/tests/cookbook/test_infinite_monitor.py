@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.stack import devserver_process
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
@@ -60,7 +60,7 @@ def _worker(start_worker: ProcessFactory, server: RunningDevServer, sandbox_url:
 def _fail_probes(sandbox: RunningSandbox, key_prefix: str) -> None:
     """Make every probe whose Idempotency-Key starts with `key_prefix` answer 503."""
     fault = {"provider": "api", "mode": "fail_always", "status": 503, "key_prefix": key_prefix}
-    httpx.post(f"{sandbox.url}/_admin/faults", json=fault).raise_for_status()
+    clients.post(f"{sandbox.url}/_admin/faults", json=fault).raise_for_status()
 
 
 def _run_monitor(
@@ -250,7 +250,7 @@ def test_slack_that_cannot_take_an_alert_now_is_asked_again_with_the_same_key(
     monitor = f"mon-{secrets.token_hex(4)}"
     _fail_probes(sandbox, probe_key(monitor, "inventory", 1))
     fault = {"provider": "slack", "mode": "fail_times", "times": 1, "key_prefix": monitor}
-    httpx.post(f"{sandbox.url}/_admin/faults", json={**fault, "status": 503}).raise_for_status()
+    clients.post(f"{sandbox.url}/_admin/faults", json={**fault, "status": 503}).raise_for_status()
 
     ends = _run_monitor(server, monitor, 5, 2)
 

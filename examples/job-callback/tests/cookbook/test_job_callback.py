@@ -10,8 +10,8 @@ import asyncio
 import secrets
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from resonate.resonate import Resonate
 
@@ -60,7 +60,7 @@ def promise_value(url: str, promise_id: str) -> Any:
 
 
 def callbacks(sandbox: RunningSandbox, execution_id: str) -> list[dict[str, Any]]:
-    response = httpx.get(
+    response = clients.get(
         f"{sandbox.url}/_admin/jobs/callbacks", params={"key_prefix": execution_id + ":"}
     )
     response.raise_for_status()
@@ -74,7 +74,7 @@ def answered(sandbox: RunningSandbox, execution_id: str, count: int) -> list[dic
         records = callbacks(sandbox, execution_id)
         if sum(r["http_status"] is not None for r in records) >= count:
             return records
-        httpx.get(f"{sandbox.url}/health")  # a round trip, not a sleep: the answer is in flight
+        clients.get(f"{sandbox.url}/health")  # a round trip, not a sleep: the answer is in flight
     raise AssertionError(f"callbacks not answered: {callbacks(sandbox, execution_id)}")
 
 
@@ -141,7 +141,7 @@ def test_a_job_that_never_calls_back_is_cancelled_once_at_the_deadline(
     assert result["status"] == "timed-out"
     assert len(effects(sandbox, execution_id, "cancel")) == 1
     assert len(effects(sandbox, execution_id, "submit")) == 1
-    assert httpx.get(f"{sandbox.url}/jobs/{job_id}").json()["status"] == "cancelled"
+    assert clients.get(f"{sandbox.url}/jobs/{job_id}").json()["status"] == "cancelled"
     assert callbacks(sandbox, execution_id) == []
 
 
@@ -198,7 +198,7 @@ def test_a_refused_job_ends_the_workflow_at_once_and_leaves_no_promise_pending(
     resonate_url: str, sandbox: RunningSandbox, status: int
 ) -> None:
     execution_id = new_id(f"refused-{status}")
-    httpx.post(
+    clients.post(
         f"{sandbox.url}/_admin/faults",
         json={"provider": "jobs", "action": "submit", "status": status}
         | {"key_prefix": execution_id + ":"},
@@ -223,7 +223,7 @@ def test_a_job_never_submitted_fails_the_workflow_once_out_of_retries_not_days_l
     resonate_url: str, sandbox: RunningSandbox
 ) -> None:
     execution_id = new_id("down")
-    httpx.post(
+    clients.post(
         f"{sandbox.url}/_admin/faults",
         json={"provider": "jobs", "action": "submit", "status": 503}
         | {"key_prefix": execution_id + ":"},

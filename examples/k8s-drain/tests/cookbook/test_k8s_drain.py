@@ -23,6 +23,7 @@ from typing import Any, cast
 import httpx
 import k8s_drain.steps as steps
 import pytest
+from cookbook import clients
 from cookbook.kube_standin import kube_standin_process
 from cookbook.processes import ManagedProcess
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
@@ -51,11 +52,11 @@ class DrainStack:
 
     def seed(self, pods: list[dict[str, Any]], pdbs: list[dict[str, Any]] | None = None) -> None:
         cluster = {"nodes": ["node-a", "node-b", "node-c"], "pods": pods, "pdbs": pdbs or []}
-        httpx.post(f"{self.kube}/_admin/reset", json=cluster).raise_for_status()
+        clients.post(f"{self.kube}/_admin/reset", json=cluster).raise_for_status()
 
     def writes(self) -> list[tuple[str, str, int]]:
         """Every write the Kubernetes API received: (verb, object, HTTP status)."""
-        records = httpx.get(f"{self.kube}/_admin/records").raise_for_status().json()
+        records = clients.get(f"{self.kube}/_admin/records").raise_for_status().json()
         return [(r["verb"], r["name"], r["code"]) for r in records]
 
     def relax(self, budget: str, min_available: int) -> None:
@@ -142,7 +143,7 @@ def stack(
         }
         with (
             gateway_process("k8s_drain.gateway", env) as gateway,
-            httpx.Client(base_url=url_of(gateway), timeout=15) as client,
+            clients.client(base_url=url_of(gateway), timeout=15) as client,
         ):
             drains = DrainStack(
                 client,
@@ -334,7 +335,7 @@ def test_a_refused_page_leaves_the_question_standing(stack: DrainStack) -> None:
     stack.seed([web("web-1", "node-a"), web("web-2", "node-b")], [WEB_BUDGET])
     drain_id = f"test-{secrets.token_hex(4)}"
     fault = {"provider": "slack", "status": 403, "key_prefix": f"{drain_id}:"}
-    httpx.post(f"{stack.sandbox.url}/_admin/faults", json=fault).raise_for_status()
+    clients.post(f"{stack.sandbox.url}/_admin/faults", json=fault).raise_for_status()
     started = stack.gateway.post("/drains", json={"drain_id": drain_id, "nodes": ["node-a"]})
     assert started.status_code == 202
 
@@ -443,7 +444,7 @@ def test_a_decision_never_hits_a_namesake_of_the_blocked_pod(stack: DrainStack) 
 
     assert stack.finished(drain_id)["status"] == "drained"
     assert stack.writes() == [("delete", "web-1", 409)]  # the uid precondition did not match
-    still_there = httpx.get(f"{stack.kube}/api/v1/namespaces/default/pods/web-1").json()
+    still_there = clients.get(f"{stack.kube}/api/v1/namespaces/default/pods/web-1").json()
     assert still_there["spec"]["nodeName"] == "node-c"
 
 

@@ -27,6 +27,7 @@ from typing import Any, cast
 import httpx
 import msgspec
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from kafka_worker.consumer import (
@@ -87,11 +88,11 @@ def test_a_refused_report_is_stated_once_and_a_failing_one_is_retried(
 ) -> None:
     execution_id = f"report-{secrets.token_hex(4)}"
     armed = {**fault, "provider": "api", "action": "call", "key_prefix": f"{execution_id}:"}
-    httpx.post(f"{sandbox.url}/_admin/faults", json=armed).raise_for_status()
+    clients.post(f"{sandbox.url}/_admin/faults", json=armed).raise_for_status()
 
     async def run() -> Any:
         resonate = local_resonate()
-        async with httpx.AsyncClient(base_url=sandbox.url) as client:
+        async with clients.async_client(base_url=sandbox.url) as client:
             resonate.with_dependency(Providers(client))
             resonate.with_dependency(UserData(tmp_path))
             resonate.register(delete_user_data, retry_policy=WORKFLOW_RETRY)
@@ -138,7 +139,7 @@ def test_a_report_request_searches_sys_path_for_no_module(sandbox: RunningSandbo
         response.raise_for_status()
 
     async def reports() -> None:
-        async with httpx.AsyncClient(base_url=sandbox.url) as client:
+        async with clients.async_client(base_url=sandbox.url) as client:
             await report(client, 0)  # the first request imports what requests need, once
             sys.meta_path.insert(0, watcher)
             try:
@@ -205,7 +206,7 @@ def producer(kafka_bootstrap: str) -> Iterator[Any]:
 
 
 def _arm(devserver: RunningDevServer, operation: str, promise_id: str, when: str, pid: int) -> None:
-    response = httpx.post(
+    response = clients.post(
         f"{devserver.url}/_cookbook/tripwires",
         json={"operation": operation, "promise_id": promise_id, "when": when, "pid": pid},
     )
@@ -381,7 +382,7 @@ def test_every_request_is_deleted_once_through_consumer_and_worker_crashes(
         ]
         assert store.rows_left(request.user_id) == 0
     # ... although every kill hit its exact point, and records were delivered more than once.
-    fired = httpx.get(f"{devserver.url}/_cookbook/tripwires").json()["fired"]
+    fired = clients.get(f"{devserver.url}/_cookbook/tripwires").json()["fired"]
     assert [(w["operation"], w["promise_id"]) for w in fired] == [
         ("settle", f"{mid_batch.id}:2"),
         ("create", unsaved.id),

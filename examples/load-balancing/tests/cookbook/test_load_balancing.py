@@ -6,8 +6,8 @@ import asyncio
 import secrets
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from load_balancing.demo import JOBS, Spread, dispatch, spread
 from resonate.resonate import Resonate
@@ -71,7 +71,7 @@ def test_a_killed_workers_jobs_finish_on_the_others(
     # worker's notes instead, a loaded machine could reach the count before the victim had one.
     victims_start = {"worker_pid": victim, "phase": "started"}
     switch = {"provider": "api", "action": "call", "pid": victim, "body": victims_start}
-    httpx.post(f"{sandbox.url}/_admin/kill-switches", json=switch).raise_for_status()
+    clients.post(f"{sandbox.url}/_admin/kill-switches", json=switch).raise_for_status()
 
     results, seen = run_batch(devserver.url, sandbox.url, batch)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer
@@ -98,7 +99,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransferStack]:
         with (
             worker_process("money_transfer.worker", env),
             gateway_process("money_transfer.gateway", env) as gateway,
-            httpx.Client(base_url=url_of(gateway), timeout=10) as client,
+            clients.client(base_url=url_of(gateway), timeout=10) as client,
         ):
             yield TransferStack(
                 client, RunningDevServer(server, data_dir, False), Ledger.at(ledger_dir)
@@ -172,7 +173,7 @@ def test_twenty_identical_posts_move_the_money_once(stack: TransferStack) -> Non
     total = sum(stack.ledger.balances().values())
 
     async def post_all() -> list[int]:
-        async with httpx.AsyncClient(base_url=stack.gateway.base_url) as client:
+        async with clients.async_client(base_url=stack.gateway.base_url) as client:
             answers = await asyncio.gather(
                 *(client.post("/transfers", json=body) for _ in range(20))
             )

@@ -6,8 +6,8 @@ import asyncio
 import secrets
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from resonate.resonate import Resonate
 
@@ -42,7 +42,7 @@ def place_order(url: str, execution_id: str) -> Any:
 
 
 def add_fault(sandbox: RunningSandbox, key_prefix: str, **spec: Any) -> None:
-    response = httpx.post(f"{sandbox.url}/_admin/faults", json={**spec, "key_prefix": key_prefix})
+    response = clients.post(f"{sandbox.url}/_admin/faults", json={**spec, "key_prefix": key_prefix})
     response.raise_for_status()
 
 

@@ -13,8 +13,8 @@ from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from observability.steps import Order, Outcome, Providers
 from observability.telemetry import PROMISE_ID, DurableTelemetry, span_id_of, trace_id_of
@@ -46,7 +46,7 @@ async def in_process_worker(
     url: str, sandbox: RunningSandbox, telemetry: DurableTelemetry
 ) -> AsyncIterator[Resonate]:
     """A worker wired as observability.worker wires it, in this process, on a group of its own."""
-    async with httpx.AsyncClient(base_url=sandbox.url, timeout=10) as client:
+    async with clients.async_client(base_url=sandbox.url, timeout=10) as client:
         resonate = Resonate(
             url=url, group=f"observability-{secrets.token_hex(3)}", observer=telemetry.observe
         )
@@ -65,14 +65,14 @@ async def place(resonate: Resonate, order: Order, seconds: float = 30) -> dict[s
 
 
 def add_fault(sandbox: RunningSandbox, key_prefix: str, **spec: Any) -> str:
-    response = httpx.post(f"{sandbox.url}/_admin/faults", json={**spec, "key_prefix": key_prefix})
+    response = clients.post(f"{sandbox.url}/_admin/faults", json={**spec, "key_prefix": key_prefix})
     response.raise_for_status()
     fault_id: str = response.json()["id"]
     return fault_id
 
 
 def remove_fault(sandbox: RunningSandbox, fault_id: str) -> None:
-    httpx.delete(f"{sandbox.url}/_admin/faults/{fault_id}").raise_for_status()
+    clients.delete(f"{sandbox.url}/_admin/faults/{fault_id}").raise_for_status()
 
 
 def promise_tree(devserver: RunningDevServer, execution_id: str) -> dict[str, str | None]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.sandbox.store import RequestRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
@@ -79,7 +80,7 @@ class Stack:
         deadline = time.monotonic() + 30
         while suspended < waits:
             assert time.monotonic() < deadline, f"{order_id} never waited {waits} time(s)"
-            page = httpx.get(
+            page = clients.get(
                 f"{self.server.url}/_cookbook/journal",
                 params={"origin": order_id, "after": seen, "wait": 10},
                 timeout=15,
@@ -134,7 +135,7 @@ def stack(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> 
         with (
             worker_process("order_state_machine.worker", env),
             gateway_process("order_state_machine.gateway", env) as gateway,
-            httpx.Client(base_url=url_of(gateway), timeout=30) as client,
+            clients.client(base_url=url_of(gateway), timeout=30) as client,
         ):
             yield Stack(client, RunningDevServer(server, data_dir, False), sandbox, env)
 
@@ -299,7 +300,7 @@ def test_concurrent_cancels_one_wins_one_effect(stack: Stack) -> None:
     stack.waiting(order_id, 1)
 
     async def cancel_five_times() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=stack.gateway.base_url, timeout=30) as client:
+        async with clients.async_client(base_url=stack.gateway.base_url, timeout=30) as client:
             return await asyncio.gather(
                 *(
                     client.post(f"/orders/{order_id}/cancel", json={"reason": "changed my mind"})
@@ -403,11 +404,11 @@ def test_an_order_whose_execution_failed_says_so(stack: Stack) -> None:
 @contextlib.contextmanager
 def fault(stack: Stack, **spec: Any) -> Iterator[None]:
     """A sandbox fault for the duration of a test, removed also if the test fails."""
-    added = httpx.post(f"{stack.sandbox.url}/_admin/faults", json=spec).raise_for_status()
+    added = clients.post(f"{stack.sandbox.url}/_admin/faults", json=spec).raise_for_status()
     try:
         yield
     finally:
-        httpx.delete(f"{stack.sandbox.url}/_admin/faults/{added.json()['id']}")
+        clients.delete(f"{stack.sandbox.url}/_admin/faults/{added.json()['id']}")
 
 
 def test_a_declined_card_ends_the_order_declined_without_a_retry(stack: Stack) -> None:
@@ -521,7 +522,7 @@ def test_ten_identical_posts_start_one_execution(stack: Stack) -> None:
     order = new_order()
 
     async def post_all() -> list[int]:
-        async with httpx.AsyncClient(base_url=stack.gateway.base_url, timeout=30) as client:
+        async with clients.async_client(base_url=stack.gateway.base_url, timeout=30) as client:
             responses = await asyncio.gather(
                 *(client.post("/orders", json=order) for _ in range(10))
             )
@@ -563,7 +564,7 @@ def idle_gateway(stack: Stack) -> Iterator[httpx.Client]:
     env = {**stack.env, "RESONATE_GROUP": "nobody-listens", "ORDER_EVENT_WAIT_SECONDS": "0.5"}
     with (
         gateway_process("order_state_machine.gateway", env) as gateway,
-        httpx.Client(base_url=url_of(gateway), timeout=30) as client,
+        clients.client(base_url=url_of(gateway), timeout=30) as client,
     ):
         yield client
 

@@ -13,8 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord
 from cookbook.testing.fixtures import (
@@ -62,7 +62,7 @@ async def _send_batch(
 
 
 def _add_fault(sandbox: RunningSandbox, key_prefix: str, **spec: Any) -> None:
-    response = httpx.post(
+    response = clients.post(
         f"{sandbox.url}/_admin/faults", json={"provider": "api", "key_prefix": key_prefix, **spec}
     )
     response.raise_for_status()
@@ -73,7 +73,7 @@ def _kill_at(
 ) -> None:
     """Arm the dev server to SIGKILL `worker` at an exact protocol boundary (a tripwire)."""
     wire = {"operation": operation, "promise_id": promise_id, "when": when}
-    response = httpx.post(
+    response = clients.post(
         f"{devserver.url}/_cookbook/tripwires", json={**wire, "victim": "worker", "pid": worker.pid}
     )
     response.raise_for_status()

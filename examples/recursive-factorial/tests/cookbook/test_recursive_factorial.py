@@ -9,8 +9,8 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer
 from recursive_factorial.steps import MAX_N, InvalidInputError, level_id, validate
 from recursive_factorial.workflow import ask
@@ -48,7 +48,7 @@ def journal_since(devserver: RunningDevServer, origin: str, after: int) -> list[
 
 
 def last_seq(devserver: RunningDevServer) -> int:
-    page = httpx.get(f"{devserver.url}/_cookbook/journal", params={"after": 0}).json()
+    page = clients.get(f"{devserver.url}/_cookbook/journal", params={"after": 0}).json()
     return int(page["last_seq"])
 
 

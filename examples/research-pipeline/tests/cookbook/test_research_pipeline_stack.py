@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord, SandboxRecords
 from cookbook.stack import (
@@ -66,12 +67,12 @@ class Stack:
         return [r.replayed for r in self.records.requests(key_prefix=key) if r.provider == "model"]
 
     def arm(self, **spec: Any) -> None:
-        httpx.post(f"{self.sandbox_url}/_admin/faults", json=spec).raise_for_status()
+        clients.post(f"{self.sandbox_url}/_admin/faults", json=spec).raise_for_status()
 
     def kill_after(self, nth_completion: int, pid: int) -> None:
         """SIGKILL `pid` right after the nth completion billed from now, before it is answered."""
         switch = {"provider": "model", "action": "complete", "nth": nth_completion, "pid": pid}
-        httpx.post(f"{self.sandbox_url}/_admin/kill-switches", json=switch).raise_for_status()
+        clients.post(f"{self.sandbox_url}/_admin/kill-switches", json=switch).raise_for_status()
 
 
 def agent_of(effect: EffectRecord) -> str:
@@ -102,8 +103,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             worker_process("research_pipeline.worker", env, name="worker-2"),
             gateway_process("research_pipeline.gateway", env) as first,
             gateway_process("research_pipeline.gateway", env) as second,
-            httpx.Client(base_url=url_of(first), timeout=30) as a,
-            httpx.Client(base_url=url_of(second), timeout=30) as b,
+            clients.client(base_url=url_of(first), timeout=30) as a,
+            clients.client(base_url=url_of(second), timeout=30) as b,
         ):
             yield Stack(
                 (a, b),
@@ -298,7 +299,7 @@ def test_twenty_concurrent_posts_with_one_key_start_one_run(stack: Stack) -> Non
 
     async def post_all() -> list[httpx.Response]:
         async def post(base_url: httpx.URL) -> httpx.Response:
-            async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            async with clients.async_client(base_url=base_url, timeout=30) as client:
                 return await client.post("/research", json=TIDAL, headers={"Idempotency-Key": key})
 
         urls = [stack.gateways[i % 2].base_url for i in range(20)]  # through both gateways

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
@@ -55,7 +56,7 @@ class SagaStack:
 
     def arm_fault(self, trip_id: str, **fault: Any) -> str:
         """Make one simulated provider fail, for this trip's calls only; the fault's id."""
-        response = httpx.post(
+        response = clients.post(
             f"{self.sandbox.url}/_admin/faults", json={**fault, "key_prefix": f"{trip_id}:"}
         )
         response.raise_for_status()
@@ -63,7 +64,7 @@ class SagaStack:
         return fault_id
 
     def disarm_fault(self, fault_id: str) -> None:
-        httpx.delete(f"{self.sandbox.url}/_admin/faults/{fault_id}").raise_for_status()
+        clients.delete(f"{self.sandbox.url}/_admin/faults/{fault_id}").raise_for_status()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def stack(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> 
         with (
             worker_process("saga.worker", env),
             gateway_process("saga.gateway", env) as gateway,
-            httpx.Client(base_url=url_of(gateway), timeout=10) as client,
+            clients.client(base_url=url_of(gateway), timeout=10) as client,
         ):
             yield SagaStack(client, RunningDevServer(server, data_dir, False), sandbox)
 
@@ -219,7 +220,7 @@ def test_provider_down_for_good_rolls_back_once_the_retries_run_out(stack: SagaS
     ]
     # Were the hotel's request still on its way, it would be refused when it arrived.
     stack.disarm_fault(hotel_down)
-    late = httpx.post(
+    late = clients.post(
         f"{stack.sandbox.url}/hotel/reserve",
         json=requests[1].body,
         headers={"Idempotency-Key": str(hotel_key)},
@@ -343,7 +344,7 @@ def test_twenty_identical_posts_start_one_execution(stack: SagaStack) -> None:
     trip = trip_request()
 
     async def post_all() -> list[int]:
-        async with httpx.AsyncClient(base_url=stack.gateway.base_url) as client:
+        async with clients.async_client(base_url=stack.gateway.base_url) as client:
             responses = await asyncio.gather(*(client.post("/trips", json=trip) for _ in range(20)))
         return [r.status_code for r in responses]
 

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.testing.fixtures import (
     DevServerFactory,
@@ -105,7 +105,7 @@ def _worker(
 def _kill_after_email(sandbox: RunningSandbox, pid: int, nth: int = 1) -> None:
     """SIGKILL `pid` right after the mailer sent its nth next email, before it answers."""
     switch = {"provider": "email", "action": "send", "pid": pid, "nth": nth}
-    httpx.post(f"{sandbox.url}/_admin/kill-switches", json=switch).raise_for_status()
+    clients.post(f"{sandbox.url}/_admin/kill-switches", json=switch).raise_for_status()
 
 
 def _assert_one_report_per_tick(
@@ -167,7 +167,7 @@ def test_a_tick_whose_report_fails_transiently_is_retried_not_lost(
     schedule_id = f"nightly-{secrets.token_hex(3)}"
     # The figures API is down (503) for the first tick's first request only.
     fault = {"provider": "api", "key_prefix": schedule_id, "mode": "fail_times", "times": 1}
-    httpx.post(f"{sandbox.url}/_admin/faults", json=fault | {"status": 503}).raise_for_status()
+    clients.post(f"{sandbox.url}/_admin/faults", json=fault | {"status": 503}).raise_for_status()
     _create(server.url, schedule_id)
 
     _wait_until(lambda: _resolved(server, schedule_id) >= 2, "2 ticks")
@@ -280,7 +280,7 @@ def _report_now(server: RunningDevServer, execution_id: str) -> dict[str, Any]:
 
 def _refuse(sandbox: RunningSandbox, provider: str, key_prefix: str, status: int) -> None:
     fault = {"provider": provider, "key_prefix": key_prefix, "status": status}
-    httpx.post(f"{sandbox.url}/_admin/faults", json=fault).raise_for_status()
+    clients.post(f"{sandbox.url}/_admin/faults", json=fault).raise_for_status()
 
 
 def test_refused_figures_send_a_notice_instead_asked_once(

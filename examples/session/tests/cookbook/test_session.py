@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox.store import EffectRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
@@ -183,7 +184,7 @@ def stack(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> 
         with (
             worker_process("session.worker", env),
             gateway_process("session.gateway", env) as gateway,
-            httpx.Client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client,
+            clients.client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client,
         ):
             yield Stack(client, RunningDevServer(server, data_dir, False), sandbox)
 
@@ -250,7 +251,7 @@ def test_concurrent_activities_are_each_recorded_once(stack: Stack) -> None:
     actions = [f"clicked button {n}" for n in range(8)]
 
     async def post_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(
+        async with clients.async_client(
             base_url=stack.gateway.base_url, timeout=TIMEOUT_S, headers=stack.auth(session_id)
         ) as client:
             return await asyncio.gather(
@@ -301,8 +302,8 @@ def test_the_token_is_nowhere_in_the_server_or_in_any_answer(stack: Stack) -> No
     places = {
         "GET while active": active.text,
         "GET once ended": ended.text,
-        "/_cookbook/state": httpx.get(f"{stack.server.url}/_cookbook/state").text,
-        "/_cookbook/journal": httpx.get(f"{stack.server.url}/_cookbook/journal").text,
+        "/_cookbook/state": clients.get(f"{stack.server.url}/_cookbook/state").text,
+        "/_cookbook/journal": clients.get(f"{stack.server.url}/_cookbook/journal").text,
         **{
             f"data dir {path.name}": path.read_bytes().decode("utf-8", "replace")
             for path in stack.server.data_dir.rglob("*")
@@ -349,7 +350,7 @@ def test_a_request_without_the_sessions_token_is_refused(stack: Stack) -> None:
 
 
 def add_fault(stack: Stack, **fault: Any) -> None:
-    response = httpx.post(f"{stack.sandbox.url}/_admin/faults", json={"provider": "api", **fault})
+    response = clients.post(f"{stack.sandbox.url}/_admin/faults", json={"provider": "api", **fault})
     assert response.status_code == 201, response.text
 
 
@@ -609,7 +610,7 @@ class SkippingStack(Stack):
     def kill_worker_once_idle(self, worker: ManagedProcess, session_id: str, move: int) -> None:
         """Arm the dev server to SIGKILL `worker` right after the session suspended on `move`."""
         wire = {"operation": "suspend", "promise_id": f"{session_id}:{move}", "when": "after"}
-        response = httpx.post(
+        response = clients.post(
             f"{self.server.url}/_cookbook/tripwires",
             json={**wire, "victim": "worker", "pid": worker.pid},
         )
@@ -626,7 +627,7 @@ def skipping_stack(
     server = start_devserver(skip_time=True)
     env = {"RESONATE_URL": server.url, "PROVIDER_API_URL": sandbox.url, "PATH": "/usr/bin:/bin"}
     gateway = start_process(gateway_process("session.gateway", {**os.environ, **env}))
-    with httpx.Client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client:
+    with clients.client(base_url=url_of(gateway), timeout=TIMEOUT_S) as client:
         yield SkippingStack(
             client, server, sandbox, start_worker=lambda: start_worker("session.worker", env)
         )

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.sandbox import SandboxRecords
 from cookbook.stack import sandbox_process, stand_in_model_env
 from cookbook.testing.fixtures import (
@@ -139,7 +139,7 @@ def test_a_worker_killed_after_the_model_answered_does_not_pay_for_it_again(
     # could checkpoint it: the next worker runs the step again, with the same key.
     first = start_worker("summarize_approve.worker", env, name="worker-1")
     switch = {"provider": "model", "action": "complete", "pid": first.pid}
-    httpx.post(f"{model_sandbox.url}/_admin/kill-switches", json=switch).raise_for_status()
+    clients.post(f"{model_sandbox.url}/_admin/kill-switches", json=switch).raise_for_status()
 
     def start_successor() -> None:
         first.wait(timeout=30)
@@ -172,7 +172,7 @@ def test_a_rate_limited_model_is_asked_again_under_the_same_key(
         "status": 429,
         "key_prefix": f"{execution_id}:",
     }
-    httpx.post(f"{model_sandbox.url}/_admin/faults", json=fault).raise_for_status()
+    clients.post(f"{model_sandbox.url}/_admin/faults", json=fault).raise_for_status()
 
     _, ended = summarize(env["RESONATE_URL"], model_sandbox, [APPROVE], execution_id)
 

@@ -12,8 +12,8 @@ import secrets
 from collections import Counter
 from typing import Any
 
-import httpx
 import pytest
+from cookbook import clients
 from cookbook.sandbox.store import RequestRecord
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from resonate.resonate import Resonate
@@ -42,7 +42,7 @@ def job(job_id: str, priority: str) -> dict[str, str]:
 
 
 def add_fault(sandbox: RunningSandbox, key_prefix: str, **spec: Any) -> None:
-    response = httpx.post(
+    response = clients.post(
         f"{sandbox.url}/_admin/faults", json={"provider": "api", "key_prefix": key_prefix, **spec}
     )
     response.raise_for_status()

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ProcessStartError
 from cookbook.stack import worker_process
 from cookbook.testing.fixtures import (
@@ -101,13 +102,13 @@ def refusal_of_start(server: RunningDevServer, token: str | None, execution_id: 
 
 
 def promise_ids(server: RunningDevServer) -> set[str]:
-    state = httpx.get(f"{server.url}/_cookbook/state", headers=server.headers).json()
+    state = clients.get(f"{server.url}/_cookbook/state", headers=server.headers).json()
     return {p["id"] for p in state["promises"]}
 
 
 def health(server: RunningDevServer) -> dict[str, Any]:
     """The dev server's live event streams (`subscribers`) and the messages it holds."""
-    response = httpx.get(f"{server.url}/_cookbook/health", headers=server.headers)
+    response = clients.get(f"{server.url}/_cookbook/health", headers=server.headers)
     response.raise_for_status()
     answer: dict[str, Any] = response.json()
     return answer
@@ -119,7 +120,7 @@ def live_streams(server: RunningDevServer) -> list[dict[str, str]]:
 
 
 def add_fault(sandbox: RunningSandbox, key_prefix: str, provider: str, **spec: Any) -> None:
-    response = httpx.post(
+    response = clients.post(
         f"{sandbox.url}/_admin/faults",
         json={"provider": provider, "key_prefix": key_prefix, **spec},
     )
@@ -169,7 +170,7 @@ def test_the_server_keeps_no_copy_of_the_token(
     stored = b"".join(f.read_bytes() for f in server.data_dir.rglob("*") if f.is_file())
     assert stored
     assert token.encode() not in stored
-    assert token not in httpx.get(f"{server.url}/_cookbook/state", headers=server.headers).text
+    assert token not in clients.get(f"{server.url}/_cookbook/state", headers=server.headers).text
     assert token not in str(server.journal(execution_id))
 
 
@@ -268,7 +269,7 @@ def test_a_worker_not_let_in_gets_no_stream_and_no_work(
     execution_id = new_id()
 
     async def go() -> dict[str, Any]:
-        async with httpx.AsyncClient(base_url=sandbox.url) as http:
+        async with clients.async_client(base_url=sandbox.url) as http:
             # A worker of the group with everything but the token (in this process, so that the
             # SDK's refused stream can be seen; the worker module would exit, see below).
             shut_out = Resonate(

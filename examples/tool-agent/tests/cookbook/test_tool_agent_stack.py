@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.sandbox.store import SandboxRecords
 from cookbook.stack import (
     devserver_process,
@@ -109,7 +110,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentStack]:
         with (
             worker_process("tool_agent.worker", env),
             gateway_process("tool_agent.gateway", env) as gateway,
-            httpx.Client(base_url=url_of(gateway), timeout=10) as client,
+            clients.client(base_url=url_of(gateway), timeout=10) as client,
         ):
             yield AgentStack(
                 client,
@@ -181,7 +182,7 @@ def test_a_worker_killed_between_the_tool_request_and_its_result_books_and_bills
     run_id = f"test-{secrets.token_hex(4)}"
     with worker_process("tool_agent.worker", env, name="worker-1") as first:
         switch = {"provider": provider, "action": action, "pid": first.pid, "nth": nth}
-        httpx.post(f"{stack.sandbox_url}/_admin/kill-switches", json=switch).raise_for_status()
+        clients.post(f"{stack.sandbox_url}/_admin/kill-switches", json=switch).raise_for_status()
 
         async def start() -> None:
             client = Resonate(url=stack.server.url, group="tool-agent-tests")
@@ -214,7 +215,7 @@ def test_twenty_identical_posts_start_one_run(stack: AgentStack) -> None:
     run = new_run()
 
     async def post_all() -> list[int]:
-        async with httpx.AsyncClient(base_url=stack.gateway.base_url, timeout=10) as client:
+        async with clients.async_client(base_url=stack.gateway.base_url, timeout=10) as client:
             responses = await asyncio.gather(*(client.post("/runs", json=run) for _ in range(20)))
         return [r.status_code for r in responses]
 

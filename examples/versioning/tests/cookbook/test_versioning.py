@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from resonate.context import Context
@@ -87,7 +88,7 @@ class Fleet:
         deadline = time.monotonic() + TIMEOUT_S
         while released < count:
             assert time.monotonic() < deadline, f"released {released} times, not {count}"
-            page = httpx.get(
+            page = clients.get(
                 f"{self.server.url}/_cookbook/journal",
                 params={"origin": renewal_id, "after": seen, "wait": 5},
                 timeout=10,
@@ -242,7 +243,7 @@ def test_a_refusal_is_a_value_asked_once(
     fleet: Fleet, version: int, provider: str, status: int, outcome: str, effects: dict[str, int]
 ) -> None:
     renewal_id = f"renewal.test-{secrets.token_hex(4)}"
-    response = httpx.post(
+    response = clients.post(
         f"{fleet.sandbox.url}/_admin/faults",
         json={"provider": provider, "key_prefix": renewal_id + ":", "status": status},
     )
@@ -321,7 +322,7 @@ async def edited_worker(
     fleet: Fleet, body: Callable[[Context, Subscription], Awaitable[Renewal]]
 ) -> tuple[Resonate, httpx.AsyncClient]:
     """A worker in this process that runs `body` as version 1: the edited deploy."""
-    providers = httpx.AsyncClient(base_url=fleet.sandbox.url, timeout=10)
+    providers = clients.async_client(base_url=fleet.sandbox.url, timeout=10)
     worker = Resonate(
         url=fleet.server.url, group="versioning", pid="edited", ttl=timedelta(seconds=5)
     )

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox.webhooks import SIGNATURE_HEADER, signature_header
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
@@ -102,7 +103,7 @@ def shop(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> I
         with (
             worker_process("webhook_handler.worker", env),
             gateway_process("webhook_handler.gateway", env) as gateway,
-            httpx.Client(base_url=url_of(gateway), timeout=10) as client,
+            clients.client(base_url=url_of(gateway), timeout=10) as client,
         ):
             yield Shop(
                 client, RunningDevServer(server, data_dir, False), sandbox, OrderBook.at(book_dir)
@@ -170,7 +171,7 @@ def test_a_refund_while_the_shipment_call_is_on_its_way_voids_it(shop: Shop) -> 
     refunded = new_event("charge_refunded", paid["data"]["order_id"])
     # The warehouse is down for this payment's calls: the order book has claimed the shipment and
     # written down its key, and the call is being retried, when the refund comes.
-    fault = httpx.post(
+    fault = clients.post(
         f"{shop.sandbox.url}/_admin/faults",
         json={
             "provider": "inventory",
@@ -185,7 +186,7 @@ def test_a_refund_while_the_shipment_call_is_on_its_way_voids_it(shop: Shop) -> 
 
     shop.deliver(refunded).raise_for_status()
     [refund] = shop.outcomes(refunded["id"])
-    httpx.delete(f"{shop.sandbox.url}/_admin/faults/{fault['id']}").raise_for_status()
+    clients.delete(f"{shop.sandbox.url}/_admin/faults/{fault['id']}").raise_for_status()
     [payment] = shop.outcomes(paid["id"])
 
     assert (refund["action"], refund["cancellation"]) == ("refunded", "voided")
@@ -235,7 +236,7 @@ def test_twenty_concurrent_deliveries_of_one_event_start_one_execution(shop: Sho
     executions_before = shop.server.executions()
 
     async def deliver_all() -> list[int]:
-        async with httpx.AsyncClient(base_url=shop.gateway.base_url) as client:
+        async with clients.async_client(base_url=shop.gateway.base_url) as client:
             answers = await asyncio.gather(
                 *(
                     client.post("/webhooks/payments", content=body, headers=sign(body))
@@ -488,7 +489,7 @@ def test_a_delivery_storm_with_a_worker_killed_ships_each_order_once(
     ]
     for event in events:
         event["data"]["currency"] = "eur"
-    provider = httpx.Client(base_url=sandbox.url, timeout=30)
+    provider = clients.client(base_url=sandbox.url, timeout=30)
     endpoint = provider.post(
         "/webhooks/endpoints",
         json={"url": f"{url_of(gateway)}/webhooks/payments", "secret": SECRET, "concurrency": 8},
@@ -512,7 +513,7 @@ def test_a_delivery_storm_with_a_worker_killed_ships_each_order_once(
     copies = Counter(e["copies"] for e in emitted)
     assert set(copies) == {1, 2, 3}
     assert [e["id"] for e in emitted] != [e["id"] for e in events]
-    deliveries = httpx.get(f"{sandbox.url}/webhooks/deliveries").json()
+    deliveries = clients.get(f"{sandbox.url}/webhooks/deliveries").json()
     taken = Counter(d["event_id"] for d in deliveries if d["outcome"] == "delivered")
     assert {e["id"]: taken[e["id"]] for e in emitted} == {e["id"]: e["copies"] for e in emitted}
 

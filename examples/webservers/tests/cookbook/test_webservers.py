@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.stack import devserver_process, gateway_process, url_of
 from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
@@ -82,7 +83,7 @@ def site(
     app: str = request.param
     with (
         app_process(app, app_env(server, sandbox)) as process,
-        httpx.Client(base_url=url_of(process), timeout=30) as http,
+        clients.client(base_url=url_of(process), timeout=30) as http,
     ):
         yield Site(app, http, server, sandbox)
 
@@ -99,7 +100,7 @@ def new_ticket(**changes: Any) -> dict[str, Any]:
 
 def arm_fault(sandbox: RunningSandbox, key_prefix: str, **fault: Any) -> None:
     """Make one simulated provider fail (or slow) the calls whose key starts with `key_prefix`."""
-    httpx.post(
+    clients.post(
         f"{sandbox.url}/_admin/faults", json={**fault, "key_prefix": key_prefix}
     ).raise_for_status()
 
@@ -320,9 +321,9 @@ def test_a_web_process_killed_mid_booking_is_finished_by_the_next_one(
         # SIGKILL the process right after the inventory held the seats, before the step's
         # result was recorded: the request dies with it, and the hold exists.
         switch = {"provider": "inventory", "action": "reserve", "pid": first.pid}
-        httpx.post(f"{sandbox.url}/_admin/kill-switches", json=switch).raise_for_status()
+        clients.post(f"{sandbox.url}/_admin/kill-switches", json=switch).raise_for_status()
         with pytest.raises(httpx.TransportError):
-            httpx.post(f"{url_of(first)}/tickets", json=ticket, timeout=30)
+            clients.post(f"{url_of(first)}/tickets", json=ticket, timeout=30)
         assert first.wait(timeout=10) == -9
     assert [(e.provider, e.action) for e in sandbox.records.effects(tid + ":")] == [
         ("inventory", "reserve")
@@ -330,7 +331,7 @@ def test_a_web_process_killed_mid_booking_is_finished_by_the_next_one(
 
     with (
         app_process(app, env, "next") as second,
-        httpx.Client(base_url=url_of(second), timeout=30) as http,
+        clients.client(base_url=url_of(second), timeout=30) as http,
     ):
         # Nobody asks again: once the lease runs out, the server hands the booking to the web
         # process that is running, which finishes it on its own.

@@ -13,9 +13,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import tigerbeetle as tb
+from cookbook import clients
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer
 from resonate.dependencies import DependencyMap
 from resonate.resonate import Resonate
@@ -287,7 +287,7 @@ def test_a_worker_killed_around_the_ledger_write_is_resumed_to_one_account(
     env = {"RESONATE_URL": devserver.url, **environ}
     victim = start_worker("wlrf.worker", env, name="worker-1")
     execution_id = f"wlrf-test-{secrets.token_hex(4)}"
-    armed = httpx.post(
+    armed = clients.post(
         f"{devserver.url}/_cookbook/tripwires",
         json={
             "operation": operation,

@@ -30,9 +30,9 @@ import httpx
 from resonate.resonate import Resonate
 from resonate.types import Value
 
+from cookbook import clients
 from cookbook.catalog import Example, Scenario
 from cookbook.crash import receivers
-from cookbook.crash.clients import http_client
 from cookbook.crash.plan import Checkpoint, CrashPoint, checkpoints, crash_points
 from cookbook.crash.zygote import ForkedProcess, Zygotes
 from cookbook.processes import ManagedProcess
@@ -210,7 +210,7 @@ class CrashHarness:
 
     def _server(self, timeout: float = 5.0) -> httpx.AsyncClient:
         """An HTTP client for the dev server's cookbook endpoints (with its token, if any)."""
-        return http_client(
+        return clients.async_client(
             base_url=self.stack.resonate_url, headers=self.stack.resonate_headers, timeout=timeout
         )
 
@@ -219,7 +219,7 @@ class CrashHarness:
 
     async def _start(self, client: Resonate, scenario: Scenario, execution_id: str) -> Any:
         await self._setup(scenario, execution_id)
-        async with http_client(base_url=self.stack.provider_url) as sandbox:
+        async with clients.async_client(base_url=self.stack.provider_url) as sandbox:
             for fault in scenario.faults:
                 response = await sandbox.post(
                     "/_admin/faults", json={**fault, "key_prefix": execution_id}
@@ -232,7 +232,7 @@ class CrashHarness:
         )
 
     async def _setup(self, scenario: Scenario, execution_id: str) -> None:
-        async with http_client() as http:
+        async with clients.async_client() as http:
             for call in scenario.setup:
                 url = self.stack.service_url(call["service"]) + call["path"]
                 body = _substitute(call.get("json"), execution_id)
@@ -645,7 +645,7 @@ class CrashHarness:
         """The sandbox's records (`effects` or `requests`) for one execution's steps."""
         if not self.stack.provider_url:
             return []
-        async with http_client(base_url=self.stack.provider_url) as sandbox:
+        async with clients.async_client(base_url=self.stack.provider_url) as sandbox:
             response = await sandbox.get(
                 f"/_admin/{kind}", params={"key_prefix": execution_id + ":"}
             )

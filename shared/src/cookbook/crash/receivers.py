@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cookbook.crash.clients import http_client
+from cookbook import clients
 
 # A record as compared: its declared fields, normalised, as canonical JSON.
 type Normaliser = Callable[[str], str]
@@ -247,7 +247,7 @@ async def _read(
     if receiver.sqlite:
         path = place.worker_dir / receiver.sqlite
         return await asyncio.to_thread(_read_sqlite, receiver, path, after or 0)
-    async with http_client(base_url=place.service_url(receiver.service)) as http:
+    async with clients.async_client(base_url=place.service_url(receiver.service)) as http:
         response = await http.get(receiver.path)
         response.raise_for_status()
         rows = response.json()

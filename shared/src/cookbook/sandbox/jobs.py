@@ -47,6 +47,7 @@ from pydantic import (
     ValidationError,
 )
 
+from cookbook import clients
 from cookbook.sandbox.store import (
     IDEMPOTENCY_HEADER,
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -303,7 +304,7 @@ def jobs_router(
         headers = {"Content-Type": "application/json"}
         deadline = time.monotonic() + CALLBACK_GIVE_UP_SECONDS
         attempts = 0
-        async with httpx.AsyncClient(timeout=10.0) as http:
+        async with clients.async_client(timeout=10.0) as http:
             while True:
                 attempts += 1
                 error: str | None = None

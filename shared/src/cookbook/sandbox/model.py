@@ -53,12 +53,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import ClientDisconnect
 
+from cookbook import clients
 from cookbook.sandbox.store import (
     IDEMPOTENCY_HEADER,
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -150,7 +150,7 @@ def parse_script(text: str) -> Script:
 
 def load_script(sandbox_url: str, path: Path) -> None:
     """Load a script file into a running sandbox (`PUT /_admin/model/script`)."""
-    response = httpx.put(f"{sandbox_url}/_admin/model/script", content=path.read_bytes())
+    response = clients.put(f"{sandbox_url}/_admin/model/script", content=path.read_bytes())
     if response.status_code != 200:
         raise ScriptError(f"{path}: {response.json()['error']['message']}")
 

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from cookbook import copyout
+from cookbook import clients, copyout
 from cookbook.crash.zygote import Zygotes
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox import SandboxRecords
@@ -58,7 +57,7 @@ class RunningDevServer:
 
     def state(self, origin: str | None = None) -> dict[str, object]:
         params = {"origin": origin} if origin else {}
-        response = httpx.get(f"{self.url}/_cookbook/state", params=params, headers=self.headers)
+        response = clients.get(f"{self.url}/_cookbook/state", params=params, headers=self.headers)
         result: dict[str, object] = response.json()
         return result
 
@@ -74,7 +73,7 @@ class RunningDevServer:
         return {p["tags"].get("resonate:origin", p["id"]) for p in promises}
 
     def journal(self, origin: str) -> list[dict[str, object]]:
-        response = httpx.get(
+        response = clients.get(
             f"{self.url}/_cookbook/journal", params={"origin": origin}, headers=self.headers
         )
         entries: list[dict[str, object]] = response.json()["entries"]
@@ -90,7 +89,7 @@ class RunningDevServer:
         """
         wire: dict[str, object] = {"operation": operation, "promise_id": promise_id, "when": when}
         wire |= {"victim": "worker", "pid": pid} if pid is not None else {"victim": "server"}
-        response = httpx.post(f"{self.url}/_cookbook/tripwires", json=wire, headers=self.headers)
+        response = clients.post(f"{self.url}/_cookbook/tripwires", json=wire, headers=self.headers)
         assert response.status_code == 201, response.text
 
     def wait_for(self, operation: str, promise_id: str, timeout: float = 30.0) -> dict[str, object]:
@@ -102,7 +101,7 @@ class RunningDevServer:
         deadline = time.monotonic() + timeout
         seen = 0
         while (remaining := deadline - time.monotonic()) > 0:
-            page = httpx.get(
+            page = clients.get(
                 f"{self.url}/_cookbook/journal",
                 params={"origin": origin, "after": seen, "wait": min(remaining, 10)},
                 headers=self.headers,
