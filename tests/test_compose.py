@@ -267,7 +267,7 @@ def package_modules(entry: Path) -> list[Path]:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             for name in names:
-                if name == package or name.startswith(package + "."):
+                if name.startswith(package + "."):  # the package itself is pending already
                     relative = Path(*name.split(".")[1:])
                     pending += [
                         package_dir / relative.with_suffix(".py"),

@@ -25,7 +25,11 @@ def worker_pids(
         # Long enough that a job the victim started is still running when it is killed.
         "JOB_WORK_SECONDS": "2",
     }
-    return [start_worker("load_balancing.worker", env, name=f"worker-{n}").pid for n in (1, 2, 3)]
+    pids = [start_worker("load_balancing.worker", env, name=f"worker-{n}").pid for n in (1, 2, 3)]
+    # Every worker connected before the batch is sent: one that is not yet gets no job, and the
+    # victim of the kill test would then die holding none.
+    devserver.wait_for_streams("load-balancing", 3)
+    return pids
 
 
 def run_batch(url: str, sandbox_url: str, batch: str) -> tuple[list[Any], Spread]:
