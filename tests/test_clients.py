@@ -11,13 +11,13 @@ import ast
 import asyncio
 import http.server
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
 import pytest
 from cookbook import catalog, clients
+from cookbook.testing.http_server import serving
 
 ROOT = catalog.repo_root(Path(__file__))
 # httpx's functions, each of which makes a client; and its clients, each of which makes a TLS
@@ -39,15 +39,8 @@ class _Ok(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(_Ok) as url:
+        yield url
 
 
 async def _status_async(url: str) -> int:

@@ -10,15 +10,15 @@ import functools
 import json
 import os
 import textwrap
-import threading
 from collections.abc import Callable, Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from cookbook import catalog, docs, site
 from cookbook.testing.browser import browser_fixture  # noqa: F401
+from cookbook.testing.http_server import serving
 
 if TYPE_CHECKING:
     from selenium.webdriver import Chrome
@@ -132,16 +132,8 @@ class QuietHandler(SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def served(built: Path) -> Iterator[str]:
     """The built site over HTTP (as `make site-serve` or any static host serves it)."""
-    handler = functools.partial(QuietHandler, directory=str(built))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(functools.partial(QuietHandler, directory=str(built))) as url:
+        yield url
 
 
 # The README's screenshots: COOKBOOK_SCREENSHOTS=shared/screenshots pytest tests/test_site.py

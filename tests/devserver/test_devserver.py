@@ -18,7 +18,12 @@ import pytest
 from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.stack import devserver_process, url_of
-from cookbook.testing.fixtures import DevServerFactory, ProcessFactory, RunningDevServer
+from cookbook.testing.fixtures import (
+    DevServerFactory,
+    ProcessFactory,
+    RunningDevServer,
+    wait_for_streams,
+)
 from resonate.resonate import Resonate
 
 WORKER = "tests.devserver.workflows"
@@ -67,7 +72,7 @@ def test_a_sigterm_stops_it_promptly_while_a_worker_is_connected(tmp_path: Path)
             client = Resonate(url=url_of(process), group=group)
             client.start()
             try:
-                await asyncio.to_thread(_subscribed, url_of(process), group)
+                await asyncio.to_thread(wait_for_streams, url_of(process), group, timeout=10)
                 began = time.monotonic()
                 code = await asyncio.to_thread(process.stop)
                 return time.monotonic() - began, code
@@ -77,16 +82,6 @@ def test_a_sigterm_stops_it_promptly_while_a_worker_is_connected(tmp_path: Path)
     seconds, code = asyncio.run(stop_with_a_client_connected())
     assert code == 0, f"exited {code}: not a clean stop on SIGTERM"  # -9: the launcher's SIGKILL
     assert seconds < 4, f"took {seconds:.1f}s to stop"
-
-
-def _subscribed(url: str, group: str) -> None:
-    """Until the server lists a live event stream (SSE) of `group` (`/_cookbook/health`)."""
-    for _ in range(200):
-        subscribers = clients.get(f"{url}/_cookbook/health").json()["subscribers"]
-        if group in {s["group"] for s in subscribers}:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"no stream of {group} reached the dev server")
 
 
 @pytest.mark.parametrize(

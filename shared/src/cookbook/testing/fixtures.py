@@ -37,6 +37,29 @@ from cookbook.stack import (
 from cookbook.testing import matrix
 
 
+def wait_for_streams(
+    url: str,
+    group: str,
+    count: int = 1,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Block until `count` workers of `group` hold an event stream (SSE) to the dev server at
+    `url`, as its `/_cookbook/health` lists them.
+
+    A worker prints its ready line once it has started, which may be before its stream reaches
+    the server: work sent in between goes to the workers already there.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = clients.get(f"{url}/_cookbook/health", headers=headers).json()
+        if sum(s["group"] == group for s in health["subscribers"]) >= count:
+            return
+        time.sleep(0.05)  # the server has no long poll for this
+    raise TimeoutError(f"fewer than {count} streams of {group} within {timeout}s")
+
+
 @dataclass
 class RunningDevServer:
     process: ManagedProcess
@@ -115,18 +138,8 @@ class RunningDevServer:
         raise TimeoutError(f"no {operation} of {promise_id} within {timeout}s")
 
     def wait_for_streams(self, group: str, count: int, timeout: float = 30.0) -> None:
-        """Block until `count` workers of `group` hold an event stream (SSE) to this server.
-
-        A worker prints its ready line once it has started, which may be before its stream
-        reaches the server: work sent in between goes to the workers already there.
-        """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            health = clients.get(f"{self.url}/_cookbook/health", headers=self.headers).json()
-            if sum(s["group"] == group for s in health["subscribers"]) >= count:
-                return
-            time.sleep(0.05)  # the server has no long poll for this
-        raise TimeoutError(f"fewer than {count} streams of {group} within {timeout}s")
+        """Block until `count` workers of `group` hold an event stream to this server."""
+        wait_for_streams(self.url, group, count, headers=self.headers, timeout=timeout)
 
     def kill(self) -> None:
         self.process.kill()
