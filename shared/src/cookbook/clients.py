@@ -5,9 +5,8 @@ the tests, the sandbox's job callbacks).
 Every new httpx client loads the CA bundle into a TLS context of its own unless it is given one:
 about 20 ms of CPU on our machines, for services that are plain HTTP on loopback. `httpx.get()`
 makes a client per call, and the tests poll: before these clients, that was two thirds of a
-test process's CPU time, and `make test` took 4-7% more CPU (19.2 CPU-minutes, not 17.8-18.5).
-Here every client shares one context, made on first use. Verification stays on: a URL from the
-environment may be HTTPS.
+test process's CPU time. Here every client shares one context, made on first use. Verification
+stays on: a URL from the environment may be HTTPS.
 
 `get`, `post`, `put`, `patch` and `delete` are httpx's functions of the same names (a client
 each, no connection kept) with that context; `client` and `async_client` are `httpx.Client` and
