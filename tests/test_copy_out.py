@@ -83,3 +83,23 @@ def test_a_venv_is_shared_only_by_copies_of_the_same_sources(tmp_path: Path) -> 
     (copy / "hello" / "steps.py").write_text("# changed\n", encoding="utf-8")
 
     assert copyout.sources_digest(copy, root) != before
+
+
+def test_a_copy_compiles_what_it_imports_even_where_bytecode_writing_is_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(copyout.SHARED_VENVS, str(tmp_path / "venvs"))
+    monkeypatch.setenv("UV_COMPILE_BYTECODE", "1")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    python = copyout.copy_out(catalog.example("hello"), tmp_path)
+    site_packages = next(python.parent.parent.glob("lib/python*/site-packages"))
+
+    def compiled(package: str) -> list[Path]:
+        return list((site_packages / package).rglob("*.pyc"))
+
+    assert not compiled("resonate"), "the venv was installed with every module compiled"
+
+    done = copyout.run_tests(tmp_path / "hello", python)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert compiled("resonate"), "the copy's tests left no bytecode of what they imported"

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cookbook import bench, catalog, clients, copyout, diagram, docs, scaffold
@@ -64,12 +64,15 @@ def run_example(
     # A benchmark client wants the machine to itself, not a line of narration per call.
     quiet = client is not None
     with contextlib.ExitStack() as cleanup:
-        python, cwd = sys.executable, None
+        python, cwd, environ = sys.executable, None, None
         if copy_out:
             outside = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="copy-out-")))
             python, cwd = str(copyout.copy_out(example, outside)), outside / example.name
+            environ = copyout.environment()
             _say(f"· copied out: {cwd} (its own venv: {python})")
-        return _run_stack(example, crash, also, client, skip_time, quiet, started, python, cwd)
+        return _run_stack(
+            example, crash, also, client, skip_time, quiet, started, python, cwd, environ
+        )
 
 
 def copy_out_example(name: str, to: str | None = None) -> int:
@@ -104,9 +107,11 @@ def _run_stack(
     started: float,
     python: str,
     cwd: Path | None,
+    environ: Mapping[str, str] | None,
 ) -> int:
     with stack_for(
         example.services,
+        environ=environ,
         narrate=None if quiet else _prefixed("provider"),
         skip_time=skip_time,
         auth=example.auth,
