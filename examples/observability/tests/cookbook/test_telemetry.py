@@ -10,12 +10,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 
 import pytest
 from cookbook import clients
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from cookbook.testing.http_server import serving
 from observability.steps import Order, Outcome, Providers
 from observability.telemetry import PROMISE_ID, DurableTelemetry, span_id_of, trace_id_of
 from observability.workflow import place_order
@@ -247,7 +248,11 @@ class OtlpReceiver:
 
     def __init__(self) -> None:
         self.spans: list[Span] = []
+        self.url = ""  # set once it serves (the `receiver` fixture)
         self._changed = threading.Condition()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        """The HTTP handler that receives OTLP/HTTP trace exports into this receiver."""
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -268,9 +273,7 @@ class OtlpReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return Handler
 
     def wait_for_span(self, promise_id: str, timeout: float = 15) -> Span:
         with self._changed:
@@ -281,10 +284,6 @@ class OtlpReceiver:
     def by_promise(self) -> dict[str, Span]:
         return {_attributes(s)[PROMISE_ID]: s for s in self.spans}
 
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
 
 def _attributes(span: Span) -> dict[str, str]:
     return {a.key: a.value.string_value or str(a.value.int_value) for a in span.attributes}
@@ -293,8 +292,9 @@ def _attributes(span: Span) -> dict[str, str]:
 @pytest.fixture
 def receiver() -> Iterator[OtlpReceiver]:
     receiver = OtlpReceiver()
-    yield receiver
-    receiver.close()
+    with serving(receiver.handler()) as url:
+        receiver.url = url
+        yield receiver
 
 
 def test_a_worker_that_takes_over_after_a_crash_continues_the_same_trace(
