@@ -141,7 +141,7 @@ class BrokenSaga(chaos.Driver):
     booked a second time under another key of the trip (a step whose key changed on a retry).
     trip-002 is left alone.
 
-    A lost execution is the third thing the checker must catch; it is shown on `_settle` below,
+    A lost execution is the third thing the checker must catch; it is shown on `settle` below,
     because a run can only call an execution lost after waiting out its whole settle window."""
 
     def __init__(self) -> None:
@@ -214,7 +214,7 @@ def test_settling_waits_out_a_slow_execution_and_gives_up_on_a_lost_one() -> Non
     driver = FinishesOnItsThirdRead()
     entry = cast(chaos.Entry, None)  # this driver's outcomes need no running example
     began = time.monotonic()
-    settling = chaos._settle(entry, driver, PLANS, settle_seconds=1)
+    settling = chaos.settle(entry, driver, PLANS, settle_seconds=1)
     outcomes = asyncio.run(asyncio.wait_for(settling, 10))
     assert outcomes == {"trip-0": "booked", "trip-1": "booked", "trip-2": None}
     # A known outcome is not asked for again; the lost one is asked until the window closes.

@@ -428,7 +428,7 @@ async def _chaos(
                     )
                     kill_lines = await killing
                     say(f"  t={time.monotonic() - started:.2f}s every execution driven")
-                    outcomes = await _settle(entry, driver, plans, settle_seconds)
+                    outcomes = await settle(entry, driver, plans, settle_seconds)
                     say(f"  t={time.monotonic() - started:.2f}s every execution settled")
                     recorded = await receivers.recorded_since(active, place, marks)
                     wanted = {plan.id: driver.effects(entry, plan) for plan in plans}
@@ -446,7 +446,7 @@ async def _chaos(
     return Report(seed, verdicts, problems, kill_lines, time.monotonic() - began)
 
 
-async def _settle(
+async def settle(
     entry: Entry, driver: Driver, plans: Sequence[Execution], settle_seconds: float
 ) -> dict[str, str | None]:
     """Every execution's outcome, waiting (up to `settle_seconds`) for those still running."""
