@@ -150,7 +150,7 @@ def _install(copy: Path, root: Path, venv: Path) -> Path:
     install.append(str(copy))
     if "[dependency-groups]" in (copy / "pyproject.toml").read_text():
         install += ["--group", f"{copy / 'pyproject.toml'}:dev"]
-    lazily = {k: v for k, v in os.environ.items() if k != "UV_COMPILE_BYTECODE"}
+    lazily = {**os.environ, "UV_COMPILE_BYTECODE": "0"}  # over a uv.toml's setting too
     _run(install, f"installing {copy.name} from its own pyproject.toml", env=lazily)
     return python
 
