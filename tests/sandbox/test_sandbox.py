@@ -21,6 +21,7 @@ import pytest
 from cookbook import clients
 from cookbook.sandbox import SandboxRecords, create_app
 from cookbook.stack import sandbox_process, url_of
+from cookbook.testing import keepalive
 
 pytestmark = pytest.mark.anyio
 
@@ -479,6 +480,8 @@ def test_runs_as_a_process_and_stops_on_sigterm(tmp_path: Path) -> None:
             f"{match[1]}/sms/send", json={"to": "+1"}, headers={"Idempotency-Key": "p-1"}
         )
         assert response.status_code == 200
+        # Every step of every example calls it on a kept-alive connection.
+        assert keepalive.held_back(f"{match[1]}/health") is None
 
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
