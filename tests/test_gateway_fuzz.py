@@ -11,6 +11,9 @@ waitress's HTTP parsing and body limits included, which an in-process ASGI/WSGI 
   body the document does not declare, and invalid requests it accepts.
 - A gateway without one (Flask) gets hypothesis-generated JSON bodies and path values on every
   route, its routes read from its app: never a 5xx.
+- Every gateway answers at once on a kept-alive connection: not 40 ms late, as a uvicorn on a
+  socket of `socket.create_server` does unless it turns Nagle's algorithm off
+  (cookbook.testing.keepalive).
 - Every gateway gets a hostile-request battery (nesting 1,500 deep, a 5,000-digit number, invalid
   UTF-8, a body over the size limit, an unknown id, ...) on every route: never a 5xx, and where
   the gateway documents its answers, a status code the operation declares.
@@ -38,6 +41,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from cookbook import catalog, clients
+from cookbook.testing import keepalive
 from cookbook.testing.gateways import gateway_examples, running_gateway
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -153,6 +157,8 @@ def test_the_gateway_survives_fuzzing(example: catalog.Example, tmp_path: Path) 
         else:
             failures += random_request_failures(gateway)
         failures += hostile_body_failures(gateway)
+        if delayed := keepalive.held_back(f"{gateway.url}/no-such-route"):
+            failures.append(delayed)
     if failures:
         pytest.fail(f"{example.name}'s gateway:\n" + "\n\n".join(failures), pytrace=False)
 
