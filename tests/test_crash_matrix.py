@@ -16,9 +16,27 @@ def _stop_stacks_after_module() -> Iterator[None]:
     stop_all()
 
 
+@pytest.fixture(scope="session")
+def run_alongside(request: pytest.FixtureRequest) -> list[MatrixCase]:
+    """The crash points this test process runs: an example's run on lanes, several at once.
+
+    Under pytest-xdist only `--dist loadgroup` (the Makefile's) sends all of an example's points
+    to one process (cookbook.testing.fixtures); with another mode each point runs on its own.
+    """
+    if request.config.getoption("dist", "no") not in ("no", "loadgroup"):
+        return []
+    return [
+        item.callspec.params["case"]
+        for item in request.session.items
+        if isinstance(item, pytest.Function)
+        and item.originalname == "test_recovers_from_crash"
+        and isinstance(item.callspec.params.get("case"), MatrixCase)
+    ]
+
+
 @pytest.mark.parametrize("case", crash_matrix())
-def test_recovers_from_crash(case: MatrixCase) -> None:
-    result = case.run()
+def test_recovers_from_crash(case: MatrixCase, run_alongside: list[MatrixCase]) -> None:
+    result = case.run(run_alongside)
     assert result.passed, "\n".join(result.problems)
 
 

@@ -21,7 +21,10 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ import pytest
 from cookbook import catalog
 from cookbook.crash import pins
 from cookbook.crash.harness import CrashHarness, CrashResult, Golden, harness_stack
+from cookbook.crash.plan import CrashPoint
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,37 @@ class MatrixCase:
     scenario: str
     point_id: str
 
-    def run(self) -> CrashResult:
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.example.name, self.scenario, self.point_id
+
+    def run(self, alongside: Sequence[MatrixCase] = ()) -> CrashResult:
+        """Run the crash point; with the cases this test process runs `alongside` it, on lanes.
+
+        An example whose runs take long (its golden runs' time, summed over its points: retry
+        delays, slow providers) runs its points on `lanes_for` lanes: stacks of their own, each
+        running its points one at a time, so a point waiting out a delay does not hold up the
+        next. The first case asks the lanes to run every case of its example in `alongside`
+        (in order); each case then takes its own result.
+        """
+        name = self.example.name
+        if name not in _lanes:
+            siblings = [case for case in alongside if case.example.name == name]
+            if self.key not in {case.key for case in siblings}:
+                return self.run_here()
+            lanes = lanes_for(sum(case.expected_seconds() for case in siblings))
+            _lanes[name] = Lanes(self.example, lanes, siblings) if lanes > 1 else None
+        lanes_of_example = _lanes[name]
+        if lanes_of_example is None:
+            return self.run_here()
+        return lanes_of_example.result(self)
+
+    def expected_seconds(self) -> float:
+        """How long its run takes at least: its golden run's time (0 if that failed)."""
+        golden = goldens_of(self.example).get(self.scenario)
+        return golden.seconds if isinstance(golden, Golden) else 0.0
+
+    def golden_and_point(self) -> tuple[Golden, CrashPoint]:
         golden = goldens_of(self.example).get(self.scenario)
         fix = f"if the change is deliberate, run `make pin EXAMPLE={self.example.name}`"
         if golden is None:
@@ -69,7 +103,79 @@ class MatrixCase:
                 f"{self.example.name}: crash point {self.point_id!r} is pinned, but the golden "
                 f"run of {self.scenario!r} has no such point (its pin test shows the diff); {fix}"
             )
+        return golden, point
+
+    def run_here(self) -> CrashResult:
+        """Run the crash point now, on the example's stack in this test process."""
+        golden, point = self.golden_and_point()  # its errors first: they start nothing
         return _harness(self.example).run(golden, point)
+
+
+# A lane costs a stack (a dev server, the services, a worker zygote: 1-3 CPU-seconds), and on
+# two cores more runs at once cost more CPU each: lanes only for the matrices that mostly wait
+# (retry delays, slow providers), at one per this many seconds of their golden runs' time.
+SECONDS_PER_LANE = 30.0
+MAX_LANES = 3
+
+
+def lanes_for(expected_seconds: float) -> int:
+    return max(1, min(MAX_LANES, 1 + int(expected_seconds // SECONDS_PER_LANE)))
+
+
+class Lanes:
+    """An example's crash points run on several stacks at once, each one's points in turn.
+
+    Every lane is a CrashHarness on a stack of its own (dev server, sandbox, services, worker
+    files), so each run is still alone on its stack: a server kill stops no other run, and what
+    a receiving system recorded between a run's start and its verdict is that run's. The first
+    lane is the stack the golden runs were made on, when this process made them.
+    """
+
+    def __init__(self, example: catalog.Example, lanes: int, cases: Sequence[MatrixCase]) -> None:
+        self.example = example
+        self._idle: queue.SimpleQueue[CrashHarness] = queue.SimpleQueue()
+        self._harnesses: list[CrashHarness] = []
+        self._lock = threading.Lock()
+        self._lane_count = lanes
+        self._pool = ThreadPoolExecutor(lanes, thread_name_prefix=f"{example.name}-lane")
+        self._results = {case.key: self._pool.submit(self._run, case) for case in cases}
+
+    def result(self, case: MatrixCase) -> CrashResult:
+        if case.key not in self._results:  # not among those asked for: queued now, not run here
+            self._results[case.key] = self._pool.submit(self._run, case)
+        return self._results[case.key].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for harness in self._harnesses:
+            if harness is not _harnesses.get(self.example.name):
+                harness.close()
+                harness.stack.stop()
+
+    def _run(self, case: MatrixCase) -> CrashResult:
+        golden, point = case.golden_and_point()
+        harness = self._take()
+        try:
+            return harness.run(golden, point)
+        finally:
+            self._idle.put(harness)
+
+    def _take(self) -> CrashHarness:
+        """An idle lane's harness; a new lane's while there are fewer than the pool's threads."""
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if not self._harnesses:  # the golden runs' stack, if this process started one
+                first = _harnesses.get(self.example.name)
+                if first is not None:
+                    self._harnesses.append(first)
+                    return first
+            assert len(self._harnesses) < self._lane_count
+            stack = harness_stack(self.example).start()
+            self._harnesses.append(CrashHarness(self.example, stack))
+            return self._harnesses[-1]
 
 
 @dataclass(frozen=True)
@@ -79,7 +185,7 @@ class BrokenExample:
     name: str
     reason: str
 
-    def run(self) -> CrashResult:
+    def run(self, alongside: Sequence[object] = ()) -> CrashResult:
         raise AssertionError(self.reason)
 
 
@@ -92,6 +198,8 @@ def _failed(example_name: str, golden: Golden | GoldenFailure) -> str:
 
 
 _harnesses: dict[str, CrashHarness] = {}
+# By example: its lanes, or None where its points run in place (cases decide once, in order).
+_lanes: dict[str, Lanes | None] = {}
 # Golden runs by example, then scenario: for the crash matrix and for the README promise-tree
 # check (tests/test_examples.py), whichever asks first.
 _goldens: dict[str, dict[str, Golden | GoldenFailure]] = {}
@@ -105,6 +213,10 @@ def share_goldens_through(directory: Path) -> None:
 
 
 def stop_all() -> None:
+    while _lanes:
+        lanes = _lanes.pop(next(iter(_lanes)))
+        if lanes is not None:
+            lanes.close()
     while _harnesses:
         _stop(next(iter(_harnesses)))
 
