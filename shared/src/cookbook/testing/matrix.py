@@ -8,7 +8,8 @@ crash points than the pinned ones; a pinned point they do not have fails, saying
 
 Under pytest-xdist, an example's crash points and its pin test run in one test process (the
 scheduler groups them: cookbook.testing.fixtures), which starts that example's stack (dev server
-+ sandbox + ...) once and stops it at the end. Another test that needs a golden run (a README's
++ sandbox + ...) once and stops it at the end; an example whose runs mostly wait gets up to three
+stacks, each running one point at a time (`Lanes`). Another test that needs a golden run (a README's
 promise tree, tests/test_examples.py) may run in another process: golden runs are shared through
 a directory the controller hands out (`share_goldens_through`), so each is made once a session.
 
