@@ -22,6 +22,7 @@ import pytest
 from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.stack import devserver_process, gateway_process, url_of
+from cookbook.testing import keepalive
 from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
 from resonate.resonate import Resonate
@@ -217,6 +218,11 @@ def test_an_unknown_ticket_is_a_404_and_a_malformed_id_a_422(site: Site) -> None
     bad = site.http.get("/tickets/bad:id")
     assert bad.status_code == 422
     assert bad.json()["detail"][0]["loc"] == ["path", "ticket_id"]
+
+
+def test_answers_at_once_on_a_kept_alive_connection(site: Site) -> None:
+    # Not 40 ms late, as a uvicorn served on a socket of socket.create_server is with Nagle on.
+    assert keepalive.held_back(str(site.http.base_url.join("/tickets/t-never-booked"))) is None
 
 
 # -- hostile input -----------------------------------------------------------------------------
