@@ -90,6 +90,17 @@ def start(resonate: Resonate, who: Subscription, version: int, period: str) -> H
     return options.rpc(renewal_id, NAME, asdict(who))
 
 
+async def asleep(resonate: Resonate, renewal_id: str) -> None:
+    """Return once the renewal sleeps in the server: its timer, a promise the SDK tags
+    `resonate:timer` under the renewal's id as origin, is pending. Stopped before that, release 1
+    would be stopped in the middle of a step (harmless, but not the story the demo tells)."""
+    timer = {"resonate:origin": renewal_id, "resonate:timer": "true"}
+    while True:
+        if (await resonate.promises.search("pending", timer, 1, None)).promises:
+            return
+        await asyncio.sleep(0.05)  # the server pushes nothing for this: ask again shortly
+
+
 async def show(handle: Handle) -> None:
     renewal_id, renewal = await handle.id(), Renewal(**await handle.result())
     detail = renewal.charge or renewal.reason
@@ -112,7 +123,9 @@ async def main() -> None:
             start(resonate, subscription(name, FALLS_DUE_IN_SECONDS), 1, period)
             for name in ("ada", "bob")
         ]
-        await asyncio.sleep(1)
+        async with asyncio.timeout(30):  # well under a second, on a quiet machine
+            for handle in sleeping:
+                await asleep(resonate, await handle.id())
         ids = await in_flight(resonate, 1)
         print(f"· in flight on version 1, found by their markers' tag: {ids}", flush=True)
 
