@@ -22,7 +22,6 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
-import queue
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -134,10 +133,10 @@ class Lanes:
 
     def __init__(self, example: catalog.Example, lanes: int, cases: Sequence[MatrixCase]) -> None:
         self.example = example
-        self._idle: queue.SimpleQueue[CrashHarness] = queue.SimpleQueue()
         self._harnesses: list[CrashHarness] = []
         self._lock = threading.Lock()
-        self._lane_count = lanes
+        # A lane is a thread of the pool and the harness it made: it runs one point at a time.
+        self._lane = threading.local()
         self._pool = ThreadPoolExecutor(lanes, thread_name_prefix=f"{example.name}-lane")
         self._results = {case.key: self._pool.submit(self._run, case) for case in cases}
 
@@ -155,28 +154,23 @@ class Lanes:
 
     def _run(self, case: MatrixCase) -> CrashResult:
         golden, point = case.golden_and_point()
-        harness = self._take()
-        try:
-            return harness.run(golden, point)
-        finally:
-            self._idle.put(harness)
+        if not hasattr(self._lane, "harness"):
+            self._lane.harness = self._new_lane()
+        harness: CrashHarness = self._lane.harness
+        return harness.run(golden, point)
 
-    def _take(self) -> CrashHarness:
-        """An idle lane's harness; a new lane's while there are fewer than the pool's threads."""
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
+    def _new_lane(self) -> CrashHarness:
+        """The golden runs' harness for the first lane, if this process made them; else a new
+        harness on a stack of its own."""
         with self._lock:
-            if not self._harnesses:  # the golden runs' stack, if this process started one
-                first = _harnesses.get(self.example.name)
-                if first is not None:
-                    self._harnesses.append(first)
-                    return first
-            assert len(self._harnesses) < self._lane_count
-            stack = harness_stack(self.example).start()
-            self._harnesses.append(CrashHarness(self.example, stack))
-            return self._harnesses[-1]
+            first = _harnesses.get(self.example.name)
+            if first is not None and first not in self._harnesses:
+                self._harnesses.append(first)
+                return first
+        harness = CrashHarness(self.example, harness_stack(self.example).start())
+        with self._lock:
+            self._harnesses.append(harness)
+        return harness
 
 
 @dataclass(frozen=True)
