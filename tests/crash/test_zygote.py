@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cookbook import processes
 from cookbook.crash.zygote import ForkedProcess, Zygote, Zygotes
 from cookbook.processes import ManagedProcess, ProcessStartError
 
@@ -155,10 +156,15 @@ def test_a_forked_worker_gets_its_own_environment(zygote: Zygote, tmp_path: Path
 
 @pytest.fixture
 def zygotes() -> Iterator[Zygotes]:
+    """A pool of this test's own, the only one: the suite's launcher (the test process's pool,
+    cookbook.testing.fixtures) is set aside, so that a process this pool leaves alone is
+    started with Popen."""
     pool = Zygotes(read_when_run=["ZYGOTE_PROBE_MARKER"], fork_after=1)
+    suites = processes.launch_with(None)
     try:
         yield pool
     finally:
+        processes.launch_with(suites)
         pool.stop()
 
 
@@ -227,3 +233,24 @@ def test_a_kind_whose_zygote_cannot_start_starts_as_it_is(zygotes: Zygotes, tmp_
     launched = [zygotes.launch(process) for process in (threads(), threads(), threads())]
 
     assert not any(isinstance(process, ForkedProcess) for process in launched)
+
+
+def _command_line(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().split("\0")[:-1]
+
+
+def test_a_test_process_forks_the_python_dash_m_processes_it_starts_from_the_second_of_a_kind(
+    tmp_path: Path,
+) -> None:
+    # Whoever starts them (a fixture, a stack, a test): cookbook.testing.fixtures' launcher.
+    first, second, third = (probe(tmp_path, str(n)) for n in range(3))
+    with first, second, third:
+        reports = [report_of(process) for process in (first, second, third)]
+        zygote = reports[1]["ppid"]
+        assert isinstance(zygote, int)
+        zygote_command = _command_line(zygote)
+    assert reports[0]["ppid"] == os.getpid()
+    assert zygote != os.getpid()
+    assert reports[2]["ppid"] == zygote
+    assert zygote_command[1:4] == ["-m", "cookbook.crash.zygote", PROBE]
+    assert [report["argv"][1:] for report in reports] == [["0"], ["1"], ["2"]]

@@ -41,6 +41,24 @@ class ProcessStartError(RuntimeError):
     """A child exited or stayed silent before it was ready; the message carries its last output."""
 
 
+# Starts a process another way than `subprocess.Popen` (forked from a process that has imported
+# what it imports: cookbook.crash.zygote), or returns None to leave it to Popen.
+type Launcher = Callable[["ManagedProcess"], Child | None]
+_launcher: Launcher | None = None
+
+
+def launch_with(launcher: Launcher | None) -> Launcher | None:
+    """From now on, start every ManagedProcess with `launcher` first (None: with Popen alone);
+    returns the launcher this replaces.
+
+    For a process that starts many processes of few kinds: the test suite forks the dev servers,
+    sandboxes, workers and gateways its tests start (cookbook.testing.fixtures).
+    """
+    global _launcher
+    replaced, _launcher = _launcher, launcher
+    return replaced
+
+
 class ManagedProcess:
     def __init__(
         self,
@@ -94,6 +112,8 @@ class ManagedProcess:
 
     def _launch(self) -> Child:
         self.env.setdefault("PYTHONUNBUFFERED", "1")
+        if _launcher is not None and (child := _launcher(self)) is not None:
+            return child
         return subprocess.Popen(
             self.argv,
             env=self.env,

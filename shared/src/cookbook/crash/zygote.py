@@ -393,6 +393,14 @@ class Zygotes:
         zygote = self.zygote_for(process)
         return process if zygote is None else zygote.fork(process)
 
+    def child_for(self, process: ManagedProcess) -> ForkedChild | None:
+        """`process`, being started, forked from its kind's zygote; None where it cannot be (yet).
+
+        A launcher for every process a caller starts (`cookbook.processes.launch_with`).
+        """
+        zygote = self.zygote_for(process)
+        return None if zygote is None else zygote.spawn(process.argv[3:], process.env)
+
     def zygote_for(self, process: ManagedProcess) -> Zygote | None:
         """The zygote for processes like `process`, started here if it is due; None if there is
         none (yet)."""

@@ -3,10 +3,11 @@
 Every process a fixture starts is stopped by its pid when the test ends, passed or failed; every
 port is picked free by the process itself and read back from its readiness line.
 
-The suite starts a dev server, a worker or a gateway for most of its tests, and most of such a
-process's start-up is importing (0.3-0.6 CPU-seconds). From the second process of a kind on, a
-test process forks them from a zygote that has imported what they import (cookbook.crash.zygote):
-each is still a process of its own, started for its test and SIGKILLable by its pid.
+The suite starts a dev server, a sandbox, a worker or a gateway for most of its tests, and most
+of such a process's start-up is importing (0.3-0.6 CPU-seconds). From the second process of a
+kind on, a test process forks every `python -m` process it starts (a ManagedProcess, whoever
+starts it) from a zygote that has imported what they import (cookbook.crash.zygote): each is
+still a process of its own, started for its test and SIGKILLable by its pid.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from cookbook import clients, copyout
+from cookbook import clients, copyout, processes
 from cookbook.crash.zygote import Zygotes
 from cookbook.processes import ManagedProcess
 from cookbook.sandbox import SandboxRecords
@@ -186,23 +187,14 @@ ADDRESSES = (
 )
 
 
-@pytest.fixture(scope="session")
-def zygotes() -> Iterator[Zygotes]:
-    """The zygotes this test process forks dev servers, workers and gateways from."""
-    pool = Zygotes(read_when_run=ADDRESSES, fork_after=1)
-    yield pool
-    pool.stop()
-
-
 @pytest.fixture
-def start_process(zygotes: Zygotes) -> Iterator[Callable[[ManagedProcess], ManagedProcess]]:
+def start_process() -> Iterator[Callable[[ManagedProcess], ManagedProcess]]:
     """Start any ManagedProcess (a gateway, a consumer, ...); stopped by pid at teardown."""
     started: list[ManagedProcess] = []
 
     def start(process: ManagedProcess) -> ManagedProcess:
-        launched = zygotes.launch(process)
-        started.append(launched)
-        return launched.start()
+        started.append(process)
+        return process.start()
 
     yield start
     for process in reversed(started):
@@ -210,7 +202,7 @@ def start_process(zygotes: Zygotes) -> Iterator[Callable[[ManagedProcess], Manag
 
 
 @pytest.fixture
-def start_devserver(tmp_path: Path, zygotes: Zygotes) -> Iterator[DevServerFactory]:
+def start_devserver(tmp_path: Path) -> Iterator[DevServerFactory]:
     """Start dev servers (`fast_recovery=`, `sse_rotate_seconds=`, `tokens=`, `skip_time=`);
     all stopped at teardown. With tokens, requests need `Authorization: Bearer <one of them>`."""
     started: list[RunningDevServer] = []
@@ -223,14 +215,12 @@ def start_devserver(tmp_path: Path, zygotes: Zygotes) -> Iterator[DevServerFacto
         skip_time: bool = False,
     ) -> RunningDevServer:
         data_dir = tmp_path / f"devserver-{len(started)}"
-        process = zygotes.launch(
-            devserver_process(
-                data_dir,
-                fast_recovery=fast_recovery,
-                sse_rotate_seconds=sse_rotate_seconds,
-                tokens=tokens,
-                skip_time=skip_time,
-            )
+        process = devserver_process(
+            data_dir,
+            fast_recovery=fast_recovery,
+            sse_rotate_seconds=sse_rotate_seconds,
+            tokens=tokens,
+            skip_time=skip_time,
         )
         server = RunningDevServer(
             process.start(), data_dir, fast_recovery, sse_rotate_seconds, tuple(tokens), skip_time
@@ -258,13 +248,13 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox
 
 
 @pytest.fixture
-def start_worker(zygotes: Zygotes) -> Iterator[ProcessFactory]:
+def start_worker() -> Iterator[ProcessFactory]:
     """Start an example's worker (`start_worker("hello.worker", env)`); stopped at teardown."""
     started: list[ManagedProcess] = []
 
     def start(module: str, env: Mapping[str, str], name: str = "worker") -> ManagedProcess:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
-        process = zygotes.launch(worker_process(module, {**inherited, **env}, name=name))
+        process = worker_process(module, {**inherited, **env}, name=name)
         started.append(process)
         return process.start()
 
@@ -296,9 +286,15 @@ def pytest_configure_node(node: Any) -> None:
 
 
 _COPY_OUT_VENVS = pytest.StashKey[Path]()
+_ZYGOTES = pytest.StashKey[Zygotes]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Installed for the whole test process, not as a session fixture: the crash matrix's stacks
+    # outlive the session's fixtures (they stop in pytest_unconfigure), and what is forked from
+    # a zygote dies with it.
+    config.stash[_ZYGOTES] = Zygotes(read_when_run=ADDRESSES, fork_after=1)
+    processes.launch_with(config.stash[_ZYGOTES].child_for)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None and copyout.SHARED_VENVS not in os.environ:
         # Set before the test processes start, which inherit it: an example's demo and its
@@ -377,6 +373,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # Not left to atexit: a test process that takes long to exit is killed by pytest-xdist's
     # controller, and the stacks it still held outlived the session.
     matrix.stop_all()
+    zygotes = config.stash.get(_ZYGOTES, None)
+    if zygotes is not None:
+        processes.launch_with(None)
+        zygotes.stop()
     venvs = config.stash.get(_COPY_OUT_VENVS, None)
     if venvs is not None:
         os.environ.pop(copyout.SHARED_VENVS, None)
