@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import re
 import shutil
+from importlib.util import cache_from_source
 from pathlib import Path
 
 import pytest
+import resonate.resonate
 from cookbook import catalog, copyout
 
 EXAMPLES = [example.name for example in catalog.examples()]
@@ -93,13 +95,35 @@ def test_a_copy_compiles_what_it_imports_even_where_bytecode_writing_is_off(
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     python = copyout.copy_out(catalog.example("hello"), tmp_path)
     site_packages = next(python.parent.parent.glob("lib/python*/site-packages"))
+    # The example's own modules, which nothing shares: its tests import them from the copy.
+    package = tmp_path / "hello" / "hello"
 
-    def compiled(package: str) -> list[Path]:
-        return list((site_packages / package).rglob("*.pyc"))
-
-    assert not compiled("resonate"), "the venv was installed with every module compiled"
+    assert not list((site_packages / "hello").rglob("*.pyc")), "installed with modules compiled"
+    assert not list(package.rglob("*.pyc")), "copied with its bytecode"
 
     done = copyout.run_tests(tmp_path / "hello", python)
 
     assert done.returncode == 0, done.stdout + done.stderr
-    assert compiled("resonate"), "the copy's tests left no bytecode of what they imported"
+    assert list(package.rglob("*.pyc")), "the copy's tests left no bytecode of what they imported"
+
+
+def test_a_copy_loads_the_workspace_bytecode_of_the_files_it_shares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(copyout.SHARED_VENVS, str(tmp_path / "venvs"))
+    python = copyout.copy_out(catalog.example("hello"), tmp_path)
+    site_packages = next(python.parent.parent.glob("lib/python*/site-packages"))
+    source = site_packages / "resonate" / "resonate.py"
+    if not source.samefile(resonate.resonate.__file__):
+        pytest.skip("uv copied its cache into the venv (another filesystem): nothing is shared")
+    ours = Path(cache_from_source(str(source)))
+    theirs = Path(cache_from_source(resonate.resonate.__file__))
+    assert theirs.is_file(), "the workspace's venv is compiled (make setup)"
+
+    assert ours.is_file(), "the copy has no bytecode of resonate.py"
+    assert ours.samefile(theirs), "linked, not compiled again"
+    done = copyout.run_tests(tmp_path / "hello", python)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Python replaces a compiled file it finds stale (by a new one): this one was loaded as it is.
+    assert ours.samefile(theirs), "the copy compiled resonate.py again"
