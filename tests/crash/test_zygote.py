@@ -239,18 +239,58 @@ def _command_line(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_text().split("\0")[:-1]
 
 
-def test_a_test_process_forks_the_python_dash_m_processes_it_starts_from_the_second_of_a_kind(
+def test_a_test_process_forks_every_python_dash_m_process_it_starts() -> None:
+    # Whoever starts them (a fixture, a stack, a test): cookbook.testing.fixtures' launcher. The
+    # first of a kind is forked from the base zygote, which has imported the libraries only; the
+    # next ones from a zygote of their kind, which has imported what their module imports.
+    env = {**os.environ, "ZYGOTE_PROBE_MARKER": "the suite's"}
+    started = [
+        ManagedProcess(
+            "probe", [sys.executable, "-m", PROBE, str(n)], ready=READY, env=env, cwd=ROOT
+        )
+        for n in range(3)
+    ]
+    with started[0], started[1], started[2]:
+        reports = [report_of(process) for process in started]
+        parents = [report["ppid"] for report in reports]
+        commands = [_command_line(int(str(parent))) for parent in parents]
+
+    assert [report["argv"][1:] for report in reports] == [["0"], ["1"], ["2"]]
+    assert all(report["name"] == "__main__" for report in reports)
+    assert os.getpid() not in parents
+    assert commands[0][1:4] == ["-m", "cookbook.crash.zygote", "--control-fd"]
+    assert reports[0]["dependency_imported_by"] == reports[0]["pid"], "imported after the fork"
+    assert commands[1][1:4] == ["-m", "cookbook.crash.zygote", PROBE]
+    assert parents[1] == parents[2] == reports[1]["dependency_imported_by"]
+
+
+WHERE_AM_I = """
+import json, os, sys, time
+print(json.dumps({"cwd": os.getcwd(), "path0": sys.path[0], "ppid": os.getppid()}))
+print("where_am_i ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_process_forked_from_the_base_zygote_starts_where_python_dash_m_would(
     tmp_path: Path,
 ) -> None:
-    # Whoever starts them (a fixture, a stack, a test): cookbook.testing.fixtures' launcher.
-    first, second, third = (probe(tmp_path, str(n)) for n in range(3))
-    with first, second, third:
-        reports = [report_of(process) for process in (first, second, third)]
-        zygote = reports[1]["ppid"]
-        assert isinstance(zygote, int)
-        zygote_command = _command_line(zygote)
-    assert reports[0]["ppid"] == os.getpid()
-    assert zygote != os.getpid()
-    assert reports[2]["ppid"] == zygote
-    assert zygote_command[1:4] == ["-m", "cookbook.crash.zygote", PROBE]
-    assert [report["argv"][1:] for report in reports] == [["0"], ["1"], ["2"]]
+    # A module only its own directory has: found through sys.path[0], as `python -m` finds it.
+    (tmp_path / "where_am_i.py").write_text(WHERE_AM_I)
+    process = ManagedProcess(
+        "where", [sys.executable, "-m", "where_am_i"], ready="where_am_i ready", cwd=tmp_path
+    )
+    with process:
+        report = report_of(process)
+        parent = _command_line(int(str(report["ppid"])))
+
+    assert parent[1:4] == ["-m", "cookbook.crash.zygote", "--control-fd"]
+    assert report["cwd"] == report["path0"] == str(tmp_path)
+
+
+def test_another_interpreter_setting_is_not_forked_from_the_base_zygote(tmp_path: Path) -> None:
+    # PYTHONPATH is read as the interpreter starts: the base zygote's sys.path is not this one's.
+    process = probe(tmp_path, "alone")
+    assert process.env["PYTHONPATH"] != os.environ.get("PYTHONPATH")
+    with process:
+        assert report_of(process)["ppid"] == os.getpid()

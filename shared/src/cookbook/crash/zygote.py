@@ -40,11 +40,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from cookbook.processes import Child, LineHandler, ManagedProcess, ProcessStartError
 
@@ -75,6 +76,10 @@ def imported_by(module: str) -> list[str]:
 # import it again: httpx its transport (httpcore) when the first client is made, and httpcore
 # anyio's asyncio backend on the first request. A third of a worker's CPU in the matrix.
 IMPORTED_ON_FIRST_USE = ("httpcore", "anyio", "anyio._backends._asyncio")
+# What nearly every process the cookbook starts imports (the SDK, HTTP clients and servers): 0.4
+# of the 0.4-0.5 CPU-seconds a worker, a gateway, a sandbox or a dev server spends importing. A
+# base zygote imports these alone, and forks processes of any module.
+LIBRARIES = ("resonate", "httpx", "pydantic", "fastapi", "uvicorn", "aiohttp")
 
 
 def preload(module: str) -> None:
@@ -89,10 +94,10 @@ def preload(module: str) -> None:
             continue
 
 
-def serve(control: socket.socket) -> list[str] | None:
+def serve(control: socket.socket) -> dict[str, Any] | None:
     """Fork a process per request until the harness goes away.
 
-    Returns, in a forked process only, the arguments it was asked to run with.
+    Returns, in a forked process only, the request it was forked for.
     """
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ)
@@ -121,10 +126,9 @@ def serve(control: socket.socket) -> list[str] | None:
                                 os.close(pidfd)
                             children.clear()  # the zygote's, not this worker's, to stop
                             control.close()
-                            request = json.loads(arguments)
+                            request: dict[str, Any] = json.loads(arguments)
                             _become_worker(output, request["env"])
-                            args: list[str] = request["args"]
-                            return args
+                            return request
                         os.close(output)
                         pidfd = os.pidfd_open(pid)
                         children[pidfd] = pid
@@ -162,28 +166,49 @@ def _become_worker(output: int, env: dict[str, str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("module", help="the worker module, as `python -m` takes it")
+    parser.add_argument(
+        "module",
+        nargs="?",
+        help="the worker module, as `python -m` takes it; none: a base zygote (LIBRARIES)",
+    )
     parser.add_argument("--control-fd", type=int, required=True)
     args = parser.parse_args()
     control = socket.socket(fileno=args.control_fd)
-    preload(args.module)
+    if args.module is None:
+        for library in [*LIBRARIES, *IMPORTED_ON_FIRST_USE]:
+            importlib.import_module(library)
+    else:
+        preload(args.module)
+    what = args.module or "the libraries"
     # Forking a process with threads would copy their locks in whatever state they were.
     if threading.active_count() != 1:
-        sys.exit(f"zygote: importing {args.module}'s imports started threads; cannot fork")
+        sys.exit(f"zygote: importing {what}'s imports started threads; cannot fork")
+    # A process forked from here finds its temporary directory in its own environment.
+    if tempfile.tempdir is not None:
+        sys.exit(f"zygote: importing {what} chose a temporary directory; cannot fork")
     print(f"zygote {os.getpid()} ready", flush=True)
-    forked_with = serve(control)
-    if forked_with is None:
+    request = serve(control)
+    if request is None:
         return
-    sys.argv = [sys.argv[0], *forked_with]  # run_module sets [0] to the module's file, as -m does
-    runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+    if "cwd" in request:  # forked from a base zygote: where `python -m` would have started
+        os.chdir(request["cwd"])
+        if not sys.flags.safe_path:
+            sys.path[0] = request["cwd"]
+    # run_module sets argv[0] to the module's file, as -m does.
+    sys.argv = [sys.argv[0], *request["args"]]
+    runpy.run_module(request.get("module", args.module), run_name="__main__", alter_sys=True)
 
 
 class Zygote:
-    """The harness's side of a zygote: start it, fork workers from it, stop it."""
+    """The harness's side of a zygote: start it, fork workers from it, stop it.
+
+    A zygote of a module (`python -m <module>`) has imported what that module imports; a base
+    zygote (`module` None) only the LIBRARIES, and forks processes of any module.
+    """
 
     def __init__(
         self,
-        module: str,
+        module: str | None,
         env: Mapping[str, str],
         cwd: Path | None = None,
         *,
@@ -195,9 +220,10 @@ class Zygote:
         self.read_when_run = MAY_DIFFER | frozenset(read_when_run)
         self._control, self._theirs = socket.socketpair()
         fd = self._theirs.fileno()
-        argv = [sys.executable, "-m", "cookbook.crash.zygote", module, "--control-fd", str(fd)]
+        argv = [sys.executable, "-m", "cookbook.crash.zygote", *([module] if module else [])]
+        argv += ["--control-fd", str(fd)]
         self.process = ManagedProcess(
-            f"zygote-{module}", argv, ready=READY, env=env, cwd=cwd, pass_fds=(fd,)
+            f"zygote-{module or 'base'}", argv, ready=READY, env=env, cwd=cwd, pass_fds=(fd,)
         )
         self._spawning = threading.Lock()
         self._state = threading.Condition()
@@ -239,7 +265,7 @@ class Zygote:
 
         Its environment and directory must be the zygote's (`read_when_run` aside): what the
         zygote imported has read them already."""
-        if process.argv[1:3] != ["-m", self.module]:
+        if self.module is None or process.argv[1:3] != ["-m", self.module]:
             raise ValueError(f"{process.name} does not run {self.module}")
         if process.cwd != self.process.cwd or _differences(
             process.env, self.process.env, self.read_when_run
@@ -261,13 +287,25 @@ class Zygote:
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         timeout: float = 20.0,
+        *,
+        module: str | None = None,
+        cwd: Path | None = None,
     ) -> ForkedChild:
-        """Fork `python -m <module> <args>`; its stdout and stderr are the child's `stdout`."""
+        """Fork `python -m <module> <args>`; its stdout and stderr are the child's `stdout`.
+
+        From a base zygote, `module` is the one to run and `cwd` where (the caller's directory
+        if None), as `python -m` would have been started there.
+        """
+        if (module is None) != (self.module is not None):
+            raise ValueError("a base zygote forks a module given; another, its own module")
         read_end, write_end = os.pipe()
         try:
             with self._spawning:
                 environment = dict(self.process.env if env is None else env)
-                request = f"spawn {json.dumps({'args': list(args), 'env': environment})}\n"
+                fields: dict[str, Any] = {"args": list(args), "env": environment}
+                if module is not None:
+                    fields |= {"module": module, "cwd": str(cwd or Path.cwd())}
+                request = f"spawn {json.dumps(fields)}\n"
 
                 socket.send_fds(self._control, [request.encode()], [write_end])
                 with self._state:
@@ -344,6 +382,7 @@ class ForkedProcess(ManagedProcess):
         env: Mapping[str, str] | None = None,
         on_line: LineHandler | None = None,
     ) -> None:
+        assert zygote.module is not None, "forked from a zygote of its module"
         argv = [sys.executable, "-m", zygote.module, *args]
         super().__init__(name, argv, ready=ready, env=env, on_line=on_line, cwd=zygote.process.cwd)
         self.zygote = zygote
@@ -369,6 +408,20 @@ def _differences(
 
 type Kind = tuple[str, Path | None, tuple[tuple[str, str], ...]]
 
+# What the interpreter reads from the environment as it starts (sys.path, hash seed, warnings,
+# stdio encoding, time zone, ...): a process forked from a base zygote must have the zygote's.
+BASE_SETTINGS = ("PYTHON", "LANG", "LC_", "TZ")
+
+
+def _settings(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(BASE_SETTINGS) and k not in MAY_DIFFER}
+
+
+def _forkable(process: ManagedProcess) -> bool:
+    """Started as `python -m <module>` by this interpreter, with no file descriptor to pass."""
+    argv = process.argv
+    return argv[:2] == [sys.executable, "-m"] and len(argv) >= 3 and not process.pass_fds
+
 
 class Zygotes:
     """A zygote per kind of `python -m` process a caller starts, each started when first needed.
@@ -378,15 +431,24 @@ class Zygotes:
     (another interpreter, file descriptors to pass, a zygote that failed to start). With
     `fork_after=n`, the first n processes of a kind start as they are: a zygote costs one start-up
     of its own, which a kind that is started once would never win back.
+
+    With `base=True`, `child_for` forks those first processes from a base zygote (one for every
+    kind, started when first needed, in the caller's environment), which has imported only the
+    LIBRARIES: their import was most of their start-up. Only a process whose interpreter
+    settings (BASE_SETTINGS) are the base zygote's: those are read as the interpreter starts.
     """
 
-    def __init__(self, *, read_when_run: Collection[str] = (), fork_after: int = 0) -> None:
+    def __init__(
+        self, *, read_when_run: Collection[str] = (), fork_after: int = 0, base: bool = False
+    ) -> None:
         self.read_when_run = MAY_DIFFER | frozenset(read_when_run)
         self.fork_after = fork_after
         self._zygotes: dict[Kind, Zygote] = {}
         self._failed: set[Kind] = set()
         self._started: Counter[Kind] = Counter()
         self._lock = threading.Lock()
+        self._base: Zygote | None = None
+        self._base_wanted = base
 
     def launch(self, process: ManagedProcess) -> ManagedProcess:
         """`process` (not started), forked from its kind's zygote where it can be."""
@@ -399,12 +461,17 @@ class Zygotes:
         A launcher for every process a caller starts (`cookbook.processes.launch_with`).
         """
         zygote = self.zygote_for(process)
-        return None if zygote is None else zygote.spawn(process.argv[3:], process.env)
+        if zygote is not None:
+            return zygote.spawn(process.argv[3:], process.env)
+        base = self._base_for(process)
+        if base is None:
+            return None
+        return base.spawn(process.argv[3:], process.env, module=process.argv[2], cwd=process.cwd)
 
     def zygote_for(self, process: ManagedProcess) -> Zygote | None:
         """The zygote for processes like `process`, started here if it is due; None if there is
         none (yet)."""
-        if process.argv[:2] != [sys.executable, "-m"] or len(process.argv) < 3 or process.pass_fds:
+        if not _forkable(process):
             return None
         kind = self._kind(process)
         with self._lock:
@@ -421,11 +488,27 @@ class Zygotes:
             self._zygotes[kind] = zygote
             return zygote
 
+    def _base_for(self, process: ManagedProcess) -> Zygote | None:
+        if not self._base_wanted or not _forkable(process):
+            return None
+        with self._lock:
+            if self._base is None:
+                try:
+                    self._base = Zygote(None, os.environ).start()
+                except ProcessStartError:
+                    self._base_wanted = False
+                    return None
+            base = self._base
+        return base if _settings(process.env) == _settings(base.process.env) else None
+
     def stop(self) -> None:
         """Stop every zygote, and with it whatever process forked from it is still running."""
         with self._lock:
             while self._zygotes:
                 self._zygotes.popitem()[1].stop()
+            if self._base is not None:
+                self._base.stop()
+                self._base = None
 
     def _kind(self, process: ManagedProcess) -> Kind:
         env = tuple(

@@ -293,7 +293,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Installed for the whole test process, not as a session fixture: the crash matrix's stacks
     # outlive the session's fixtures (they stop in pytest_unconfigure), and what is forked from
     # a zygote dies with it.
-    config.stash[_ZYGOTES] = Zygotes(read_when_run=ADDRESSES, fork_after=1)
+    config.stash[_ZYGOTES] = Zygotes(read_when_run=ADDRESSES, fork_after=1, base=True)
     processes.launch_with(config.stash[_ZYGOTES].child_for)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None and copyout.SHARED_VENVS not in os.environ:
