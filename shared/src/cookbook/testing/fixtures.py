@@ -4,9 +4,10 @@ Every process a fixture starts is stopped by its pid when the test ends, passed 
 port is picked free by the process itself and read back from its readiness line.
 
 The suite starts a dev server, a sandbox, a worker or a gateway for most of its tests, and most
-of such a process's start-up is importing (0.3-0.6 CPU-seconds). From the second process of a
-kind on, a test process forks every `python -m` process it starts (a ManagedProcess, whoever
-starts it) from a zygote that has imported what they import (cookbook.crash.zygote): each is
+of such a process's start-up is importing (0.3-0.6 CPU-seconds). A test process forks every
+`python -m` process it starts (a ManagedProcess, whoever starts it; cookbook.crash.zygote): the
+first of a kind from a base zygote that has imported the libraries nearly all of them import, the
+next ones from a zygote of their kind, which has imported what their module imports. Each is
 still a process of its own, started for its test and SIGKILLable by its pid.
 """
 
