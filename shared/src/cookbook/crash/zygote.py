@@ -14,8 +14,9 @@ which is how the harness sees a SIGKILL. The dev server the harness restarts aft
 is forked the same way, from a zygote of its own.
 
 `Zygotes` keeps one zygote per kind of process (module, directory, environment) for a caller that
-starts many: the crash harness, and the test fixtures that start dev servers, workers and gateways
-for every test (cookbook.testing.fixtures).
+starts many: the crash harness, and every test process (cookbook.testing.fixtures), which also
+keeps a base zygote that has imported only the libraries nearly every process imports, and forks
+the first process of every kind from it.
 
 Protocol, over a Unix socket the harness hands the zygote (`--control-fd`): the harness sends
 `spawn {"args": [...], "env": {...}}\n` with the write end of a fresh pipe attached (SCM_RIGHTS),
