@@ -297,7 +297,7 @@ class Zygote:
         From a base zygote, `module` is the one to run and `cwd` where (the caller's directory
         if None), as `python -m` would have been started there.
         """
-        if (module is None) != (self.module is not None):
+        if (module is None) == (self.module is None):
             raise ValueError("a base zygote forks a module given; another, its own module")
         read_end, write_end = os.pipe()
         try:
