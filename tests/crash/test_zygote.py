@@ -71,6 +71,20 @@ def test_what_libraries_import_on_first_use_is_imported_before_the_fork(
     assert from_the_zygote["lazy_imports_loaded"] == ["anyio._backends._asyncio", "httpcore"]
 
 
+def test_what_the_zygote_imported_is_out_of_the_garbage_collectors_sight_after_the_fork(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    # A collection in the forked process would write to every object it inherited, copying
+    # every page of them: most of a short-lived worker's CPU.
+    with probe(tmp_path) as started_alone, zygote.fork(probe(tmp_path)) as forked:
+        alone, from_the_zygote = report_of(started_alone), report_of(forked)
+
+    assert isinstance(alone["frozen_objects"], int)
+    assert isinstance(from_the_zygote["frozen_objects"], int)
+    assert alone["frozen_objects"] < 1_000  # what the interpreter itself sets aside as it starts
+    assert from_the_zygote["frozen_objects"] > 10_000  # and what the zygote imported
+
+
 def test_sigkill_kills_exactly_the_forked_worker_and_is_reported(
     zygote: Zygote, tmp_path: Path
 ) -> None:
@@ -265,8 +279,9 @@ def test_a_test_process_forks_every_python_dash_m_process_it_starts() -> None:
 
 
 WHERE_AM_I = """
-import json, os, sys, time
-print(json.dumps({"cwd": os.getcwd(), "path0": sys.path[0], "ppid": os.getppid()}))
+import gc, json, os, sys, time
+report = {"cwd": os.getcwd(), "path0": sys.path[0], "ppid": os.getppid()}
+print(json.dumps(report | {"frozen": gc.get_freeze_count()}))
 print("where_am_i ready", flush=True)
 time.sleep(60)
 """
@@ -286,6 +301,8 @@ def test_a_process_forked_from_the_base_zygote_starts_where_python_dash_m_would(
 
     assert parent[1:4] == ["-m", "cookbook.crash.zygote", "--control-fd"]
     assert report["cwd"] == report["path0"] == str(tmp_path)
+    assert isinstance(report["frozen"], int)
+    assert report["frozen"] > 10_000  # the base zygote's libraries, out of the collector's sight
 
 
 def test_another_interpreter_setting_is_not_forked_from_the_base_zygote(tmp_path: Path) -> None:

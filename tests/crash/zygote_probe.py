@@ -1,12 +1,14 @@
 """`python -m tests.crash.zygote_probe [exit N]`: a worker that says how it was started.
 
 It prints one JSON line (what `python -m` decides: `__name__`, argv, cwd, environment, session,
-threads, stdin; and which process imported its dependency), then `probe worker <pid> ready`, then
-serves until SIGTERM, or exits with N at once when asked to.
+threads, stdin; which process imported its dependency; how many objects the garbage collector
+leaves alone), then `probe worker <pid> ready`, then serves until SIGTERM, or exits with N at
+once when asked to.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -29,6 +31,7 @@ def main() -> None:
         "dependency_imported_by": zygote_probe_dependency.IMPORTED_BY,
         "pid": os.getpid(),
         "ppid": os.getppid(),
+        "frozen_objects": gc.get_freeze_count(),
         "lazy_imports_loaded": sorted(
             name for name in ("httpcore", "anyio._backends._asyncio") if name in sys.modules
         ),
