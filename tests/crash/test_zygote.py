@@ -18,6 +18,8 @@ from cookbook.processes import ManagedProcess, ProcessStartError
 ROOT = Path(__file__).parents[2]
 PROBE = "tests.crash.zygote_probe"
 READY = r"probe worker \d+ ready"
+# How a base zygote reads in /proc/<pid>/cmdline, after the interpreter.
+BASE_ZYGOTE = ["-m", "cookbook.crash.zygote", "--control-fd"]
 
 
 def probe(cwd: Path, *args: str, marker: str = "from-the-zygote") -> ManagedProcess:
@@ -272,7 +274,7 @@ def test_a_test_process_forks_every_python_dash_m_process_it_starts() -> None:
     assert [report["argv"][1:] for report in reports] == [["0"], ["1"], ["2"]]
     assert all(report["name"] == "__main__" for report in reports)
     assert os.getpid() not in parents
-    assert commands[0][1:4] == ["-m", "cookbook.crash.zygote", "--control-fd"]
+    assert commands[0][1:4] == BASE_ZYGOTE
     assert reports[0]["dependency_imported_by"] == reports[0]["pid"], "imported after the fork"
     assert commands[1][1:4] == ["-m", "cookbook.crash.zygote", PROBE]
     assert parents[1] == parents[2] == reports[1]["dependency_imported_by"]
@@ -299,7 +301,7 @@ def test_a_process_forked_from_the_base_zygote_starts_where_python_dash_m_would(
         report = report_of(process)
         parent = _command_line(int(str(report["ppid"])))
 
-    assert parent[1:4] == ["-m", "cookbook.crash.zygote", "--control-fd"]
+    assert parent[1:4] == BASE_ZYGOTE
     assert report["cwd"] == report["path0"] == str(tmp_path)
     assert isinstance(report["frozen"], int)
     assert report["frozen"] > 10_000  # the base zygote's libraries, out of the collector's sight
@@ -311,3 +313,29 @@ def test_another_interpreter_setting_is_not_forked_from_the_base_zygote(tmp_path
     assert process.env["PYTHONPATH"] != os.environ.get("PYTHONPATH")
     with process:
         assert report_of(process)["ppid"] == os.getpid()
+
+
+def _base_zygotes_of(parent: int) -> list[int]:
+    """The base zygotes `parent` started, read from /proc (a process's parent is its stat's 4th
+    field, after the command name in parentheses)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and _command_line(int(proc.name))[1:4] == BASE_ZYGOTE:
+                found.append(int(proc.name))
+        except OSError:
+            continue  # it ended meanwhile
+    return found
+
+
+def test_no_base_zygote_is_started_for_a_process_it_could_not_serve(tmp_path: Path) -> None:
+    pool = Zygotes(fork_after=1, base=True)
+    before = _base_zygotes_of(os.getpid())
+    try:
+        assert pool.child_for(probe(tmp_path)) is None  # another PYTHONPATH: started as it is
+        assert _base_zygotes_of(os.getpid()) == before
+    finally:
+        pool.stop()

@@ -502,6 +502,8 @@ class Zygotes:
             return None
         with self._lock:
             if self._base is None:
+                if _settings(process.env) != _settings(os.environ):
+                    return None  # it could not serve this process: not started for it
                 try:
                     self._base = Zygote(None, os.environ).start()
                 except ProcessStartError:
