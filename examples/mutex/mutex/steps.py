@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from resonate.context import Context
+from resonate.error import ServerError
 from resonate.resonate import Resonate
 from resonate.types import PromiseRecord, Value
 
@@ -104,9 +105,8 @@ async def enqueue(ctx: Context, mutex: str, holder: str, grant_id: str) -> int:
         if taken is not None and taken.grant_id == grant_id:  # ours (now, or before a crash)
             break
         turn += 1
-    try:
-        inbox = await hub.promises.get(f"{mutex}.inbox.{turn}")
-    except Exception:  # not open yet: the coordinator finds the claim when it opens it
+    inbox = await _get_if_created(hub, f"{mutex}.inbox.{turn}")
+    if inbox is None:  # not open yet: the coordinator finds the claim when it opens it
         return turn
     await _resolve_once(hub, str(inbox.param.data), claim)
     return turn
@@ -118,9 +118,8 @@ async def open_turn(ctx: Context, mutex: str, turn: int, inbox_id: str) -> None:
     await hub.promises.create(
         f"{mutex}.inbox.{turn}", _now_ms() + RECORD_TTL_MS, Value(data=inbox_id), {}
     )
-    try:
-        slot = await hub.promises.get(f"{mutex}.slot.{turn}")
-    except Exception:  # nobody claimed it yet: the waiter that does will resolve the inbox
+    slot = await _get_if_created(hub, f"{mutex}.slot.{turn}")
+    if slot is None:  # nobody claimed it yet: the waiter that does will resolve the inbox
         return
     await _resolve_once(hub, inbox_id, slot.param.data)
 
@@ -135,6 +134,21 @@ async def grant(ctx: Context, grant_id: str, turn: int, release_id: str) -> bool
 async def release(ctx: Context, release_id: str) -> None:
     """Give the resource back. After the coordinator's hold limit this changes nothing."""
     await _resolve_once(ctx.get_dependency(Hub).resonate, release_id, None)
+
+
+async def _get_if_created(hub: Resonate, promise_id: str) -> PromiseRecord | None:
+    """The promise, or None if nobody created it yet.
+
+    Only the server's "not found" means that. Any other failure (the server restarting, a 503)
+    must raise, so the step is retried: read as "not there yet", it would leave the other side's
+    write unseen by both sides, and the inbox pending until its timeout.
+    """
+    try:
+        return await hub.promises.get(promise_id)
+    except ServerError as exc:
+        if exc.code == 404:
+            return None
+        raise
 
 
 async def _resolve_once(hub: Resonate, promise_id: str, data: Any) -> PromiseRecord:

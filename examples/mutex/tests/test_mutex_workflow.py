@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mutex.steps import Hub, ReportStore, generate_report
+from mutex.steps import Hub, ReportStore, enqueue, generate_report
 from mutex.workflow import contend, coordinator, use_resource
 from resonate.dependencies import DependencyMap
+from resonate.error import ServerError
 from resonate.retry import Never
 from resonate.testing import local_resonate, root_context
+from resonate.types import PromiseRecord
 
 
 def contend_in_process(store: ReportStore, holders: list[str], **options: Any) -> dict[str, Any]:
@@ -93,3 +95,33 @@ def test_a_contention_it_cannot_run_is_refused_before_anything_starts(
     with pytest.raises(Exception, match=r"^(holders|hold_limit_seconds)"):
         contend_in_process(store, holders, **options)
     assert not (tmp_path / "reports.db").exists()
+
+
+def test_a_failed_look_for_the_inbox_fails_the_claim_so_it_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only "not found" means the coordinator has not opened the inbox yet; a 503 must raise.
+
+    Taken for "not open yet", the claim would return with the inbox left pending, and this
+    waiter and every later one would wait for a turn nobody hands over.
+    """
+
+    async def claim() -> int:
+        resonate = local_resonate()
+        try:
+            real_get = resonate.promises.get
+
+            async def unavailable_for_inboxes(promise_id: str) -> PromiseRecord:
+                if ".inbox." in promise_id:
+                    raise ServerError(503, "the server is restarting")
+                return await real_get(promise_id)
+
+            monkeypatch.setattr(resonate.promises, "get", unavailable_for_inboxes)
+            deps = DependencyMap()
+            deps.insert(Hub(resonate))
+            return await enqueue(root_context(id="w", deps=deps), "m", "ada", "grant-ada")
+        finally:
+            await resonate.stop()
+
+    with pytest.raises(ServerError, match="503"):
+        asyncio.run(claim())
