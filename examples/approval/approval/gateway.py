@@ -232,7 +232,11 @@ def create_app(claims: Claims) -> Flask:
             }
             if record.state == "resolved":
                 return view | {"state": _value(record).get("state"), "outcome": _value(record)}
-            if record.state != "pending":
+            if record.state != "pending":  # a person must look: say what the worker raised
+                try:
+                    await (await claims.resonate.get(claim_id)).result()
+                except Exception as exc:
+                    return view | {"state": "failed", "reason": str(exc) or type(exc).__name__}
                 return view | {"state": "failed", "reason": record.state}
             return view
 
@@ -247,9 +251,9 @@ def create_app(claims: Claims) -> Flask:
         found = claims.call(_decision(claims, link)) if link is not None else None
         if link is None or found is None:
             return _not_found()
-        started, promise = found
+        started, promise, decidable = found
         claim = started.claim
-        if promise.state == "pending":
+        if decidable:
             deadline = datetime.fromtimestamp(promise.timeout_at / 1000, UTC)
             verb = "Approve" if link.decision == "approve" else "Reject"
             return _page(
@@ -280,9 +284,9 @@ def create_app(claims: Claims) -> Flask:
         found = claims.call(_decision(claims, link))
         if found is None:
             return _not_found()
-        started, promise = found
+        started, promise, decidable = found
         won = False
-        if promise.state == "pending":
+        if decidable:
             promise, won = claims.call(claims.resolve(link, form.note))
         return _settled_page(started.claim, promise, link, won=won, asked=True)
 
@@ -321,13 +325,17 @@ def create_app(claims: Claims) -> Flask:
     return app
 
 
-async def _decision(claims: Claims, link: Link) -> tuple[StartedWith, PromiseRecord] | None:
-    """The claim a genuine link is about, and its decision promise; None if either is gone."""
+async def _decision(claims: Claims, link: Link) -> tuple[StartedWith, PromiseRecord, bool] | None:
+    """The claim a genuine link is about, its decision promise, and whether it can be decided;
+    None if the claim or the promise is gone."""
     found = await claims.started_with(link.claim_id)
     promise = await claims.get(link.promise_id)
     if found is None or promise is None:
         return None
-    return found[1], promise
+    record, started = found
+    # The decision promise outlives a claim that ended without it (it failed, or someone settled
+    # it on the server): a click then would be told the claim will be paid, and nothing would.
+    return started, promise, promise.state == "pending" and record.state == "pending"
 
 
 # -- pages --------------------------------------------------------------------------------------
@@ -338,8 +346,15 @@ _DONE = {"approve": "approved", "reject": "rejected"}
 def _settled_page(
     claim: Claim, promise: PromiseRecord, link: Link, *, won: bool, asked: bool
 ) -> tuple[Response, int]:
-    """The page for a claim whose decision is settled: `won` if this request settled it,
-    `asked` if it asked to (a POST) rather than looked (a GET)."""
+    """The page for a claim that can no longer be decided: `won` if this request settled its
+    decision, `asked` if it asked to (a POST) rather than looked (a GET)."""
+    if promise.state == "pending":  # the claim ended without a decision
+        return _page(
+            409,
+            f"Claim {claim.claim_id} can no longer be decided",
+            _claim_table(claim)
+            + Markup("<p>It ended without a decision: nothing will be paid. Ask finance.</p>"),
+        )
     if promise.state == "resolved":
         decided = _value(promise).get("decision")
         done = _DONE.get(str(decided), "decided")

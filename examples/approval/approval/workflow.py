@@ -13,11 +13,13 @@ gateway confirmed is paid, a decision it refused as too late (409) is escalated.
 
 A refusal is a value, never retried: a claim against the policy ends `refused` (the employee is
 told why); a payment the provider refuses (a 4xx) ends `payment-refused`. Only a provider that
-is down or silent is asked again.
+is down or silent is asked again. A message (an email, the chat message to finance) still failing
+after its retries does not fail the claim: the claim ends as it would have, and says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Literal
@@ -95,6 +97,7 @@ class ClaimEnded:
     payment_id: str | None = None  # the payment provider's id, once paid
     note: str | None = None  # what the approver wrote with their decision
     reason: str | None = None  # why the policy refused it, or what went wrong
+    unsent: str | None = None  # a message to the employee or finance that may not have gone out
 
 
 # -- the workflow ------------------------------------------------------------------------------
@@ -120,17 +123,25 @@ async def expense_claim(
     problems = await step.run(check_policy, claim)
     if problems:
         reason = "; ".join(problems)
-        await step.run(notify_employee, claim, "refused", f"It breaks the policy: {reason}.")
-        return ClaimEnded("refused", reason=reason)
+        why = f"It breaks the policy: {reason}."
+        unsent = await _unsent(step.run(notify_employee, claim, "refused", why))
+        return ClaimEnded("refused", reason=reason, unsent=unsent)
 
     # The approver's decision, put here by the gateway, with the decision deadline as timeout.
     decision = ctx.promise(timeout=timedelta(seconds=decide_within_seconds))
-    asked = await step.run(
-        ask_approver, claim, await decision.id(), decide_within_seconds, links_url
-    )
+    try:
+        asked = await step.run(
+            ask_approver, claim, await decision.id(), decide_within_seconds, links_url
+        )
+    except ProviderUnavailableError:
+        # Out of retries, but the last call may have sent the links, and a click on them must
+        # not find the claim ended: wait for the decision all the same. If none comes, the
+        # deadline escalates the claim, as for an approver who did not answer.
+        asked = None
     if isinstance(asked, Refused):  # nobody was asked: waiting for the deadline would be pointless
-        await step.run(escalate, claim, f"the approver could not be emailed ({asked.reason})")
-        return ClaimEnded("escalated", reason=asked.reason)
+        why = f"the approver could not be emailed ({asked.reason})"
+        unsent = await _unsent(step.run(escalate, claim, why))
+        return ClaimEnded("escalated", reason=asked.reason, unsent=unsent)
     try:
         decided = await decision
     except ApplicationError:  # timed out at the deadline (nothing else rejects it)
@@ -145,23 +156,42 @@ async def expense_claim(
                 # Out of retries, and the last call may have paid: never pay again blindly. A
                 # person checks the provider's record of the key.
                 why = f"payment unconfirmed ({unknown}); check key {unknown.idempotency_key}"
-                await step.run(escalate, claim, why)
-                return ClaimEnded("payment-unconfirmed", note=note, reason=str(unknown))
+                unsent = await _unsent(step.run(escalate, claim, why))
+                return ClaimEnded(
+                    "payment-unconfirmed", note=note, reason=str(unknown), unsent=unsent
+                )
             if isinstance(paid, Refused):
-                await step.run(notify_employee, claim, "approved, but not paid", paid.reason)
-                return ClaimEnded("payment-refused", note=note, reason=paid.reason)
-            await step.run(notify_employee, claim, "approved and paid", note)
-            return ClaimEnded("paid", payment_id=paid, note=note)
+                told = step.run(notify_employee, claim, "approved, but not paid", paid.reason)
+                unsent = await _unsent(told)
+                return ClaimEnded("payment-refused", note=note, reason=paid.reason, unsent=unsent)
+            unsent = await _unsent(step.run(notify_employee, claim, "approved and paid", note))
+            return ClaimEnded("paid", payment_id=paid, note=note, unsent=unsent)
         case {"decision": "reject", **rest}:
             note = _note(rest)
-            await step.run(notify_employee, claim, "rejected", note)
-            return ClaimEnded("rejected", note=note)
+            unsent = await _unsent(step.run(notify_employee, claim, "rejected", note))
+            return ClaimEnded("rejected", note=note, unsent=unsent)
         case None:
-            await step.run(escalate, claim, f"no decision from {claim.approver.email} in time")
-            return ClaimEnded("escalated", reason="no decision before the deadline")
+            why = f"no decision from {claim.approver.email} in time"
+            unsent = await _unsent(step.run(escalate, claim, why))
+            return ClaimEnded("escalated", reason="no decision before the deadline", unsent=unsent)
         case _:  # resolved by something other than the gateway: never pay on a value we misread
-            await step.run(escalate, claim, "the decision could not be read")
-            return ClaimEnded("escalated", reason="the decision could not be read")
+            unsent = await _unsent(step.run(escalate, claim, "the decision could not be read"))
+            return ClaimEnded("escalated", reason="the decision could not be read", unsent=unsent)
+
+
+async def _unsent(message: Awaitable[str]) -> str | None:
+    """Await a message step: None once it is sent (or refused: see `steps._reported`).
+
+    Out of retries, it says what went wrong instead of raising. A message is not worth failing
+    the claim for: what the claim did before it (a payment, above all) has landed, and failing
+    would lose it from the claim's outcome. The outcome reports the message instead, with the
+    key a person can look up (the last call may have gone out).
+    """
+    try:
+        await message
+    except ProviderUnavailableError as unknown:
+        return f"may not have been sent: {unknown} (key {unknown.idempotency_key})"
+    return None
 
 
 def _note(rest: dict[object, object]) -> str | None:

@@ -38,15 +38,19 @@ CLAIM = Claim.model_validate(
 
 @dataclass
 class FakeProviders:
-    """The providers, in process: the payment answered with `payment_status`, all else 200."""
+    """The providers, in process: the payment answered with `payment_status`, the paths in
+    `down` with 503 every time, all else 200."""
 
     payment_status: int = 200
+    down: tuple[str, ...] = ()
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
     def dependencies(self) -> DependencyMap:
         def answer(request: httpx.Request) -> httpx.Response:
             body = json.loads(request.content)
             self.calls.append((request.headers["Idempotency-Key"], request.url.path, body))
+            if request.url.path in self.down:
+                return httpx.Response(503, json={"error": "down"})
             if request.url.path == "/payment/charge" and self.payment_status != 200:
                 return httpx.Response(self.payment_status, json={"error": "no"})
             return httpx.Response(200, json={"id": f"id_{len(self.calls)}"})
@@ -174,3 +178,42 @@ def test_the_policy_verdict_is_taken_from_the_journal() -> None:
 
     assert ended == ClaimEnded("refused", reason="travel claims are limited to 1.00")
     assert [path for _, path, _ in providers.calls] == ["/email/send"]
+
+
+# -- a message out of retries: reported, never the end of the claim ------------------------------
+
+
+def test_an_email_out_of_retries_after_the_payment_keeps_the_payment() -> None:
+    # The employee's email answers 503 through every retry: the payment has landed, and the
+    # claim still ends `paid` with its id, the email reported as maybe unsent.
+    providers = FakeProviders(down=("/email/send",))
+    decided = resolved_promise(f"{ID}:2", {"decision": "approve", "note": "ok", "attempt": "a"})
+
+    ended = replay([CHECKED, decided, ASKED], providers)
+
+    unsent = f"may not have been sent: /email/send: answered 503 (key {ID}:5)"
+    assert ended == ClaimEnded("paid", payment_id="id_1", note="ok", unsent=unsent)
+    payment, *emails = [(key, path) for key, path, _ in providers.calls]
+    assert payment == (f"{ID}:4", "/payment/charge")
+    assert emails == [(f"{ID}:5", "/email/send")] * 9  # the first attempt and 8 retries
+
+
+def test_a_chat_message_out_of_retries_still_ends_the_claim_escalated() -> None:
+    providers = FakeProviders(down=("/slack/send",))
+
+    ended = replay([CHECKED, timed_out(f"{ID}:2"), ASKED], providers)
+
+    unsent = f"may not have been sent: /slack/send: answered 503 (key {ID}:4)"
+    assert ended == ClaimEnded("escalated", reason="no decision before the deadline", unsent=unsent)
+    assert [path for _, path, _ in providers.calls] == ["/slack/send"] * 9
+
+
+def test_an_approvers_email_out_of_retries_still_waits_for_the_decision() -> None:
+    # Its last attempt may have delivered the links: the claim waits for a click (or the
+    # deadline), rather than failing while a link to it is in the approver's inbox.
+    providers = FakeProviders(down=("/email/send",))
+
+    waiting = replay([CHECKED, pending_promise(f"{ID}:2")], providers)
+
+    assert waiting == [f"{ID}:2"]
+    assert [(key, path) for key, path, _ in providers.calls] == [(f"{ID}:3", "/email/send")] * 9

@@ -31,6 +31,8 @@ from cookbook.stack import devserver_process, gateway_process, url_of, worker_pr
 from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.browser import browser_fixture  # noqa: F401  (the fixture `browser`)
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
+from resonate.resonate import Resonate
+from resonate.types import Value
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -84,13 +86,9 @@ class Stack:
 
     def links(self, claim_id: str) -> dict[str, str]:
         """The approver's email about the claim, once sent: its approve and reject links."""
-        give_up = time.monotonic() + TIMEOUT_S
-        while time.monotonic() < give_up:
-            for effect in self.effects(claim_id):
-                if effect.provider == "email" and effect.body["to"] == "grace@example.com":
-                    return {verb.lower(): url for verb, url in LINK.findall(effect.body["text"])}
-            time.sleep(0.05)
-        raise TimeoutError(f"no email to the approver about {claim_id}")
+        self.server.wait_for("settle", f"{claim_id}:{ASK}", timeout=TIMEOUT_S)
+        [email] = [e for e in self.effects(claim_id) if e.body.get("to") == "grace@example.com"]
+        return {verb.lower(): url for verb, url in LINK.findall(email.body["text"])}
 
     def open(self, url: str, method: str = "GET", **form: str) -> Page:
         response = self.gateway.request(method, url, data=form or None)
@@ -103,11 +101,9 @@ class Stack:
         return view
 
     def ended(self, claim_id: str) -> dict[str, Any]:
-        give_up = time.monotonic() + TIMEOUT_S
-        while (view := self.view(claim_id))["state"] == "in-progress":
-            assert time.monotonic() < give_up, f"{claim_id} still in progress"
-            time.sleep(0.05)
-        return view
+        """The claim's status, once its execution has settled."""
+        self.server.wait_for("settle", claim_id, timeout=TIMEOUT_S)
+        return self.view(claim_id)
 
     def waiting(self, claim_id: str) -> None:
         """Until the claim is suspended on the approver's decision."""
@@ -115,6 +111,23 @@ class Stack:
 
     def effects(self, claim_id: str) -> list[EffectRecord]:
         return self.sandbox.records.effects(key_prefix=f"{claim_id}:")
+
+    def promise_states(self, claim_id: str) -> dict[str, str]:
+        promises = self.server.state(claim_id)["promises"]
+        assert isinstance(promises, list)
+        return {p["id"]: p["state"] for p in promises}
+
+    def fail(self, claim_id: str, error: Exception) -> None:
+        """End the claim on the server with `error`, as a worker whose workflow raised would."""
+
+        async def reject() -> None:
+            client = Resonate(url=self.server.url, group="approval-tests")
+            try:
+                await client.promises.reject(claim_id, Value(data=error))
+            finally:
+                await client.stop()
+
+        asyncio.run(reject())
 
 
 def title_of(html: str) -> str:
@@ -190,6 +203,7 @@ def test_an_approval_by_link_pays_once_and_tells_the_employee(stack: Stack) -> N
         "payment_id": payment.resource_id,
         "note": "Enjoy Lyon",
         "reason": None,
+        "unsent": None,
     }
 
 
@@ -227,6 +241,7 @@ def test_a_rejection_pays_nothing_and_passes_the_note_on(stack: Stack) -> None:
         "payment_id": None,
         "note": "Not a business trip",
         "reason": None,
+        "unsent": None,
     }
 
 
@@ -290,6 +305,27 @@ def test_a_worker_killed_while_the_approver_thinks_loses_nothing(stack: Stack) -
     assert decided.status == 200
     assert view["state"] == "paid"
     assert did(stack.effects(claim_id)) == ["email.send", "payment.charge", "email.send"]
+
+
+def test_a_claim_that_ended_without_a_decision_refuses_the_click(stack: Stack) -> None:
+    # The decision promise outlives a claim that ended without it (here failed on the server, as
+    # a bug would): a click must not be told the claim will be paid, when nothing would pay it.
+    claim_id = stack.submit()
+    links = stack.links(claim_id)
+    stack.waiting(claim_id)
+    stack.fail(claim_id, RuntimeError("the workflow raised"))
+
+    looked = stack.open(links["approve"])
+    clicked = stack.open(links["approve"], "POST")
+    view = stack.view(claim_id)
+
+    expected = f"Claim {claim_id} can no longer be decided"
+    assert (looked.status, looked.title) == (409, expected)
+    assert (clicked.status, clicked.title) == (409, expected)
+    assert stack.promise_states(claim_id)[f"{claim_id}:{DECISION}"] == "pending"  # not decided
+    assert did(stack.effects(claim_id)) == ["email.send"]
+    # What the workflow raised, decoded, for a person to look at: not just "rejected".
+    assert (view["state"], view["reason"]) == ("failed", "the workflow raised")
 
 
 # -- in a real browser --------------------------------------------------------------------------
@@ -626,6 +662,7 @@ def test_after_the_deadline_the_claim_is_escalated_and_a_click_is_409(skipping: 
         "payment_id": None,
         "note": None,
         "reason": "no decision before the deadline",
+        "unsent": None,
     }
     ask, escalated = effects = stack.effects(claim_id)
     assert did(effects) == ["email.send", "slack.send"]
