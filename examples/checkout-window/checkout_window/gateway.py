@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,7 +47,7 @@ from checkout_window.workflow import (
     PurchaseId,
 )
 
-MAX_BODY_BYTES = 16 * 1024
+MAX_BODY_BYTES = 16 * 1024  # a purchase is well under 4 KiB; anything bigger is a 413
 MAX_WINDOW_SECONDS = 86_400
 # How long a purchase may take after its window closed (charging, with retries, and confirming):
 # the execution's own deadline is the window plus this.
@@ -341,10 +341,10 @@ async def _started(purchases: Purchases, purchase_id: str) -> StartedWith:
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI entries of the error answers an operation gives, each with its body."""
     descriptions = {
-        400: "the body is not JSON",
+        400: "the body is JSON too deeply nested to read",
         404: "no such purchase",
         409: "the purchase exists with another body, or can no longer be cancelled",
-        413: f"the body is over {MAX_BODY_BYTES} bytes",
+        413: f"the body is over {MAX_BODY_BYTES // 1024} KiB",
         503: "the stock is still being reserved; try again",
     }
     responses: dict[int | str, dict[str, Any]] = {
@@ -395,9 +395,10 @@ def create_app(resonate_url: str, group: str, default_window_seconds: int) -> Fa
         yield
         await resonate.stop()
 
-    app = FastAPI(title="checkout-window gateway", lifespan=lifespan, max_body_size=MAX_BODY_BYTES)
+    app = FastAPI(title="checkout-window gateway", lifespan=lifespan)
     app.state.purchases = Purchases(resonate, group, default_window_seconds)
     app.include_router(router)
+    app.add_middleware(LimitBody)
 
     @app.exception_handler(RequestValidationError)
     async def field_errors(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -406,6 +407,54 @@ def create_app(resonate_url: str, group: str, default_window_seconds: int) -> Fa
         return JSONResponse({"detail": fields}, status_code=422)
 
     return app
+
+
+# ASGI, as the middleware below speaks it.
+type Message = MutableMapping[str, Any]
+type Receive = Callable[[], Awaitable[Message]]
+type Send = Callable[[Message], Awaitable[None]]
+type ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+
+
+class LimitBody:
+    """A body over MAX_BODY_BYTES is a 413 shaped like every other refusal, `{"detail": ...}`.
+
+    (FastAPI's own `max_body_size` answers it in plain text, a body the OpenAPI document could
+    not declare.) A body is at most MAX_BODY_BYTES, so it is read whole before the app sees it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = JSONResponse(
+            {"detail": f"the body is over {MAX_BODY_BYTES // 1024} KiB"}, status_code=413
+        )
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            await too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_BODY_BYTES:
+                await too_large(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks)}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
 
 
 class _Server(uvicorn.Server):

@@ -152,7 +152,13 @@ async def checkout(ctx: Context, purchase: Purchase, window_seconds: int) -> Pur
         return PurchaseEnded("declined", reserved, reason=reason)
     total = f"{purchase.total_cents / 100:.2f} {purchase.currency}"
     text = f"Charged {total}. Your items are on their way."
-    await step.run(notify, purchase, f"Purchase {purchase.purchase_id} confirmed", text)
+    try:
+        await step.run(notify, purchase, f"Purchase {purchase.purchase_id} confirmed", text)
+    except ProviderUnavailableError as unknown:
+        # Out of retries. The card is charged: failing the purchase now would hide the charge
+        # from its status, for want of an email. It is confirmed, saying the email may be missing.
+        reason = f"the confirmation email may not have been sent: {unknown}"
+        return PurchaseEnded("confirmed", reserved, charged, reason=reason)
     return PurchaseEnded("confirmed", reserved, charged)
 
 

@@ -34,9 +34,11 @@ DECLINED = "/payment/charge refused: 402 card declined"
 
 @dataclass
 class FakeProviders:
-    """The providers, in process: each call answered by `answer`, and noted."""
+    """The providers, in process: the reservation answered with `status`, the email with
+    `email_status`, all else 200; every call noted."""
 
     status: int = 200
+    email_status: int = 200
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
     def dependencies(self) -> DependencyMap:
@@ -45,6 +47,8 @@ class FakeProviders:
             self.calls.append((request.headers["Idempotency-Key"], request.url.path, body))
             if request.url.path == "/inventory/reserve":
                 return httpx.Response(self.status, json={"id": "inventory_1"})
+            if request.url.path == "/email/send" and self.email_status != 200:
+                return httpx.Response(self.email_status, json={"error": "down"})
             return httpx.Response(200, json={"id": f"id_{len(self.calls)}"})
 
         client = httpx.AsyncClient(
@@ -111,6 +115,21 @@ def test_when_the_window_times_out_the_card_is_charged() -> None:
         (f"{ID}:4", "/payment/charge"),
         (f"{ID}:5", "/email/send"),
     ]
+
+
+def test_a_confirmation_email_out_of_retries_keeps_the_charge() -> None:
+    # The email answers 503 through every retry, after the card was charged: the purchase is
+    # still confirmed with its charge id, and says the email may be missing.
+    providers = FakeProviders(email_status=503)
+    journal = [RESERVED, timed_out(f"{ID}:2"), WINDOW_OPENED]
+
+    ended = replay(journal, providers)
+
+    reason = "the confirmation email may not have been sent: /email/send: answered 503"
+    assert ended == PurchaseEnded("confirmed", "inventory_1", "id_1", reason=reason)
+    charge, *emails = [(key, path) for key, path, _ in providers.calls]
+    assert charge == (f"{ID}:4", "/payment/charge")  # charged once
+    assert emails == [(f"{ID}:5", "/email/send")] * 9  # the first attempt and 8 retries
 
 
 def test_a_declined_card_releases_the_stock() -> None:
