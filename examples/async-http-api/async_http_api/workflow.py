@@ -4,7 +4,8 @@ Three checkpointed steps. A crash anywhere resumes at the first unfinished one: 
 picks the job up replays the workflow from the top and gets every finished step from the
 journal instead of querying, storing or mailing again. A system's final no (a 4xx) ends the job
 with that refusal as its result, a value, never retried; a system that is down is asked again
-under the step's retry policy, and when that runs out the job fails naming the system.
+under the step's retry policy, and when that runs out the job fails naming the system. The mail
+is the exception: once the file is stored, the job is done with or without it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from pydantic import (
 from resonate.context import Context
 from resonate.retry import Linear, Never
 
-from async_http_api.steps import Refused, email_link, run_query, store_file
+from async_http_api.steps import (
+    Refused,
+    SystemUnavailableError,
+    email_link,
+    run_query,
+    store_file,
+)
 
 # Where the stored files are downloaded from (the storage system's public address).
 DOWNLOADS = "https://files.example.com"
@@ -87,8 +94,8 @@ class ExportResult(BaseModel):
 # is down for longer fails the job, which a caller can see and submit again (the job is a report,
 # not a payment: nothing is lost by failing it, and a client is polling for it).
 STEP_RETRIES = Linear(delay=1, max_retries=3)
-# The mail goes out last, after the file exists: worth waiting longer for (2, 4, 6, 8, 10 s)
-# than to fail a job whose report is already stored.
+# The mail goes out last, after the file exists: worth waiting longer for (2, 4, 6, 8, 10 s).
+# Past that the job does not fail (its report is stored): the result says the mail may be missing.
 EMAIL_RETRIES = Linear(delay=2, max_retries=5)
 # The workflow calls no system itself: what fails before its first step (a request that does
 # not decode, a bug) fails the same way every time. The SDK default would retry it 30 times with
@@ -109,7 +116,14 @@ async def export_report(ctx: Context, request: ExportRequest) -> ExportResult:
         return _refused(stored)
     link = f"{DOWNLOADS}/{stored}"
     mailing = ctx.options(retry_policy=EMAIL_RETRIES)
-    sent = await mailing.run(email_link, request.email, request.report, link)
+    try:
+        sent = await mailing.run(email_link, request.email, request.report, link)
+    except SystemUnavailableError as down:
+        # Out of retries, with the report stored: failing the job would hide its link, and a
+        # caller who submits again would query, store and perhaps mail a second time. The job
+        # is exported, saying the mail may not have gone out (its last attempt may have).
+        reason = f"may not have been emailed: {down}"
+        return ExportResult(outcome="exported", file=name, link=link, reason=reason)
     if isinstance(sent, Refused):  # the file is stored all the same: the link is in the result
         reason = f"not emailed: {sent.reason}"
         return ExportResult(outcome="exported", file=name, link=link, reason=reason)

@@ -18,6 +18,7 @@ import pytest
 from async_http_api.steps import Systems
 from async_http_api.workflow import (
     DOWNLOADS,
+    EMAIL_RETRIES,
     STEP_RETRIES,
     WORKFLOW_RETRIES,
     ExportRequest,
@@ -151,6 +152,29 @@ def test_a_refused_mail_still_exports_the_file_with_the_reason() -> None:
     assert result.emailed is None
     assert result.reason == "not emailed: HTTP 422 Unprocessable Entity: mailbox does not exist"
     assert systems.systems() == ["warehouse", "storage", "email"]
+
+
+def test_a_mail_system_down_past_every_retry_still_exports_the_file_with_its_link() -> None:
+    # The file is stored: the job is done, its link in the result, the mail reported as maybe
+    # unsent, rather than a failed job whose resubmission would query and store again.
+    def answer(system: str, attempt: int) -> tuple[int, dict[str, Any]]:
+        if system == "email":
+            return 503, {"error": "down"}
+        return all_yes(system, attempt)
+
+    systems = FakeSystems(answer)
+
+    result = export(systems)
+
+    assert result == ExportResult(
+        outcome="exported",
+        file=f"reports/{JOB}.csv",
+        link=f"{DOWNLOADS}/obj_1",
+        reason="may not have been emailed: email: HTTP 503 Service Unavailable: down",
+    )
+    assert systems.systems() == ["warehouse", "storage"] + ["email"] * (
+        1 + EMAIL_RETRIES.max_retries
+    )
 
 
 def test_a_replay_after_a_crash_reads_the_query_and_the_file_from_the_journal() -> None:
