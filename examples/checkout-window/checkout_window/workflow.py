@@ -18,6 +18,7 @@ window opens; a declined card (402) releases the stock and tells the buyer.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Literal
@@ -122,8 +123,9 @@ async def checkout(ctx: Context, purchase: Purchase, window_seconds: int) -> Pur
         return PurchaseEnded("inventory-unavailable", reason=str(unknown))
     if isinstance(reserved, Refused):
         text = f"We could not reserve your items ({reserved.reason}). Nothing was charged."
-        await step.run(notify, purchase, f"Purchase {purchase.purchase_id}: out of stock", text)
-        return PurchaseEnded("out-of-stock", reason=reserved.reason)
+        subject = f"Purchase {purchase.purchase_id}: out of stock"
+        unsent = await _unsent(step.run(notify, purchase, subject, text))
+        return PurchaseEnded("out-of-stock", reason=_reasons(reserved.reason, unsent))
 
     # The buyer's cancellation, put here by the gateway, with the window's end as its timeout.
     cancellation = ctx.promise(timeout=timedelta(seconds=window_seconds))
@@ -138,8 +140,9 @@ async def checkout(ctx: Context, purchase: Purchase, window_seconds: int) -> Pur
     if cancelled:
         released = await releasing.run(release_stock, reserved)
         text = "Your purchase was cancelled within its window. Nothing was charged."
-        await step.run(notify, purchase, f"Purchase {purchase.purchase_id} cancelled", text)
-        return PurchaseEnded("cancelled", reserved, reason=_refusal(released))
+        subject = f"Purchase {purchase.purchase_id} cancelled"
+        unsent = await _unsent(step.run(notify, purchase, subject, text))
+        return PurchaseEnded("cancelled", reserved, reason=_reasons(_refusal(released), unsent))
 
     # Out of retries here, the purchase fails and the stock stays held: the charge may have
     # gone through, and a person must look at the payment provider's records for its key.
@@ -147,19 +150,33 @@ async def checkout(ctx: Context, purchase: Purchase, window_seconds: int) -> Pur
     if isinstance(charged, Refused):  # the card was declined (402): a state, not a retry
         released = await releasing.run(release_stock, reserved)
         text = f"Your card was declined ({charged.reason}). The items were released."
-        await step.run(notify, purchase, f"Purchase {purchase.purchase_id}: card declined", text)
-        reason = "; ".join(r for r in (charged.reason, _refusal(released)) if r)
+        subject = f"Purchase {purchase.purchase_id}: card declined"
+        unsent = await _unsent(step.run(notify, purchase, subject, text))
+        reason = _reasons(charged.reason, _refusal(released), unsent)
         return PurchaseEnded("declined", reserved, reason=reason)
     total = f"{purchase.total_cents / 100:.2f} {purchase.currency}"
     text = f"Charged {total}. Your items are on their way."
+    subject = f"Purchase {purchase.purchase_id} confirmed"
+    unsent = await _unsent(step.run(notify, purchase, subject, text))
+    return PurchaseEnded("confirmed", reserved, charged, reason=unsent)
+
+
+async def _unsent(email: Awaitable[str | Refused]) -> str | None:
+    """Await an email step: None once it is sent or refused; out of retries, what went wrong.
+
+    An email is not worth failing the purchase for: what came before it (a charge, a release)
+    has landed, and a failed purchase would hide that from its status. The purchase ends as it
+    would have, saying the email may be missing (its last attempt may have gone out).
+    """
     try:
-        await step.run(notify, purchase, f"Purchase {purchase.purchase_id} confirmed", text)
+        await email
     except ProviderUnavailableError as unknown:
-        # Out of retries. The card is charged: failing the purchase now would hide the charge
-        # from its status, for want of an email. It is confirmed, saying the email may be missing.
-        reason = f"the confirmation email may not have been sent: {unknown}"
-        return PurchaseEnded("confirmed", reserved, charged, reason=reason)
-    return PurchaseEnded("confirmed", reserved, charged)
+        return f"the email may not have been sent: {unknown}"
+    return None
+
+
+def _reasons(*reasons: str | None) -> str | None:
+    return "; ".join(r for r in reasons if r) or None
 
 
 def _refusal(outcome: str | Refused) -> str | None:

@@ -125,7 +125,7 @@ def test_a_confirmation_email_out_of_retries_keeps_the_charge() -> None:
 
     ended = replay(journal, providers)
 
-    reason = "the confirmation email may not have been sent: /email/send: answered 503"
+    reason = "the email may not have been sent: /email/send: answered 503"
     assert ended == PurchaseEnded("confirmed", "inventory_1", "id_1", reason=reason)
     charge, *emails = [(key, path) for key, path, _ in providers.calls]
     assert charge == (f"{ID}:4", "/payment/charge")  # charged once
@@ -143,6 +143,24 @@ def test_a_declined_card_releases_the_stock() -> None:
     ]
 
     assert replay(journal) == PurchaseEnded("declined", "inventory_1", reason=DECLINED)
+
+
+def test_an_email_out_of_retries_after_a_decline_keeps_the_release() -> None:
+    # Every email ends the same way: the purchase's state is what landed before it, and the
+    # reason says the email may be missing.
+    providers = FakeProviders(email_status=503)
+    journal = [
+        RESERVED,
+        timed_out(f"{ID}:2"),
+        WINDOW_OPENED,
+        resolved_promise(f"{ID}:4", {"status": 402, "reason": DECLINED}),
+        resolved_promise(f"{ID}:5", "inventory_1"),  # released
+    ]
+
+    ended = replay(journal, providers)
+
+    unsent = "the email may not have been sent: /email/send: answered 503"
+    assert ended == PurchaseEnded("declined", "inventory_1", reason=f"{DECLINED}; {unsent}")
 
 
 def test_out_of_stock_ends_the_purchase_before_the_window() -> None:
