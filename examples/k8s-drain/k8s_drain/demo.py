@@ -116,8 +116,8 @@ def main() -> None:
                 asyncio.run(relax_budget("web", 1))
                 decide(gateway, drain_id, pod, "retry", "the budget allows it now")
             status = settled_change(gateway, url, status["waiting_since_ms"])
-        if status["status"] in ("drained", "aborted"):
-            print(f"✓ {status['status']}:")
+        if "report" in status:  # finished: drained, or incomplete, aborted, refused
+            print(f"{'✓' if status['status'] == 'drained' else '!'} {status['status']}:")
             for node in status["report"]:
                 pods = ", ".join(f"{pod} {outcome}" for pod, outcome in node["pods"].items())
                 print(f"  {node['node']}: {pods}")

@@ -129,7 +129,7 @@ class Blocked:
 
     pod: str  # namespace/name
     node: str
-    budget: str | None  # the PodDisruptionBudget's name; None if it is gone by now
+    budget: str | None  # the PodDisruptionBudget's name; None if gone, or not ours to list
     message: str  # the apiserver's reason, e.g. "The disruption budget web needs 2 healthy ..."
 
 
@@ -315,7 +315,14 @@ def _budget_refusal(exc: ApiException) -> str | None:
 
 
 async def _budget_of(cluster: Cluster, pod: Pod) -> str | None:
-    budgets = await cluster.policy.list_namespaced_pod_disruption_budget(pod.namespace)
+    try:
+        budgets = await cluster.policy.list_namespaced_pod_disruption_budget(pod.namespace)
+    except ApiException as exc:
+        # The name is only shown to the operator: a refusal to list budgets (a 403 where the
+        # drain may evict but not read budgets) must not fail the eviction's answer. Only what
+        # may pass next time raises, and the step is retried.
+        _refused(exc)
+        return None
     for budget in budgets.items:
         if budget.spec is not None and _selects(budget.spec.selector, pod.labels):
             return budget.metadata.name if budget.metadata else None

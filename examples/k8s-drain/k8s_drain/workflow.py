@@ -55,10 +55,15 @@ class NodeReport:
     aborted: bool = False
     refused: str | None = None  # why the API refused to cordon the node or list its pods
 
+    @property
+    def left(self) -> list[str]:
+        """The pods the API refused to remove (e.g. 403 forbidden): still on the node."""
+        return [pod for pod, outcome in self.pods.items() if outcome.startswith("refused")]
+
 
 @dataclass(frozen=True)
 class DrainReport:
-    status: Literal["drained", "aborted", "refused"]
+    status: Literal["drained", "incomplete", "aborted", "refused"]
     nodes: list[NodeReport]
 
 
@@ -71,6 +76,10 @@ async def drain(ctx: Context, nodes: list[str]) -> DrainReport:
             return DrainReport("aborted", reports)
         if report.refused is not None:  # e.g. no such node: the list of nodes is wrong
             return DrainReport("refused", reports)
+        # A node that still runs pods is not drained, and must not be retired: stop here, as
+        # `kubectl drain` does, rather than cordon the next node into the same refusal.
+        if report.left:
+            return DrainReport("incomplete", reports)
     return DrainReport("drained", reports)
 
 

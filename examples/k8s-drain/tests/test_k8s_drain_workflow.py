@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import httpx
-from k8s_drain.steps import Blocked, Cluster, Pager, Pod, Questions
+from k8s_drain.steps import Blocked, Cluster, Pager, Pod, Questions, evict
 from k8s_drain.workflow import (
     STEP_RETRY,
     WORKFLOW_RETRY,
@@ -32,9 +32,13 @@ from kubernetes.aio.client import (
     ApiException,
     CoreV1Api,
     PolicyV1Api,
+    V1LabelSelector,
     V1ObjectMeta,
     V1OwnerReference,
     V1Pod,
+    V1PodDisruptionBudget,
+    V1PodDisruptionBudgetList,
+    V1PodDisruptionBudgetSpec,
     V1PodList,
 )
 from resonate.context import Context
@@ -77,6 +81,7 @@ class FakeKubernetes:
 
     evicting: Callable[[str, int], None] = lambda pod, attempt: None
     cordoning: Callable[[str], None] = lambda node: None
+    listing_budgets: Callable[[str], None] = lambda namespace: None
     calls: list[tuple[str, str]] = field(default_factory=list)
 
     async def patch_node(self, node: str, body: dict[str, Any]) -> None:
@@ -97,6 +102,17 @@ class FakeKubernetes:
     async def delete_namespaced_pod(self, name: str, namespace: str, body: Any) -> None:
         assert body.grace_period_seconds == 0
         self.calls.append(("force-delete", f"{namespace}/{name}"))
+
+    async def list_namespaced_pod_disruption_budget(
+        self, namespace: str
+    ) -> V1PodDisruptionBudgetList:
+        self.calls.append(("list-budgets", namespace))
+        self.listing_budgets(namespace)
+        web = V1PodDisruptionBudget(
+            metadata=V1ObjectMeta(name="web"),
+            spec=V1PodDisruptionBudgetSpec(selector=V1LabelSelector(match_labels={"app": "web"})),
+        )
+        return V1PodDisruptionBudgetList(items=[web])
 
     def count(self, what: str, subject: str) -> int:
         return self.calls.count((what, subject))
@@ -174,6 +190,83 @@ def test_a_node_the_api_refuses_stops_the_drain_as_a_value() -> None:
         "refused", [NodeReport("node-x", {}, refused='refused: 404 nodes "node-x" not found')]
     )
     assert kube.calls == [("cordon", "node-x")]  # asked once; node-b is left alone
+
+
+def test_a_pod_the_api_refuses_to_remove_leaves_the_drain_incomplete() -> None:
+    def evicting(pod: str, attempt: int) -> None:
+        if pod == "shop/web-1":
+            raise api_error(403, "pods/eviction is forbidden")
+
+    kube = FakeKubernetes(evicting=evicting)
+
+    report = run_drain(kube, ["node-a", "node-b"])
+
+    # Not "drained": web-1 still runs on node-a, which must not be retired.
+    assert report == DrainReport(
+        "incomplete",
+        [
+            NodeReport(
+                "node-a",
+                {"shop/db-0": "evicted", "shop/web-1": "refused: 403 pods/eviction is forbidden"},
+            )
+        ],
+    )
+    assert report.nodes[0].left == ["shop/web-1"]
+    assert kube.count("evict", "shop/web-1") == 1  # a refusal is never retried
+    assert ("cordon", "node-b") not in kube.calls  # the drain stops at the node, as kubectl does
+
+
+BUDGET_REFUSAL = {"reason": "DisruptionBudget", "message": "The disruption budget web needs 2"}
+
+
+def evict_under_step_retry(kube: FakeKubernetes) -> str | Blocked:
+    """`evict` as a step of its own, under the retry policy `drain_node` gives it."""
+
+    async def go() -> str | Blocked:
+        resonate = local_resonate()  # retries at once: no backoff to wait out
+        try:
+            resonate.with_dependency(kube.cluster())
+            resonate.register(evict, retry_policy=STEP_RETRY)
+            outcome: str | Blocked = await asyncio.wait_for(
+                resonate.run("evict-1", evict, WEB, "node-a").result(), 30
+            )
+            return outcome
+        finally:
+            await resonate.stop()
+
+    return asyncio.run(go())
+
+
+def test_a_budget_that_is_not_ours_to_list_still_asks_the_operator_once() -> None:
+    def evicting(pod: str, attempt: int) -> None:
+        raise api_error(429, "Cannot evict pod", [BUDGET_REFUSAL])
+
+    def listing_budgets(namespace: str) -> None:
+        raise api_error(403, "poddisruptionbudgets is forbidden")
+
+    kube = FakeKubernetes(evicting=evicting, listing_budgets=listing_budgets)
+
+    outcome = evict_under_step_retry(kube)
+
+    # The budget's name is only shown to the operator: without it, the question still stands.
+    assert outcome == Blocked("shop/web-1", "node-a", None, "The disruption budget web needs 2")
+    assert kube.calls == [("evict", "shop/web-1"), ("list-budgets", "shop")]  # not retried
+
+
+def test_a_budget_listing_that_may_pass_next_time_is_asked_again() -> None:
+    def evicting(pod: str, attempt: int) -> None:
+        raise api_error(429, "Cannot evict pod", [BUDGET_REFUSAL])
+
+    def listing_budgets(namespace: str) -> None:
+        if kube.count("list-budgets", namespace) == 1:
+            raise api_error(503, "apiserver restarting")
+
+    kube = FakeKubernetes(evicting=evicting, listing_budgets=listing_budgets)
+
+    outcome = evict_under_step_retry(kube)
+
+    assert outcome == Blocked("shop/web-1", "node-a", "web", "The disruption budget web needs 2")
+    assert kube.count("list-budgets", "shop") == 2
 
 
 BLOCKED = Blocked("shop/web-1", "node-a", "web", "The disruption budget web needs 2 healthy pods")

@@ -105,15 +105,11 @@ class DrainStack:
     def promises(self, origin: str | None = None) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self.server.state(origin)["promises"])
 
-    def pages(self, drain_id: str, at_least: int = 0) -> list[str]:
-        """The messages the operator got about this drain (waiting for `at_least` of them: the
-        question is written down, and so shown as blocked, just before its page goes out)."""
-        deadline = time.monotonic() + 30
-        while True:
-            effects = self.sandbox.records.effects(key_prefix=f"{drain_id}:")
-            if len(effects) >= at_least or time.monotonic() > deadline:
-                return [e.body["text"] for e in effects]
-            time.sleep(0.05)
+    def pages(self, drain_id: str) -> list[str]:
+        """The messages the operator got about this drain. No wait needed: a question is written
+        down, and so shown as blocked, only once its page went out."""
+        effects = self.sandbox.records.effects(key_prefix=f"{drain_id}:")
+        return [e.body["text"] for e in effects]
 
     def _poll(self, drain_id: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         # The operator's view: nothing pushes "a drain is now blocked" to them, they look.
@@ -228,7 +224,7 @@ def test_a_blocked_eviction_waits_for_the_operator_who_forces_it(stack: DrainSta
         "message": "The disruption budget web needs 2 healthy pods and has 2 currently",
     }
     assert status["decide"] == f"POST /drains/{drain_id}/decision"
-    [page] = stack.pages(drain_id, at_least=1)
+    [page] = stack.pages(drain_id)
     assert "default/web-1" in page
     assert "PodDisruptionBudget web" in page
     accepted = stack.decide(drain_id, "force", pod="default/web-1")
