@@ -6,7 +6,9 @@ neither the steps' clients nor the model's: it only validates arguments and deri
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -54,7 +56,14 @@ class Invoice(BaseModel):
 
 def weather_call_id(city: str, date: str) -> str:
     """The execution id of a city's report for a day: one report per city and day."""
-    return f"weather.{re.sub(r'[^a-z0-9]+', '-', city.lower()).strip('-')}.{date}"
+    city = " ".join(unicodedata.normalize("NFC", city).casefold().split())  # Lyon is lyon
+    # The slug is for people, and it loses letters ("Malmö" and "Malm" would both be "malm", "Ø"
+    # nothing at all), so the id carries a hash of the whole name: two cities never share an id,
+    # and every id is ASCII, as call_status takes them.
+    ascii_name = unicodedata.normalize("NFKD", city).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name).strip("-")
+    digest = hashlib.sha256(city.encode()).hexdigest()[:8]
+    return f"weather.{slug}-{digest}.{date}" if slug else f"weather.{digest}.{date}"
 
 
 def invoice_call_id(invoice_id: str) -> str:

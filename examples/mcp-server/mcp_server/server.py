@@ -10,7 +10,7 @@ from this process or from a new one.
 
 Tools:
   weather_report(city)          a report written by the model from the weather API's observation;
-                                one per city and day (`weather.<city>.<date>`)
+                                one per city and day (`weather.<city>-<hash>.<date>`)
   approve_invoice(...)          asks a person to approve an invoice and returns the decision;
                                 one per invoice (`invoice.<id>`); the person decides outside MCP
   call_status(call_id, wait)    where a call is: pending, done (its result) or failed (why)

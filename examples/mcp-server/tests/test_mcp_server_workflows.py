@@ -26,9 +26,10 @@ from mcp_server.calls import (
     weather_call_id,
 )
 from mcp_server.decide import decide
+from mcp_server.server import CallId
 from mcp_server.steps import Model, Providers
 from mcp_server.workflow import invoice_approval, weather_report
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from resonate.resonate import Resonate
 from resonate.testing import local_resonate
 from resonate.types import Value
@@ -197,7 +198,14 @@ def test_anything_but_an_approval_pays_nothing(value: Any) -> None:
 
 
 def test_call_ids_come_from_the_arguments() -> None:
-    assert weather_call_id("Saint-Étienne", "2026-12-06") == "weather.saint-tienne.2026-12-06"
+    # Two cities never share a call (asking for Malmö must not answer Malm's report), and every
+    # id is one call_status takes, also for a name that has no ASCII letter to show.
+    cities = ["Malmö", "Malm", "Malmo", "Å", "Ø", "Æ", "Łódź", "Lodz", "St. Louis", "St Louis"]
+    ids = [weather_call_id(city, "2026-12-06") for city in cities]
+    assert len(set(ids)) == len(cities)
+    for call_id in ids:
+        TypeAdapter(CallId).validate_python(call_id)
+    assert weather_call_id("Saint-Étienne", "2026-12-06").startswith("weather.saint-etienne-")
     assert weather_call_id("New  York", "2026-12-06") == weather_call_id("new york", "2026-12-06")
     assert invoice_call_id("INV-7") == "invoice.INV-7"
 
