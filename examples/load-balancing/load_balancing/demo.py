@@ -74,6 +74,16 @@ async def spread(sandbox_url: str, batch: str) -> Spread:
     return Spread(started, finished, keys)
 
 
+def kill_on_first_start(victim: int) -> dict[str, Any]:
+    """A sandbox kill switch: SIGKILL `victim` right after its own first "started" note landed.
+
+    It holds a started job then, and has finished none. Counting every worker's notes instead
+    (the 15th, say) could fire before the victim noted anything, or after it finished its jobs:
+    it would die holding none, and show nothing moving."""
+    victims_start = {"worker_pid": victim, "phase": "started"}
+    return {"provider": "api", "action": "call", "pid": victim, "body": victims_start}
+
+
 @contextmanager
 def extra_workers(count: int) -> Iterator[list[int]]:
     """Start `count` more workers of the group; stop each one by its pid on the way out."""
@@ -125,11 +135,8 @@ async def main() -> None:
             print(f"✓ {JOBS} jobs done in {time.perf_counter() - started:.1f}s; who ran them:")
             show(first)
 
-            # The sandbox SIGKILLs the worker right after it records the 15th note of this round:
-            # every job has started by then, and none has finished, so the victim holds jobs.
-            switch = {"provider": "api", "action": "call", "pid": third, "nth": JOBS // 2}
             async with httpx.AsyncClient(base_url=sandbox_url) as sandbox:
-                armed = await sandbox.post("/_admin/kill-switches", json=switch)
+                armed = await sandbox.post("/_admin/kill-switches", json=kill_on_first_start(third))
                 armed.raise_for_status()
             print(f"→ round 2: {JOBS} more; pid {third} will be SIGKILLed mid-run")
             started = time.perf_counter()
@@ -140,7 +147,7 @@ async def main() -> None:
             moved = second_round.moved_from(third)
             ttl = os.environ.get("RESONATE_TTL_SECONDS", "5")
             print(
-                f"✓ pid {third} died holding {len(moved)} started jobs; when its lease ran out"
+                f"✓ pid {third} died holding {len(moved)} started job(s); when its lease ran out"
                 f" ({ttl}s without a heartbeat) the server handed them to the others, which"
                 f" replayed each from its journal and finished it: jobs"
                 f" {', '.join(map(str, moved))}"

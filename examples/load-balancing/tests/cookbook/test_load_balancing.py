@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 from cookbook import clients
+from cookbook.sandbox.app import KillSwitch
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
-from load_balancing.demo import JOBS, Spread, dispatch, spread
+from load_balancing.demo import JOBS, Spread, dispatch, kill_on_first_start, spread
 from resonate.resonate import Resonate
 
 
@@ -70,11 +71,9 @@ def test_a_killed_workers_jobs_finish_on_the_others(
 ) -> None:
     batch = f"lb-test-{secrets.token_hex(4)}"
     victim = worker_pids[2]
-    # The sandbox SIGKILLs the victim right after its own first "started" note has landed: it
-    # holds a started job then, and has finished none (a job works 2 s). Counting every
-    # worker's notes instead, a loaded machine could reach the count before the victim had one.
-    victims_start = {"worker_pid": victim, "phase": "started"}
-    switch = {"provider": "api", "action": "call", "pid": victim, "body": victims_start}
+    # The demo's switch: the victim dies right after its own first "started" note has landed,
+    # holding a started job (a job works 2 s).
+    switch = kill_on_first_start(victim)
     clients.post(f"{sandbox.url}/_admin/kill-switches", json=switch).raise_for_status()
 
     results, seen = run_batch(devserver.url, sandbox.url, batch)
@@ -84,3 +83,17 @@ def test_a_killed_workers_jobs_finish_on_the_others(
     recovered = seen.moved_from(victim)
     assert recovered, "the victim held no started job when it died"
     assert {seen.finished_by[job] for job in recovered} <= set(worker_pids) - {victim}
+
+
+def test_the_kill_switch_fires_only_on_the_victims_own_first_start() -> None:
+    # As the sandbox matches it: on any other worker's note, the victim could die before it
+    # holds a job; on its own "finished" note, after it finished one.
+    switch = KillSwitch.model_validate(kill_on_first_start(4242))
+
+    def fires_on(pid: int, phase: str) -> bool:
+        note = {"job": 7, "phase": phase, "worker_pid": pid}
+        return switch.nth == 1 and switch.matches("api", "call", note)
+
+    assert fires_on(4242, "started")
+    assert not fires_on(1717, "started")
+    assert not fires_on(4242, "finished")
