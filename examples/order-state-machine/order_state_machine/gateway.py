@@ -29,7 +29,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import uvicorn
@@ -44,6 +44,7 @@ from resonate.types import PromiseRecord, Value
 from order_state_machine.steps import STATUS_OF, State
 from order_state_machine.workflow import (
     EVENT,
+    ORDER_DEADLINE,
     Cancel,
     Deliver,
     EventType,
@@ -56,8 +57,6 @@ from order_state_machine.workflow import (
 )
 
 MAX_BODY_BYTES = 16 * 1024  # an order is well under 4 KiB; anything bigger is a 413
-# An order's execution must end within this; one still open then is rejected, and shows failed.
-ORDER_DEADLINE = timedelta(days=30)
 
 
 class Accepted(BaseModel):

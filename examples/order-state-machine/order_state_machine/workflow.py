@@ -3,16 +3,16 @@
 There is no state column anywhere. Where the workflow is in its code *is* the order's state: it
 confirms the order, then waits for a ship or cancel event, then for a deliver or cancel event.
 Each transition is a checkpointed step with one external effect; each wait is a latent durable
-promise (`ctx.promise()`) that the gateway resolves with the event, however long that takes. A
-crash anywhere resumes at the same place: a worker that picks the order up replays the workflow
-from the top, gets finished transitions and received events from the journal, and applies no
-transition twice.
+promise (`ctx.promise()`) that the gateway resolves with the event, however long that takes
+within the order's deadline. A crash anywhere resumes at the same place: a worker that picks the
+order up replays the workflow from the top, gets finished transitions and received events from
+the journal, and applies no transition twice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
@@ -127,6 +127,10 @@ def status_id(order_id: str, seq: int) -> str:
 
 # -- the workflow ------------------------------------------------------------------------------
 
+# An order's execution must end within this (the gateway starts it with this timeout); one still
+# open then is rejected, and shows failed. Every promise under it is capped by it.
+ORDER_DEADLINE = timedelta(days=30)
+
 # Only transient provider failures reach a retry (a 4xx comes back as a value, see steps.py): a
 # provider that is down, overloaded or slow is tried again after 2, 4, 8, 16, 30 and 30 s. Most
 # outages of a payment or email API pass within a minute or two; after that the order fails and
@@ -177,7 +181,10 @@ async def next_event[E: (Ship, Deliver)](log: StatusLog, expected: type[E]) -> E
     """
     accepts: list[EventType] = ["ship" if expected is Ship else "deliver", "cancel"]
     while True:
-        wait = log.ctx.promise()
+        # The wait lasts as long as the order may: a promise given no timeout gets one day from
+        # the SDK, and the order would fail by itself a day after it last moved. (No child
+        # outlives its parent, so this ends at the order's own deadline, not 30 days from now.)
+        wait = log.ctx.promise(timeout=ORDER_DEADLINE)
         await log.publish(waiting_on=await wait.id(), accepts=accepts)
         try:
             event = EVENT.validate_python(await wait)
