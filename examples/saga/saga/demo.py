@@ -20,7 +20,7 @@ UNDONE = {
     "cancelled": "cancelled {reservation_id}",
     "voided": "the reservation never arrived; the provider will refuse it if it does",
     "refused": "NOT cancelled, the provider refused ({reason})",
-    "unreachable": "NOT cancelled, the provider kept failing ({reason})",
+    "unreachable": "NOT cancelled, it kept failing ({reason})",
 }
 
 

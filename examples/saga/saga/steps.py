@@ -11,8 +11,9 @@ A provider can answer in three ways, and the steps keep them apart:
              returns a `Refused` value instead of raising, because SDK 0.8.1 retries every
              exception a step raises (it has no non-retryable error), and a value is also
              checkpointed: after a crash, the workflow sees the same refusal without asking again.
-  not now    5xx, 408, 429, a timeout, a dropped connection: it may pass, and the call may have
-             landed (a timeout says nothing about what the provider did). The step raises
+  not now    5xx, 408, 429, a timeout, a dropped connection, or a 2xx whose body is not the
+             answer (a proxy's HTML page, a cut-off or garbled body): it may pass, and the call may
+             have landed (none of these says what the provider did). The step raises
              `ProviderUnavailableError`, and the SDK runs it again under the retry policy the
              workflow gives with the call. If the retries run out, the error tells the workflow
              the call's key: its outcome is unknown, and the key is how to undo it all the same.
@@ -77,10 +78,11 @@ class Compensation:
     # cancelled  the reservation existed and is cancelled
     # voided     the reservation call never arrived; the provider will refuse it if it ever does
     # refused    the provider will not cancel it (a 4xx): it is still booked
-    # unreachable  the provider kept failing through every retry: it may still be booked
+    # unreachable  the cancellation kept failing through every retry (the provider was down, or
+    #              a bug): it may still be booked
     outcome: Literal["cancelled", "voided", "refused", "unreachable"]
     reservation_id: str | None = None
-    reason: str | None = None  # refused, unreachable: the provider's answer
+    reason: str | None = None  # refused, unreachable: the provider's answer, or the error
 
     @property
     def undone(self) -> bool:
@@ -95,7 +97,7 @@ async def reserve(ctx: Context, provider: str, request: dict[str, Any]) -> str |
         refusal = Refused(provider, _describe(response))
         print(f"{provider} refused: {refusal.reason}", flush=True)
         return refusal
-    reservation_id: str = response.json()["id"]
+    reservation_id: str = _field(ctx, response, "id")
     return reservation_id
 
 
@@ -121,10 +123,9 @@ async def cancel(ctx: Context, reservation: Reservation) -> Compensation:
         refusal = _describe(response)
         print(f"{provider} will not cancel: {refusal}", flush=True)
         return Compensation(provider, "refused", reservation.id, refusal)
-    answer = response.json()
-    if answer["status"] == "voided":
+    if _field(ctx, response, "status") == "voided":
         return Compensation(provider, "voided")
-    return Compensation(provider, "cancelled", str(answer["id"]))
+    return Compensation(provider, "cancelled", str(_field(ctx, response, "id")))
 
 
 async def _post(ctx: Context, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -133,13 +134,33 @@ async def _post(ctx: Context, path: str, body: dict[str, Any]) -> httpx.Response
     key = ctx.info.id
     try:
         response = await providers.client.post(path, json=body, headers={"Idempotency-Key": key})
-    except httpx.TransportError as exc:  # timed out, refused, reset: the call may have landed
+    # Timed out, refused, reset, or an answer that could not be decoded: the call may have landed.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         print(f"{path}: {type(exc).__name__} (transient: may have landed)", flush=True)
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}", key) from exc
     if response.is_server_error or response.status_code in (408, 429):
         print(f"{path} answered {response.status_code} (transient)", flush=True)
         raise ProviderUnavailableError(f"{path}: {_describe(response)}", key)
     return response
+
+
+def _field(ctx: Context, response: httpx.Response, name: str) -> Any:
+    """`name` from a 2xx's JSON body.
+
+    A 2xx whose body does not hold it (an HTML page from a proxy, a cut-off answer) says nothing
+    about what the provider did, and the call may have landed: it is transient, like a timeout.
+    The step is retried with the same key, and the provider answers what it did; if the retries
+    run out, the workflow undoes the call by that key. Raised as anything else, the booking the
+    call may have made would not be undone.
+    """
+    try:
+        return response.json()[name]
+    except (ValueError, LookupError, TypeError) as exc:
+        path = response.request.url.path
+        print(f"{path} answered {response.status_code} without its {name} (transient)", flush=True)
+        raise ProviderUnavailableError(
+            f"{path}: HTTP {response.status_code} without a readable {name!r}", ctx.info.id
+        ) from exc
 
 
 def _describe(response: httpx.Response) -> str:

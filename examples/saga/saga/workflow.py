@@ -1,13 +1,13 @@
 """The durable workflow: book a flight, a hotel and a car for a trip, or undo what was booked.
 
 A saga. Each reservation is a checkpointed step. When a provider says no for good, or keeps
-failing through every retry, the reservations already made are cancelled, newest first, each
-cancellation a checkpointed step of its own, and the trip fails with `TripRolledBackError`. A call
-that kept failing may still have booked: it is cancelled too, by the key it was sent with. A
-cancellation that fails is reported, and the others still run. A crash anywhere, also halfway
-through the cancellations, resumes where it stopped: a worker that picks the trip up replays the
-workflow from the top and gets every finished step from the journal instead of calling the
-provider again.
+failing through every retry, or a step fails with a bug, the reservations already made are
+cancelled, newest first, each cancellation a checkpointed step of its own, and the trip fails with
+`TripRolledBackError`. A call that kept failing may still have booked: it is cancelled too, by the
+key it was sent with. A cancellation that fails is reported, and the others still run. A crash
+anywhere, also halfway through the cancellations, resumes where it stopped: a worker that picks
+the trip up replays the workflow from the top and gets every finished step from the journal
+instead of calling the provider again.
 """
 
 from __future__ import annotations
@@ -164,6 +164,12 @@ async def book_trip(ctx: Context, trip: Trip) -> dict[str, str]:
         except ProviderUnavailableError as unknown:  # failing after every retry: it may have landed
             to_undo.append(Reservation(provider, request_key=unknown.idempotency_key))
             outcome = Refused(provider, str(unknown))
+        except Exception as bug:
+            # Anything else is a bug (a provider's answer is a value or the error above). It fails
+            # the trip all the same, and what is booked is undone: a saga that stopped at an error
+            # no one foresaw would leave the traveller paying for a flight. (The SDK's own signals,
+            # suspension and platform failure, are BaseExceptions: this does not catch them.)
+            outcome = Refused(provider, _why(bug))
         if isinstance(outcome, Refused):
             compensations = await undo(ctx, to_undo)
             raise TripRolledBackError(provider, outcome.reason, compensations)
@@ -179,8 +185,15 @@ async def undo(ctx: Context, reservations: list[Reservation]) -> list[Compensati
     for reservation in reversed(reservations):
         try:
             compensations.append(await undoing.run(cancel, reservation))
-        except ProviderUnavailableError as failing:  # after every retry: report it, and go on
+        # After every retry: report it, and go on. Whatever it was, a provider down or a bug (see
+        # book_trip), the remaining reservations must still be cancelled.
+        except Exception as failing:
             compensations.append(
-                Compensation(reservation.provider, "unreachable", reservation.id, str(failing))
+                Compensation(reservation.provider, "unreachable", reservation.id, _why(failing))
             )
     return compensations
+
+
+def _why(error: Exception) -> str:
+    """A provider's failure says what it was; any other error is named by its type."""
+    return str(error) if isinstance(error, ProviderUnavailableError) else repr(error)
