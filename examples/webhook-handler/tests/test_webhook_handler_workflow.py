@@ -161,6 +161,28 @@ def test_a_warehouse_that_never_answers_leaves_the_claim_for_a_refund_to_cancel(
     assert cancel["reservation_key"] == reserve_keys[0]  # it may have shipped: cancelled by key
 
 
+def test_a_cancel_the_warehouse_never_answers_ends_with_the_key_and_the_customer_told(
+    book: OrderBook,
+) -> None:
+    def answer(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
+        return (503, {}) if path == "/inventory/cancel" else answered(path, attempt)
+
+    providers = FakeProviders(answer)
+
+    paid, refunded = deliver(book, providers, [(PAYMENT.id, PAYMENT), (REFUND.id, REFUND)])
+
+    assert paid.action == "fulfilled"
+    reserve_key = providers.calls[0][1]
+    cancels = [body for path, _, body in providers.calls if path == "/inventory/cancel"]
+    assert len(cancels) == 1 + PROVIDER_RETRIES.max_retries
+    # Not a failed execution: the refund is in the order book for good, so nothing would cancel
+    # again. The outcome names the key to cancel by, and the customer is emailed all the same.
+    assert (refunded.action, refunded.cancellation) == ("cancellation_unconfirmed", "unconfirmed")
+    assert refunded.fulfilment_key == reserve_key
+    assert providers.paths()[-1] == "/email/send"
+    assert book.applied_events("order-1")[-1] == ("evt_ref", "charge_refunded", "cancel_fulfilment")
+
+
 @pytest.mark.parametrize(
     ("status", "action"), [(409, "shipment_voided"), (422, "shipment_refused")]
 )

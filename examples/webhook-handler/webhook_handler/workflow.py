@@ -69,6 +69,7 @@ type Action = Literal[
     "shipment_refused",  # payment: the warehouse said no
     "shipment_unconfirmed",  # payment: the warehouse never answered; it may have shipped
     "refunded",  # refund: the shipment stopped (or none was made) and the customer told
+    "cancellation_unconfirmed",  # refund: the warehouse never answered the cancel; customer told
     "refund_already_handled",  # refund: another refund event of this order did it
     "duplicate",  # this event was handled by another execution
 ]
@@ -81,7 +82,8 @@ class EventOutcome(BaseModel):
     action: Action
     detail: str | None = None  # the order book's decision, the warehouse's reason, ...
     shipment_id: str | None = None
-    cancellation: Literal["cancelled", "voided", "refused", "none"] | None = None
+    cancellation: Literal["cancelled", "voided", "refused", "unconfirmed", "none"] | None = None
+    fulfilment_key: str | None = None  # refund: the key of the shipment it cancels
 
 
 # The warehouse and the email provider are retried on a 5xx, 408, 429, a timeout or a dropped
@@ -133,15 +135,28 @@ async def handle_payment_event(ctx: Context, event: PaymentEvent) -> EventOutcom
         return outcome
     if refund.decision == "already_refunded_by_other":
         return outcome.model_copy(update={"action": "refund_already_handled"})
-    cancellation = "none"
+    action, cancellation = "refunded", "none"
+    detail: str = refund.decision
     if refund.fulfilment_key is not None:
-        cancelled: Cancellation = await provider.run(
-            cancel_fulfilment, charge.order_id, refund.fulfilment_key
-        )
-        cancellation = cancelled.status
+        try:
+            cancelled: Cancellation = await provider.run(
+                cancel_fulfilment, charge.order_id, refund.fulfilment_key
+            )
+            cancellation = cancelled.status
+        except ProviderUnavailableError as exc:
+            # Raising would end nothing better: the order book has the refund for good, so a
+            # re-delivery attaches to this failed execution and another execution of the event
+            # is a duplicate; neither cancels. End with the shipment's key, for a person to
+            # cancel by; the money is returned all the same, so the customer is still told.
+            action, detail, cancellation = "cancellation_unconfirmed", str(exc), "unconfirmed"
     await provider.run(send_refund_notice, charge.order_id, charge.amount, charge.currency)
     return outcome.model_copy(
-        update={"action": "refunded", "detail": refund.decision, "cancellation": cancellation}
+        update={
+            "action": action,
+            "detail": detail,
+            "cancellation": cancellation,
+            "fulfilment_key": refund.fulfilment_key,
+        }
     )
 
 
