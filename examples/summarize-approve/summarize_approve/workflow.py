@@ -36,9 +36,12 @@ from summarize_approve.steps import (
 )
 
 MAX_ROUNDS = 3
-# Under the SDK's default deadline of a day for the execution (a child's deadline is capped by
-# its parent's), half a day per round.
-REVIEW_WITHIN = timedelta(hours=12)
+# Every round's wait must fit in the execution's deadline: a child's deadline is capped by its
+# parent's, so a round that does not fit is cut short and the execution itself times out instead
+# of ending `no-decision`. Started without a timeout (as here), an execution gets the SDK's
+# default of a day: 3 rounds of 7 h, and 3 h for the fetch, the completions and the emails. To
+# give reviewers longer, start the execution with a longer timeout and raise this with it.
+REVIEW_WITHIN = timedelta(hours=7)
 # The web, the email and chat providers: a 5xx, 408, 429, timeout or lost connection is retried
 # after 2, 4, 8 and 16 s (about 30 s, a restart or a burst of 503s), under the same key.
 PROVIDER_RETRIES = Exponential(delay=1, factor=2, max_retries=4, max_delay=16)
@@ -120,7 +123,7 @@ async def summarize_and_approve(ctx: Context, url: str, reviewer: str) -> Ended:
         asked = await web.run(
             ask_reviewer, reviewer, page, summary.text, written, await decision.id()
         )
-        if isinstance(asked, Refused):  # nobody will answer: waiting half a day is pointless
+        if isinstance(asked, Refused):  # nobody will answer: waiting for it is pointless
             return Ended("reviewer-unreachable", written, summary.text, feedback, asked.reason)
         try:
             decided = await decision

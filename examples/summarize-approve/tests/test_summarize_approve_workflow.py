@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -21,10 +23,10 @@ import httpx2
 import openai
 import pytest
 from resonate.resonate import Resonate
-from resonate.testing import local_resonate
+from resonate.testing import FakeClock, local_resonate
 from resonate.types import Value
 from summarize_approve.steps import Model, Providers
-from summarize_approve.workflow import Ended, summarize_and_approve
+from summarize_approve.workflow import MAX_ROUNDS, REVIEW_WITHIN, Ended, summarize_and_approve
 
 PAGE = "Resonate is a durable execution framework. " * 20
 REVIEWER = "grace@example.com"
@@ -110,11 +112,16 @@ class Harness:
 type Scenario = Callable[[Harness], Awaitable[None]]
 
 
-def run(scenario: Scenario, web: Web | None = None, model: FakeModel | None = None) -> Harness:
+def run(
+    scenario: Scenario,
+    web: Web | None = None,
+    model: FakeModel | None = None,
+    clock: FakeClock | None = None,
+) -> Harness:
     """Run the scenario against a fresh in-memory Resonate and fresh fakes; return the fakes."""
 
     async def go() -> Harness:
-        resonate = local_resonate()
+        resonate = local_resonate() if clock is None else local_resonate(clock=clock)
         harness = Harness(resonate, web or Web(), model or FakeModel())
         async with httpx.AsyncClient(
             base_url="http://sandbox.test", transport=httpx.MockTransport(harness.web.handle)
@@ -198,6 +205,34 @@ def test_three_rejections_end_it_without_a_fourth_summary() -> None:
     assert len(harness.model.requests) == 3
     assert len(harness.web.emails) == 3
     assert harness.web.posts == []
+
+
+def test_every_round_gets_its_whole_review_window_within_the_execution_deadline() -> None:
+    # Started without a timeout, as everywhere here: the execution's deadline is the SDK's
+    # default, and every review promise's is capped by it. Each rejection comes a minute before
+    # its window closes; the last reviewer never answers. The last window must still be whole,
+    # so the execution ends with its own outcome rather than being timed out by the server.
+    clock = FakeClock(start=time.time_ns() // 1_000_000)
+    nearly = (REVIEW_WITHIN - timedelta(minutes=1)).total_seconds()
+    ended: list[Ended] = []
+
+    async def scenario(harness: Harness) -> None:
+        _, result = harness.start()
+        for _ in range(MAX_ROUNDS - 1):
+            mail = await harness.web.inbox.get()
+            clock.advance(seconds=nearly)
+            reject = {"approve": False, "feedback": "Again."}
+            await harness.resonate.promises.resolve(mail["decision_id"], Value(data=reject))
+        last = await harness.web.inbox.get()
+        clock.advance(seconds=(REVIEW_WITHIN + timedelta(minutes=1)).total_seconds())
+        # The in-memory server times a latent promise out when it is next read.
+        await harness.resonate.promises.get(last["decision_id"])
+        ended.append(await asyncio.wait_for(result, 10))
+
+    run(scenario, clock=clock)
+
+    assert (ended[0].state, ended[0].rounds) == ("no-decision", MAX_ROUNDS)
+    assert ended[0].reason == "no answer in time"
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])

@@ -186,7 +186,7 @@ def test_a_rate_limited_model_is_asked_again_under_the_same_key(
 def test_a_reviewer_who_never_answers_ends_it_when_the_promise_times_out(
     start_devserver: DevServerFactory, model_sandbox: RunningSandbox, start_worker: ProcessFactory
 ) -> None:
-    # A dev server that skips time: the 12-hour review deadline passes as soon as the
+    # A dev server that skips time: the 7-hour review deadline passes as soon as the
     # workflow is suspended on it, and the server times the promise out by itself.
     devserver = start_devserver(skip_time=True)
     env = {
