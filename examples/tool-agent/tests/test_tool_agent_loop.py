@@ -283,7 +283,7 @@ def test_a_refusal_from_the_model_is_a_value_and_is_not_retried() -> None:
     assert len(model.requests) == 1
 
 
-@pytest.mark.parametrize("status", [429, 500, 503])
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
 def test_a_model_that_is_down_is_asked_again_under_the_same_key(status: int) -> None:
     model, providers = FakeModel(books_at_once, fail_first=[status, status]), FakeProviders()
 

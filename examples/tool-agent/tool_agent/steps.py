@@ -94,15 +94,16 @@ async def ask_model(ctx: Context, messages: list[ChatCompletionMessageParam]) ->
             tools=TOOLS,
             extra_headers={"Idempotency-Key": ctx.info.id},
         )
-    except (
-        openai.RateLimitError,
-        openai.InternalServerError,
-        openai.APITimeoutError,
-        openai.APIConnectionError,
-    ) as exc:  # it may have answered (and billed): the key makes the retry safe with the stand-in
+    except openai.APIConnectionError as exc:  # a timeout too: it may have answered (and billed)
         print(f"model: {type(exc).__name__} (transient, retried)", flush=True)
         raise ModelUnavailableError(f"model: {type(exc).__name__}: {exc}") from exc
-    except openai.APIStatusError as exc:  # 400, 401, 403, 404, 409, 422: asking again cannot help
+    except openai.APIStatusError as exc:
+        # By status, not by the client's exception classes: a 408 has no class of its own. The
+        # key makes the retry safe with the stand-in, which may have answered (and billed).
+        if exc.status_code >= 500 or exc.status_code in RETRYABLE_CLIENT_ERRORS:
+            print(f"model: {exc.status_code} (transient, retried)", flush=True)
+            raise ModelUnavailableError(f"model: answered {exc.status_code}: {exc}") from exc
+        # 400, 401, 403, 404, 409, 422: asking again cannot help
         print(f"model refused: {exc.status_code}", flush=True)
         return ModelReply(refusal=f"{exc.status_code}: {_model_error(exc)}")
     message = completion.choices[0].message
