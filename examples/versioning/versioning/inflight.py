@@ -30,7 +30,13 @@ async def in_flight(resonate: Resonate, version: int) -> list[str]:
     cursor: str | None = None
     while True:
         page = await resonate.promises.search("pending", {VERSION_TAG: str(version)}, PAGE, cursor)
-        renewals += [marker.tags[RENEWAL_TAG] for marker in page.promises]
+        for marker in page.promises:
+            renewal_id = marker.tags[RENEWAL_TAG]
+            # A renewal settles its marker when it ends with an outcome. One that failed (a
+            # provider down through every retry) or was cancelled leaves it pending until its
+            # deadline; it needs no code any more, so its own promise has the last word.
+            if (await resonate.promises.get(renewal_id)).state == "pending":
+                renewals.append(renewal_id)
         if not page.cursor:
             return sorted(renewals)
         cursor = page.cursor

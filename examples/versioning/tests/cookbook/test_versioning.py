@@ -204,6 +204,22 @@ def test_new_renewals_start_on_v2_beside_v1_ones_and_inflight_tells_them_apart(
     with_client(scenario, fleet)
 
 
+def test_a_renewal_that_ended_without_settling_its_marker_is_not_in_flight(fleet: Fleet) -> None:
+    async def scenario(client: Resonate) -> None:
+        fleet.deploy("1,2")
+        (ended, _), (running, _) = start(client, 1), start(client, 1)
+        for renewal_id in (ended, running):
+            await asleep(fleet, renewal_id)
+        # How a renewal ends when a step fails through its retries, or an operator gives up on
+        # it: its promise is rejected, and no step after that settles its marker.
+        await client.promises.reject(ended, Value(data="the payment provider stayed down"))
+
+        assert (await client.promises.get(marker_id(ended))).state == "pending"
+        assert await in_flight(client, 1) == [running]  # the ended one needs version 1 no more
+
+    with_client(scenario, fleet)
+
+
 def test_a_worker_without_the_version_hands_the_renewal_back_again_and_again(
     fleet: Fleet,
 ) -> None:
