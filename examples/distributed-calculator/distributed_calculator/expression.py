@@ -29,10 +29,16 @@ class MalformedExpressionError(ValueError):
     """The expression is not one this calculator accepts; `position` counts from 1."""
 
     def __init__(self, expression: str, position: int, reason: str) -> None:
+        # The constructor's own arguments, so pickle can rebuild the error: that is how the SDK
+        # carries it across a promise to whoever awaits the workflow (with any other `args`,
+        # unpickling fails and the awaiter gets a bare ApplicationError, with no `position`).
+        super().__init__(expression, position, reason)
         self.expression = expression
         self.position = position
         self.reason = reason
-        super().__init__(f"malformed expression at position {position}: {reason}")
+
+    def __str__(self) -> str:
+        return f"malformed expression at position {self.position}: {self.reason}"
 
 
 def parse(expression: str) -> Node:

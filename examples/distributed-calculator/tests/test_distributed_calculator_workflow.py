@@ -99,6 +99,27 @@ def test_a_malformed_expression_is_refused_naming_the_position_before_any_call(
     assert ctx.take_remote_todos() == []
 
 
+def test_a_caller_that_skipped_the_client_gets_the_same_refusal_through_the_promise() -> None:
+    """The error travels through the workflow's rejected promise: it must come back as itself."""
+
+    async def go() -> MalformedExpressionError:
+        resonate = local_resonate(group=PARSE_POOL)
+        try:
+            resonate.register(calculate, retry_policy=Never())
+            resonate.register(evaluate, retry_policy=Never())
+            handle = resonate.rpc("calc-1", "calculate", "2 * (3 + 4")  # no `submit`, no parse
+            with pytest.raises(MalformedExpressionError) as refused:
+                await asyncio.wait_for(handle.result(), 30)
+            return refused.value
+        finally:
+            await resonate.stop()
+
+    refused = asyncio.run(go())
+
+    assert (refused.position, refused.reason) == (5, "'(' is never closed")
+    assert str(refused) == "malformed expression at position 5: '(' is never closed"
+
+
 def test_sibling_sub_expressions_are_both_started_before_either_is_awaited() -> None:
     """The fan-out shape: with both still pending the workflow suspends on the two of them."""
     ctx = root_context(id="calc-1")
