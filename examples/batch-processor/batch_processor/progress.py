@@ -21,6 +21,8 @@ from typing import Any
 from resonate.error import ServerError
 from resonate.resonate import Resonate
 
+from batch_processor.workflow import job_problem
+
 PAGE = 100
 
 
@@ -53,7 +55,8 @@ class Progress:
 
 
 class NotAJobError(LookupError):
-    """No job has this id, or its promise is not a `process_items` execution."""
+    """No job has this id, its promise is not a `process_items` execution, or the workflow refused
+    its arguments (so it has no batches)."""
 
 
 async def read_progress(resonate: Resonate, job: str) -> Progress:
@@ -95,6 +98,11 @@ def _arguments(job: str, param: Any) -> tuple[int, int]:
     if isinstance(param, dict) and param.get("func") == "process_items":
         args = param.get("args")
         if isinstance(args, list) and len(args) == 2 and all(isinstance(a, int) for a in args):
+            # The workflow refuses some arguments (a batch size of 0, say) before its first batch:
+            # the same check here, so such a job is reported as refused, not divided by.
+            problem = job_problem(*args)
+            if problem is not None:
+                raise NotAJobError(f"{job}: refused before any batch started: {problem}")
             return args[0], args[1]
     raise NotAJobError(f"{job}: not a process_items job")
 

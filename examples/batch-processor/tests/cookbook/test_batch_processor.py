@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from batch_processor.demo import parse_sizes
-from batch_processor.progress import Progress, read_progress
+from batch_processor.progress import NotAJobError, Progress, read_progress
 from batch_processor.sink import Sink, most_in_flight
 from batch_processor.steps import process_item
 from batch_processor.workflow import WINDOW, InvalidJobError, job_problem
@@ -247,6 +247,7 @@ def test_a_bad_job_is_refused_before_any_batch_starts(
     devserver: RunningDevServer, start_worker: ProcessFactory, sink_dir: Path, sink: Sink
 ) -> None:
     _worker(start_worker, devserver, sink_dir)
+    refused_jobs: list[str] = []
     for item_count, batch_size, reason in BAD_JOBS:
         job = _job_id()
 
@@ -257,6 +258,26 @@ def test_a_bad_job_is_refused_before_any_batch_starts(
         assert sink.items(job) == []
         # The execution has no child: not a single batch was started.
         assert _promise_ids(devserver, job) == [job]
+        # Its progress says so, for the same reason, instead of counting batches it never had.
+        refused = f"refused before any batch started: .*{re.escape(reason)}"
+        with pytest.raises(NotAJobError, match=refused):
+            _progress(devserver, job)
+        refused_jobs.append(job)
+
+    # The CLI, on the job the demo starts with batch size 0: an answer, not a traceback.
+    cli = subprocess.run(
+        [sys.executable, "-m", "batch_processor.progress", refused_jobs[1]],
+        env={**os.environ, "RESONATE_URL": devserver.url},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=TIMEOUT_S,
+    )
+    assert (cli.returncode, cli.stdout) == (1, "")
+    assert cli.stderr == (
+        f"progress: {refused_jobs[1]}: refused before any batch started:"
+        " batch_size: must be between 1 and 10,000 items, got 0\n"
+    )
 
 
 @pytest.mark.parametrize(
