@@ -30,6 +30,7 @@ LIST_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # times out and the report is not sent late; it also bounds every step's own timeout. Half a day:
 # a report about last night read the next afternoon is still worth sending, one a day late is not.
 PROMISE_TIMEOUT = timedelta(hours=12)
+MILLISECOND = timedelta(milliseconds=1)  # the server stores the promise timeout in milliseconds
 
 # Nobody waits for a nightly report at midnight, so a provider that is down gets time: 24
 # retries, 2 s doubling to at most 5 minutes apart (about an hour and a half), well inside
@@ -81,8 +82,8 @@ async def create_nightly_schedule(
     The server checks the cron expression; one it cannot read is refused with a 400 naming the
     field, raised here as ScheduleRefusedError, as is a distribution list that is not a list's
     name (checked here, before anything is sent). Creating an id that exists returns that schedule
-    unchanged, whatever the cron: a different cron is refused here rather than silently ignored
-    (delete the schedule to change it).
+    unchanged, whatever was sent: a different cron, distribution list or promise timeout is
+    refused here rather than silently ignored (delete the schedule to change it).
     """
     if not LIST_NAME.fullmatch(distribution_list):
         raise ScheduleRefusedError(
@@ -102,10 +103,23 @@ async def create_nightly_schedule(
         if refused.code == 400:
             raise ScheduleRefusedError(f"schedule {schedule_id!r}: {refused.message}") from refused
         raise
+    # The server answers a create for an existing id with the schedule it has, ignoring what was
+    # sent: compare the stored cron, arguments and promise timeout with those sent, so a change
+    # (another list, or PROMISE_TIMEOUT edited in a new deploy) is refused, not silently dropped.
     stored = await resonate.schedules.get(schedule_id)
-    if stored.cron != cron:
+    task = resonate.schedules.codec.decode(stored.promise_param)  # as `schedule()` encoded it
+    changed = [
+        f"{field} {had!r}, not {asked!r}"
+        for field, had, asked in [
+            ("cron", stored.cron, cron),
+            ("args", task.get("args"), [distribution_list]),
+            ("promise timeout (ms)", stored.promise_timeout, PROMISE_TIMEOUT // MILLISECOND),
+        ]
+        if had != asked
+    ]
+    if changed:
         raise ScheduleRefusedError(
-            f"schedule {schedule_id!r} exists with cron {stored.cron!r}, not {cron!r}:"
+            f"schedule {schedule_id!r} exists with {'; '.join(changed)}:"
             " delete it first to change it"
         )
     return schedule

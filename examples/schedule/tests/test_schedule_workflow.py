@@ -13,6 +13,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from resonate.testing import local_resonate, resolved_promise, root_context
 from schedule.steps import Providers
 from schedule.workflow import (
     DISTRIBUTION_LIST,
+    GROUP,
     NIGHTLY,
     SCHEDULE_ID,
     Report,
@@ -166,7 +168,7 @@ def test_a_schedule_for_anything_but_a_list_name_is_refused(distribution_list: s
         asyncio.run(go())
 
 
-def test_the_schedule_is_created_once_and_a_different_cron_for_it_is_refused() -> None:
+def test_the_schedule_is_created_once_and_a_different_cron_or_list_for_it_is_refused() -> None:
     async def go() -> None:
         resonate = local_resonate()
         try:
@@ -175,7 +177,34 @@ def test_the_schedule_is_created_once_and_a_different_cron_for_it_is_refused() -
             assert again.name == first.name == SCHEDULE_ID
             with pytest.raises(ScheduleRefusedError, match="delete it first"):
                 await create_nightly_schedule(resonate, "*/5 * * * *")
-            assert (await resonate.schedules.get(SCHEDULE_ID)).cron == NIGHTLY  # unchanged
+            with pytest.raises(
+                ScheduleRefusedError, match=r"args \['finance-team'\], not \['ops-team'\]"
+            ):
+                await create_nightly_schedule(resonate, distribution_list="ops-team")
+            stored = await resonate.schedules.get(SCHEDULE_ID)  # unchanged
+            assert stored.cron == NIGHTLY
+            assert resonate.schedules.codec.decode(stored.promise_param)["args"] == [
+                DISTRIBUTION_LIST
+            ]
+        finally:
+            await resonate.stop()
+
+    asyncio.run(go())
+
+
+def test_a_schedule_there_with_another_promise_timeout_is_refused() -> None:
+    async def go() -> None:
+        resonate = local_resonate()
+        try:
+            await resonate.options(target=GROUP).schedule(
+                SCHEDULE_ID,
+                NIGHTLY,
+                "nightly_report",
+                args=(DISTRIBUTION_LIST,),
+                promise_timeout=timedelta(hours=1),
+            )
+            with pytest.raises(ScheduleRefusedError, match=r"promise timeout \(ms\) 3600000"):
+                await create_nightly_schedule(resonate)
         finally:
             await resonate.stop()
 

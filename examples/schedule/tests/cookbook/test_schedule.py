@@ -35,11 +35,13 @@ def _client(url: str) -> Resonate:
     return Resonate(url=url, group="schedule-tests")
 
 
-def _create(url: str, schedule_id: str, cron: str = EVERY_MINUTE) -> None:
+def _create(
+    url: str, schedule_id: str, cron: str = EVERY_MINUTE, distribution_list: str = "finance-team"
+) -> None:
     async def go() -> None:
         client = _client(url)
         try:
-            await create_nightly_schedule(client, cron, schedule_id)
+            await create_nightly_schedule(client, cron, schedule_id, distribution_list)
         finally:
             await client.stop()
 
@@ -249,7 +251,7 @@ def test_a_distribution_list_that_is_not_a_list_name_is_refused_before_anything_
     assert schedule_id not in _stored_schedules(devserver.url)
 
 
-def test_creating_it_again_is_harmless_but_another_cron_is_refused(
+def test_creating_it_again_is_harmless_but_another_cron_or_list_is_refused(
     devserver: RunningDevServer,
 ) -> None:
     schedule_id = f"nightly-{secrets.token_hex(3)}"
@@ -258,6 +260,8 @@ def test_creating_it_again_is_harmless_but_another_cron_is_refused(
 
     with pytest.raises(ScheduleRefusedError, match="exists with cron '0 0 \\* \\* \\*'"):
         _create(devserver.url, schedule_id, "0 6 * * *")
+    with pytest.raises(ScheduleRefusedError, match="exists with args \\['finance-team'\\]"):
+        _create(devserver.url, schedule_id, "0 0 * * *", "ops-team")
     assert _stored_schedules(devserver.url).count(schedule_id) == 1
 
 
