@@ -8,25 +8,42 @@ deadline, and carries on with the next call.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from datetime import timedelta
 
 from resonate.context import Context
-from resonate.retry import Exponential
+from resonate.retry import Exponential, RetryPolicy
 
 from paced_calls.steps import CallResult, call_api
 
 # A call the API could not take now (a 5xx, a 429, no answer) is retried on its own, the calls
 # before it being journaled: 5 retries, 2 s doubling to 30 s (about 1 minute), which outlasts a
-# typical 429 window. A retry only ever lengthens the gap before the next call, so it cannot break
-# the rate. A record the API refuses is the call's result, never retried.
+# typical 429 window. A record the API refuses is the call's result, never retried.
 RETRY = Exponential(delay=1, factor=2, max_retries=5, max_delay=30)
 
 
+@dataclass(frozen=True)
+class AtLeast:
+    """A retry policy: `policy`'s delays, but never less than `seconds` before a retry."""
+
+    policy: RetryPolicy
+    seconds: int
+
+    def next(self, attempt: int) -> int | None:
+        delay = self.policy.next(attempt)
+        return None if delay is None else max(delay, self.seconds)
+
+
 async def send_batch(ctx: Context, records: list[str], interval_ms: int) -> list[CallResult]:
+    # A retry is a request the API counts too, so it waits at least one interval after the attempt
+    # that failed: RETRY alone waits 2 s first, which breaks any pace slower than that. (Whole
+    # seconds, rounded up: the SDK's policies count in them.)
+    retried = ctx.options(retry_policy=AtLeast(RETRY, math.ceil(interval_ms / 1000)))
     results: list[CallResult] = []
     for position, record in enumerate(records, start=1):
         if position > 1:
             await ctx.sleep(timedelta(milliseconds=interval_ms))
-        result = await ctx.options(retry_policy=RETRY).run(call_api, record, position, len(records))
+        result = await retried.run(call_api, record, position, len(records))
         results.append(result)
     return results

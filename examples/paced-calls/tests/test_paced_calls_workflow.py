@@ -11,8 +11,9 @@ and run in the cookbook.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,7 +55,12 @@ def slept(*after_calls: int) -> list[PromiseRecord]:
     return [resolved_promise(f"batch-1:{2 * c}") for c in after_calls]
 
 
-def run_body(api: FakeApi, journal: list[PromiseRecord]) -> list[CallResult]:
+def run_body(
+    api: FakeApi,
+    journal: list[PromiseRecord],
+    interval_ms: int = 1000,
+    sleeper: Callable[[float], Awaitable[None]] = instant_sleeper,
+) -> list[CallResult]:
     """The workflow body over a journal: `batch-1:<n>` are its calls and sleeps, in order."""
 
     async def go() -> list[CallResult]:
@@ -62,8 +68,8 @@ def run_body(api: FakeApi, journal: list[PromiseRecord]) -> list[CallResult]:
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             deps = DependencyMap()
             deps.insert(Providers(client))
-            ctx = root_context(id="batch-1", preload=journal, deps=deps, sleeper=instant_sleeper)
-            return await send_batch(ctx, RECORDS, 1000)
+            ctx = root_context(id="batch-1", preload=journal, deps=deps, sleeper=sleeper)
+            return await send_batch(ctx, RECORDS, interval_ms)
 
     return asyncio.run(go())
 
@@ -109,6 +115,32 @@ def test_a_429_is_asked_again_with_the_same_key_and_past_the_policy_fails_the_ba
     with pytest.raises(ApiUnavailableError, match="call 1: answered 503"):
         run_body(down, [])
     assert len(down.calls) == 1 + RETRY.max_retries
+
+
+def test_a_retry_reaches_the_api_no_sooner_than_one_interval_after_the_attempt_it_repeats() -> None:
+    """At a pace slower than the policy's first delay (2 s), a 429 must not bring a request early.
+
+    The retries' waits pass on a virtual clock; the API notes when each request for `r2` came.
+    """
+    now = 0.0
+    r2_sent_at: list[float] = []
+
+    async def virtual_sleep(seconds: float) -> None:
+        nonlocal now
+        now += seconds
+        await asyncio.sleep(0)
+
+    def answer(record: str, attempt: int) -> tuple[int, dict[str, Any]]:
+        if record != "r2":
+            return takes(record, attempt)
+        r2_sent_at.append(now)
+        return (429, {}) if attempt <= 3 else takes(record, attempt)
+
+    results = run_body(FakeApi(answer), slept(1, 2), interval_ms=5000, sleeper=virtual_sleep)
+
+    assert results[1].receipt == "r2-4"
+    gaps = [later - earlier for earlier, later in itertools.pairwise(r2_sent_at)]
+    assert gaps == [5, 5, 8]  # the interval, until the policy's own backoff (2, 4, 8 s) is longer
 
 
 def test_a_replay_skips_the_calls_the_journal_says_were_made() -> None:

@@ -241,6 +241,39 @@ def test_a_call_the_api_cannot_take_now_is_retried_and_only_lengthens_its_gap(
     assert [r.status_code for r in again] == [status, 200]
 
 
+def test_at_a_pace_slower_than_the_first_retry_every_request_still_keeps_it(
+    devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
+) -> None:
+    # The API counts every request against the rate, the one it answered 429 included. At 2.5 s
+    # apart, the retry policy's own first delay (2 s) would send the retry early.
+    _worker(start_worker, devserver, sandbox.url)
+    execution_id = f"paced-calls-test-{secrets.token_hex(4)}"
+    _add_fault(sandbox, f"{execution_id}:3", mode="fail_times", times=1, status=429)  # call 2
+    slow_interval_ms = 2_500
+
+    async def send() -> Any:
+        client = Resonate(url=devserver.url, group="paced-calls-tests")
+        try:
+            handle = client.options(target="paced-calls").rpc(
+                execution_id, "send_batch", RECORDS[:2], slow_interval_ms
+            )
+            return await asyncio.wait_for(handle.result(), TIMEOUT_S)
+        finally:
+            await client.stop()
+
+    results = asyncio.run(send())
+
+    assert [r["receipt"] is not None for r in results] == [True, True]
+    requests = sandbox.records.requests(key_prefix=execution_id + ":")
+    assert [(r.idempotency_key, r.status_code) for r in requests] == [
+        (f"{execution_id}:1", 200),
+        (f"{execution_id}:3", 429),
+        (f"{execution_id}:3", 200),
+    ]
+    gaps = [b.started_at - a.started_at for a, b in itertools.pairwise(requests)]
+    assert all(gap >= slow_interval_ms / 1000 - TOLERANCE_S for gap in gaps), gaps
+
+
 def test_a_call_that_cannot_start_fails_at_once_instead_of_being_retried(
     devserver: RunningDevServer, sandbox: RunningSandbox, start_worker: ProcessFactory
 ) -> None:
