@@ -29,7 +29,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -354,6 +354,53 @@ async def status(session_id: SessionId, sessions: SessionsDep, bearer: BearerDep
     return await sessions.view(session_id, await _authorized(sessions, session_id, bearer))
 
 
+type Message = MutableMapping[str, Any]
+type Receive = Callable[[], Awaitable[Message]]
+type Send = Callable[[Message], Awaitable[None]]
+type ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+
+
+class LimitBody:
+    """A body over MAX_BODY_BYTES is a 413 shaped like every other refusal, `{"detail": ...}`.
+
+    (FastAPI's own `max_body_size` answers a declared Content-Length over it in plain text, a body
+    the OpenAPI document could not declare.) A body is at most MAX_BODY_BYTES, so it is read whole
+    before the app sees it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = JSONResponse({"detail": f"the body is over {MAX_BODY_BYTES} bytes"}, 413)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            await too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_BODY_BYTES:
+                await too_large(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks)}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+
 def create_app(resonate_url: str, group: str, default_idle_timeout_seconds: int) -> FastAPI:
     # A client in a group of its own: the server never hands it workflow work.
     resonate = Resonate(url=resonate_url, group="session-gateway", autostart=False)
@@ -364,7 +411,8 @@ def create_app(resonate_url: str, group: str, default_idle_timeout_seconds: int)
         yield
         await resonate.stop()
 
-    app = FastAPI(title="session gateway", lifespan=lifespan, max_body_size=MAX_BODY_BYTES)
+    app = FastAPI(title="session gateway", lifespan=lifespan)
+    app.add_middleware(LimitBody)
     app.state.sessions = Sessions(resonate, group, default_idle_timeout_seconds)
     app.include_router(router)
 

@@ -37,7 +37,7 @@ from resonate.promises import Promises
 from resonate.resonate import Resonate
 from resonate.send import PromiseSearchResult
 from resonate.types import PromiseRecord, Value
-from session.gateway import Sessions, create_app
+from session.gateway import MAX_BODY_BYTES, Sessions, create_app
 from session.steps import ROUND_TAG
 
 TIMEOUT_S = 30
@@ -592,7 +592,12 @@ def test_a_bad_activity_is_422_and_changes_nothing(
 
 def test_oversized_bodies_and_bad_ids_are_refused(stack: Stack, idle_session: str) -> None:
     huge = {"action": "a" * 10_000}
-    assert stack.post(idle_session, "activity", huge).status_code == 413
+    too_large = stack.post(idle_session, "activity", huge)
+    assert too_large.status_code == 413
+    # Shaped like every other error answer, as the OpenAPI document declares it.
+    assert too_large.json() == {"detail": f"the body is over {MAX_BODY_BYTES} bytes"}
+    login = stack.gateway.post("/sessions", json={"session_id": "test-huge", "user": "a" * 10_000})
+    assert (login.status_code, login.json()) == (413, too_large.json())
     auth = stack.auth(idle_session)
     assert stack.gateway.get("/sessions/test:1", headers=auth).status_code == 422
     assert stack.gateway.post("/sessions/test.1/logout", headers=auth).status_code == 422
