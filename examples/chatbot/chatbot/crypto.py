@@ -3,11 +3,12 @@
 A turn's arguments are the conversation so far and its result is the model's reply: personal
 data. The SDK hands an encryptor the bytes of every value it is about to store and stores what it
 gets back; it hands the stored bytes to `decrypt` when it reads them. Each value is sealed on its
-own, as
-    key id length (1 byte) | key id | nonce (12 bytes) | ciphertext + tag
-with a fresh random nonce and the key id authenticated with it, so a value names the key that
-sealed it: after a rotation, new turns are sealed with the new key and older ones still open with
-an older key the ring keeps. (The encryption example shows rotation with turns in flight in full.)
+own, as the encryption example seals it:
+    version (1 byte) | key id length (1 byte) | key id | nonce (12 bytes) | ciphertext + tag
+with a fresh random nonce and the version and key id authenticated with it, so a value names the
+key that sealed it: after a rotation, new turns are sealed with the new key and older ones still
+open with an older key the ring keeps. (The encryption example shows rotation with turns in flight
+in full.)
 
 The keys never sit in code. Every process that reads or writes a turn (the worker, the gateway)
 takes them from the environment:
@@ -34,6 +35,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+FORMAT_VERSION = 1
 NONCE_BYTES = 12  # 96 bits, the size GCM is specified for; random, so never reused in practice
 KEY_BYTES = 32  # AES-256
 
@@ -112,19 +114,26 @@ class AesGcmEncryptor:
 
     def encrypt(self, data: bytes) -> bytes:
         key_id = self.key_ring.current.encode()
-        header = bytes([len(key_id)]) + key_id
+        header = bytes([FORMAT_VERSION, len(key_id)]) + key_id
         nonce = secrets.token_bytes(NONCE_BYTES)
         # The header is authenticated too: a value cannot be relabelled with another key id.
         return header + nonce + self._ciphers[self.key_ring.current].encrypt(nonce, data, header)
 
     def decrypt(self, data: bytes) -> bytes:
-        header_end = 1 + data[0] if data else 0
-        key_id = data[1:header_end].decode(errors="replace")
+        # Checked before anything is read as a key id: a value stored without encryption is the
+        # plaintext turn, and a key id read out of it would put the user's message in the error.
+        if len(data) < 2 or data[0] != FORMAT_VERSION:
+            raise DecryptionError(
+                "a stored value is not sealed by this encryptor (no version-1 header): written by"
+                " a client or worker without encryption, or not a value of this application"
+            )
+        header_end = 2 + data[1]
+        key_id = data[2:header_end].decode(errors="replace")
         cipher = self._ciphers.get(key_id)
         if cipher is None:
             raise DecryptionError(
-                f"a stored value is sealed with key {key_id!r}, which this process does not have"
-                " (or was stored without encryption): give it the key ring that includes it"
+                f"a stored value is sealed with key {key_id!r}, which this process does not have:"
+                " give it the key ring that includes it"
             )
         nonce = data[header_end : header_end + NONCE_BYTES]
         try:

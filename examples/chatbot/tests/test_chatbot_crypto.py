@@ -21,7 +21,7 @@ from chatbot.crypto import (
 )
 from chatbot.steps import Reply
 from chatbot.workflow import Turn
-from resonate.codec import Codec
+from resonate.codec import Codec, NoopEncryptor
 
 GREETING = "Hi, I'm Ada. I'm looking for a book about durable execution."
 ANSWER = "Welcome to the shop! Shall I recommend one?"
@@ -70,6 +70,16 @@ def test_a_value_sealed_with_another_key_is_refused_naming_it() -> None:
         AesGcmEncryptor(KeyRing.new("k1")).decrypt(sealed)  # same id, another key
     with pytest.raises(DecryptionError, match="'k1', which this process does not have"):
         AesGcmEncryptor(KeyRing.new("k2")).decrypt(sealed)
+
+
+def test_a_value_stored_without_encryption_is_refused_without_echoing_any_of_it() -> None:
+    # A client without the encryptor stores the turn as plain JSON. The error is logged: it must
+    # say what is wrong, and nothing of the turn (the old header read a "key id" out of it).
+    unsealed = Codec(NoopEncryptor()).encode(a_turn())
+    with pytest.raises(DecryptionError, match="not sealed by this encryptor") as refused:
+        Codec(AesGcmEncryptor(KeyRing.new("k1"))).decode(unsealed)
+    assert "Ada" not in str(refused.value)
+    assert "chat_turn" not in str(refused.value)
 
 
 def test_after_a_rotation_older_turns_still_open_and_new_ones_use_the_new_key() -> None:
