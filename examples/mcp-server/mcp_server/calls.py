@@ -30,13 +30,12 @@ Text = Annotated[
         min_length=1, max_length=200, pattern=r"^[^\p{C}\s](?:[^\p{C}]*[^\p{C}\s])?$"
     ),
 ]
-Email = Annotated[
-    str, StringConstraints(max_length=254, pattern=r"^[^@\s\p{C}]+@[^@\s\p{C}]+\.[^@\s\p{C}]+$")
-]
 type Currency = Literal["EUR", "GBP", "USD"]
 
 
 class Invoice(BaseModel):
+    """What the AI client submits: no approver, who decides is the workers' (`steps.Approver`)."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     invoice_id: InvoiceId
@@ -44,7 +43,6 @@ class Invoice(BaseModel):
     amount_cents: Annotated[int, Field(ge=1, le=100_000_000)]
     currency: Currency
     description: Text
-    approver_email: Email
 
     @property
     def summary(self) -> str:

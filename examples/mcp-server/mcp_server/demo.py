@@ -91,7 +91,6 @@ async def main() -> None:
         "amount_cents": 184_000,
         "currency": "EUR",
         "description": "Stage lighting for the March launch",
-        "approver_email": "grace@example.com",
     }
 
     print("• The AI client starts the MCP server over stdio (it is a client of Resonate).")
@@ -105,7 +104,7 @@ async def main() -> None:
         billed = effects(provider_url, f"{weather_call}:", "model")
         print(f"  the model billed {len(billed)} completion(s) for {weather_call}")
 
-    print("\n• An invoice to approve. A person decides, outside MCP; the tool waits for it.")
+    print("\n• An invoice to approve. The workers' approver decides, outside MCP; the tool waits.")
     async with mcp_server(errlog, wait_seconds=20) as session:
         invoice_call = await killed_mid_call(session, errlog, invoice)
 

@@ -11,8 +11,9 @@ from this process or from a new one.
 Tools:
   weather_report(city)          a report written by the model from the weather API's observation;
                                 one per city and day (`weather.<city>-<hash>.<date>`)
-  approve_invoice(...)          asks a person to approve an invoice and returns the decision;
-                                one per invoice (`invoice.<id>`); the person decides outside MCP
+  approve_invoice(...)          asks the workers' configured approver (never one the client
+                                names) to approve an invoice and returns the decision; one per
+                                invoice (`invoice.<id>`); the approver decides outside MCP
   call_status(call_id, wait)    where a call is: pending, done (its result) or failed (why)
 
 Environment: RESONATE_URL (required), RESONATE_GROUP (the workers' group, default mcp-server),
@@ -41,7 +42,6 @@ from resonate.resonate import Resonate
 from mcp_server.calls import (
     City,
     Currency,
-    Email,
     Invoice,
     InvoiceId,
     Text,
@@ -161,13 +161,14 @@ async def approve_invoice(
     amount_cents: Annotated[int, Field(strict=True, ge=1, le=100_000_000, description="In cents")],
     currency: Currency,
     description: Annotated[Text, Field(description="What the invoice is for")],
-    approver_email: Annotated[Email, Field(description="Who decides")],
+    # No approver: an AI that could name one could name itself (the workers' `Approver` decides).
     ctx: Context[Calls, Any],
 ) -> CallStatus:
-    """Ask a person to approve an invoice; returns the decision (paid, rejected, expired).
+    """Ask the approver to approve an invoice; returns the decision (paid, rejected, expired).
 
-    The person decides outside this server, within DECIDE_WITHIN_SECONDS; until then the call is
-    pending (ask call_status). One approval per invoice id: calling again attaches to it.
+    Who approves is set where the workflows run, not by the caller. The approver decides outside
+    this server, within DECIDE_WITHIN_SECONDS; until then the call is pending (ask call_status).
+    One approval per invoice id: calling again attaches to it.
     """
     calls = ctx.request_context.lifespan_context
     invoice = Invoice(
@@ -176,7 +177,6 @@ async def approve_invoice(
         amount_cents=amount_cents,
         currency=currency,
         description=description,
-        approver_email=approver_email,
     )
     call_id = invoice_call_id(invoice_id)
     # The decision's deadline is inside the execution's: a child's timeout is capped by its

@@ -56,6 +56,18 @@ class Model:
 
 
 @dataclass(frozen=True)
+class Approver:
+    """Who decides on invoices (a worker dependency, from the environment).
+
+    The deployment's policy, never a tool's argument: an AI client that could name the approver,
+    or a prompt injection in what it read, could send the request to an address it controls and
+    approve its own invoice. Looked up by the step, so no address is in the stored invoice.
+    """
+
+    email: str
+
+
+@dataclass(frozen=True)
 class Refused:
     """A provider's final no."""
 
@@ -152,9 +164,10 @@ async def write_report(ctx: Context, city: str, date: str, observation_id: str) 
 
 
 async def ask_approver(
-    ctx: Context, to: str, summary: str, decision_promise: str, decide_within_seconds: int
+    ctx: Context, summary: str, decision_promise: str, decide_within_seconds: int
 ) -> str | Refused:
-    """Email the approver what to decide and the promise that takes the decision."""
+    """Email the configured approver what to decide and the promise that takes the decision."""
+    to = ctx.get_dependency(Approver).email
     print(f"email: ask {to} to decide on {summary}", flush=True)
     text = (
         f"Please approve or reject {summary}. You have {decide_within_seconds} s.\n"

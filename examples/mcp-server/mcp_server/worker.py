@@ -4,7 +4,8 @@ The MCP server does not run them: it is a client of Resonate, so a crash of the 
 desktop app closed, a process killed) loses no work, and a crash of a worker loses none either.
 
 Environment: RESONATE_URL (required), RESONATE_GROUP (default: mcp-server), RESONATE_TTL_SECONDS,
-PROVIDER_API_URL, and the model's: OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL.
+PROVIDER_API_URL, INVOICE_APPROVER (who decides on invoices, default grace@example.com), and the
+model's: OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import httpx
 import openai
 from resonate.resonate import Resonate
 
-from mcp_server.steps import Model, Providers
+from mcp_server.steps import Approver, Model, Providers
 from mcp_server.workflow import WORKFLOW_RETRIES, invoice_approval, weather_report
 
 # A completion that has not come back in 60 s is treated as lost (the step raises, and the retry
 # policy asks again under the same key); the lease (RESONATE_TTL_SECONDS) is kept alive by the
 # SDK's heartbeat meanwhile.
 MODEL_TIMEOUT_SECONDS = 60.0
+# The demo's approver. example.com is reserved and receives no mail (RFC 2606): a deployment that
+# forgets INVOICE_APPROVER asks nobody, and its invoices expire unpaid.
+DEFAULT_APPROVER = "grace@example.com"
 
 
 async def main() -> None:
@@ -45,6 +49,8 @@ async def main() -> None:
         )
         resonate.with_dependency(Providers(client))
         resonate.with_dependency(Model(model, os.environ["OPENAI_MODEL"]))
+        # Who approves is set here, where the workflows run, never by the AI client (`Approver`).
+        resonate.with_dependency(Approver(os.environ.get("INVOICE_APPROVER", DEFAULT_APPROVER)))
         resonate.register(weather_report, retry_policy=WORKFLOW_RETRIES)
         resonate.register(invoice_approval, retry_policy=WORKFLOW_RETRIES)
         stop = asyncio.Event()

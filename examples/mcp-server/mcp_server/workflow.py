@@ -4,10 +4,10 @@
 crash after the model answered never pays for that completion again: the step's result is in
 the journal, and a replay reads it from there.
 
-`invoice_approval`: a latent promise (the approver's decision) that the approver is emailed
-about, awaited for as long as the decision takes: no worker holds the execution meanwhile, and
-its deadline is kept by the server with the promise. An approval pays the vendor once; a
-rejection, or no decision in time, pays nothing.
+`invoice_approval`: a latent promise (the approver's decision) that the workers' configured
+approver is emailed about, awaited for as long as the decision takes: no worker holds the
+execution meanwhile, and its deadline is kept by the server with the promise. An approval pays
+the vendor once; a rejection, or no decision in time, pays nothing.
 
 The MCP server (a client of Resonate, in another process) starts these by an id it derives from
 the tool's arguments, so a tool called again, by the same MCP server or by a new one after a
@@ -57,12 +57,9 @@ async def invoice_approval(
     # The approver's decision: resolved by a person (`python -m mcp_server.decide`), never by the
     # AI client. The server times it out at the deadline by itself.
     decision = ctx.promise(timeout=timedelta(seconds=decide_within_seconds))
+    # Sent to the workers' configured approver, whom the AI client cannot name (`Approver`).
     asked = await step.run(
-        ask_approver,
-        invoice.approver_email,
-        invoice.summary,
-        await decision.id(),
-        decide_within_seconds,
+        ask_approver, invoice.summary, await decision.id(), decide_within_seconds
     )
     if isinstance(asked, Refused):  # nobody was asked: waiting for the deadline is pointless
         return InvoiceOutcome(invoice.invoice_id, "not-asked", reason=asked.reason)

@@ -26,13 +26,13 @@ from mcp_server.calls import (
     weather_call_id,
 )
 from mcp_server.decide import decide
-from mcp_server.server import CallId
-from mcp_server.steps import Model, Providers
+from mcp_server.server import CallId, server
+from mcp_server.steps import Approver, Model, Providers
 from mcp_server.workflow import invoice_approval, weather_report
 from pydantic import TypeAdapter, ValidationError
 from resonate.resonate import Resonate
 from resonate.testing import local_resonate
-from resonate.types import Value
+from resonate.types import PromiseRecord, Value
 
 INVOICE = Invoice(
     invoice_id="INV-7",
@@ -40,8 +40,8 @@ INVOICE = Invoice(
     amount_cents=184_000,
     currency="EUR",
     description="Stage lighting",
-    approver_email="grace@example.com",
 )
+APPROVER = "payables-lead@example.com"  # the workers' configured approver
 
 
 @dataclass
@@ -104,6 +104,7 @@ def run_in(world: World, body: Callable[[Resonate], Coroutine[Any, Any, Any]]) -
             try:
                 resonate.with_dependency(Providers(client))
                 resonate.with_dependency(Model(model, "test-model"))
+                resonate.with_dependency(Approver(APPROVER))
                 resonate.register(weather_report)
                 resonate.register(invoice_approval)
                 return await body(resonate)
@@ -159,15 +160,17 @@ def test_a_transient_model_failure_is_asked_again_under_the_same_key(status: int
     assert len(set(keys)) == 1
 
 
-def decided(world: World, value: dict[str, Any] | None) -> InvoiceOutcome:
-    async def body(resonate: Resonate) -> Any:
-        handle = resonate.run("invoice.INV-7", invoice_approval, INVOICE, 3600)
-        await world.emailed.wait()  # the approver's email carries the decision's promise
-        promise = world.provider_calls[0][2]["decision_promise"]
-        await resonate.promises.resolve(promise, Value(data=value))
-        return await handle.result()
+async def approval(world: World, resonate: Resonate, value: Any) -> InvoiceOutcome:
+    handle = resonate.run("invoice.INV-7", invoice_approval, INVOICE, 3600)
+    await world.emailed.wait()  # the approver's email carries the decision's promise
+    promise = world.provider_calls[0][2]["decision_promise"]
+    await resonate.promises.resolve(promise, Value(data=value))
+    outcome: InvoiceOutcome = await handle.result()
+    return outcome
 
-    outcome: InvoiceOutcome = run_in(world, body)
+
+def decided(world: World, value: Any) -> InvoiceOutcome:
+    outcome: InvoiceOutcome = run_in(world, lambda resonate: approval(world, resonate, value))
     return outcome
 
 
@@ -179,10 +182,33 @@ def test_an_approved_invoice_pays_the_vendor_once() -> None:
     assert outcome == InvoiceOutcome("INV-7", "paid", "ok", payment_id="payment_2")
     [email, payment] = world.provider_calls
     assert email[0] == "/email/send"
-    assert email[2]["to"] == "grace@example.com"
+    assert email[2]["to"] == APPROVER
     assert email[2]["decision_promise"] in email[2]["text"]
     assert payment[0] == "/payment/charge"
     assert payment[2] == {"payee": "Atelier Lumiere", "amount_cents": 184_000, "currency": "EUR"}
+
+
+def test_the_ai_client_cannot_name_the_approver_and_no_address_is_stored() -> None:
+    # An AI that could choose the approver (or a prompt injection in what it read) could send the
+    # request to an address it controls and approve its own invoice: the tool takes no approver.
+    tools = {tool.name: tool for tool in asyncio.run(server.list_tools())}
+    offered = set(tools["approve_invoice"].input_schema["properties"])
+    assert offered == {"invoice_id", "vendor", "amount_cents", "currency", "description"}
+    assert offered == set(Invoice.model_fields)  # what the execution stores as its argument
+    world = World()
+
+    async def body(resonate: Resonate) -> list[PromiseRecord]:
+        await approval(world, resonate, {"decision": "approve"})
+        [email, payment] = world.provider_calls
+        ids = ["invoice.INV-7", email[2]["decision_promise"], email[1], payment[1]]
+        return [await resonate.promises.get(promise_id) for promise_id in ids]
+
+    stored = run_in(world, body)
+
+    # The workers' approver was asked, looked up by the step: no promise holds the address.
+    assert world.provider_calls[0][2]["to"] == APPROVER
+    for promise in stored:
+        assert APPROVER not in repr((promise.param.data, promise.value.data)), promise.id
 
 
 @pytest.mark.parametrize(
@@ -218,7 +244,7 @@ def test_call_ids_come_from_the_arguments() -> None:
         ("amount_cents", 0),
         ("amount_cents", "100"),
         ("currency", "XYZ"),
-        ("approver_email", "grace"),
+        ("approver_email", "mallory@example.net"),  # who decides is never the submitter's
         ("vendor", " padded"),
         ("description", "x" * 201),
     ],

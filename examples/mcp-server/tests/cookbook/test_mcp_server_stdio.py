@@ -27,6 +27,8 @@ from mcp.types import CallToolResult, TextContent
 from mcp_server.decide import decide
 from resonate.resonate import Resonate
 
+APPROVER = "payables-lead@example.com"  # the worker's, as a deployment would set it
+
 
 @pytest.fixture(scope="module")
 def devserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDevServer]:
@@ -45,6 +47,7 @@ def stack(devserver: RunningDevServer, sandbox: RunningSandbox) -> Iterator[dict
         "OPENAI_BASE_URL": os.environ.get("OPENAI_BASE_URL", f"{sandbox.url}/v1"),
         "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "stand-in-key"),
         "OPENAI_MODEL": os.environ.get("OPENAI_MODEL", "stand-in-1"),
+        "INVOICE_APPROVER": APPROVER,
     }
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("RESONATE_")}
     with worker_process("mcp_server.worker", {**inherited, **env}):
@@ -97,7 +100,6 @@ def an_invoice(**changes: Any) -> dict[str, Any]:
         "amount_cents": 184_000,
         "currency": "EUR",
         "description": "Stage lighting for the March launch",
-        "approver_email": "grace@example.com",
     } | changes
 
 
@@ -163,6 +165,39 @@ async def emails(sandbox: RunningSandbox, call_id: str) -> list[Any]:
     raise AssertionError(f"no email for {call_id}")
 
 
+def test_the_ai_client_cannot_choose_who_approves(
+    stack: dict[str, str], sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    # An AI that could name the approver, or a prompt injection in what it read, could send the
+    # request to an address it controls and approve its own invoice.
+    mallory = "mallory@attacker.example"
+    invoice = an_invoice()
+    call_id = f"invoice.{invoice['invoice_id']}"
+
+    async def go() -> tuple[set[str], dict[str, Any], Any]:
+        async with mcp_server(stack, tmp_path / "mcp.stderr", wait_seconds=0) as session:
+            tools = {tool.name: tool for tool in (await session.list_tools()).tools}
+            offered = set(tools["approve_invoice"].input_schema["properties"])
+            # An argument the tool does not take is dropped by the SDK before the tool runs.
+            sent = answer(
+                await session.call_tool("approve_invoice", invoice | {"approver_email": mallory})
+            )
+        client = Resonate(url=stack["RESONATE_URL"], group="mcp-server-approvers")
+        try:
+            stored = await client.promises.get(call_id)
+        finally:
+            await client.stop()
+        return offered, sent, stored
+
+    offered, sent, stored = asyncio.run(go())
+
+    assert sent["call_id"] == call_id
+    [email] = asyncio.run(emails(sandbox, call_id))
+    assert email.body["to"] == APPROVER  # the worker's, whatever the client sent
+    assert offered == {"invoice_id", "vendor", "amount_cents", "currency", "description"}
+    assert "@" not in repr(stored.param.data)  # and no address in the stored invoice
+
+
 def test_identical_calls_are_one_execution_and_other_figures_are_refused(
     stack: dict[str, str], sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
@@ -192,7 +227,6 @@ BAD_ARGUMENTS = [
     ("approve_invoice", an_invoice(amount_cents="1"), "amount_cents"),
     ("approve_invoice", an_invoice(currency="XYZ"), "currency"),
     ("approve_invoice", an_invoice(invoice_id="INV:1"), "invoice_id"),
-    ("approve_invoice", an_invoice(approver_email="grace"), "approver_email"),
     ("approve_invoice", an_invoice(description="x" * 100_000), "description"),
     ("approve_invoice", {k: v for k, v in an_invoice().items() if k != "vendor"}, "vendor"),
     ("weather_report", {"city": ""}, "city"),
