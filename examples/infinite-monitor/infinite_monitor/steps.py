@@ -18,6 +18,7 @@ the same key, and Slack answers from the key instead of posting twice. Slack bei
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -73,8 +74,9 @@ class Alert:
 
 @dataclass(frozen=True)
 class Observation:
-    """What one iteration saw: a stop request, or each service's health (and why it is down)."""
+    """What one iteration saw: too late to start, a stop request, or each service's health."""
 
+    too_late: bool = False  # the generation's deadline cannot hold what it has left to do
     stop_requested: bool = False
     states: dict[str, Health] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
@@ -99,8 +101,16 @@ def probe_key(monitor: str, service: str, iteration: int) -> str:
     return f"{monitor}/{service}/{iteration:08d}"
 
 
-async def observe(ctx: Context, monitor: str, services: list[str], iteration: int) -> Observation:
-    """One iteration's look at the world: has an operator asked to stop? If not, probe."""
+async def observe(
+    ctx: Context, monitor: str, services: list[str], iteration: int, start_by: int | None = None
+) -> Observation:
+    """One iteration's look at the world: too late to start? asked to stop? If not, probe.
+
+    `start_by` (ms since the epoch, on a generation's first look) is the latest moment its
+    deadline lets it begin: later, the generation would die at its deadline before it is done.
+    """
+    if start_by is not None and time.time() * 1000 > start_by:
+        return Observation(too_late=True)
     if await _stop_requested(ctx.get_dependency(Launcher).resonate, monitor):
         return Observation(stop_requested=True)
     providers = ctx.get_dependency(Providers)

@@ -48,8 +48,14 @@ MAX_GENERATION_LENGTH = 1000
 MAX_SERVICES = 10
 MAX_INTERVAL_SECONDS = 24 * 3600
 # A generation's deadline: its iterations' sleeps, plus a day for the probes, alerts and retries.
-# The SDK ends a sleep at its execution's deadline, so the deadline must outlive every sleep.
+# The SDK ends a sleep, and the execution, at the execution's deadline, so the deadline must
+# outlive every sleep: a generation that reaches it dies there, with no successor and no alert.
+# The hand-over starts each successor with this deadline, and a client must start the first
+# generation with it (`timeout=generation_deadline(...)`): one started without (a day, the SDK's
+# default) or with less is refused at its first look when its deadline cannot hold its sleeps
+# and an hour more (DEADLINE_MARGIN_MIN), rather than dying silently days later.
 DEADLINE_MARGIN = timedelta(days=1)
+DEADLINE_MARGIN_MIN = timedelta(hours=1)
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 
 type EndReason = Literal["continued", "stopped", "max-iterations"]
@@ -70,7 +76,8 @@ class GenerationEnd:
 
 
 class InvalidMonitorError(ValueError):
-    """The arguments describe no monitor this workflow runs; nothing was probed or sent."""
+    """The arguments, or the deadline, describe no monitor this workflow runs; nothing was probed
+    or sent."""
 
 
 def monitor_problem(
@@ -140,6 +147,15 @@ async def monitor(
             continued_as,
         )
 
+    # The latest moment this generation can begin and still sleep its sleeps before its deadline
+    # (see DEADLINE_MARGIN). The observation step compares it with its clock: a replay sees the
+    # answer the first look got.
+    sleeps = generation_length
+    if max_iterations is not None:
+        sleeps = min(sleeps, max_iterations - known.iteration)
+    needs = timedelta(seconds=interval_seconds * sleeps) + DEADLINE_MARGIN_MIN
+    start_by = ctx.info.timeout_at - needs // timedelta(milliseconds=1)
+
     server = ctx.options(retry_policy=SERVER_RETRIES)
     done_here = 0  # iterations run by this generation
     while True:
@@ -161,7 +177,17 @@ async def monitor(
         # Each iteration first asks whether to go on: a bound reached, or the stop flag set.
         if max_iterations is not None and iteration >= max_iterations:
             return end("max-iterations")
-        seen = await server.run(observe, known.monitor, services, iteration + 1)
+        # A generation's first look also asks whether it can still finish before its deadline.
+        first_look = done_here == 0
+        seen = await server.run(
+            observe, known.monitor, services, iteration + 1, start_by if first_look else None
+        )
+        if seen.too_late:
+            raise InvalidMonitorError(
+                f"timeout: this generation needs {needs} before its deadline (its {sleeps}"
+                f" sleeps of {interval_seconds} s and a margin) and has less; start it with"
+                " timeout=generation_deadline(interval_seconds, generation_length)"
+            )
         if seen.stop_requested:
             return end("stopped")
         iteration += 1

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -23,13 +25,21 @@ from infinite_monitor.workflow import (
     ALERT_RETRIES,
     GenerationEnd,
     InvalidMonitorError,
+    generation_deadline,
     monitor,
 )
 from resonate.dependencies import DependencyMap
-from resonate.testing import instant_sleeper, local_resonate, resolved_promise, root_context
+from resonate.testing import (
+    FAR_FUTURE,
+    instant_sleeper,
+    local_resonate,
+    resolved_promise,
+    root_context,
+)
 from resonate.types import Value
 
 SERVICES = ["api", "db"]
+MILLISECOND = timedelta(milliseconds=1)
 
 
 @dataclass
@@ -59,8 +69,13 @@ def run_body(
     max_iterations: int | None = None,
     generation_length: int = 100,
     stop: bool = False,
+    interval: int = 60,
+    timeout: timedelta | None = None,
 ) -> tuple[GenerationEnd, list[str]]:
-    """`monitor` as generation 1 of `mon`: its sleeps `mon:<n>` over; the ids the launcher holds."""
+    """`monitor` as generation 1 of `mon`: its sleeps `mon:<n>` over; the ids the launcher holds.
+
+    `timeout`: the execution's deadline, from now (none: far in the future).
+    """
 
     async def go() -> tuple[GenerationEnd, list[str]]:
         launcher = local_resonate()
@@ -73,8 +88,17 @@ def run_body(
                 deps.insert(Providers(client))
                 deps.insert(Launcher(launcher, "infinite-monitor"))
                 journal = [resolved_promise(f"mon:{n}") for n in sleeps]
-                ctx = root_context(id="mon", preload=journal, deps=deps, sleeper=instant_sleeper)
-                end = await monitor(ctx, SERVICES, 60, generation_length, max_iterations)
+                timeout_at = FAR_FUTURE
+                if timeout is not None:
+                    timeout_at = int(time.time() * 1000) + timeout // MILLISECOND
+                ctx = root_context(
+                    id="mon",
+                    preload=journal,
+                    deps=deps,
+                    sleeper=instant_sleeper,
+                    timeout_at=timeout_at,
+                )
+                end = await monitor(ctx, SERVICES, interval, generation_length, max_iterations)
             launched = [
                 generation
                 for generation in ("mon-gen-2", "mon-gen-3")
@@ -163,3 +187,26 @@ def test_arguments_it_cannot_monitor_are_refused_before_any_probe(
 ) -> None:
     with pytest.raises(InvalidMonitorError, match=f"^{named}:"):
         asyncio.run(monitor(root_context(id="mon"), services, interval))
+
+
+def test_a_deadline_that_cannot_hold_the_generations_sleeps_is_refused_before_any_probe() -> None:
+    """Hourly probes, 100 a generation, started with the SDK's default deadline: a day.
+
+    Not refused, it would run 24 iterations and die at its deadline: no successor, no alert.
+    """
+    world = FakeWorld()
+
+    with pytest.raises(InvalidMonitorError, match=r"^timeout: .*generation_deadline"):
+        run_body(world, sleeps=[], interval=3600, timeout=timedelta(days=1))
+    assert world.probes == []
+
+
+def test_a_generation_started_with_its_generation_deadline_runs() -> None:
+    world = FakeWorld()
+
+    end, _ = run_body(
+        world, sleeps=[2], max_iterations=1, interval=3600, timeout=generation_deadline(3600, 100)
+    )
+
+    assert end.reason == "max-iterations"
+    assert len(world.probes) == len(SERVICES)
