@@ -14,6 +14,9 @@ from typing import Any
 import httpx
 from resonate.resonate import Resonate
 
+from job_callback.job import Job
+from job_callback.workflow import run_timeout
+
 CASES: list[tuple[str, str, dict[str, Any]]] = [
     (
         "succeeds",
@@ -52,7 +55,11 @@ async def main() -> None:
             print(f"\n== {case}: {story}")
             print(f"→ run_job as execution {execution_id}")
             started = time.perf_counter()
-            handle = resonate.options(target="job-callback").rpc(execution_id, "run_job", job)
+            # Its deadline holds every attempt's wait for a callback, and the cancel after it.
+            timeout = run_timeout(Job.model_validate(job))
+            handle = resonate.options(target="job-callback", timeout=timeout).rpc(
+                execution_id, "run_job", job
+            )
             ended = await handle.result()
             print(f"✓ after {time.perf_counter() - started:.1f}s: {ended}")
         # The last duplicate callback may still be on its way: its answer is read below.

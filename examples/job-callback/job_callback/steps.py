@@ -12,6 +12,7 @@ policy tries again with the same key.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +59,22 @@ class JobsUnavailableError(Exception):
     """The jobs service did not answer now; another attempt (same key) may."""
 
 
-async def submit_job(ctx: Context, job: Job, attempt: int, callback_id: str) -> JobState:
-    """Start the job; when it ends, the service settles promise `callback_id` with its outcome."""
+async def submit_job(
+    ctx: Context, job: Job, attempt: int, callback_id: str, start_by: int
+) -> JobState:
+    """Start the job; when it ends, the service settles promise `callback_id` with its outcome.
+
+    Refused, not sent, after `start_by` (ms since the epoch): the execution's deadline would end
+    the wait for the callback before the job's own timeout, and leave the job running. The clock
+    is read here, in the step, so a replay takes the decision the first attempt took.
+    """
+    if time.time() * 1000 > start_by:
+        return JobState(
+            None,
+            "refused",
+            "not submitted: the execution's deadline is too near to wait for the callback"
+            " (start run_job with timeout=run_timeout(job))",
+        )
     print(f"{job.name}: submitting attempt {attempt} (key {ctx.info.id})", flush=True)
     services = ctx.get_dependency(Services)
     body = {

@@ -46,6 +46,14 @@ WORKFLOW_RETRIES = Never()
 # A failed job is run once more (a new job, a new key): a lost executor or a spot instance taken
 # back is worth a second try, a job that fails twice needs a person.
 ATTEMPTS = 2
+# Each wait for a callback ends at the execution's deadline at the latest: SDK 0.8.1 caps a
+# promise's timeout at its parent's. An execution that reaches its deadline ends there, timed
+# out, with no step left to cancel the job, which runs on. So run_job is started with a deadline
+# that holds every attempt's wait and the cancel after it, `run_timeout(job)` (a start without
+# `timeout=` gets a day); and a submission whose waits no longer fit before the deadline, with
+# CANCEL_MARGIN to spare, is refused, not sent.
+CANCEL_MARGIN = timedelta(minutes=5)  # the cancel after the last wait, and its retries
+DEADLINE_MARGIN = timedelta(hours=1)  # what run_timeout adds: that, and a while without workers
 
 type Status = Literal["succeeded", "failed", "timed-out", "refused"]
 
@@ -56,8 +64,13 @@ class JobEnded:
 
     status: Status
     job_ids: list[str] = field(default_factory=list)
-    output: dict[str, Any] | None = None
+    output: dict[str, Any] | None = None  # none if the job's callback came after the deadline
     reason: str | None = None
+
+
+def run_timeout(job: Job) -> timedelta:
+    """The deadline to start `run_job` with: every attempt's wait for its callback, and a margin."""
+    return ATTEMPTS * timedelta(seconds=job.callback_timeout_seconds) + DEADLINE_MARGIN
 
 
 async def run_job(ctx: Context, job: Job) -> JobEnded:
@@ -69,8 +82,11 @@ async def run_job(ctx: Context, job: Job) -> JobEnded:
         # It exists before the submission, so a job that ends at once finds it there.
         callback = ctx.promise(timeout=timedelta(seconds=job.callback_timeout_seconds))
         callback_id = await callback.id()
+        # The latest moment this attempt may start: its wait and the later attempts' still fit.
+        waits = (ATTEMPTS - attempt + 1) * timedelta(seconds=job.callback_timeout_seconds)
+        start_by = ctx.info.timeout_at - (waits + CANCEL_MARGIN) // timedelta(milliseconds=1)
         try:
-            submitted = await step.run(submit_job, job, attempt, callback_id)
+            submitted = await step.run(submit_job, job, attempt, callback_id, start_by)
         except Exception as unavailable:  # out of retries: the execution fails, naming the step
             # (if the submission landed after all, its job's callback finds the promise settled)
             await release(ctx, callback, callback_id, f"not submitted: {unavailable}")
@@ -93,7 +109,13 @@ async def run_job(ctx: Context, job: Job) -> JobEnded:
                 f" {job.callback_timeout_seconds}s; the job was cancelled",
             )
         if ended.status == "succeeded":  # it ended in time, its callback lost the race
-            return JobEnded("succeeded", job_ids, reason="its callback came after the deadline")
+            # Its output came in that callback, which the server refused (the promise had timed
+            # out), and the jobs service's API does not give it: the result says it is missing.
+            return JobEnded(
+                "succeeded",
+                job_ids,
+                reason="its callback came after the deadline, and its output with it",
+            )
         failures.append(reason)
     return JobEnded("failed", job_ids, reason=f"failed {ATTEMPTS} times: " + "; ".join(failures))
 

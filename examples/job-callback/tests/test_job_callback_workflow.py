@@ -16,12 +16,13 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal
 
 import httpx
 from job_callback.job import Job
 from job_callback.steps import CallbackServer, Services
-from job_callback.workflow import WORKFLOW_RETRIES, JobEnded, run_job
+from job_callback.workflow import WORKFLOW_RETRIES, JobEnded, run_job, run_timeout
 from resonate.context import Context
 from resonate.dependencies import DependencyMap
 from resonate.resonate import Resonate
@@ -81,8 +82,11 @@ def job(timeout_seconds: int = 30) -> Job:
     return Job(name="nightly-export", duration_seconds=1, callback_timeout_seconds=timeout_seconds)
 
 
-def run(jobs: FakeJobs, spec: Job | None = None) -> JobEnded:
-    """`run_job` on an in-process Resonate registered as the worker does."""
+def run(jobs: FakeJobs, spec: Job | None = None, timeout: timedelta | None = None) -> JobEnded:
+    """`run_job` on an in-process Resonate registered as the worker does.
+
+    `timeout`: the execution's deadline (none: the SDK's default, a day).
+    """
 
     async def go() -> JobEnded:
         resonate = local_resonate()
@@ -93,7 +97,7 @@ def run(jobs: FakeJobs, spec: Job | None = None) -> JobEnded:
                 resonate.with_dependency(Services(client, "http://resonate.invalid"))
                 resonate.with_dependency(CallbackServer(resonate))
                 resonate.register(run_job, retry_policy=WORKFLOW_RETRIES)
-                handle = resonate.run("run-1", run_job, spec or job())
+                handle = resonate.options(timeout=timeout).run("run-1", run_job, spec or job())
                 ended: JobEnded = await asyncio.wait_for(handle.result(), 30)
                 return ended
         finally:
@@ -173,7 +177,12 @@ def test_a_job_that_ended_but_whose_callback_lost_the_race_is_a_success() -> Non
 
     ended = replay(jobs, [timed_out("run-1:1"), SUBMITTED])
 
-    assert ended == JobEnded("succeeded", ["job_1"], reason="its callback came after the deadline")
+    assert ended == JobEnded(
+        "succeeded",
+        ["job_1"],
+        reason="its callback came after the deadline, and its output with it",
+    )
+    assert ended.output is None
 
 
 def test_a_refusal_is_a_value_and_a_service_that_is_down_is_asked_again_with_the_same_key() -> None:
@@ -186,6 +195,31 @@ def test_a_refusal_is_a_value_and_a_service_that_is_down_is_asked_again_with_the
     (first_key, first), (second_key, second) = flaky.submits
     assert first_key == second_key
     assert first == second  # the same callback: the retry is the same request
+
+
+def test_a_job_whose_waits_would_outlive_the_executions_deadline_is_refused_not_submitted() -> None:
+    """Callbacks of up to a day, twice, in an execution started with the default day.
+
+    Submitted, the job would outlive its execution: the wait for its callback would end with
+    the execution, timed out, and nothing would be left to cancel the job.
+    """
+    jobs = FakeJobs(lambda attempt: "silent")
+
+    ended = run(jobs, job(timeout_seconds=86_400))
+
+    assert ended.status == "refused"
+    assert ended.reason is not None
+    assert "timeout=run_timeout(job)" in ended.reason
+    assert jobs.submits == []
+
+
+def test_a_job_started_with_its_run_timeout_is_submitted() -> None:
+    jobs = FakeJobs(lambda attempt: "succeed")
+    spec = job(timeout_seconds=86_400)
+
+    ended = run(jobs, spec, timeout=run_timeout(spec))
+
+    assert ended == JobEnded("succeeded", ["job_1"], output={"rows": 7})
 
 
 def test_a_replay_after_the_callback_landed_submits_nothing_again() -> None:

@@ -7,11 +7,14 @@ cancel (the sandbox's effects, by Idempotency-Key) and the callbacks it sent.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 from typing import Any
 
 import pytest
 from cookbook import clients
+from cookbook.devserver.state import log_generations, log_path
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
 from resonate.resonate import Resonate
 
@@ -145,20 +148,43 @@ def test_a_job_that_never_calls_back_is_cancelled_once_at_the_deadline(
     assert callbacks(sandbox, execution_id) == []
 
 
-def test_a_second_callback_changes_nothing(resonate_url: str, sandbox: RunningSandbox) -> None:
+def settle_values(devserver: RunningDevServer, promise_id: str) -> list[Any]:
+    """The values the server was asked to settle `promise_id` with, in the order it took them.
+
+    Read from its write-ahead log, where every state-changing request is a record, in the order
+    it was applied, before it is answered: the first settle is the one that settled the promise.
+    """
+    values = []
+    for generation in log_generations(devserver.data_dir):
+        for line in log_path(devserver.data_dir, generation).read_bytes().splitlines():
+            request = json.loads(line).get("req") or {}
+            if (request.get("kind"), request.get("id")) == ("promise.settle", promise_id):
+                values.append(json.loads(base64.b64decode(request["value"]["data"])))
+    return values
+
+
+def test_a_second_callback_changes_nothing(
+    resonate_url: str, sandbox: RunningSandbox, devserver: RunningDevServer
+) -> None:
     execution_id = new_id("twice")
 
     result = run(resonate_url, execution_id, job("call_back_twice"))
 
     first, second = answered(sandbox, execution_id, 2)
     assert first["promise_id"] == second["promise_id"]
-    assert second["value"] != first["value"]  # the repeat says so: we can tell which one won
     # The server took both settles without error; the later one found the promise settled.
     assert [(c["http_status"], c["promise_state"]) for c in (first, second)] == [
         (200, "resolved")
     ] * 2
+    # Both are sent at once, so either may reach the server first; the repeat is marked
+    # ("delivery": "repeated"), so the two values differ and the server's log tells which won.
+    applied, later = settle_values(devserver, first["promise_id"])
+    assert applied != later
+    assert {json.dumps(v, sort_keys=True) for v in (applied, later)} == {
+        json.dumps(c["value"], sort_keys=True) for c in (first, second)
+    }
     held = promise_value(resonate_url, first["promise_id"])
-    assert held in (first["value"], second["value"])
+    assert held == applied  # the later settle did not overwrite it
     assert result["output"] == held["output"]
     assert len(effects(sandbox, execution_id, "submit")) == 1
 
@@ -185,7 +211,9 @@ def pending_and_callbacks(url: str, execution_id: str) -> tuple[list[str], dict[
             origin = {"resonate:origin": execution_id}
             pending = await search(client, "pending", origin)
             external = await search(client, None, origin | {"resonate:external": "true"})
-            states = {p.id: (await client.promises.get(p.id)).state for p in external}
+            states: dict[str, str] = {
+                p.id: (await client.promises.get(p.id)).state for p in external
+            }
             return [p.id for p in pending], states
         finally:
             await client.stop()
