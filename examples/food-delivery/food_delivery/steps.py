@@ -45,8 +45,8 @@ Stage = Literal[
     "pick_up",
     "deliver",
     "complete",
-    "release_driver",
     "refund",
+    "release_driver",
     "tell_restaurant",
     "notify_customer",
 ]
@@ -62,8 +62,8 @@ PIPELINE: Final[tuple[Stage, ...]] = (
     "complete",
 )
 COMPENSATIONS: Final[tuple[Stage, ...]] = (
-    "release_driver",
     "refund",
+    "release_driver",
     "tell_restaurant",
     "notify_customer",
 )

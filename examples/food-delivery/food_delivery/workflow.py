@@ -114,9 +114,9 @@ class OrderFailedError(Exception):
 # is worth waiting out; one that is down for longer is an outage, and the order is settled
 # (cancelled, or handed to a person) rather than left to go cold while the worker waits.
 STEP_RETRIES = Linear(delay=1, max_retries=4)
-# A compensation gives up much later (2, 4, 8 ... 64 s, then 120 s: about 14 minutes): until the
-# refund goes through, the customer has paid for food they will not get. One that still fails
-# is reported in the result, and the other compensations still run.
+# A compensation gives up much later (2, 4, 8 ... 64 s, then 120 s four times: 606 s, about ten
+# minutes): until the refund goes through, the customer has paid for food they will not get. One
+# that still fails is reported in the result, and the other compensations still run.
 COMPENSATION_RETRIES = Exponential(delay=1, factor=2, max_retries=10, max_delay=120)
 # The workflow itself calls no provider: what fails before its first step (an order that does not
 # decode, or a bug) fails the same way every time. The SDK default would retry it 30 times with
@@ -179,8 +179,6 @@ async def cancel(
             return
         compensations.append(Compensation(stage, done.receipt, done.refusal))
 
-    if driver_request_key is not None:
-        await attempt("release_driver", undoing.run(release_driver, order, driver_request_key))
     # What the customer is told about their money must be true: a refund that was refused or
     # kept failing has not given it back, and a person follows it up (it is in the result).
     money: Money = "not charged"
@@ -188,6 +186,10 @@ async def cancel(
         await attempt("refund", undoing.run(refund, order, charge_id))
         refunded = compensations[-1].problem is None
         money = "refunded" if refunded else "refund pending"
+    # The refund goes first: the driver's release goes to the dispatch API that just failed, and
+    # may fail through all its retries (ten minutes) while the customer waits for their money.
+    if driver_request_key is not None:
+        await attempt("release_driver", undoing.run(release_driver, order, driver_request_key))
     if tell_the_restaurant:
         await attempt("tell_restaurant", undoing.run(tell_restaurant, order, reason))
     await attempt("notify_customer", undoing.run(notify_customer, order, reason, money))

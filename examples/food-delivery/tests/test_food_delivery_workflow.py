@@ -160,8 +160,35 @@ def test_a_dispatch_that_stays_down_cancels_and_releases_whatever_its_key_booked
     assert len(keys) == 1 + STEP_RETRIES.max_retries
     assert set(keys) == {keys[0]}  # every attempt under the same key
     assert result.reason == "dispatch unavailable"
-    assert result.compensations[0] == Compensation("release_driver", "release_driver_1")
+    assert result.compensations[1] == Compensation("release_driver", "release_driver_1")
     assert providers.body("release_driver")["assignment_key"] == keys[0]
+
+
+def test_a_dispatch_that_stays_down_does_not_hold_the_refund_behind_the_release() -> None:
+    """The release goes to the dispatch API that just failed: down still, it fails through all
+    its retries. The customer is refunded first, and told so; the release is reported."""
+
+    def answer(stage: str, attempt: int) -> tuple[int, dict[str, Any]]:
+        if stage in ("assign_driver", "release_driver"):
+            return 503, {"error": "down"}
+        return yes(stage, attempt)
+
+    providers = FakeProviders(answer)
+
+    result, _ = deliver(providers)
+
+    stages = providers.stages()
+    assert stages.index("refund") < stages.index("release_driver")
+    assert [c.stage for c in result.compensations] == [
+        "refund",
+        "release_driver",
+        "tell_restaurant",
+        "notify_customer",
+    ]
+    assert result.compensations[0] == Compensation("refund", "refund_1")
+    assert result.compensations[1].problem is not None  # reported: a person sees to it
+    assert len(providers.keys("release_driver")) == 1 + COMPENSATION_RETRIES.max_retries
+    assert "You have been refunded." in providers.body("notify_customer")["text"]
 
 
 def test_a_refund_that_keeps_failing_is_reported_and_the_customer_still_told() -> None:

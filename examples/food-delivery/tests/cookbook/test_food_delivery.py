@@ -202,7 +202,7 @@ def test_no_driver_refunds_tells_the_restaurant_and_the_customer(stack: Delivery
 def test_a_refund_that_does_not_go_through_is_not_told_as_done(stack: DeliveryStack) -> None:
     order = new_order()
     arm_fault(stack.sandbox, f"{order['order_id']}:", provider="api", status=409)
-    # Refused: the same compensation outcome as a refund out of retries (about 14 minutes).
+    # Refused: the same compensation outcome as a refund out of retries (about ten minutes).
     arm_fault(
         stack.sandbox, f"{order['order_id']}:", provider="payment", action="refund", status=422
     )
@@ -302,8 +302,8 @@ def test_dispatch_down_for_good_releases_the_driver_it_may_have_assigned(
     stack: DeliveryStack,
 ) -> None:
     # Every dispatch attempt fails (5 of them, 10 s of retries): whether one assigned a driver is
-    # unknown, so the assignment is released by the key it was requested with, then the order is
-    # undone as for no driver.
+    # unknown, so the assignment is released by the key it was requested with, after the refund
+    # (the dispatch API may still be down), and the order is undone as for no driver.
     order = new_order()
     dispatch_key = f"{order['order_id']}:3"
     arm_fault(stack.sandbox, dispatch_key, provider="api", status=503)
@@ -313,8 +313,8 @@ def test_dispatch_down_for_good_releases_the_driver_it_may_have_assigned(
 
     assert (status["status"], status["reason"]) == ("cancelled", "dispatch unavailable")
     assert [c["stage"] for c in status["compensations"]] == [
-        "release_driver",
         "refund",
+        "release_driver",
         "tell_restaurant",
         "notify_customer",
     ]
