@@ -6,9 +6,10 @@ was checkpointed, the step runs again on another worker, sends the same key, and
 answers with its original response instead of charging, refunding or notifying twice.
 
 A provider can fail in two ways, and the steps keep them apart:
-  transient  5xx, 408, 429, a timeout, a dropped connection: it may pass. The step raises
+  transient  5xx, 408, 429, a timeout, a dropped connection, or a 2xx whose body is not the
+             answer (a proxy's HTML page, a cut-off or garbled body): it may pass. The step raises
              `ProviderUnavailableError`, and the SDK runs it again after a backoff (the retry
-             policy the workflow passes with the call). A timeout is not a no: the charge or
+             policy the workflow passes with the call). None of these is a no: the charge or
              refund may have gone through. The retry sends the same Idempotency-Key, so the
              provider answers with what it did instead of doing it twice.
   permanent  any other 4xx: asking again cannot help. The step returns a `Transition` that says
@@ -157,8 +158,7 @@ async def _act(ctx: Context, path: str, body: dict[str, Any], reached: State) ->
     at = datetime.now(UTC)
     if response.is_error:  # a 4xx: the provider's final answer
         return Transition("failed", at, reason=_describe(response))
-    receipt: str = response.json()["id"]
-    return Transition(reached, at, receipt)
+    return Transition(reached, at, _receipt(response))
 
 
 async def _post(ctx: Context, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -168,14 +168,35 @@ async def _post(ctx: Context, path: str, body: dict[str, Any]) -> httpx.Response
         response = await providers.client.post(
             path, json=body, headers={"Idempotency-Key": ctx.info.id}
         )
-    except httpx.TransportError as exc:
-        # Timed out, refused, reset: the call may have landed. Retrying is safe, and is how we
-        # find out: the same Idempotency-Key gets the provider's original answer if it acted.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
+        # Timed out, refused, reset, or an answer that could not be decoded: the call may have
+        # landed. Retrying is safe, and is how we find out: the same Idempotency-Key gets the
+        # provider's original answer if it acted.
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in (408, 429):
         print(f"{path} answered {response.status_code}; the step will be retried", flush=True)
         raise ProviderUnavailableError(f"{path}: {_describe(response)}")
     return response
+
+
+def _receipt(response: httpx.Response) -> str:
+    """The provider's id for what it did, from a 2xx's JSON body.
+
+    A 2xx whose body does not hold it (an HTML page from a proxy, a cut-off answer) says nothing
+    about what the provider did, and the call may have landed: it is transient, like a timeout,
+    and the retry with the same key gets the provider's answer. Raised as anything else (a
+    JSONDecodeError, a KeyError), the order would fail as if the step had a bug, not as a charge
+    or refund that may have gone through.
+    """
+    try:
+        receipt: str = response.json()["id"]
+    except (ValueError, LookupError, TypeError) as exc:
+        path = response.request.url.path
+        print(f"{path} answered {response.status_code} without its id (transient)", flush=True)
+        raise ProviderUnavailableError(
+            f"{path}: HTTP {response.status_code} without a readable 'id'"
+        ) from exc
+    return receipt
 
 
 def _describe(response: httpx.Response) -> str:

@@ -95,6 +95,28 @@ def test_a_charge_that_may_have_landed_raises_to_be_retried(failure: httpx.Trans
         run_charge(fail)
 
 
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (
+            lambda _: httpx.Response(200, html="<html><body>Welcome to the gateway</body></html>"),
+            "HTTP 200 without a readable 'id'",
+        ),
+        (lambda _: httpx.Response(200, json={"status": "ok"}), "HTTP 200 without a readable 'id'"),
+        (  # httpx decodes the body as it builds the response, and raises DecodingError
+            lambda _: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+            "DecodingError",
+        ),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_charge_answered_without_its_answer_may_have_landed(answer: Handler, reason: str) -> None:
+    # A 2xx that is not the provider's answer says nothing about what it did: not a decline, not
+    # a bug in the step, but a charge that may have gone through, retried with the same key.
+    with pytest.raises(ProviderUnavailableError, match=reason):
+        run_charge(answer)
+
+
 def test_a_charge_that_went_through_is_shipped() -> None:
     shipped, _ = run_charge(lambda _: httpx.Response(200, json={"id": "payment_1"}))
 
