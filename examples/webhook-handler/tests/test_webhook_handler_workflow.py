@@ -179,8 +179,28 @@ def test_a_cancel_the_warehouse_never_answers_ends_with_the_key_and_the_customer
     # again. The outcome names the key to cancel by, and the customer is emailed all the same.
     assert (refunded.action, refunded.cancellation) == ("cancellation_unconfirmed", "unconfirmed")
     assert refunded.fulfilment_key == reserve_key
+    assert refunded.unsent is None
     assert providers.paths()[-1] == "/email/send"
     assert book.applied_events("order-1")[-1] == ("evt_ref", "charge_refunded", "cancel_fulfilment")
+
+
+def test_a_refund_email_that_never_goes_out_still_ends_the_refund_with_its_outcome(
+    book: OrderBook,
+) -> None:
+    def answer(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
+        return (503, {}) if path == "/email/send" else answered(path, attempt)
+
+    providers = FakeProviders(answer)
+
+    paid, refunded = deliver(book, providers, [(PAYMENT.id, PAYMENT), (REFUND.id, REFUND)])
+
+    assert paid.action == "fulfilled"
+    assert providers.paths().count("/email/send") == 1 + PROVIDER_RETRIES.max_retries
+    # Not a failed execution: a re-delivery would attach to it and send nothing. The refund
+    # ends with what it did, the shipment cancelled, and says the email may be missing.
+    assert (refunded.action, refunded.cancellation) == ("refunded", "cancelled")
+    assert refunded.unsent == "the email may not have been sent: /email/send: answered 503"
+    assert providers.paths().count("/inventory/cancel") == 1
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ cancels and the customer is emailed, each call with the step's durable id as its
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -84,6 +85,7 @@ class EventOutcome(BaseModel):
     shipment_id: str | None = None
     cancellation: Literal["cancelled", "voided", "refused", "unconfirmed", "none"] | None = None
     fulfilment_key: str | None = None  # refund: the key of the shipment it cancels
+    unsent: str | None = None  # refund: why the customer's email may not have been sent
 
 
 # The warehouse and the email provider are retried on a 5xx, 408, 429, a timeout or a dropped
@@ -149,15 +151,33 @@ async def handle_payment_event(ctx: Context, event: PaymentEvent) -> EventOutcom
             # is a duplicate; neither cancels. End with the shipment's key, for a person to
             # cancel by; the money is returned all the same, so the customer is still told.
             action, detail, cancellation = "cancellation_unconfirmed", str(exc), "unconfirmed"
-    await provider.run(send_refund_notice, charge.order_id, charge.amount, charge.currency)
+    notice = provider.run(send_refund_notice, charge.order_id, charge.amount, charge.currency)
+    unsent = await _unsent(notice)
     return outcome.model_copy(
         update={
             "action": action,
             "detail": detail,
             "cancellation": cancellation,
             "fulfilment_key": refund.fulfilment_key,
+            "unsent": unsent,
         }
     )
+
+
+async def _unsent(email: Awaitable[str]) -> str | None:
+    """Await the email step: None once it is sent (or refused); out of retries, what went wrong.
+
+    An email is not worth failing the refund's execution for: what came before it (the refund in
+    the order book, the shipment's cancel) has landed, and a failed execution would hide that from
+    its outcome. Failing would not get the email sent either: a re-delivery of the event attaches
+    to the failed execution. It ends as it would have, saying the email may be missing (its last
+    attempt may have gone out).
+    """
+    try:
+        await email
+    except ProviderUnavailableError as unknown:
+        return f"the email may not have been sent: {unknown}"
+    return None
 
 
 # -- for the crash harness and the tests: one order's events, in an order chosen ---------------
