@@ -14,6 +14,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -26,7 +27,14 @@ from resonate.resonate import Resonate
 from resonate.testing import local_resonate, resolved_promise, root_context
 from resonate.types import Value
 from tool_agent.steps import Model, ModelReply, Providers, ToolCall
-from tool_agent.workflow import WORKFLOW_RETRIES, AgentEnded, AgentRequest, agent
+from tool_agent.workflow import (
+    HUMAN_DEADLINE,
+    MAX_QUESTIONS,
+    WORKFLOW_RETRIES,
+    AgentEnded,
+    AgentRequest,
+    agent,
+)
 
 # -- fakes ---------------------------------------------------------------------------------------
 
@@ -184,22 +192,28 @@ def run_agent(
         resonate.register(agent, retry_policy=WORKFLOW_RETRIES)
         for dependency in dependencies(model, providers):
             resonate.with_dependency(dependency)
+        manager: asyncio.Task[None] | None = None  # the manager, answering every question
         try:
             task = AgentRequest(run_id=run_id, task="Book Ada's flight to Lisbon.", **request)
             handle = resonate.run(run_id, agent, task)
             if manager_answers is not None:
-                await answer_the_question(resonate, providers, manager_answers)
+                manager = asyncio.create_task(
+                    answer_every_question(resonate, providers, manager_answers)
+                )
             return await asyncio.wait_for(handle.result(), 5)
         finally:
+            if manager is not None:
+                manager.cancel()
             await resonate.stop()
 
     return asyncio.run(go())
 
 
-async def answer_the_question(resonate: Resonate, providers: FakeProviders, answer: str) -> None:
-    """Read the question from chat, answer it (as the gateway would)."""
-    message = await asyncio.wait_for(providers.posted.get(), 5)
-    await resonate.promises.resolve(message["question_id"], Value(data={"answer": answer}))
+async def answer_every_question(resonate: Resonate, providers: FakeProviders, answer: str) -> None:
+    """Read each question from chat as it is posted, and answer it (as the gateway would)."""
+    while True:
+        message = await providers.posted.get()
+        await resonate.promises.resolve(message["question_id"], Value(data={"answer": answer}))
 
 
 def test_books_once_after_the_manager_approves() -> None:
@@ -230,6 +244,32 @@ def test_books_nothing_when_the_manager_declines() -> None:
     assert ended.state == "answered"
     assert ended.bookings == [] == providers.reservations()
     assert ended.model_calls == 2
+
+
+def test_a_run_asks_no_more_questions_than_its_deadline_can_wait_for() -> None:
+    # Every question a run may ask can wait its HUMAN_DEADLINE out within the run's deadline (the
+    # SDK's default, a day), with hours to spare for the model calls; or a run that nobody
+    # answers would be timed out whole, and the model never told.
+    spare = timedelta(days=1) - MAX_QUESTIONS * HUMAN_DEADLINE
+    assert spare >= timedelta(hours=2)
+
+    def keeps_asking(messages: list[dict[str, Any]]) -> Reply:
+        if messages[-1]["role"] == "tool" and "error" in last_tool_result(messages):
+            return says("I could not get an approval, so I booked nothing.")
+        return calls("ask_human", {"question": f"Question {len(messages)}: may Ada fly?"})
+
+    model, providers = FakeModel(keeps_asking), FakeProviders()
+
+    ended = run_agent(model, providers, "run-questions", manager_answers="ask me later")
+
+    posted = [body for path, _, body in providers.requests if path == "/slack/send"]
+    assert len(posted) == MAX_QUESTIONS
+    assert ended.state == "answered"
+    assert ended.model_calls == MAX_QUESTIONS + 2  # the asking calls, the one refused, the answer
+    [*_, (_, conversation)] = model.requests
+    assert last_tool_result(conversation) == {
+        "error": f"not asked: a run may ask {MAX_QUESTIONS} questions at most"
+    }
 
 
 def test_an_unknown_tool_and_bad_arguments_are_told_to_the_model() -> None:

@@ -14,7 +14,8 @@ to chat with the promise's id, the gateway resolves the promise with the answer,
 meanwhile: no worker holds the execution while the person thinks. After `HUMAN_DEADLINE` the
 server times the promise out, and the model is told nobody answered.
 
-The loop is bounded: after `max_model_calls` model calls without an answer it ends `gave-up`. An
+The loop is bounded: after `max_model_calls` model calls without an answer it ends `gave-up`, and
+it asks `MAX_QUESTIONS` questions at most, so that every wait fits in the run's deadline. An
 unknown tool or arguments that do not fit are told to the model as the tool's result (a value),
 and so is a refusal from the provider; only a provider that stays down fails the execution.
 """
@@ -43,6 +44,14 @@ SYSTEM_PROMPT = (
 QUESTIONS_CHANNEL = "#travel-approvals"
 # How long a person has to answer a question before the model is told nobody did.
 HUMAN_DEADLINE = timedelta(hours=4)
+# How many questions a run may ask. A run's deadline is the SDK's default, a day (the gateway
+# starts it without a timeout), and every wait in it ends by then. The model may ask in every tool
+# call of every model call: uncapped, six unanswered questions (6 x 4 h) would reach the deadline,
+# and the server would time the whole run out instead of the model being told nobody answered.
+# 4 questions wait 16 h at most, which leaves 8 h for the rest: 12 model calls, each retried to
+# the end, take under 1.5 h (6 attempts of up to 60 s, and 60 s of backoff, per call). A question
+# past the cap is not asked; the model is told so as the tool's result, and carries on without it.
+MAX_QUESTIONS = 4
 DEFAULT_MODEL_CALLS = 6
 MAX_MODEL_CALLS = 12
 
@@ -100,6 +109,7 @@ async def agent(ctx: Context, request: AgentRequest) -> AgentEnded:
         {"role": "user", "content": request.task},
     ]
     bookings: list[str] = []
+    questions: list[str] = []
     model = ctx.options(retry_policy=MODEL_RETRIES)
     for call_number in range(1, request.max_model_calls + 1):
         # A copy: the step's argument must not change under it once later turns are appended.
@@ -114,7 +124,7 @@ async def agent(ctx: Context, request: AgentRequest) -> AgentEnded:
             )
         messages.append(_assistant_turn(reply.content, reply.tool_calls))
         for call in reply.tool_calls:
-            result = await run_tool(ctx, call, bookings)
+            result = await run_tool(ctx, call, bookings, questions)
             messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
     return AgentEnded(
         "gave-up",
@@ -124,8 +134,11 @@ async def agent(ctx: Context, request: AgentRequest) -> AgentEnded:
     )
 
 
-async def run_tool(ctx: Context, call: ToolCall, bookings: list[str]) -> str:
-    """Run one tool call; its result as the model reads it (JSON). Never raises for bad input."""
+async def run_tool(ctx: Context, call: ToolCall, bookings: list[str], questions: list[str]) -> str:
+    """Run one tool call; its result as the model reads it (JSON). Never raises for bad input.
+
+    `bookings` and `questions` are what the run booked and asked so far; this call adds to them.
+    """
     try:
         arguments = read_call(call.name, call.arguments)
     except BadToolCallError as bad:
@@ -140,6 +153,9 @@ async def run_tool(ctx: Context, call: ToolCall, bookings: list[str]) -> str:
             bookings.append(booked.reservation_id)
             return _result(reservation_id=booked.reservation_id, status="reserved")
         case AskHuman():
+            if len(questions) >= MAX_QUESTIONS:
+                return _result(error=f"not asked: a run may ask {MAX_QUESTIONS} questions at most")
+            questions.append(arguments.question)
             return await ask_human(ctx, arguments.question)
     return _result(error=f"{call.name}: not implemented")  # pragma: no cover - every tool is above
 
