@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import threading
 import time
@@ -38,9 +40,10 @@ class FakeMachine:
 @pytest.fixture
 def machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeMachine:
     fake = FakeMachine()
-    monkeypatch.setattr(browser.shutil, "which", fake.which)
-    monkeypatch.setattr(browser.subprocess, "run", fake.run)
-    monkeypatch.setattr(browser.os, "geteuid", lambda: 0)
+    # browser calls these through their modules (`shutil.which`): patched there, for it too.
+    monkeypatch.setattr(shutil, "which", fake.which)
+    monkeypatch.setattr(subprocess, "run", fake.run)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(browser, "LOCK", tmp_path / "install.lock")
     return fake
 
@@ -81,7 +84,7 @@ def test_without_apt_or_root_it_says_why(
     machine.apt = False
     without_apt = browser.chromium()
     machine.apt = True
-    monkeypatch.setattr(browser.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     not_root = browser.chromium()
 
     assert without_apt == (
@@ -98,7 +101,7 @@ def test_a_failing_apt_fails_the_test_with_its_output(
     def failing(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(command, 100, "", "E: Unable to locate package")
 
-    monkeypatch.setattr(browser.subprocess, "run", failing)
+    monkeypatch.setattr(subprocess, "run", failing)
 
     with pytest.raises(pytest.fail.Exception, match="Unable to locate package"):
         browser.chromium()

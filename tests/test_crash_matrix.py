@@ -26,11 +26,11 @@ def run_alongside(request: pytest.FixtureRequest) -> list[MatrixCase]:
     if request.config.getoption("dist", "no") not in ("no", "loadgroup"):
         return []
     return [
-        item.callspec.params["case"]
+        case
         for item in request.session.items
         if isinstance(item, pytest.Function)
         and item.originalname == "test_recovers_from_crash"
-        and isinstance(item.callspec.params.get("case"), MatrixCase)
+        and isinstance(case := item.callspec.params.get("case"), MatrixCase)
     ]
 
 

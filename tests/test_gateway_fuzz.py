@@ -248,7 +248,9 @@ def hostile_body_failures(gateway: Gateway) -> list[str]:
     unknown = "fuzz-unknown-id"  # every run starts on a fresh server: no such execution
     with clients.client(base_url=gateway.url, timeout=20) as client:
         for route in gateway.routes:
-            cases = [(f"an unknown id ({unknown})", None, None)] if "{" in route.path else []
+            cases: list[tuple[str, bytes | None, str | None]] = (
+                [(f"an unknown id ({unknown})", None, None)] if "{" in route.path else []
+            )
             if route.has_body:
                 cases += HOSTILE_BODIES
             for what, body, content_type in cases:

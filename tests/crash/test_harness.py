@@ -9,13 +9,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cookbook.catalog import Example, Scenario
 from cookbook.crash.harness import CrashHarness, Golden, Outcome
 from cookbook.stack import Stack
-from resonate.types import Value
+from resonate.types import PromiseRecord, Value
 
 ROOT = Path(__file__).parents[2]
 APPROVAL = Scenario("approve", "approval", [5], signals=[{"verdict": "approved"}])
@@ -109,11 +108,12 @@ def test_a_signal_whose_delivery_fails_is_delivered_again(harness: CrashHarness)
         resolve = client.promises.resolve
         failures = [ConnectionError("the dev server is restarting")]
 
-        async def flaky_resolve(promise_id: str, value: Value) -> Any:
+        async def flaky_resolve(id: str, value: Value) -> PromiseRecord:
             if failures:
                 raise failures.pop()
-            return await resolve(promise_id, value)
+            return await resolve(id, value)
 
+        # No hook in the SDK for this: the method is replaced, on this client only.
         client.promises.resolve = flaky_resolve  # type: ignore[method-assign]
         try:
             worker = harness._first_worker()
@@ -142,10 +142,11 @@ def test_on_a_server_that_skips_time_each_signal_arrives_before_time_skips() -> 
         client = harness._client()
         resolve = client.promises.resolve
 
-        async def slow_resolve(promise_id: str, value: Value) -> Any:
+        async def slow_resolve(id: str, value: Value) -> PromiseRecord:
             await asyncio.sleep(0.5)  # five dev-server ticks
-            return await resolve(promise_id, value)
+            return await resolve(id, value)
 
+        # No hook in the SDK for this: the method is replaced, on this client only.
         client.promises.resolve = slow_resolve  # type: ignore[method-assign]
         try:
             worker = harness._first_worker()

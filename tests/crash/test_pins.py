@@ -127,18 +127,30 @@ def fresh_matrix(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return made
 
 
-def ids(params: list[Any]) -> list[str]:
-    return [p.id for p in params]
+def id_of(param: pytest.ParameterSet) -> str:
+    assert isinstance(param.id, str)  # crash_matrix names every param
+    return param.id
+
+
+def ids(params: list[pytest.ParameterSet]) -> list[str]:
+    return [id_of(p) for p in params]
+
+
+def case_of(param: pytest.ParameterSet) -> matrix.MatrixCase | matrix.BrokenExample:
+    """What a crash-matrix param runs: a pinned point, or an example that cannot be run."""
+    case = param.values[0]
+    assert isinstance(case, matrix.MatrixCase | matrix.BrokenExample)
+    return case
 
 
 def test_a_failed_golden_run_fails_only_its_own_example(fresh_matrix: list[str]) -> None:
     params = matrix.crash_matrix(["hello", "wlrf"])
-    hello = [p for p in params if p.id.startswith("hello[")]
+    hello = [p for p in params if id_of(p).startswith("hello[")]
 
     assert hello
     for param in hello:
         with pytest.raises(AssertionError) as failed:
-            param.values[0].run()
+            case_of(param).run()
         assert str(failed.value) == (
             "hello: the golden run of scenario 'greet' failed, so its crash points are unknown: "
             "AssertionError: golden run of greet: expected resolved, got rejected: boom"
@@ -152,7 +164,7 @@ def test_a_pinned_point_the_golden_run_does_not_find_fails_saying_so(
     fresh_matrix: list[str],
 ) -> None:
     # The fake golden runs find SEND and LOG only: wlrf's pinned points are not among them.
-    case = matrix.crash_matrix(["wlrf"])[0].values[0]  # type: ignore[attr-defined]
+    case = case_of(matrix.crash_matrix(["wlrf"])[0])
 
     with pytest.raises(AssertionError, match=r"is pinned, but the golden run of 'opened' has no"):
         case.run()
@@ -183,7 +195,7 @@ def test_an_example_with_a_bad_table_fails_only_its_own_test(
 
     assert ids(params) == ["shop[paid:a/before]", "till[pyproject.toml]"]
     with pytest.raises(AssertionError, match=r"\[tool.cookbook\].expcet: unknown key"):
-        params[1].values[0].run()
+        case_of(params[1]).run()
 
 
 def test_an_example_without_a_pin_file_is_one_failing_test(
@@ -196,7 +208,7 @@ def test_an_example_without_a_pin_file_is_one_failing_test(
 
     assert ids(params) == ["shop[pins]"]
     with pytest.raises(AssertionError, match=r"shop: its pin file cannot be read .*make pin"):
-        params[0].values[0].run()
+        case_of(params[0]).run()
     assert fresh_matrix == []
 
 

@@ -43,7 +43,7 @@ def test_the_crash_points_are_collected_from_the_pins_without_a_golden_run(
 
     assert fresh_matrix == [], "collecting made a golden run"
     pinned = pins.read(HELLO)
-    assert [p.id for p in params] == [  # type: ignore[attr-defined]
+    assert [p.id for p in params] == [
         f"hello[{point_id}]" for point_ids in pinned.values() for point_id in point_ids
     ]
 

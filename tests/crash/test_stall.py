@@ -3,6 +3,8 @@ worker, then the stopped worker continued: its late writes are refused, its late
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from cookbook import clients
 from cookbook.crash.harness import CrashHarness, accepted_late_writes
@@ -11,7 +13,7 @@ from cookbook.devserver.tripwires import TripwireError, Tripwires
 from tests.crash.conftest import BOOK, WITHOUT_KEY, run_at
 
 
-def stalled_execution(harness: CrashHarness) -> tuple[str, list[dict[str, object]]]:
+def stalled_execution(harness: CrashHarness) -> tuple[str, list[dict[str, Any]]]:
     """The last execution the dev server stalled a worker in, and its journal."""
     journal = clients.get(harness.stack.resonate_url + "/_cookbook/journal").json()["entries"]
     (execution_id, *_) = [

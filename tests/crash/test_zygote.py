@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cookbook import processes
@@ -271,7 +272,7 @@ def test_a_test_process_forks_every_python_dash_m_process_it_starts() -> None:
         parents = [report["ppid"] for report in reports]
         commands = [_command_line(int(str(parent))) for parent in parents]
 
-    assert [report["argv"][1:] for report in reports] == [["0"], ["1"], ["2"]]
+    assert [cast(list[str], report["argv"])[1:] for report in reports] == [["0"], ["1"], ["2"]]
     assert all(report["name"] == "__main__" for report in reports)
     assert os.getpid() not in parents
     assert commands[0][1:4] == BASE_ZYGOTE

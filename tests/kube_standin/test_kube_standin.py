@@ -79,15 +79,26 @@ def evict(core: CoreV1Api, name: str, namespace: str = "default", uid: str | Non
     core.create_namespaced_pod_eviction(name, namespace, body)
 
 
+def present[T](value: T | None) -> T:
+    """A field the stand-in sends, as an apiserver would: the client types every field optional."""
+    assert value is not None
+    return value
+
+
 def refusal(call: Any, *args: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
     with pytest.raises(ApiException) as raised:
         call(*args, **kwargs)
-    status: dict[str, Any] = json.loads(raised.value.body)
+    status: dict[str, Any] = json.loads(present(raised.value.body))
     return raised.value.status, status
 
 
-def names(core: CoreV1Api, **selectors: str) -> list[str]:
-    return [p.metadata.name for p in core.list_pod_for_all_namespaces(**selectors).items]
+def names(
+    core: CoreV1Api, field_selector: str | None = None, label_selector: str | None = None
+) -> list[str | None]:
+    listed = core.list_pod_for_all_namespaces(
+        field_selector=field_selector, label_selector=label_selector
+    )
+    return [present(p.metadata).name for p in listed.items]
 
 
 # -- the process -------------------------------------------------------------------------------
@@ -130,10 +141,9 @@ def test_keeps_its_cluster_and_records_across_a_restart(tmp_path: Path) -> None:
         kube_standin_process(state) as second,
         ApiClient(Configuration(host=url_of(second))) as api,
     ):
-        assert CoreV1Api(api).read_node("node-a").spec.unschedulable is True
-        assert [p.metadata.name for p in CoreV1Api(api).list_pod_for_all_namespaces().items] == [
-            "web-1"
-        ]
+        assert present(CoreV1Api(api).read_node("node-a").spec).unschedulable is True
+        listed = CoreV1Api(api).list_pod_for_all_namespaces().items
+        assert [present(p.metadata).name for p in listed] == ["web-1"]
         assert records(url_of(second)) == [("patch", "node-a", 200, True)]
 
 
@@ -142,15 +152,17 @@ def test_keeps_its_cluster_and_records_across_a_restart(tmp_path: Path) -> None:
 
 def test_cordon_is_a_patch_that_applies_once(url: str, core: CoreV1Api) -> None:
     reset(url)
-    before = core.read_node("node-a").metadata.resource_version
+    before = present(core.read_node("node-a").metadata).resource_version
 
     first = core.patch_node("node-a", {"spec": {"unschedulable": True}})
     again = core.patch_node("node-a", {"spec": {"unschedulable": True}})
 
-    assert first.spec.unschedulable is again.spec.unschedulable is True
-    assert first.metadata.resource_version != before
-    assert again.metadata.resource_version == first.metadata.resource_version  # a no-op
-    assert core.read_node("node-b").spec.unschedulable is None
+    assert present(first.spec).unschedulable is present(again.spec).unschedulable is True
+    assert present(first.metadata).resource_version != before
+    assert (  # a no-op
+        present(again.metadata).resource_version == present(first.metadata).resource_version
+    )
+    assert present(core.read_node("node-b").spec).unschedulable is None
     assert records(url) == [("patch", "node-a", 200, True), ("patch", "node-a", 200, False)]
 
 
@@ -160,8 +172,8 @@ def test_a_patch_cannot_touch_status_or_names(url: str, core: CoreV1Api) -> None
     core.patch_node("node-a", {"status": {"conditions": []}, "metadata": {"labels": {"x": "y"}}})
 
     node = core.read_node("node-a")
-    assert node.status.conditions[0].type == "Ready"
-    assert node.metadata.labels == {"kubernetes.io/hostname": "node-a", "x": "y"}  # merged
+    assert present(present(node.status).conditions)[0].type == "Ready"
+    assert present(node.metadata).labels == {"kubernetes.io/hostname": "node-a", "x": "y"}  # merged
     code, status = refusal(core.patch_node, "node-a", {"metadata": {"name": "node-z"}})
     assert (code, status["reason"]) == (400, "BadRequest")
     code, status = refusal(core.patch_node, "node-a", {"spec": {"unschedulable": "yes"}})
@@ -193,21 +205,22 @@ def test_lists_pods_by_node_and_label(url: str, core: CoreV1Api) -> None:
     )
 
     on_a = core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node-a").items
-    assert sorted((p.metadata.namespace, p.metadata.name) for p in on_a) == [
+    meta = [present(p.metadata) for p in on_a]
+    assert sorted((m.namespace, m.name) for m in meta) == [
         ("default", "cache-1"),
         ("default", "web-1"),
         ("monitoring", "agent-a"),
     ]
-    agent = next(p for p in on_a if p.metadata.name == "agent-a")
-    assert agent.metadata.owner_references[0].kind == "DaemonSet"
-    assert agent.status.phase == "Running"
+    agent = next(p for p in on_a if present(p.metadata).name == "agent-a")
+    assert present(present(agent.metadata).owner_references)[0].kind == "DaemonSet"
+    assert present(agent.status).phase == "Running"
     assert names(core, field_selector="spec.nodeName!=node-a") == ["web-2"]
     assert names(core, label_selector="app=web") == ["web-1", "web-2"]
     assert names(core, label_selector="app!=web,app") == ["cache-1", "agent-a"]
     assert names(core, label_selector="!app") == []
     listed = core.list_namespaced_pod("monitoring")
-    assert [p.metadata.name for p in listed.items] == ["agent-a"]
-    assert listed.metadata.resource_version
+    assert [present(p.metadata).name for p in listed.items] == ["agent-a"]
+    assert present(listed.metadata).resource_version
 
 
 def test_unsupported_selectors_are_a_400(url: str, core: CoreV1Api) -> None:
@@ -284,17 +297,17 @@ def test_budget_status_is_computed_from_the_pods(
     ]
     reset(url, pods=pods, pdbs=pdbs)
 
-    web = policy.read_namespaced_pod_disruption_budget("web", "default").status
-    db = policy.read_namespaced_pod_disruption_budget("db", "default").status
+    web = present(policy.read_namespaced_pod_disruption_budget("web", "default").status)
+    db = present(policy.read_namespaced_pod_disruption_budget("db", "default").status)
 
     assert (web.expected_pods, web.current_healthy, web.desired_healthy) == (2, 2, 1)
     assert web.disruptions_allowed == 1
-    assert web.conditions[0].reason == "SufficientPods"
+    assert present(web.conditions)[0].reason == "SufficientPods"
     # 50% of 3 selected pods is 2 (rounded up); the Pending pod is not healthy.
     assert (db.expected_pods, db.current_healthy, db.desired_healthy) == (3, 2, 2)
     assert db.disruptions_allowed == 0
     listed = policy.list_pod_disruption_budget_for_all_namespaces().items
-    assert [b.metadata.name for b in listed] == ["db", "web"]
+    assert [present(b.metadata).name for b in listed] == ["db", "web"]
 
 
 def test_pending_pods_ignore_their_budget(url: str, core: CoreV1Api) -> None:
@@ -332,9 +345,9 @@ def test_relaxing_a_budget_unblocks_the_eviction(
     )
     evict(core, "web-1")
 
-    assert relaxed.metadata.generation == 2
-    assert relaxed.status.observed_generation == 2
-    assert relaxed.status.disruptions_allowed == 1
+    assert present(relaxed.metadata).generation == 2
+    assert present(relaxed.status).observed_generation == 2
+    assert present(relaxed.status).disruptions_allowed == 1
     assert names(core) == ["web-2"]
     code, status = refusal(
         policy.patch_namespaced_pod_disruption_budget,
@@ -352,8 +365,8 @@ def test_force_delete_ignores_budgets_and_applies_once(url: str, core: CoreV1Api
     deleted = core.delete_namespaced_pod("web-1", "default", grace_period_seconds=0)
     code, _ = refusal(core.delete_namespaced_pod, "web-1", "default", grace_period_seconds=0)
 
-    assert deleted.metadata.name == "web-1"
-    assert deleted.metadata.deletion_grace_period_seconds == 0
+    assert present(deleted.metadata).name == "web-1"
+    assert present(deleted.metadata).deletion_grace_period_seconds == 0
     assert code == 404
     assert names(core) == []
     found = clients.get(f"{url}/_admin/records").json()
@@ -365,9 +378,9 @@ def test_force_delete_ignores_budgets_and_applies_once(url: str, core: CoreV1Api
 
 def test_uid_preconditions_spare_a_pod_that_took_the_name(url: str, core: CoreV1Api) -> None:
     reset(url, pods=[pod("db-0")])
-    gone = core.read_namespaced_pod("db-0", "default").metadata.uid
+    gone = present(core.read_namespaced_pod("db-0", "default").metadata).uid
     reset(url, pods=[pod("db-0", "node-b")])  # recreated, as a StatefulSet would
-    namesake = core.read_namespaced_pod("db-0", "default").metadata.uid
+    namesake = present(core.read_namespaced_pod("db-0", "default").metadata).uid
     only_gone = V1DeleteOptions(grace_period_seconds=0, preconditions=V1Preconditions(uid=gone))
 
     deleted = refusal(core.delete_namespaced_pod, "db-0", "default", body=only_gone)
@@ -439,4 +452,4 @@ def test_reset_wipes_the_records(url: str, core: CoreV1Api) -> None:
     reset(url)
 
     assert records(url) == []
-    assert [n.metadata.name for n in core.list_node().items] == ["node-a", "node-b"]
+    assert [present(n.metadata).name for n in core.list_node().items] == ["node-a", "node-b"]

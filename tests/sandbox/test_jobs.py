@@ -264,6 +264,7 @@ async def test_a_failed_job_rejects_its_promise_with_a_reason_the_sdk_decodes(
     promise = await resonate.promises.get("cb-fail")
     assert promise.state == "rejected"
     job_id = response.json()["id"]
+    assert promise.value.data is not None
     assert promise.value.data["message"].startswith(f"job {job_id} failed")
     # What a workflow awaiting the promise raises (the SDK's own decoding).
     with pytest.raises(ApplicationError, match=f"job {job_id} failed"):

@@ -1,8 +1,9 @@
 """A chat turn against a model faked in process: what the model is sent, retried and refused.
 
 Portable: only `resonate`, the `chatbot` package, its own dependencies and pytest. The model is
-the official `openai` client over an `httpx.MockTransport`, so the client's own mapping of status
-codes to exceptions is what the step sees.
+the official `openai` client over an `httpx2.MockTransport` (httpx2: the HTTP client openai is
+built on and installs, the one the worker's client uses), so the client's own mapping of status
+codes and transport errors to exceptions is what the step sees.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 import pytest
 from chatbot.steps import SYSTEM_PROMPT, Message, Model, ModelUnavailableError, Reply
@@ -38,8 +39,8 @@ def completion(content: str) -> dict[str, Any]:
     }
 
 
-def error(status: int, message: str) -> httpx.Response:
-    return httpx.Response(
+def error(status: int, message: str) -> httpx2.Response:
+    return httpx2.Response(
         status, json={"error": {"message": message, "type": "x", "param": None, "code": None}}
     )
 
@@ -48,36 +49,36 @@ def error(status: int, message: str) -> httpx.Response:
 class FakeModel:
     """The model, in process: answers `failures` in order, then `reply`; notes every request."""
 
-    failures: list[Callable[[httpx.Request], httpx.Response]] = field(default_factory=list)
+    failures: list[Callable[[httpx2.Request], httpx2.Response]] = field(default_factory=list)
     reply: str = "Hello, Ada."
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
-    def answer(self, request: httpx.Request) -> httpx.Response:
+    def answer(self, request: httpx2.Request) -> httpx2.Response:
         self.requests.append((request.headers["Idempotency-Key"], json.loads(request.content)))
         if self.failures:
             return self.failures.pop(0)(request)
-        return httpx.Response(200, json=completion(self.reply))
+        return httpx2.Response(200, json=completion(self.reply))
 
     def model(self) -> Model:
         client = openai.AsyncOpenAI(
             base_url="http://model/v1",
             api_key="test-key",
             max_retries=0,
-            http_client=httpx.AsyncClient(transport=httpx.MockTransport(self.answer)),
+            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(self.answer)),
         )
         return Model(client, "fake-1")
 
 
-def answered_with(status: int) -> Callable[[httpx.Request], httpx.Response]:
+def answered_with(status: int) -> Callable[[httpx2.Request], httpx2.Response]:
     return lambda _: error(status, f"answered {status}")
 
 
-def timed_out(request: httpx.Request) -> httpx.Response:
-    raise httpx.ReadTimeout("the model was silent", request=request)
+def timed_out(request: httpx2.Request) -> httpx2.Response:
+    raise httpx2.ReadTimeout("the model was silent", request=request)
 
 
-def refused_connection(request: httpx.Request) -> httpx.Response:
-    raise httpx.ConnectError("connection refused", request=request)
+def refused_connection(request: httpx2.Request) -> httpx2.Response:
+    raise httpx2.ConnectError("connection refused", request=request)
 
 
 TURN_2 = Turn(
@@ -135,7 +136,7 @@ def test_a_turn_sends_the_conversation_so_far_and_returns_the_reply() -> None:
     ids=["429", "500", "503", "408", "timeout", "connection refused"],
 )
 def test_a_transient_failure_asks_again_with_the_same_key_and_messages(
-    failure: Callable[[httpx.Request], httpx.Response],
+    failure: Callable[[httpx2.Request], httpx2.Response],
 ) -> None:
     model = FakeModel(failures=[failure, failure])
     sleeper = RecordingSleeper()

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -210,7 +210,8 @@ def test_twenty_identical_sends_of_a_turn_are_one_execution_billed_once(stack: C
     assert len({r.json()["reply"] for r in responses}) == 1
     assert len(stack.billed(chat, 1)) == 1
     (execution,) = stack.server.executions() - executions_before
-    assert len(stack.server.state(execution)["promises"]) == 2  # the turn and its model call
+    promises = cast(list[dict[str, Any]], stack.server.state(execution)["promises"])
+    assert len(promises) == 2  # the turn and its model call
 
 
 def test_a_turn_sent_again_with_another_message_is_409_and_bills_nothing(

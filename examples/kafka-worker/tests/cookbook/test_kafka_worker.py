@@ -161,7 +161,8 @@ def test_the_store_opens_one_connection_per_thread_not_per_call(
 
     def counting_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         opened.append(threading.current_thread().name)
-        return connect(*args, **kwargs)
+        connection: sqlite3.Connection = connect(*args, **kwargs)
+        return connection
 
     monkeypatch.setattr(sqlite3, "connect", counting_connect)
 

@@ -35,7 +35,7 @@ from token_auth.steps import Providers
 from token_auth.workflow import payout
 
 GROUP = "token-auth"
-PAYOUT = ["acme-supplies", 125_000, "EUR", "INV-2041"]
+PAYOUT = ("acme-supplies", 125_000, "EUR", "INV-2041")
 # What a client or a worker that was not let in presents: no token at all, or a wrong one.
 NOT_LET_IN = [pytest.param(None, id="no-token"), pytest.param("not-the-token", id="wrong-token")]
 

@@ -240,9 +240,9 @@ def _declared(example_names: list[str] | None) -> list[catalog.Example | BrokenE
     return found
 
 
-def crash_matrix(example_names: list[str] | None = None) -> list[object]:
+def crash_matrix(example_names: list[str] | None = None) -> list[pytest.ParameterSet]:
     """pytest params for every pinned crash point of the given examples (default: all of them)."""
-    params: list[object] = []
+    params: list[pytest.ParameterSet] = []
     for example in _declared(example_names):
         if isinstance(example, BrokenExample):
             params.append(pytest.param(example, id=f"{example.name}[pyproject.toml]"))
@@ -265,7 +265,7 @@ def crash_matrix(example_names: list[str] | None = None) -> list[object]:
     return params
 
 
-def pin_cases(example_names: list[str] | None = None) -> list[object]:
+def pin_cases(example_names: list[str] | None = None) -> list[pytest.ParameterSet]:
     """pytest params, one per example with scenarios, for the comparison with its pinned points."""
     return [
         pytest.param(e, id=e.name)
