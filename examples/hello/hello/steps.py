@@ -7,8 +7,9 @@ answers with its original response instead of acting twice.
 
 A step tells the provider's answers apart. A refusal (a 4xx such as an invalid address) would be
 the same on every attempt: it is returned as a value, and never retried. A provider that is down,
-overloaded or silent (a 5xx, 408, 429, a timeout, a refused connection) may answer the next
-attempt: the step raises, and the workflow's retry policy tries it again, with the same key.
+overloaded or silent (a 5xx, 408, 429, a timeout, a refused connection, a 2xx whose body is not
+its answer) may answer the next attempt: the step raises, and the workflow's retry policy tries
+it again, with the same key.
 """
 
 from __future__ import annotations
@@ -47,13 +48,21 @@ async def _call(ctx: Context, path: str, body: dict[str, str]) -> Delivery:
         response = await providers.client.post(
             path, json=body, headers={"Idempotency-Key": ctx.info.id}
         )
-    except httpx.TransportError as exc:  # no answer: it may have acted; the key makes a retry safe
+    # No answer, or one that could not be decoded: it may have acted; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise ProviderUnavailableError(f"{path}: answered {response.status_code}")
     if response.is_client_error:
         return Delivery(refusal=f"{response.status_code} {_reason(response)}")
-    return Delivery(receipt=response.json()["id"])
+    try:
+        return Delivery(receipt=response.json()["id"])
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx that is not the provider's answer (a proxy's HTML page, a cut-off body) says
+        # nothing about what it did: not a bug, but a call that may have acted, asked again.
+        raise ProviderUnavailableError(
+            f"{path}: answered {response.status_code} without its id"
+        ) from exc
 
 
 def _reason(response: httpx.Response) -> str:

@@ -15,19 +15,20 @@ from typing import Any
 
 import httpx
 import pytest
-from hello.steps import Delivery, Providers
-from hello.workflow import greet
+from hello.steps import Delivery, Providers, ProviderUnavailableError
+from hello.workflow import STEP_RETRIES, greet
 from resonate.context import Context
 from resonate.dependencies import DependencyMap
 from resonate.retry import Never
 from resonate.testing import local_resonate, resolved_promise, root_context
 
-Answer = Callable[[str, int], tuple[int, dict[str, Any]]]
+Answer = Callable[[str, int], tuple[int, dict[str, Any]] | httpx.Response]
 
 
 @dataclass
 class FakeProvider:
-    """Answers by rule: `answer(path, attempt at that path) -> (status, body)`; records calls."""
+    """Answers by rule: `answer(path, attempt at that path) -> (status, JSON body)` or a whole
+    response; records calls."""
 
     answer: Answer
     calls: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
@@ -36,8 +37,12 @@ class FakeProvider:
         path = request.url.path
         self.calls.append((path, request.headers["Idempotency-Key"], json.loads(request.content)))
         attempt = sum(1 for called, _, _ in self.calls if called == path)
-        status, body = self.answer(path, attempt)
-        return httpx.Response(status, json=body)
+        answer = self.answer(path, attempt)
+        return (
+            answer
+            if isinstance(answer, httpx.Response)
+            else httpx.Response(answer[0], json=answer[1])
+        )
 
     def keys(self, path: str) -> list[str]:
         return [key for called, key, _ in self.calls if called == path]
@@ -107,6 +112,42 @@ def test_a_provider_that_is_not_taking_messages_is_asked_again_with_the_same_key
     sms_keys = provider.keys("/sms/send")
     assert len(sms_keys) == 2
     assert sms_keys[0] == sms_keys[1]  # the same request, safe to repeat
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda: httpx.Response(200, html="<html><body>Welcome to the gateway</body></html>"),
+        lambda: httpx.Response(200, json={"status": "ok"}),
+        # httpx decodes the body as it builds the response, and raises DecodingError
+        lambda: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_an_sms_answered_without_its_answer_may_have_been_sent_and_is_asked_again(
+    answer: Callable[[], httpx.Response],
+) -> None:
+    # A 2xx that is not the provider's answer says nothing about what it did: not a bug, but a
+    # call that may have landed, asked again with the same key until the retries run out.
+    provider = FakeProvider(
+        lambda path, attempt: answer() if "sms" in path else sends(path, attempt)
+    )
+
+    with pytest.raises(ProviderUnavailableError, match="/sms/send"):
+        greet_in_process(provider)
+
+    sms_keys = provider.keys("/sms/send")
+    assert len(sms_keys) == 1 + STEP_RETRIES.max_retries
+    assert len(set(sms_keys)) == 1
+
+
+def test_a_refusal_whose_body_is_a_page_is_still_a_refusal_asked_once() -> None:
+    provider = FakeProvider(lambda path, attempt: httpx.Response(403, html="<h1>Forbidden</h1>"))
+
+    result = greet_in_process(provider)
+
+    assert result == {"email": Delivery(refusal="403 Forbidden")}
+    assert [path for path, _, _ in provider.calls] == ["/email/send"]
 
 
 def test_a_replay_takes_the_sent_email_from_the_journal_and_sends_only_the_sms() -> None:
