@@ -12,7 +12,8 @@ only answers it acted on; a probe it failed is probed again, for real.)
 An alert is an effect a person reads, so it is keyed by the step's durable id: a worker that dies
 after Slack took the alert but before the step's result was checkpointed runs the step again with
 the same key, and Slack answers from the key instead of posting twice. Slack being down (a 5xx,
-408, 429, a timeout) makes the step raise, and its retry policy sends it again with that key.
+408, 429, a timeout, a 2xx whose body is not its answer) makes the step raise, and its retry
+policy sends it again with that key.
 """
 
 from __future__ import annotations
@@ -158,13 +159,21 @@ async def send_alert(
             json={"channel": "#oncall", "text": text, "service": service, "became": became},
             headers={"Idempotency-Key": ctx.info.id},
         )
-    except httpx.TransportError as exc:  # it may have posted: the key makes a retry safe
+    # No answer, or one that could not be decoded: it may have posted; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise SlackUnavailableError(f"{service} {became}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise SlackUnavailableError(f"{service} {became}: answered {response.status_code}")
     if response.is_client_error:
         return Alert(service, became, iteration, refusal=f"{response.status_code} refused")
-    return Alert(service, became, iteration, message_id=response.json()["id"])
+    try:
+        return Alert(service, became, iteration, message_id=response.json()["id"])
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx that is not Slack's answer (a proxy's HTML page, a cut-off body) says nothing
+        # about what it did: not a bug that stops the monitor, but an alert that may have posted.
+        raise SlackUnavailableError(
+            f"{service} {became}: answered {response.status_code} without its id"
+        ) from exc
 
 
 async def start_generation(

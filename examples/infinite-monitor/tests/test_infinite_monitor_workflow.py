@@ -44,10 +44,11 @@ MILLISECOND = timedelta(milliseconds=1)
 
 @dataclass
 class FakeWorld:
-    """The services (`down`: the (service, iteration) probes that fail) and Slack (`slack`)."""
+    """The services (`down`: the (service, iteration) probes that fail) and Slack (`slack`: the
+    status it answers each alert with, or a whole response)."""
 
     down: set[tuple[str, int]] = field(default_factory=set)
-    slack: Callable[[int], int] = lambda attempt: 200
+    slack: Callable[[int], int | httpx.Response] = lambda attempt: 200
     probes: list[tuple[str, int, str]] = field(default_factory=list)
     alerts: list[tuple[str, str]] = field(default_factory=list)
 
@@ -59,7 +60,10 @@ class FakeWorld:
             self.probes.append((service, iteration, key))
             return httpx.Response(503 if (service, iteration) in self.down else 200, json={})
         self.alerts.append((body["text"], key))
-        return httpx.Response(self.slack(len(self.alerts)), json={"id": f"msg-{len(self.alerts)}"})
+        answer = self.slack(len(self.alerts))
+        if isinstance(answer, httpx.Response):
+            return answer
+        return httpx.Response(answer, json={"id": f"msg-{len(self.alerts)}"})
 
 
 def run_body(
@@ -147,8 +151,22 @@ def test_a_probe_is_keyed_by_monitor_service_and_iteration_and_a_failure_is_not_
     )  # db answered 503 once: it is "down" this iteration, asked again only the next one
 
 
-def test_slack_down_past_its_retries_counts_the_alert_undelivered_and_the_monitor_goes_on() -> None:
-    world = FakeWorld(down={("api", 1), ("api", 2)}, slack=lambda attempt: 503)
+@pytest.mark.parametrize(
+    "slack",
+    [
+        lambda: 503,
+        lambda: httpx.Response(200, html="<html><body>Welcome to the gateway</body></html>"),
+        lambda: httpx.Response(200, json={"ok": True}),
+        # httpx decodes the body as it builds the response, and raises DecodingError
+        lambda: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+    ],
+    ids=["a 503", "a 2xx HTML page", "a 2xx without the id", "a body that cannot be decoded"],
+)
+def test_slack_down_past_its_retries_counts_the_alert_undelivered_and_the_monitor_goes_on(
+    slack: Callable[[], int | httpx.Response],
+) -> None:
+    # A 2xx that is not Slack's answer may have posted: like a 503, not a bug that ends the monitor.
+    world = FakeWorld(down={("api", 1), ("api", 2)}, slack=lambda attempt: slack())
 
     end, _ = run_body(world, sleeps=[3, 5], max_iterations=2)
 
