@@ -6,8 +6,8 @@ time.
 
 A refusal (a 4xx other than 408 and 429) would be the same on every attempt: it is returned as a
 value and never retried. A service that is down, overloaded or silent (a 5xx, 408, 429, a timeout,
-a refused connection) may answer the next attempt: the step raises, and the workflow's retry
-policy tries again with the same key.
+a refused connection, a 2xx whose body is not its answer) may answer the next attempt: the step
+raises, and the workflow's retry policy tries again with the same key.
 """
 
 from __future__ import annotations
@@ -119,15 +119,26 @@ async def _call(ctx: Context, path: str, body: dict[str, Any]) -> JobState:
         response = await services.jobs.post(
             path, json=body, headers={"Idempotency-Key": ctx.info.id}
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # No answer, or one that could not be decoded: it may have acted; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise JobsUnavailableError(f"{path}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise JobsUnavailableError(f"{path}: answered {response.status_code}")
-    reply = response.json()
+    try:
+        reply = response.json()
+    except ValueError:  # not JSON (a proxy's HTML page, a cut-off body): told apart below
+        reply = None
     if response.status_code == 409 and isinstance(reply, dict) and "status" in reply:
         # Cancelling a job that already ended: not an error, the answer is how it ended.
         return JobState(reply["id"], reply["status"])
-    if response.is_client_error:
+    if response.is_client_error:  # a refusal, even if its body is a page: never retried
         reason = reply.get("error") if isinstance(reply, dict) else None
-        return JobState(None, "refused", f"{response.status_code} {reason or response.text}")
-    return JobState(reply["id"], reply["status"])
+        return JobState(None, "refused", f"{response.status_code} {reason or response.text[:200]}")
+    try:
+        return JobState(reply["id"], reply["status"])
+    except (LookupError, TypeError) as exc:
+        # A 2xx that is not the service's answer says nothing about what it did: not a bug, but
+        # a call that may have acted (a job started), asked again under the same key.
+        raise JobsUnavailableError(
+            f"{path}: answered {response.status_code} without its id and status"
+        ) from exc

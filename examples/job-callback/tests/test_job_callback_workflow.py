@@ -20,8 +20,9 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import httpx
+import pytest
 from job_callback.job import Job
-from job_callback.steps import CallbackServer, Services
+from job_callback.steps import CallbackServer, JobState, JobsUnavailableError, Services, submit_job
 from job_callback.workflow import WORKFLOW_RETRIES, JobEnded, run_job, run_timeout
 from resonate.context import Context
 from resonate.dependencies import DependencyMap
@@ -195,6 +196,57 @@ def test_a_refusal_is_a_value_and_a_service_that_is_down_is_asked_again_with_the
     (first_key, first), (second_key, second) = flaky.submits
     assert first_key == second_key
     assert first == second  # the same callback: the retry is the same request
+
+
+def submit_answered(answer: Callable[[], httpx.Response]) -> tuple[JobState, int]:
+    """`submit_job` alone, on a bare context, answered by `answer`: its state, and requests."""
+    requests: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return answer()
+
+    async def go() -> JobState:
+        transport = httpx.MockTransport(handle)
+        async with httpx.AsyncClient(transport=transport, base_url="http://jobs") as client:
+            deps = DependencyMap()
+            deps.insert(Services(client, "http://resonate.invalid"))
+            ctx = root_context(id="run-1:2", deps=deps)
+            return await submit_job(ctx, job(), 1, "run-1:1", start_by=2**62)
+
+    return asyncio.run(go()), len(requests)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (
+            lambda: httpx.Response(202, html="<html><body>Welcome to the gateway</body></html>"),
+            "answered 202 without its id and status",
+        ),
+        (lambda: httpx.Response(202, json={"ok": True}), "answered 202 without its id and status"),
+        (  # httpx decodes the body as it builds the response, and raises DecodingError
+            lambda: httpx.Response(202, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+            "DecodingError",
+        ),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_submission_answered_without_its_answer_may_have_started_the_job(
+    answer: Callable[[], httpx.Response], reason: str
+) -> None:
+    # Not a bug in the step: the job may be running. Raised as the service being unavailable,
+    # the step is retried under the same key and the service answers from it.
+    with pytest.raises(JobsUnavailableError, match=reason):
+        submit_answered(answer)
+
+
+def test_a_refusal_whose_body_is_a_page_is_still_a_refusal_asked_once() -> None:
+    page = "<html><body><h1>403 Forbidden</h1></body></html>"
+
+    state, requests = submit_answered(lambda: httpx.Response(403, html=page))
+
+    assert (state, requests) == (JobState(None, "refused", f"403 {page}"), 1)
 
 
 def test_a_job_whose_waits_would_outlive_the_executions_deadline_is_refused_not_submitted() -> None:
