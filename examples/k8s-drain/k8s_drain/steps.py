@@ -249,7 +249,16 @@ async def ask_operator(ctx: Context, question: Question) -> str | None:
     if response.is_client_error:
         print(f"the chat provider refused the page: {response.status_code}", flush=True)
     else:
-        message_id = response.json()["id"]
+        try:
+            message_id = response.json()["id"]
+        except (ValueError, LookupError, TypeError) as exc:
+            # A 2xx that is not the provider's answer (a proxy's HTML page, a cut-off body) says
+            # nothing about whether the page went out. Raised as an HTTP error, like a 5xx, it
+            # is retried under the same key, and the provider answers what it did.
+            raise httpx.DecodingError(
+                f"answered {response.status_code} without a readable 'id'",
+                request=response.request,
+            ) from exc
     # Written down once the page went out, so the drain shows as blocked once it is asked.
     await _write_down(ctx.get_dependency(Questions).resonate, question)
     return message_id

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import httpx
-from k8s_drain.steps import Blocked, Cluster, Pager, Pod, Questions, evict
+import pytest
+from k8s_drain.steps import Blocked, Cluster, Pager, Pod, Question, Questions, ask_operator, evict
 from k8s_drain.workflow import (
     STEP_RETRY,
     WORKFLOW_RETRY,
@@ -292,6 +293,34 @@ def replay_blocked(kube: FakeKubernetes, decision: str) -> NodeReport:
             return await drain_node(ctx, "node-a")
 
     return asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda: httpx.Response(200, html="<html><body>Welcome to the gateway</body></html>"),
+        lambda: httpx.Response(200, json={"ok": True}),
+        # httpx decodes the body as it builds the response, and raises DecodingError
+        lambda: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_page_answered_without_its_answer_may_have_gone_out_and_is_asked_again(
+    answer: Callable[[], httpx.Response],
+) -> None:
+    # Not a bug in the step: the operator may have been paged. It raises an HTTP error, like a
+    # 5xx, so the step is retried under the same key and the provider answers what it did.
+    question = Question(Question.id_for("drain-1", "node-a", 1), "drain-1", "drain-1:4", BLOCKED)
+
+    async def page() -> str | None:
+        transport = httpx.MockTransport(lambda _: answer())
+        async with httpx.AsyncClient(transport=transport, base_url="http://pager") as pager:
+            deps = DependencyMap()
+            deps.insert(Pager(pager))
+            return await ask_operator(root_context(id="n-1:5", deps=deps), question)
+
+    with pytest.raises(httpx.HTTPError):
+        asyncio.run(page())
 
 
 def test_the_operators_decision_is_carried_out_and_nothing_before_it_is_redone() -> None:
