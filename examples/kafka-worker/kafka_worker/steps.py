@@ -7,7 +7,8 @@ report carries an Idempotency-Key derived from the step's durable id, so the rec
 answers a repeat with its original response instead of recording the deletion twice.
 
 Failures are told apart by what retrying could change. A step raises, and is retried, only on
-what may pass next time: a dropped connection, a timeout, a 5xx, a 408 or a 429. A refusal (any
+what may pass next time: a dropped connection, a timeout, a 5xx, a 408, a 429, or a 2xx whose body
+is not the answer (a proxy's HTML page). A refusal (any
 other 4xx) would be refused again, so it is returned as a value and never retried.
 """
 
@@ -102,6 +103,14 @@ async def report_deletion(ctx: Context, user_id: str, rows: int) -> Report:
         refusal = f"{response.status_code} {response.reason_phrase}: {response.text[:200]}"
         print(f"{user_id}: the deletion report was refused: {refusal}", flush=True)
         return Report(receipt=None, refused=refusal)
-    receipt: str = response.json()["id"]
+    try:
+        receipt: str = response.json()["id"]
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx that is not the service's answer (a proxy's HTML page, a cut-off body) says
+        # nothing about what it did: not a bug, but a report that may have landed. Raised as an
+        # HTTP error, like a 5xx, it is retried under the same key.
+        raise httpx.DecodingError(
+            f"answered {response.status_code} without a readable 'id'", request=response.request
+        ) from exc
     print(f"{user_id}: deletion reported, receipt {receipt}", flush=True)
     return Report(receipt=receipt)

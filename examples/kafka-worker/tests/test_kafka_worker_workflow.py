@@ -30,14 +30,18 @@ USER = "user-7"
 
 @dataclass
 class FakeReports:
-    """The service told about deletions: `answer(attempt) -> (status, body)`."""
+    """The service told about deletions: `answer(attempt) -> (status, JSON body)` or a whole
+    response."""
 
-    answer: Callable[[int], tuple[int, dict[str, Any]]]
+    answer: Callable[[int], tuple[int, dict[str, Any]] | httpx.Response]
     keys: list[str] = field(default_factory=list)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.keys.append(request.headers["Idempotency-Key"])
-        status, body = self.answer(len(self.keys))
+        answer = self.answer(len(self.keys))
+        if isinstance(answer, httpx.Response):
+            return answer
+        status, body = answer
         return httpx.Response(status, json=body)
 
 
@@ -112,6 +116,31 @@ def test_a_report_service_that_is_down_is_asked_again_under_the_same_key(store: 
     assert len(reports.keys) == 3
     assert set(reports.keys) == {reports.keys[0]}
     assert STEP_RETRY.max_retries >= 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda: httpx.Response(200, html="<html><body>Welcome to the gateway</body></html>"),
+        lambda: httpx.Response(200, json={"status": "ok"}),
+        # httpx decodes the body as it builds the response, and raises DecodingError
+        lambda: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_report_answered_without_its_answer_may_have_landed_and_is_asked_again(
+    store: UserData, answer: Callable[[], httpx.Response]
+) -> None:
+    # Not a bug in the step: the report may have landed. It fails as an HTTP error, like a 5xx,
+    # after the policy's retries, all under one key; the rows are deleted all the same.
+    reports = FakeReports(lambda attempt: answer())
+
+    with pytest.raises(httpx.HTTPError):
+        run(store, reports)
+
+    assert len(reports.keys) == 1 + STEP_RETRY.max_retries
+    assert set(reports.keys) == {reports.keys[0]}
+    assert store.rows_left(USER) == 0
 
 
 def planned(store: UserData) -> DeletionPlan:
