@@ -45,7 +45,8 @@ async def note_job(ctx: Context, job_number: int, phase: str) -> str:
             json={"job": job_number, "phase": phase, "worker_pid": os.getpid()},
             headers={"Idempotency-Key": ctx.info.id},
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # No answer, or one that could not be decoded: it may have acted; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"note {phase}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise ProviderUnavailableError(f"note {phase}: answered {response.status_code}")

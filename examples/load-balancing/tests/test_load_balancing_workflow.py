@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from load_balancing.steps import Providers
+from load_balancing.steps import Providers, ProviderUnavailableError
 from load_balancing.workflow import STEP_RETRIES, job
 from resonate.context import Context
 from resonate.dependencies import DependencyMap
@@ -34,15 +34,19 @@ def no_work_time(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @dataclass
 class FakeSandbox:
-    """Answers each note by rule: `answer(phase, attempt) -> (status, body)`."""
+    """Answers each note by rule: `answer(phase, attempt) -> (status, JSON body)` or a whole
+    response."""
 
-    answer: Callable[[str, int], tuple[int, dict[str, Any]]]
+    answer: Callable[[str, int], tuple[int, dict[str, Any]] | httpx.Response]
     notes: list[tuple[str, str]] = field(default_factory=list)  # (phase, idempotency key)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         phase = json.loads(request.content)["phase"]
         self.notes.append((phase, request.headers["Idempotency-Key"]))
-        status, body = self.answer(phase, [p for p, _ in self.notes].count(phase))
+        answer = self.answer(phase, [p for p, _ in self.notes].count(phase))
+        if isinstance(answer, httpx.Response):
+            return answer
+        status, body = answer
         return httpx.Response(status, json=body)
 
     def phases(self) -> list[str]:
@@ -122,6 +126,22 @@ def test_a_sandbox_that_is_down_is_asked_again_under_the_same_key() -> None:
     assert len(finished_keys) == 3
     assert set(finished_keys) == {finished_keys[0]}
     assert STEP_RETRIES.max_retries >= 2
+
+
+def test_an_answer_that_cannot_be_decoded_may_have_landed_and_is_asked_again() -> None:
+    # httpx decodes the body as it builds the response, and raises DecodingError: the note may
+    # have landed, so it is asked again under its key, as for a 503, not failed as a bug.
+    sandbox = FakeSandbox(
+        lambda phase, attempt: httpx.Response(
+            200, content=b"garbled", headers={"Content-Encoding": "gzip"}
+        )
+    )
+
+    with pytest.raises(ProviderUnavailableError, match="note started: DecodingError"):
+        run_job(sandbox)
+
+    assert len(sandbox.notes) == 1 + STEP_RETRIES.max_retries
+    assert {key for _, key in sandbox.notes} == {sandbox.notes[0][1]}
 
 
 def test_the_worker_that_takes_a_job_over_runs_only_the_step_in_flight() -> None:
