@@ -10,9 +10,10 @@ A provider can answer in three ways, and the steps keep them apart:
              asking again cannot help. The step returns a `Refused` value instead of raising,
              because SDK 0.8.1 retries every exception a step raises, and a value is
              checkpointed: after a crash the workflow sees the same refusal without asking again.
-  not now    5xx, 408, 429, a timeout, a dropped connection: it may pass, and the call may have
-             landed. The step raises `ProviderUnavailableError`, and the SDK runs it again under
-             the retry policy the workflow gives with the call, under the same key.
+  not now    5xx, 408, 429, a timeout, a dropped connection, a 2xx whose body is not the answer
+             (a proxy's HTML page, a cut-off body): it may pass, and the call may have landed.
+             The step raises `ProviderUnavailableError`, and the SDK runs it again under the
+             retry policy the workflow gives with the call, under the same key.
 
 The model is called through the official `openai` client, built with `max_retries=0`: its own
 retries would happen inside one step, invisible to the journal and on top of Resonate's policy.
@@ -93,11 +94,25 @@ async def _post(ctx: Context, provider: str, path: str, body: dict[str, object])
         response = await ctx.get_dependency(Providers).client.post(
             path, json=body, headers={"Idempotency-Key": key}
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # No answer, or one that could not be decoded: it may have acted; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{provider}: {type(exc).__name__}", key) from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise ProviderUnavailableError(f"{provider}: answered {response.status_code}", key)
     return response
+
+
+def _id(ctx: Context, provider: str, response: httpx.Response) -> str:
+    """The provider's id for what it did, from a 2xx's JSON body."""
+    try:
+        provider_id: str = response.json()["id"]
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx that is not the provider's answer (a proxy's HTML page, a cut-off body) says
+        # nothing about what it did: not a bug, but a call that may have acted, asked again.
+        raise ProviderUnavailableError(
+            f"{provider}: answered {response.status_code} without its id", ctx.info.id
+        ) from exc
+    return provider_id
 
 
 def _refusal(provider: str, response: httpx.Response) -> Refused:
@@ -119,8 +134,7 @@ async def observe_weather(ctx: Context, city: str, date: str) -> str | Refused:
     )
     if response.is_client_error:
         return _refusal("weather", response)
-    observation_id: str = response.json()["id"]
-    return observation_id
+    return _id(ctx, "weather", response)
 
 
 REPORTER = (
@@ -187,8 +201,7 @@ async def ask_approver(
     )
     if response.is_client_error:
         return _refusal("email", response)
-    email_id: str = response.json()["id"]
-    return email_id
+    return _id(ctx, "email", response)
 
 
 async def pay_vendor(ctx: Context, vendor: str, amount_cents: int, currency: str) -> str | Refused:
@@ -202,5 +215,4 @@ async def pay_vendor(ctx: Context, vendor: str, amount_cents: int, currency: str
     )
     if response.is_client_error:
         return _refusal("payment", response)
-    payment_id: str = response.json()["id"]
-    return payment_id
+    return _id(ctx, "payment", response)

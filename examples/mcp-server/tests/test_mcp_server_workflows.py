@@ -27,11 +27,19 @@ from mcp_server.calls import (
 )
 from mcp_server.decide import decide
 from mcp_server.server import CallId, server
-from mcp_server.steps import Approver, Model, Providers
+from mcp_server.steps import (
+    Approver,
+    Model,
+    Providers,
+    ProviderUnavailableError,
+    Refused,
+    pay_vendor,
+)
 from mcp_server.workflow import invoice_approval, weather_report
 from pydantic import TypeAdapter, ValidationError
+from resonate.dependencies import DependencyMap
 from resonate.resonate import Resonate
-from resonate.testing import local_resonate
+from resonate.testing import local_resonate, root_context
 from resonate.types import PromiseRecord, Value
 
 INVOICE = Invoice(
@@ -274,3 +282,57 @@ def test_a_decision_is_taken_once_and_an_unknown_one_is_said_so() -> None:
         "invoice.INV-8.decision was already settled (resolved): nothing changed",
         "no decision is awaited under 'invoice.INV-9.decision'",
     ]
+
+
+def pay_answered(answer: Callable[[], httpx.Response]) -> tuple[str | Refused, int]:
+    """`pay_vendor` alone, on a bare context, answered by `answer`: its result, and requests."""
+    requests: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return answer()
+
+    async def go() -> str | Refused:
+        transport = httpx.MockTransport(handle)
+        async with httpx.AsyncClient(transport=transport, base_url="http://providers") as client:
+            deps = DependencyMap()
+            deps.insert(Providers(client))
+            ctx = root_context(id="inv-7:3", deps=deps)
+            return await pay_vendor(ctx, INVOICE.vendor, INVOICE.amount_cents, INVOICE.currency)
+
+    return asyncio.run(go()), len(requests)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (
+            lambda: httpx.Response(200, html="<html><body>Welcome to the gateway</body></html>"),
+            "payment: answered 200 without its id",
+        ),
+        (
+            lambda: httpx.Response(200, json={"status": "ok"}),
+            "payment: answered 200 without its id",
+        ),
+        (  # httpx decodes the body as it builds the response, and raises DecodingError
+            lambda: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+            "payment: DecodingError",
+        ),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_payment_answered_without_its_answer_may_have_landed(
+    answer: Callable[[], httpx.Response], reason: str
+) -> None:
+    # Not a bug in the step: the vendor may have been paid. Raised as the provider being
+    # unavailable, with the call's key, the step is retried and the provider answers from the key.
+    with pytest.raises(ProviderUnavailableError, match=reason) as raised:
+        pay_answered(answer)
+
+    assert raised.value.idempotency_key == "inv-7:3"
+
+
+def test_a_refusal_whose_body_is_a_page_is_still_a_refusal_asked_once() -> None:
+    refused, requests = pay_answered(lambda: httpx.Response(403, html="<h1>Forbidden</h1>"))
+
+    assert (refused, requests) == (Refused("payment", "403 Forbidden"), 1)
