@@ -4,8 +4,9 @@ The key is stable across retries and crashes, so a step that runs again (after a
 after a timeout whose request did land) gets the provider's original answer instead of acting
 twice. A step tells the answers apart: a refusal (a 4xx other than 408 and 429) would be the
 same on every attempt, so it is returned as a value and never retried; a provider that is down,
-overloaded or silent (a 5xx, 408, 429, a timeout, a refused connection) may answer the next
-attempt, so the step raises and the workflow's retry policy tries again.
+overloaded or silent (a 5xx, 408, 429, a timeout, a refused connection, a 2xx whose body is not
+its answer) may answer the next attempt, so the step raises and the workflow's retry policy tries
+again.
 
 Each step is `@traced`: its attempts become one span, with a retry or a recovery as an event.
 """
@@ -86,13 +87,21 @@ async def _call(ctx: Context, path: str, body: dict[str, Any]) -> Outcome:
         response = await providers.client.post(
             path, json=body, headers={"Idempotency-Key": ctx.info.id}
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # No answer, or one that could not be decoded: it may have acted; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise ProviderUnavailableError(f"{path}: answered {response.status_code}")
     if response.is_client_error:
         return Outcome(refusal=f"{response.status_code} {_reason(response)}")
-    return Outcome(receipt=response.json()["id"])
+    try:
+        return Outcome(receipt=response.json()["id"])
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx that is not the provider's answer (a proxy's HTML page, a cut-off body) says
+        # nothing about what it did: not a bug, but a call that may have acted, asked again.
+        raise ProviderUnavailableError(
+            f"{path}: answered {response.status_code} without its id"
+        ) from exc
 
 
 def _reason(response: httpx.Response) -> str:

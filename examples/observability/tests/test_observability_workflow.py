@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from observability.steps import Order, Outcome, Providers
+import pytest
+from observability.steps import Order, Outcome, Providers, ProviderUnavailableError, charge_card
 from observability.telemetry import PROMISE_ID, DurableTelemetry, span_id_of, trace_id_of
 from observability.workflow import STEP_RETRIES, place_order
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
@@ -144,6 +145,56 @@ def test_the_span_tree_is_the_promise_tree_and_a_retry_is_an_event_and_a_count()
     assert observed.counters["resonate.steps.completed"] == 4
     assert observed.counters["resonate.steps.retried"] == 1
     assert STEP_RETRIES.max_retries >= 1
+
+
+def charge_answered(answer: Callable[[], httpx.Response]) -> tuple[Outcome, int]:
+    """`charge_card` alone, on a bare context, answered by `answer`: its outcome, requests."""
+    requests: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return answer()
+
+    async def go() -> Outcome:
+        transport = httpx.MockTransport(handle)
+        async with httpx.AsyncClient(transport=transport, base_url="http://providers") as client:
+            deps = DependencyMap()
+            deps.insert(Providers(client))
+            return await charge_card(root_context(id="o-1:1", deps=deps), ORDER)
+
+    return asyncio.run(go()), len(requests)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (
+            lambda: httpx.Response(200, html="<html><body>Welcome to the gateway</body></html>"),
+            "answered 200 without its id",
+        ),
+        (lambda: httpx.Response(200, json={"status": "ok"}), "answered 200 without its id"),
+        (  # httpx decodes the body as it builds the response, and raises DecodingError
+            lambda: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+            "DecodingError",
+        ),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_charge_answered_without_its_answer_may_have_landed(
+    answer: Callable[[], httpx.Response], reason: str
+) -> None:
+    # Not a bug in the step: the card may have been charged. Raised as the provider being
+    # unavailable, the step is retried under the same key and the provider answers from it.
+    with pytest.raises(ProviderUnavailableError, match=reason):
+        charge_answered(answer)
+
+
+def test_a_refusal_whose_body_is_a_page_is_still_a_refusal_asked_once() -> None:
+    outcome, requests = charge_answered(
+        lambda: httpx.Response(402, html="<h1>Payment Required</h1>")
+    )
+
+    assert (outcome, requests) == (Outcome(refusal="402 Payment Required"), 1)
 
 
 def test_a_replay_skips_the_steps_its_journal_holds() -> None:
