@@ -6,8 +6,9 @@ checkpointed, the step runs again on another worker, sends the same key, and the
 its original response instead of acting twice.
 
 The step tells the API's answers apart. An API that is down, overloaded or silent (a 5xx, a 408,
-a 429 "too many requests", a timeout, a refused connection) may take the call on the next
-attempt: the step raises, and the workflow's retry policy tries again, later, with the same key.
+a 429 "too many requests", a timeout, a refused connection, a 2xx whose body is not its answer)
+may take the call on the next attempt: the step raises, and the workflow's retry policy tries
+again, later, with the same key.
 An API that refuses the record (any other 4xx) would refuse it again: the refusal is the call's
 result, never retried, and the batch goes on with the next record.
 """
@@ -52,7 +53,8 @@ async def call_api(ctx: Context, record: str, position: int, total: int) -> Call
             json={"record": record, "position": position},
             headers={"Idempotency-Key": ctx.info.id},
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # No answer, or one that could not be decoded: it may have acted; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ApiUnavailableError(f"call {position}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         print(f"call {position}/{total}: the API answered {response.status_code}", flush=True)
@@ -60,7 +62,14 @@ async def call_api(ctx: Context, record: str, position: int, total: int) -> Call
     if response.is_client_error:
         print(f"call {position}/{total}: refused ({response.status_code})", flush=True)
         return CallResult(record, refusal=f"{response.status_code} {_reason(response)}")
-    return CallResult(record, receipt=response.json()["id"])
+    try:
+        return CallResult(record, receipt=response.json()["id"])
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx that is not the API's answer (a proxy's HTML page, a cut-off body) says nothing
+        # about what it did: not a bug, but a call that may have acted, asked again.
+        raise ApiUnavailableError(
+            f"call {position}: answered {response.status_code} without its id"
+        ) from exc
 
 
 def _reason(response: httpx.Response) -> str:

@@ -35,16 +35,21 @@ def takes(record: str, attempt: int) -> tuple[int, dict[str, Any]]:
 
 @dataclass
 class FakeApi:
-    """Answers by rule: `answer(record, attempt at it) -> (status, body)`; records every call."""
+    """Answers by rule: `answer(record, attempt at it) -> (status, JSON body)` or a whole
+    response; records every call."""
 
-    answer: Callable[[str, int], tuple[int, dict[str, Any]]] = takes
+    answer: Callable[[str, int], tuple[int, dict[str, Any]] | httpx.Response] = takes
     calls: list[tuple[str, str]] = field(default_factory=list)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         record = json.loads(request.content)["record"]
         self.calls.append((record, request.headers["Idempotency-Key"]))
-        status, body = self.answer(record, self.records().count(record))
-        return httpx.Response(status, json=body)
+        answer = self.answer(record, self.records().count(record))
+        return (
+            answer
+            if isinstance(answer, httpx.Response)
+            else httpx.Response(answer[0], json=answer[1])
+        )
 
     def records(self) -> list[str]:
         return [record for record, _ in self.calls]
@@ -115,6 +120,41 @@ def test_a_429_is_asked_again_with_the_same_key_and_past_the_policy_fails_the_ba
     with pytest.raises(ApiUnavailableError, match="call 1: answered 503"):
         run_body(down, [])
     assert len(down.calls) == 1 + RETRY.max_retries
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda: httpx.Response(200, html="<html><body>Welcome to the gateway</body></html>"),
+        lambda: httpx.Response(200, json={"status": "ok"}),
+        # httpx decodes the body as it builds the response, and raises DecodingError
+        lambda: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_2xx_without_its_answer_may_have_landed_and_is_asked_again_with_the_same_key(
+    answer: Callable[[], httpx.Response],
+) -> None:
+    # Not a bug in the step: the API may have acted. It fails as the API being unavailable, after
+    # the policy's retries, all under one key.
+    api = FakeApi(lambda r, n: answer())
+
+    with pytest.raises(ApiUnavailableError, match="call 1: "):
+        run_body(api, [])
+
+    assert len(api.calls) == 1 + RETRY.max_retries
+    assert len({key for _, key in api.calls}) == 1
+
+
+def test_a_refusal_whose_body_is_a_page_is_still_its_calls_result_asked_once() -> None:
+    api = FakeApi(
+        lambda r, n: httpx.Response(403, html="<h1>Forbidden</h1>") if r == "r2" else takes(r, n)
+    )
+
+    results = run_body(api, slept(1, 2))
+
+    assert results[1] == CallResult("r2", refusal="403 Forbidden")
+    assert api.records() == RECORDS
 
 
 def test_a_retry_reaches_the_api_no_sooner_than_one_interval_after_the_attempt_it_repeats() -> None:
