@@ -161,13 +161,22 @@ async def deliver(ctx: Context, topic: str, report: str, note: str) -> Delivered
         response = await receiver.client.post(
             "/slack/send", json=message, headers={"Idempotency-Key": ctx.info.id}
         )
-    except httpx.TransportError as exc:  # it may have landed: the key makes a retry safe
+    # Timed out, reset, or an answer that could not be decoded: it may have landed, and the key
+    # makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ReceiverUnavailableError(f"slack: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise ReceiverUnavailableError(f"slack: answered {response.status_code}")
     if response.is_client_error:
         return Delivered(refusal=f"slack refused: HTTP {response.status_code}")
-    return Delivered(message_id=str(response.json()["id"]))
+    try:
+        return Delivered(message_id=str(response.json()["id"]))
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx without its id (a proxy's HTML page, a cut-off body) says nothing of what the
+        # receiver did: like a timeout, it may have landed, and the retry's key gets the answer.
+        raise ReceiverUnavailableError(
+            f"slack: HTTP {response.status_code} without a readable 'id'"
+        ) from exc
 
 
 async def _complete(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,14 @@ import httpx
 import httpx2
 import openai
 import pytest
-from research_pipeline.steps import REVIEWER, WRITER, Agents, Receiver
+from research_pipeline.steps import (
+    REVIEWER,
+    WRITER,
+    Agents,
+    Receiver,
+    ReceiverUnavailableError,
+    deliver,
+)
 from research_pipeline.workflow import ResearchReport, ResearchRequest, research_topic
 from resonate.dependencies import DependencyMap
 from resonate.resonate import Resonate
@@ -247,6 +255,34 @@ def test_a_receiver_refusal_is_a_value(chat: FakeChat) -> None:
         "receiver",
         "slack refused: HTTP 403",
     )
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (lambda _: httpx.Response(200, html="<html>Bad Gateway</html>"), "without a readable"),
+        (lambda _: httpx.Response(200, json={"ok": True}), "HTTP 200 without a readable 'id'"),
+        (  # httpx decodes the body as it builds the response, and raises DecodingError
+            lambda _: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+            "DecodingError",
+        ),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_delivery_answered_without_its_answer_may_have_landed(
+    answer: Callable[[httpx.Request], httpx.Response], reason: str
+) -> None:
+    # A 2xx that is not the chat API's answer says nothing of whether the report was posted: not
+    # a bug in the step, but a delivery to retry under the same key.
+    async def go() -> None:
+        transport = httpx.MockTransport(answer)
+        async with httpx.AsyncClient(base_url="http://chat.test", transport=transport) as client:
+            dependencies = DependencyMap()
+            dependencies.insert(Receiver(client, "#research"))
+            await deliver(root_context(id="rp-3", deps=dependencies), TOPIC, "report", "approved")
+
+    with pytest.raises(ReceiverUnavailableError, match=reason):
+        asyncio.run(go())
 
 
 def test_a_run_resumed_after_the_writer_finished_never_asks_the_writer_again(
