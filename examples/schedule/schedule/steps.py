@@ -7,9 +7,9 @@ from the provider's idempotency store, and the next night's report is a new one.
 
 A step tells the provider's answers apart. A refusal (a 4xx other than 408 and 429) would be the
 same on every attempt: it is returned as a value and never retried. A provider that is down,
-overloaded or silent (a 5xx, 408, 429, a timeout, a refused connection) may answer the next
-attempt: the step raises `ProviderUnavailableError`, and the workflow's retry policy tries again
-with the same key.
+overloaded or silent (a 5xx, 408, 429, a timeout, a refused connection, a 2xx whose body is not
+its answer) may answer the next attempt: the step raises `ProviderUnavailableError`, and the
+workflow's retry policy tries again with the same key.
 """
 
 from __future__ import annotations
@@ -60,8 +60,7 @@ async def gather_figures(ctx: Context, as_of: str) -> str | Refused:
         refusal = Refused(_describe(response))
         print(f"the figures API refused: {refusal.reason}", flush=True)
         return refusal
-    export_id: str = response.json()["id"]
-    return export_id
+    return _id(response)
 
 
 async def send_report(
@@ -83,8 +82,7 @@ async def send_report(
         refusal = Refused(_describe(response))
         print(f"the mailer refused: {refusal.reason}", flush=True)
         return refusal
-    message_id: str = response.json()["id"]
-    return message_id
+    return _id(response)
 
 
 async def _post(ctx: Context, path: str, body: dict[str, object]) -> httpx.Response:
@@ -94,12 +92,30 @@ async def _post(ctx: Context, path: str, body: dict[str, object]) -> httpx.Respo
         response = await providers.client.post(
             path, json=body, headers={"Idempotency-Key": ctx.info.id}
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # Timed out, reset, or an answer that could not be decoded: it may have acted, and the key
+    # makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         print(f"{path} answered {response.status_code}: will try again", flush=True)
         raise ProviderUnavailableError(f"{path}: answered {response.status_code}")
     return response
+
+
+def _id(response: httpx.Response) -> str:
+    """The provider's id for what it did, from a 2xx's JSON body.
+
+    A 2xx without it (a proxy's HTML page, a cut-off body) says nothing of what the provider did,
+    and it may have acted: it is transient, like a timeout, and the retry's key gets the answer.
+    """
+    try:
+        return str(response.json()["id"])
+    except (ValueError, LookupError, TypeError) as exc:
+        path = response.request.url.path
+        print(f"{path} answered {response.status_code} without its id: will try again", flush=True)
+        raise ProviderUnavailableError(
+            f"{path}: HTTP {response.status_code} without a readable 'id'"
+        ) from exc
 
 
 def _describe(response: httpx.Response) -> str:

@@ -21,7 +21,7 @@ import pytest
 from resonate.dependencies import DependencyMap
 from resonate.retry import Never
 from resonate.testing import local_resonate, resolved_promise, root_context
-from schedule.steps import Providers
+from schedule.steps import Providers, ProviderUnavailableError, gather_figures
 from schedule.workflow import (
     DISTRIBUTION_LIST,
     GROUP,
@@ -131,6 +131,34 @@ def test_a_provider_that_is_down_is_asked_again_with_the_same_key_and_the_same_b
     assert report.figures == "export-3"
     assert len({key for key, _ in asked}) == 1
     assert len({json.dumps(body) for _, body in asked}) == 1  # the clock was read once
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (lambda _: httpx.Response(200, html="<html>Bad Gateway</html>"), "without a readable"),
+        (lambda _: httpx.Response(200, json={"ok": True}), "HTTP 200 without a readable 'id'"),
+        (  # httpx decodes the body as it builds the response, and raises DecodingError
+            lambda _: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+            "DecodingError",
+        ),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_figures_answered_without_their_id_are_asked_for_again(
+    answer: Callable[[httpx.Request], httpx.Response], reason: str
+) -> None:
+    # A 2xx that is not the API's answer says nothing of what it did: not a bug in the step, but
+    # a call that may have landed, retried under the same key like a timeout.
+    async def go() -> None:
+        transport = httpx.MockTransport(answer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            deps = DependencyMap()
+            deps.insert(Providers(client))
+            await gather_figures(root_context(id="tick-1", deps=deps), "2025-01-01T00:00:00+00:00")
+
+    with pytest.raises(ProviderUnavailableError, match=reason):
+        asyncio.run(go())
 
 
 def test_a_replay_mails_the_figures_the_journal_holds_without_asking_again() -> None:
