@@ -47,7 +47,8 @@ class Refused:
 
 
 class ProviderUnavailableError(Exception):
-    """A 5xx, 408 or 429: the provider may answer next time, so the step's retry policy retries."""
+    """A 5xx, 408, 429, or a 2xx without its answer: the provider may answer next time (and may
+    have acted), so the step's retry policy retries."""
 
 
 def round_id(session_id: str, round_no: int) -> str:
@@ -106,9 +107,9 @@ async def _call(ctx: Context, body: dict[str, str]) -> str | Refused:
     """The provider's answer: the id of what it acted on, or its refusal as a value.
 
     A refusal is returned, not raised, so it is checkpointed once and never retried. A 5xx, 408,
-    429, a timeout or a lost connection raises, and the step's retry policy tries again with the
-    same Idempotency-Key: a call that timed out may have landed, and the key makes the provider
-    answer a repeat with what it did the first time.
+    429, a timeout, a lost connection or a 2xx whose body is not the answer raises, and the step's
+    retry policy tries again with the same Idempotency-Key: a call that timed out may have landed,
+    and the key makes the provider answer a repeat with what it did the first time.
     """
     providers = ctx.get_dependency(Providers)
     response = await providers.client.post(
@@ -121,7 +122,14 @@ async def _call(ctx: Context, body: dict[str, str]) -> str | Refused:
         return Refused(
             status, f"identity provider refused {body['op']}: {status} {_error(response)}"
         )
-    resource_id: str = response.json()["id"]
+    try:
+        resource_id: str = response.json()["id"]
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx without its id (a proxy's HTML page, a cut-off body) says nothing of what the
+        # provider did: like a timeout, it may have landed, and the retry's key gets the answer.
+        raise ProviderUnavailableError(
+            f"identity provider answered {status} to {body['op']} without a readable 'id'"
+        ) from exc
     return resource_id
 
 

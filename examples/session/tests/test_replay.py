@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -17,7 +18,7 @@ from resonate.dependencies import DependencyMap
 from resonate.error import ApplicationError, Suspended
 from resonate.testing import pending_promise, rejected_promise, resolved_promise, root_context
 from resonate.types import PromiseRecord
-from session.steps import Providers
+from session.steps import Providers, ProviderUnavailableError, register_token
 from session.workflow import Activity, SessionEnded, session
 
 ID = "s-1"
@@ -193,3 +194,27 @@ def test_an_activity_out_of_retries_ends_the_session_and_revokes_the_credential(
     assert (ended.ended_by, ended.activities) == ("provider-unavailable", [])
     assert "503" in (ended.problem or "")
     assert provider.calls == [(f"{ID}:5", {"op": "revoke_token", "credential_id": "cred_1"})]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda _: httpx.Response(200, html="<html>Bad Gateway</html>"),
+        lambda _: httpx.Response(200, json={"ok": True}),
+    ],
+    ids=["an HTML page", "JSON without the id"],
+)
+def test_a_login_answered_without_its_id_may_have_landed(
+    answer: Callable[[httpx.Request], httpx.Response],
+) -> None:
+    # A 2xx that is not the provider's answer says nothing of whether the credential was
+    # registered: not a bug in the step, but a call to retry under the same key like a timeout.
+    async def run() -> None:
+        transport = httpx.MockTransport(answer)
+        async with httpx.AsyncClient(base_url="http://provider", transport=transport) as client:
+            deps = DependencyMap()
+            deps.insert(Providers(client))
+            await register_token(root_context(id=ID, deps=deps), "ada", DIGEST)
+
+    with pytest.raises(ProviderUnavailableError, match="issue_token without a readable 'id'"):
+        asyncio.run(run())
