@@ -10,7 +10,8 @@ bills a key once and replays its completion for a repeat; a real provider ignore
 the README for what that means in the window between its answer and the checkpoint).
 
 Two kinds of failure, kept apart as in every example of the cookbook:
-  transient  a 5xx, 408, 429, a timeout, a dropped connection: it may pass. The step raises
+  transient  a 5xx, 408, 429, a timeout, a dropped connection, a provider's 2xx whose body is
+             not its answer (a proxy's HTML page): it may pass. The step raises
              (`ProviderUnavailableError`, `ModelUnavailableError`) and the retry policy the
              workflow passes with the call runs it again, under the same key.
   refusal    any other 4xx (a page that is not there, a request the model API refuses, a bad
@@ -195,11 +196,20 @@ async def _call(ctx: Context, path: str, body: dict[str, Any]) -> str | Refused:
         response = await providers.client.post(
             path, json=body, headers={"Idempotency-Key": ctx.info.id}
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # Timed out, reset, or an answer that could not be decoded: it may have acted, and the key
+    # makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}") from exc
     if response.status_code >= 500 or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise ProviderUnavailableError(f"{path}: answered {response.status_code}")
     if response.is_error:
         return Refused(response.status_code, f"{path} refused: {response.status_code}")
-    message_id: str = response.json()["id"]
+    try:
+        message_id: str = response.json()["id"]
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx without its id (a proxy's HTML page, a cut-off body) says nothing of what the
+        # provider did: like a timeout, it may have acted, and the retry's key gets the answer.
+        raise ProviderUnavailableError(
+            f"{path}: HTTP {response.status_code} without a readable 'id'"
+        ) from exc
     return message_id

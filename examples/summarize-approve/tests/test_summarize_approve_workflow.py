@@ -22,10 +22,11 @@ import httpx
 import httpx2
 import openai
 import pytest
+from resonate.dependencies import DependencyMap
 from resonate.resonate import Resonate
-from resonate.testing import FakeClock, local_resonate
+from resonate.testing import FakeClock, local_resonate, root_context
 from resonate.types import Value
-from summarize_approve.steps import Model, Providers
+from summarize_approve.steps import Model, Page, Providers, ProviderUnavailableError, publish
 from summarize_approve.workflow import MAX_ROUNDS, REVIEW_WITHIN, Ended, summarize_and_approve
 
 PAGE = "Resonate is a durable execution framework. " * 20
@@ -253,6 +254,34 @@ def test_a_model_refusal_is_a_value_and_is_not_retried(status: int) -> None:
     assert f"refused: {status}" in ended.reason
     assert len(harness.model.requests) == 1
     assert harness.web.emails == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (lambda _: httpx.Response(200, html="<html>Bad Gateway</html>"), "without a readable"),
+        (lambda _: httpx.Response(200, json={"ok": True}), "HTTP 200 without a readable 'id'"),
+        (  # httpx decodes the body as it builds the response, and raises DecodingError
+            lambda _: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+            "DecodingError",
+        ),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_post_answered_without_its_id_may_have_landed(
+    answer: Callable[[httpx.Request], httpx.Response], reason: str
+) -> None:
+    # A 2xx that is not the chat provider's answer says nothing of whether it posted: not a bug
+    # in the step, but a call to retry under the same key, like a timeout.
+    async def go() -> None:
+        transport = httpx.MockTransport(answer)
+        async with httpx.AsyncClient(base_url="http://sandbox.test", transport=transport) as client:
+            deps = DependencyMap()
+            deps.insert(Providers(client))
+            await publish(root_context(id="summary-1", deps=deps), Page("/a", PAGE), "summary")
+
+    with pytest.raises(ProviderUnavailableError, match=reason):
+        asyncio.run(go())
 
 
 def test_a_page_that_is_not_there_ends_it_before_any_completion() -> None:
