@@ -18,7 +18,7 @@ import pytest
 from resonate.dependencies import DependencyMap
 from resonate.retry import Never
 from resonate.testing import local_resonate, resolved_promise, root_context
-from tiered_batch.steps import Job, JobResult, Providers, ProviderUnavailableError
+from tiered_batch.steps import Job, JobResult, Providers, ProviderUnavailableError, run_job
 from tiered_batch.workflow import (
     MAX_IN_FLIGHT,
     RETRY,
@@ -139,6 +139,34 @@ def test_a_job_down_past_its_retries_fails_the_batch_and_no_lower_tier_starts() 
     assert provider.jobs().count("f") == 1 + RETRY.max_retries
     assert "c" not in provider.jobs()
     assert "a" not in provider.jobs()
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (lambda _: httpx.Response(200, html="<html>Bad Gateway</html>"), "without a readable"),
+        (lambda _: httpx.Response(200, json={"ok": True}), "HTTP 200 without a readable 'id'"),
+        (  # httpx decodes the body as it builds the response, and raises DecodingError
+            lambda _: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+            "DecodingError",
+        ),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_job_answered_without_its_receipt_may_have_run(
+    answer: Callable[[httpx.Request], httpx.Response], reason: str
+) -> None:
+    # A 2xx that is not the provider's answer says nothing of whether it ran the job: not a bug
+    # in the step, but a call to retry under the same key, like a timeout.
+    async def go() -> JobResult:
+        transport = httpx.MockTransport(answer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            deps = DependencyMap()
+            deps.insert(Providers(client))
+            return await run_job(root_context(id="batch-1.1", deps=deps), Job("a", "high", "t"))
+
+    with pytest.raises(ProviderUnavailableError, match=reason):
+        asyncio.run(go())
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,10 @@ was checkpointed, the step runs again on another worker and the provider answers
 original response instead of doing the job twice.
 
 The step tells the provider's answers apart. A provider that is down, overloaded or silent (a
-5xx, a 408 or 429, a timeout, a refused connection) may do the job on the next attempt: the step
-raises, and the workflow's retry policy tries again, with the same key. A provider that refuses
-the job (any other 4xx) would refuse it again: the refusal is the job's result, never retried.
+5xx, a 408 or 429, a timeout, a refused connection, a 2xx whose body is not its answer) may do
+the job on the next attempt: the step raises, and the workflow's retry policy tries again, with
+the same key. A provider that refuses the job (any other 4xx) would refuse it again: the refusal
+is the job's result, never retried.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ async def run_job(ctx: Context, job: Job) -> JobResult:
             json={"job": job.id, "priority": job.priority, "task": job.task},
             headers={"Idempotency-Key": ctx.info.id},
         )
-    except httpx.TransportError as exc:  # it may have run the job: the key makes a retry safe
+    # Timed out, reset, or an answer that could not be decoded: it may have run the job, and the
+    # key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{job.id}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         print(f"{job.priority:<8} {job.id}: provider answered {response.status_code}", flush=True)
@@ -65,7 +68,14 @@ async def run_job(ctx: Context, job: Job) -> JobResult:
     if response.is_client_error:
         print(f"{job.priority:<8} {job.id}: refused ({response.status_code})", flush=True)
         return JobResult(refusal=f"{response.status_code} {_reason(response)}")
-    return JobResult(receipt=response.json()["id"])
+    try:
+        return JobResult(receipt=str(response.json()["id"]))
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx without its id (a proxy's HTML page, a cut-off body) says nothing of what the
+        # provider did: like a timeout, it may have run the job; the retry's key gets the answer.
+        raise ProviderUnavailableError(
+            f"{job.id}: HTTP {response.status_code} without a readable 'id'"
+        ) from exc
 
 
 def _reason(response: httpx.Response) -> str:
