@@ -27,14 +27,18 @@ from token_auth.workflow import RETRIES, PayoutResult, payout
 
 @dataclass
 class FakeProviders:
-    """Answer by rule: `answer(path, attempt) -> (status, body)`, attempt counting that path."""
+    """Answer by rule: `answer(path, attempt) -> (status, body)` or a whole response, attempt
+    counting that path."""
 
-    answer: Callable[[str, int], tuple[int, dict[str, Any]]]
+    answer: Callable[[str, int], tuple[int, dict[str, Any]] | httpx.Response]
     calls: list[tuple[str, str, bytes]] = field(default_factory=list)  # path, key, body
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.calls.append((request.url.path, request.headers["Idempotency-Key"], request.content))
-        status, body = self.answer(request.url.path, self.paths().count(request.url.path))
+        answer = self.answer(request.url.path, self.paths().count(request.url.path))
+        if isinstance(answer, httpx.Response):
+            return answer
+        status, body = answer
         return httpx.Response(status, json=body)
 
     def paths(self) -> list[str]:
@@ -109,6 +113,34 @@ def test_a_provider_down_through_every_retry_is_outcome_unknown_with_the_key_to_
     assert result.status == "unknown"
     assert result.payout_key == keys[0]
     assert f"outcome unknown, ask the provider about {keys[0]}" in providers.finance_was_told()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda: httpx.Response(200, html="<html>Bad Gateway</html>"),
+        lambda: httpx.Response(200, json={"status": "ok"}),
+        # httpx decodes the body as it builds the response, and raises DecodingError
+        lambda: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_payout_answered_without_its_id_is_outcome_unknown_with_the_key_to_ask(
+    answer: Callable[[], httpx.Response],
+) -> None:
+    # A 2xx that is not the provider's answer says nothing of whether it paid: not a bug in the
+    # step, but a payout that may have landed, asked again under its key, then reported unknown.
+    def answers(path: str, attempt: int) -> tuple[int, dict[str, Any]] | httpx.Response:
+        return answer() if path == "/payment/charge" else acted(path, 1)
+
+    providers = FakeProviders(answers)
+
+    result = pay(providers)
+
+    keys = providers.keys("/payment/charge")
+    assert len(keys) == 1 + RETRIES.max_retries
+    assert set(keys) == {keys[0]}
+    assert (result.status, result.payout_key) == ("unknown", keys[0])
 
 
 def test_finance_unreachable_leaves_the_payouts_result_standing() -> None:

@@ -9,9 +9,10 @@ A provider answers in three ways, and the steps keep them apart:
   yes      2xx: the payout's (or the message's) id.
   no       any 4xx but 408 and 429 (an unknown payee, a closed account): asking again cannot
            help, so the step returns a `Refused` value, checkpointed like any result.
-  not now  5xx, 408, 429, a timeout, a dropped connection: it may pass, and the call may have
-           landed. The step raises `ProviderUnavailableError`, carrying the call's key, and the
-           retry policy the workflow gives it sends the same request again.
+  not now  5xx, 408, 429, a timeout, a dropped connection, or a 2xx whose body is not the
+           answer (a proxy's HTML page): it may pass, and the call may have landed. The step
+           raises `ProviderUnavailableError`, carrying the call's key, and the retry policy the
+           workflow gives it sends the same request again.
 """
 
 from __future__ import annotations
@@ -94,13 +95,22 @@ async def _post(ctx: Context, path: str, body: dict[str, Any]) -> str | Refused:
     key = ctx.info.id
     try:
         response = await providers.client.post(path, json=body, headers={"Idempotency-Key": key})
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # Timed out, reset, or an answer that could not be decoded: it may have acted, and the key
+    # makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}", key) from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise ProviderUnavailableError(f"{path}: answered {response.status_code}", key)
     if response.is_client_error:
         return Refused(f"{response.status_code} {_reason(response)}")
-    resource_id: str = response.json()["id"]
+    try:
+        resource_id: str = response.json()["id"]
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx without its id (a proxy's HTML page, a cut-off body) says nothing of what the
+        # provider did: like a timeout, it may have landed, and the retry's key gets the answer.
+        raise ProviderUnavailableError(
+            f"{path}: HTTP {response.status_code} without a readable 'id'", key
+        ) from exc
     return resource_id
 
 
