@@ -26,7 +26,14 @@ from resonate.error import Suspended
 from resonate.resonate import Resonate
 from resonate.testing import local_resonate, resolved_promise, root_context
 from resonate.types import Value
-from tool_agent.steps import Model, ModelReply, Providers, ToolCall
+from tool_agent.steps import (
+    Model,
+    ModelReply,
+    Providers,
+    ProviderUnavailableError,
+    ToolCall,
+    book_flight,
+)
 from tool_agent.workflow import (
     HUMAN_DEADLINE,
     MAX_QUESTIONS,
@@ -342,6 +349,34 @@ def test_a_refused_booking_is_told_to_the_model() -> None:
 
     assert ended.bookings == []
     assert ended.answer == 'Done: {"error": "the airline refused: 409 no seats left"}'
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (lambda _: httpx.Response(200, html="<html>Bad Gateway</html>"), "without a readable"),
+        (lambda _: httpx.Response(200, json={"ok": True}), "HTTP 200 without a readable 'id'"),
+        (  # httpx decodes the body as it builds the response, and raises DecodingError
+            lambda _: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+            "DecodingError",
+        ),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_booking_answered_without_its_id_may_have_landed(
+    answer: Callable[[httpx.Request], httpx.Response], reason: str
+) -> None:
+    # A 2xx that is not the airline's answer says nothing of whether it booked: not a bug in the
+    # step, but a booking to retry under the same key, like a timeout.
+    async def go() -> None:
+        transport = httpx.MockTransport(answer)
+        async with httpx.AsyncClient(base_url="http://providers.test", transport=transport) as c:
+            deps = DependencyMap()
+            deps.insert(Providers(c))
+            await book_flight(root_context(id="run-1:2", deps=deps), TRIP)
+
+    with pytest.raises(ProviderUnavailableError, match=reason):
+        asyncio.run(go())
 
 
 # -- replay: a crash between the model's tool request and the tool's result ----------------------

@@ -10,8 +10,9 @@ Each call can end three ways, and the steps keep them apart:
   no       a refusal (a 4xx but 408 and 429: a bad request, a wrong key, no seats): asking again
            cannot help, and SDK 0.8.1 retries every exception a step raises, so the step returns
            the refusal as a value. It is checkpointed too: a replay sees the same refusal.
-  not now  a 5xx, 408, 429, a timeout, a dropped connection: the step raises, and the retry
-           policy the workflow gives with the call sends the same request under the same key.
+  not now  a 5xx, 408, 429, a timeout, a dropped connection, a 2xx whose body is not the answer
+           (a proxy's HTML page): the step raises, and the retry policy the workflow gives with
+           the call sends the same request under the same key.
 """
 
 from __future__ import annotations
@@ -126,7 +127,15 @@ async def book_flight(ctx: Context, booking: dict[str, str]) -> Booked:
     response = await _post(ctx, "/flight/reserve", booking)
     if response.is_client_error:
         return Booked(refusal=f"{response.status_code} {_reason(response)}")
-    return Booked(reservation_id=str(response.json()["id"]))
+    try:
+        return Booked(reservation_id=str(response.json()["id"]))
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx without its id (a proxy's HTML page, a cut-off body) says nothing of what the
+        # provider did: like a timeout, it may have booked, and the retry's key gets the answer.
+        print(f"/flight/reserve: {response.status_code} without its id (transient)", flush=True)
+        raise ProviderUnavailableError(
+            f"/flight/reserve: HTTP {response.status_code} without a readable 'id'"
+        ) from exc
 
 
 async def post_question(ctx: Context, question_id: str, question: str, channel: str) -> str:
@@ -151,7 +160,9 @@ async def _post(ctx: Context, path: str, body: dict[str, str]) -> httpx.Response
         response = await providers.client.post(
             path, json=body, headers={"Idempotency-Key": ctx.info.id}
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # Timed out, reset, or an answer that could not be decoded: it may have acted, and the key
+    # makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         print(f"{path}: {type(exc).__name__} (transient, retried)", flush=True)
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
