@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 from resonate.context import Context
 from resonate.dependencies import DependencyMap
 from resonate.observability import PromiseCreateReturned
@@ -30,7 +31,15 @@ from resonate.testing import (
     root_context,
 )
 from resonate.types import Value
-from versioning.steps import VERSION_TAG, Providers, Server, Subscription, marker_id
+from versioning.steps import (
+    VERSION_TAG,
+    Providers,
+    ProviderUnavailableError,
+    Server,
+    Subscription,
+    charge_card,
+    marker_id,
+)
 from versioning.worker import register_versions
 from versioning.workflow import NAME, STEP_RETRIES, Renewal, renewal_v1, renewal_v2
 
@@ -188,3 +197,31 @@ def test_a_payment_provider_that_is_down_is_asked_again_under_the_same_key() -> 
     assert len(charge_keys) == 3
     assert set(charge_keys) == {charge_keys[0]}
     assert STEP_RETRIES.max_retries >= 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (lambda _: httpx.Response(200, html="<html>Bad Gateway</html>"), "without a readable"),
+        (lambda _: httpx.Response(200, json={"ok": True}), "HTTP 200 without a readable 'id'"),
+        (  # httpx decodes the body as it builds the response, and raises DecodingError
+            lambda _: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+            "DecodingError",
+        ),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_charge_answered_without_its_id_may_have_landed(
+    answer: Callable[[httpx.Request], httpx.Response], reason: str
+) -> None:
+    # A 2xx that is not the provider's answer says nothing of whether it charged: not a bug in
+    # the step, but a charge to retry under the same key, like a timeout.
+    async def go() -> None:
+        transport = httpx.MockTransport(answer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://providers") as c:
+            deps = DependencyMap()
+            deps.insert(Providers(c))
+            await charge_card(root_context(id="ren-1:5", deps=deps), SUBSCRIPTION)
+
+    with pytest.raises(ProviderUnavailableError, match=reason):
+        asyncio.run(go())

@@ -5,8 +5,8 @@ stable across retries and crashes: a step that runs again after a crash, or afte
 request did land, gets the provider's original answer instead of charging or emailing twice. A
 refusal (a 4xx other than 408 and 429: a declined card, a fraud hold) would be the same on every
 attempt, so it is returned as a value and never retried; a provider that is down, overloaded or
-silent (a 5xx, 408, 429, a timeout, a dropped connection) may answer the next attempt, so the step
-raises and its retry policy tries again.
+silent (a 5xx, 408, 429, a timeout, a dropped connection, a 2xx whose body is not its answer) may
+answer the next attempt, so the step raises and its retry policy tries again.
 """
 
 from __future__ import annotations
@@ -128,13 +128,22 @@ async def _call(ctx: Context, path: str, body: dict[str, Any]) -> Answer:
         response = await providers.client.post(
             path, json=body, headers={"Idempotency-Key": ctx.info.id}
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # Timed out, reset, or an answer that could not be decoded: it may have acted, and the key
+    # makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise ProviderUnavailableError(f"{path}: answered {response.status_code}")
     if response.is_client_error:
         return Answer(refusal=f"{response.status_code} {_reason(response)}")
-    return Answer(receipt=response.json()["id"])
+    try:
+        return Answer(receipt=str(response.json()["id"]))
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx without its id (a proxy's HTML page, a cut-off body) says nothing of what the
+        # provider did: like a timeout, it may have acted, and the retry's key gets the answer.
+        raise ProviderUnavailableError(
+            f"{path}: HTTP {response.status_code} without a readable 'id'"
+        ) from exc
 
 
 def _reason(response: httpx.Response) -> str:
