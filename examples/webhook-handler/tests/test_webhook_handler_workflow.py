@@ -37,15 +37,19 @@ REFUND = PaymentEvent(id="evt_ref", type="charge_refunded", created=0, data=CHAR
 
 @dataclass
 class FakeProviders:
-    """The warehouse and the email provider: `answer(path, attempt) -> (status, body)`."""
+    """The warehouse and the email provider: `answer(path, attempt) -> (status, body)`, or a
+    whole response."""
 
-    answer: Callable[[str, int], tuple[int, dict[str, Any]]]
+    answer: Callable[[str, int], tuple[int, dict[str, Any]] | httpx.Response]
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # path, key, body
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         self.calls.append((path, request.headers["Idempotency-Key"], json.loads(request.content)))
-        status, body = self.answer(path, self.paths().count(path))
+        answer = self.answer(path, self.paths().count(path))
+        if isinstance(answer, httpx.Response):
+            return answer
+        status, body = answer
         return httpx.Response(status, json=body)
 
     def paths(self) -> list[str]:
@@ -159,6 +163,37 @@ def test_a_warehouse_that_never_answers_leaves_the_claim_for_a_refund_to_cancel(
     assert actions(outcomes) == ["shipment_unconfirmed", "refunded"]
     cancel = next(body for path, _, body in providers.calls if path == "/inventory/cancel")
     assert cancel["reservation_key"] == reserve_keys[0]  # it may have shipped: cancelled by key
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        lambda: httpx.Response(200, html="<html>Bad Gateway</html>"),
+        lambda: httpx.Response(200, json={"status": "ok"}),
+        # httpx decodes the body as it builds the response, and raises DecodingError
+        lambda: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_warehouse_answering_without_its_id_leaves_the_claim_for_a_refund_to_cancel(
+    book: OrderBook, page: Callable[[], httpx.Response]
+) -> None:
+    # A 2xx that is not the warehouse's answer says nothing of whether it shipped: not a bug in
+    # the step, but a shipment that may have landed, asked again under its key, then cancelled
+    # by that key when the refund comes.
+    def answer(path: str, attempt: int) -> tuple[int, dict[str, Any]] | httpx.Response:
+        return page() if path == "/inventory/reserve" else answered(path, attempt)
+
+    providers = FakeProviders(answer)
+
+    outcomes = deliver(book, providers, [(PAYMENT.id, PAYMENT), (REFUND.id, REFUND)])
+
+    reserve_keys = [key for path, key, _ in providers.calls if path == "/inventory/reserve"]
+    assert len(reserve_keys) == 1 + PROVIDER_RETRIES.max_retries
+    assert set(reserve_keys) == {reserve_keys[0]}
+    assert actions(outcomes) == ["shipment_unconfirmed", "refunded"]
+    cancel = next(body for path, _, body in providers.calls if path == "/inventory/cancel")
+    assert cancel["reservation_key"] == reserve_keys[0]
 
 
 def test_a_cancel_the_warehouse_never_answers_ends_with_the_key_and_the_customer_told(

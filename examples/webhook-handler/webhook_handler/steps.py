@@ -26,7 +26,8 @@ id) finds a row that is not its own and applies nothing.
 The warehouse (fulfilment) and the email provider are third-party APIs: every call carries an
 Idempotency-Key, the step's durable id (`ctx.info.id`), the same on every retry and replay. A
 refusal (a 4xx other than 408 and 429) is returned as a value and never retried; a provider that
-is down, overloaded or silent makes the step raise, and its retry policy tries again.
+is down, overloaded or silent (or answers a 2xx whose body is not its answer) makes the step
+raise, and its retry policy tries again.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ async def fulfil_order(
         return Fulfilment("voided", applied.decision, reason=_reason(response))
     if response.is_client_error:
         return Fulfilment("refused", applied.decision, reason=_reason(response))
-    return Fulfilment("fulfilled", applied.decision, shipment_id=str(response.json()["id"]))
+    return Fulfilment("fulfilled", applied.decision, shipment_id=str(_field(response, "id")))
 
 
 async def apply_refund(ctx: Context, event_id: str, order_id: str) -> Applied:
@@ -290,7 +291,7 @@ async def cancel_fulfilment(ctx: Context, order_id: str, fulfilment_key: str) ->
     response = await _post(ctx, "/inventory/cancel", body)
     if response.is_client_error:
         return Cancellation("refused", _reason(response))
-    return Cancellation("voided" if response.json()["status"] == "voided" else "cancelled")
+    return Cancellation("voided" if _field(response, "status") == "voided" else "cancelled")
 
 
 async def send_refund_notice(ctx: Context, order_id: str, amount: int, currency: str) -> str:
@@ -308,7 +309,7 @@ async def send_refund_notice(ctx: Context, order_id: str, amount: int, currency:
     response = await _post(ctx, "/email/send", body)
     if response.is_client_error:
         return f"refused: {_reason(response)}"
-    return str(response.json()["id"])
+    return str(_field(response, "id"))
 
 
 async def _post(ctx: Context, path: str, body: Mapping[str, object]) -> httpx.Response:
@@ -318,11 +319,29 @@ async def _post(ctx: Context, path: str, body: Mapping[str, object]) -> httpx.Re
         response = await providers.client.post(
             path, json=dict(body), headers={"Idempotency-Key": ctx.info.id}
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # Timed out, reset, or an answer that could not be decoded: it may have acted, and the key
+    # makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise ProviderUnavailableError(f"{path}: answered {response.status_code}")
     return response
+
+
+def _field(response: httpx.Response, name: str) -> object:
+    """`name` from a 2xx's JSON body.
+
+    A 2xx without it (a proxy's HTML page, a cut-off body) says nothing of what the provider did,
+    and the call may have landed: it is transient, like a timeout, and the retry's key gets the
+    provider's answer.
+    """
+    try:
+        return response.json()[name]
+    except (ValueError, LookupError, TypeError) as exc:
+        path = response.request.url.path
+        raise ProviderUnavailableError(
+            f"{path}: HTTP {response.status_code} without a readable {name!r}"
+        ) from exc
 
 
 def _reason(response: httpx.Response) -> str:
