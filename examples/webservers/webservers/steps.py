@@ -11,9 +11,10 @@ A provider answers in three ways, and the steps keep them apart:
   no       any 4xx but 408 and 429 (the event is sold out: the inventory's 409). Asking again
            cannot change it, so the step returns it as a value (`Outcome.refusal`), which is
            checkpointed: after a crash the workflow sees the same no without asking again.
-  not now  5xx, 408, 429, a timeout, a dropped connection: it may pass, and the call may have
-           landed. The step raises `ProviderUnavailableError` (with the call's key), and the SDK
-           runs it again under the retry policy the workflow gives with the call.
+  not now  5xx, 408, 429, a timeout, a dropped connection, or a 2xx whose body is not the
+           answer (a proxy's HTML page): it may pass, and the call may have landed. The step
+           raises `ProviderUnavailableError` (with the call's key), and the SDK runs it again
+           under the retry policy the workflow gives with the call.
 """
 
 from __future__ import annotations
@@ -90,13 +91,21 @@ async def _act(ctx: Context, path: str, body: dict[str, Any]) -> Outcome:
     key = ctx.info.id
     try:
         response = await providers.client.post(path, json=body, headers={"Idempotency-Key": key})
-    except httpx.TransportError as exc:  # timed out, refused, reset: the call may have landed
+    # Timed out, refused, reset, or an answer that could not be decoded: the call may have landed.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}", key) from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise ProviderUnavailableError(f"{path}: answered {response.status_code}", key)
     if response.is_client_error:  # the provider's final answer
         return Outcome(refusal=f"{response.status_code} {_reason(response)}")
-    receipt: str = response.json()["id"]
+    try:
+        receipt: str = response.json()["id"]
+    except (ValueError, LookupError, TypeError) as exc:
+        # A 2xx without its id (a proxy's HTML page, a cut-off body) says nothing of what the
+        # provider did: like a timeout, it may have landed, and the retry's key gets the answer.
+        raise ProviderUnavailableError(
+            f"{path}: HTTP {response.status_code} without a readable 'id'", key
+        ) from exc
     return Outcome(receipt=receipt)
 
 
