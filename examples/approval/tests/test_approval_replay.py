@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 from approval.links import LinkSigner
 from approval.steps import Providers
 from approval.workflow import Claim, ClaimEnded, expense_claim
@@ -36,12 +38,24 @@ CLAIM = Claim.model_validate(
 )
 
 
+# Answers that are not a provider's JSON: a proxy's page, JSON without the id, and a body httpx
+# cannot decode (it decodes as it builds the response, and raises DecodingError).
+NOT_THE_ANSWER: dict[str, Callable[[int], httpx.Response]] = {
+    "an HTML page": lambda status: httpx.Response(status, html="<html><h1>Gateway</h1></html>"),
+    "JSON without the id": lambda status: httpx.Response(status, json={"status": "ok"}),
+    "a body that cannot be decoded": lambda status: httpx.Response(
+        status, content=b"garbled", headers={"Content-Encoding": "gzip"}
+    ),
+}
+
+
 @dataclass
 class FakeProviders:
-    """The providers, in process: the payment answered with `payment_status`, the paths in
-    `down` with 503 every time, all else 200."""
+    """The providers, in process: the payment answered with `payment_status` (in the form
+    `payment_body` gives it, if any), the paths in `down` with 503 every time, all else 200."""
 
     payment_status: int = 200
+    payment_body: Callable[[int], httpx.Response] | None = None
     down: tuple[str, ...] = ()
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
@@ -51,6 +65,8 @@ class FakeProviders:
             self.calls.append((request.headers["Idempotency-Key"], request.url.path, body))
             if request.url.path in self.down:
                 return httpx.Response(503, json={"error": "down"})
+            if request.url.path == "/payment/charge" and self.payment_body is not None:
+                return self.payment_body(self.payment_status)
             if request.url.path == "/payment/charge" and self.payment_status != 200:
                 return httpx.Response(self.payment_status, json={"error": "no"})
             return httpx.Response(200, json={"id": f"id_{len(self.calls)}"})
@@ -157,6 +173,36 @@ def test_a_payment_out_of_retries_is_never_made_again_but_handed_to_finance() ->
     assert len(attempts) == 9  # the first attempt and 8 retries
     assert escalation[:2] == (f"{ID}:5", "/slack/send")
     assert f"check key {ID}:4" in escalation[2]["text"]
+
+
+@pytest.mark.parametrize("body", NOT_THE_ANSWER.values(), ids=NOT_THE_ANSWER.keys())
+def test_a_payment_answered_without_its_answer_may_have_paid(
+    body: Callable[[int], httpx.Response],
+) -> None:
+    # A 200 that is not the provider's answer says nothing about what it did: not a bug, but a
+    # payment that may have landed, retried under its key and then handed to finance to check.
+    providers = FakeProviders(payment_body=body)
+    decided = resolved_promise(f"{ID}:2", {"decision": "approve", "note": "", "attempt": "a"})
+
+    ended = replay([CHECKED, decided, ASKED], providers)
+
+    assert isinstance(ended, ClaimEnded)
+    assert ended.state == "payment-unconfirmed"
+    *attempts, escalation = providers.calls
+    assert {(key, path) for key, path, _ in attempts} == {(f"{ID}:4", "/payment/charge")}
+    assert len(attempts) == 9  # the first attempt and 8 retries
+    assert f"check key {ID}:4" in escalation[2]["text"]
+
+
+def test_a_payment_refused_with_a_page_instead_of_json_is_still_a_refusal() -> None:
+    providers = FakeProviders(payment_status=403, payment_body=NOT_THE_ANSWER["an HTML page"])
+    decided = resolved_promise(f"{ID}:2", {"decision": "approve", "note": "", "attempt": "a"})
+
+    ended = replay([CHECKED, decided, ASKED], providers)
+
+    reason = "/payment/charge refused: 403 Forbidden"
+    assert ended == ClaimEnded("payment-refused", reason=reason)
+    assert [path for _, path, _ in providers.calls] == ["/payment/charge", "/email/send"]
 
 
 def test_an_approver_who_cannot_be_emailed_is_not_waited_for() -> None:
