@@ -16,9 +16,10 @@ A system answers in three ways, and the steps keep them apart:
            address the mail system refuses. Asking again cannot change it: the step returns
            it as a value (`Refused`), which is checkpointed, and never retried (SDK 0.8.1
            retries every exception a step raises, so a refusal must not be one).
-  not now  5xx, 408, 429, a timeout, a dropped connection: it may pass, and the call may have
-           landed. The step raises `SystemUnavailableError`, and the SDK runs it again under
-           the retry policy the workflow gives with the call, under the same key.
+  not now  5xx, 408, 429, a timeout, a dropped connection, or a 2xx whose body is not the
+           answer (a proxy's HTML page, a cut-off or garbled body): it may pass, and the call
+           may have landed. The step raises `SystemUnavailableError`, and the SDK runs it again
+           under the retry policy the workflow gives with the call, under the same key.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ async def _call(ctx: Context, system: str, path: str, body: dict[str, Any]) -> s
     client = ctx.get_dependency(Systems).client
     try:
         response = await client.post(path, json=body, headers={"Idempotency-Key": ctx.info.id})
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # No answer, or one that cannot be decoded: it may have acted; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         print(f"{system}: {type(exc).__name__} (transient: retried)", flush=True)
         raise SystemUnavailableError(f"{system}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
@@ -87,7 +89,13 @@ async def _call(ctx: Context, system: str, path: str, body: dict[str, Any]) -> s
         refusal = Refused(system, _describe(response))
         print(f"{system} refused: {refusal.reason} (final: not retried)", flush=True)
         return refusal
-    receipt: str = response.json()["id"]
+    try:
+        receipt: str = response.json()["id"]
+    # A 2xx without its id (a proxy's page) does not say what the system did: it may have acted.
+    except (ValueError, LookupError, TypeError) as exc:
+        print(f"{system} answered {response.status_code} without its id (transient)", flush=True)
+        unread = f"HTTP {response.status_code} without a readable 'id'"
+        raise SystemUnavailableError(f"{system}: {unread}") from exc
     return receipt
 
 

@@ -41,15 +41,19 @@ REQUEST = ExportRequest.model_validate(
 )
 
 
+type Reply = dict[str, Any] | str | bytes
+
+
 @dataclass
 class FakeSystems:
     """Warehouse, storage and mail, answering by rule: `answer(system, attempt) -> (status, body)`.
 
     `attempt` counts the calls that system has had so far (1 for its first); every call is recorded
-    as (system, idempotency key).
+    as (system, idempotency key). A dict is answered as JSON, a str as an HTML page, and bytes as
+    they are under `Content-Encoding: gzip`: a garbled body that cannot even be decoded.
     """
 
-    answer: Callable[[str, int], tuple[int, dict[str, Any]]]
+    answer: Callable[[str, int], tuple[int, Reply]]
     calls: list[tuple[str, str]] = field(default_factory=list)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -58,6 +62,10 @@ class FakeSystems:
         self.calls.append((system, request.headers["Idempotency-Key"]))
         attempt = sum(1 for called, _ in self.calls if called == system)
         status, reply = self.answer(system, attempt)
+        if isinstance(reply, str):
+            return httpx.Response(status, html=reply)
+        if isinstance(reply, bytes):
+            return httpx.Response(status, content=reply, headers={"Content-Encoding": "gzip"})
         return httpx.Response(status, json=reply)
 
     def systems(self) -> list[str]:
@@ -175,6 +183,45 @@ def test_a_mail_system_down_past_every_retry_still_exports_the_file_with_its_lin
     assert systems.systems() == ["warehouse", "storage"] + ["email"] * (
         1 + EMAIL_RETRIES.max_retries
     )
+
+
+PROXY_PAGE = "<html><body>Welcome to the gateway</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (PROXY_PAGE, "HTTP 200 without a readable 'id'"),
+        ({"status": "queued"}, "HTTP 200 without a readable 'id'"),
+        (b"garbled", "DecodingError"),  # httpx cannot decode it: it raises as it reads the body
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_mail_answered_without_its_answer_may_have_been_sent(reply: Reply, reason: str) -> None:
+    # A 200 that is not the mail system's answer says nothing about what it did: not a bug that
+    # fails the job, but a mail that may have gone out, retried under its key like an outage.
+    def answer(system: str, attempt: int) -> tuple[int, Reply]:
+        return (200, reply) if system == "email" else all_yes(system, attempt)
+
+    systems = FakeSystems(answer)
+
+    result = export(systems)
+
+    assert (result.outcome, result.link) == ("exported", f"{DOWNLOADS}/obj_1")
+    assert result.reason == f"may not have been emailed: email: {reason}"
+    emails = [key for system, key in systems.calls if system == "email"]
+    assert len(emails) == 1 + EMAIL_RETRIES.max_retries
+    assert len(set(emails)) == 1
+
+
+def test_a_refusal_with_a_page_instead_of_json_is_still_a_refusal_asked_once() -> None:
+    systems = FakeSystems(lambda system, attempt: (403, PROXY_PAGE))
+
+    result = export(systems)
+
+    assert (result.outcome, result.refused_by) == ("refused", "warehouse")
+    assert result.reason == f"HTTP 403 Forbidden: {PROXY_PAGE}"
+    assert systems.systems() == ["warehouse"]
 
 
 def test_a_replay_after_a_crash_reads_the_query_and_the_file_from_the_journal() -> None:
