@@ -7,9 +7,11 @@ again on another worker, sends the same key, and the provider answers with what 
 time instead of acting twice.
 
 A provider can fail in two ways, and the steps keep them apart:
-  transient  a 5xx, 408, 429, a timeout, a dropped connection: it may pass. The step raises
-             `ProviderUnavailableError`, and the SDK runs it again after a backoff (the retry
-             policy the workflow passes with the call), under the same key.
+  transient  a 5xx, 408, 429, a timeout, a dropped connection, or a 2xx whose body is not the
+             answer (a proxy's HTML page, a cut-off or garbled body): it may pass, and the call
+             may have landed. The step raises `ProviderUnavailableError`, and the SDK runs it
+             again after a backoff (the retry policy the workflow passes with the call), under
+             the same key.
   refusal    any other 4xx: asking again gets the same answer. The step returns `Refused`
              instead of raising (SDK 0.8.1 retries every exception a step raises), so it is
              checkpointed once and never retried: out of stock, a declined card (402).
@@ -141,7 +143,8 @@ async def _call(ctx: Context, path: str, body: dict[str, Any]) -> str | Refused:
     key = ctx.info.id
     try:
         response = await providers.client.post(path, json=body, headers={"Idempotency-Key": key})
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # No answer, or one that cannot be decoded: it may have acted; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}", key) from exc
     status = response.status_code
     if status >= 500 or status in RETRYABLE_CLIENT_ERRORS:
@@ -149,7 +152,13 @@ async def _call(ctx: Context, path: str, body: dict[str, Any]) -> str | Refused:
         raise ProviderUnavailableError(f"{path}: answered {status}", key)
     if response.is_error:
         return Refused(status, f"{path} refused: {status} {_error(response)}")
-    resource_id: str = response.json()["id"]
+    try:
+        resource_id: str = response.json()["id"]
+    # A 2xx without its id (a proxy's page) does not say what the provider did: it may have acted.
+    except (ValueError, LookupError, TypeError) as exc:
+        raise ProviderUnavailableError(
+            f"{path}: answered {status} without a readable 'id'", key
+        ) from exc
     return resource_id
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 from checkout_window.steps import Providers
 from checkout_window.workflow import Purchase, PurchaseEnded, checkout
 from resonate.context import Context
@@ -32,12 +34,24 @@ PURCHASE = Purchase.model_validate(
 DECLINED = "/payment/charge refused: 402 card declined"
 
 
+# Answers that are not a provider's JSON: a proxy's page, JSON without the id, and a body httpx
+# cannot decode (it decodes as it builds the response, and raises DecodingError).
+NOT_THE_ANSWER: dict[str, Callable[[int], httpx.Response]] = {
+    "an HTML page": lambda status: httpx.Response(status, html="<html><h1>Gateway</h1></html>"),
+    "JSON without the id": lambda status: httpx.Response(status, json={"status": "ok"}),
+    "a body that cannot be decoded": lambda status: httpx.Response(
+        status, content=b"garbled", headers={"Content-Encoding": "gzip"}
+    ),
+}
+
+
 @dataclass
 class FakeProviders:
-    """The providers, in process: the reservation answered with `status`, the email with
-    `email_status`, all else 200; every call noted."""
+    """The providers, in process: the reservation answered with `status` (in the form `body`
+    gives it, if any), the email with `email_status`, all else 200; every call noted."""
 
     status: int = 200
+    body: Callable[[int], httpx.Response] | None = None
     email_status: int = 200
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
@@ -45,6 +59,8 @@ class FakeProviders:
         def answer(request: httpx.Request) -> httpx.Response:
             body = json.loads(request.content)
             self.calls.append((request.headers["Idempotency-Key"], request.url.path, body))
+            if request.url.path == "/inventory/reserve" and self.body is not None:
+                return self.body(self.status)
             if request.url.path == "/inventory/reserve":
                 return httpx.Response(self.status, json={"id": "inventory_1"})
             if request.url.path == "/email/send" and self.email_status != 200:
@@ -186,6 +202,37 @@ def test_a_reservation_out_of_retries_is_released_by_its_key() -> None:
     assert {(key, path) for key, path, _ in attempts} == {(f"{ID}:1", "/inventory/reserve")}
     assert len(attempts) == 9  # the first attempt and 8 retries
     assert release == (f"{ID}:2", "/inventory/cancel", {"reservation_key": f"{ID}:1"})
+
+
+@pytest.mark.parametrize("body", NOT_THE_ANSWER.values(), ids=NOT_THE_ANSWER.keys())
+def test_a_reservation_answered_without_its_answer_is_released_by_its_key(
+    body: Callable[[int], httpx.Response],
+) -> None:
+    # A 200 that is not the inventory's answer says nothing about what it did: not a bug, but a
+    # reservation that may have landed, retried under its key and then released by that key.
+    providers = FakeProviders(body=body)
+
+    ended = replay([], providers)
+
+    assert isinstance(ended, PurchaseEnded)
+    assert ended.state == "inventory-unavailable"
+    *attempts, release = providers.calls
+    assert {(key, path) for key, path, _ in attempts} == {(f"{ID}:1", "/inventory/reserve")}
+    assert len(attempts) == 9  # the first attempt and 8 retries
+    assert release == (f"{ID}:2", "/inventory/cancel", {"reservation_key": f"{ID}:1"})
+
+
+def test_a_reservation_refused_with_a_page_instead_of_json_is_still_out_of_stock() -> None:
+    providers = FakeProviders(status=409, body=NOT_THE_ANSWER["an HTML page"])
+
+    ended = replay([], providers)
+
+    assert isinstance(ended, PurchaseEnded)
+    assert (ended.state, ended.reason) == (
+        "out-of-stock",
+        "/inventory/reserve refused: 409 Conflict",
+    )
+    assert [path for _, path, _ in providers.calls] == ["/inventory/reserve", "/email/send"]
 
 
 def test_a_release_the_inventory_refuses_is_reported() -> None:
