@@ -7,8 +7,10 @@ service answers with its original response instead of notifying the subscriber t
 
 A service that is down, overloaded or silent (a 5xx, a 408, a 429, a timeout, a refused
 connection) may take the notification on the next attempt: the step raises, and the retry policy
-tries again with the same key. A refusal (any other 4xx: an unknown device, a malformed message)
-would be the same on every attempt: it is the notification's result, never retried.
+tries again with the same key. So does a 2xx whose body is not the answer (a proxy's HTML page, a
+cut-off or garbled body): the service may have sent the notification, and the key tells. A
+refusal (any other 4xx: an unknown device, a malformed message) would be the same on every
+attempt: it is the notification's result, never retried.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ async def send_push(
             json={"to": subscriber, "position": position, "of": count, "message": message},
             headers={"Idempotency-Key": ctx.info.id},
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # No answer, or one that cannot be decoded: it may have acted; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise PushUnavailableError(f"notification {position}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         print(f"[{position}/{count}] the push service answered {response.status_code}", flush=True)
@@ -77,7 +80,13 @@ async def send_push(
         return Notification(
             position, message, refusal=f"{response.status_code} {_reason(response)}"
         )
-    return Notification(position, message, receipt=response.json()["id"])
+    try:
+        receipt: str = response.json()["id"]
+    # A 2xx without its id (a proxy's page) does not say what the service did: it may have acted.
+    except (ValueError, LookupError, TypeError) as exc:
+        unread = f"answered {response.status_code} without a readable 'id'"
+        raise PushUnavailableError(f"notification {position}: {unread}") from exc
+    return Notification(position, message, receipt=receipt)
 
 
 def _reason(response: httpx.Response) -> str:

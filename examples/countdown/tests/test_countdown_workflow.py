@@ -32,16 +32,26 @@ from resonate.types import PromiseRecord
 HOUR = 3600
 
 
+type Reply = dict[str, Any] | str | bytes
+
+
 @dataclass
 class FakePushService:
-    """Answers by rule: `answer(attempt) -> (status, body)`; records every request."""
+    """Answers by rule: `answer(attempt) -> (status, body)`; records every request.
 
-    answer: Callable[[int], tuple[int, dict[str, Any]]] = lambda attempt: (200, {"id": "p"})
+    A dict is answered as JSON, a str as an HTML page, and bytes as they are under
+    `Content-Encoding: gzip`: a garbled body that cannot even be decoded."""
+
+    answer: Callable[[int], tuple[int, Reply]] = lambda attempt: (200, {"id": "p"})
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.calls.append((request.headers["Idempotency-Key"], json.loads(request.content)))
         status, body = self.answer(len(self.calls))
+        if isinstance(body, str):
+            return httpx.Response(status, html=body)
+        if isinstance(body, bytes):
+            return httpx.Response(status, content=body, headers={"Content-Encoding": "gzip"})
         return httpx.Response(status, json=body)
 
 
@@ -135,6 +145,38 @@ def test_a_push_service_down_past_the_retry_policy_fails_the_countdown_naming_th
     with pytest.raises(PushUnavailableError, match="notification 1: answered 503"):
         run_body(service, slept(1), count=1)
     assert len(service.calls) == 1 + PUSH_RETRIES.max_retries
+
+
+PROXY_PAGE = "<html><body>Welcome to the gateway</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (PROXY_PAGE, "answered 200 without a readable 'id'"),
+        ({"status": "queued"}, "answered 200 without a readable 'id'"),
+        (b"garbled", "DecodingError"),  # httpx cannot decode it: it raises as it reads the body
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_push_answered_without_its_answer_may_have_been_sent(reply: Reply, reason: str) -> None:
+    # A 200 that is not the service's answer says nothing about what it did: not a bug, but a
+    # notification that may have gone out, retried under its key like an outage.
+    service = FakePushService(lambda attempt: (200, reply))
+
+    with pytest.raises(PushUnavailableError, match=f"notification 1: {reason}"):
+        run_body(service, slept(1), count=1)
+    assert len(service.calls) == 1 + PUSH_RETRIES.max_retries
+    assert len({key for key, _ in service.calls}) == 1
+
+
+def test_a_refusal_with_a_page_instead_of_json_is_still_the_notifications_result() -> None:
+    service = FakePushService(lambda attempt: (410, PROXY_PAGE))
+
+    notifications = run_body(service, slept(1), count=1)
+
+    assert notifications[0].refusal == "410 Gone"
+    assert len(service.calls) == 1
 
 
 @pytest.mark.parametrize(
