@@ -6,7 +6,9 @@ retries and crashes, so a step that runs again (after a crash, or after a timeou
 did land) gets the provider's original answer instead of acting twice. A refusal (a 4xx other
 than 408 and 429) would be the same on every attempt, so it is returned as a value and never
 retried; a provider that is down, overloaded or silent (a 5xx, 408, 429, a timeout, a refused
-connection) may answer the next attempt, so the step raises and its retry policy tries again.
+connection), or whose 2xx body is not the answer (a proxy's HTML page, a cut-off or garbled body),
+may answer the next attempt and may have acted, so the step raises and its retry policy tries
+again with the same key.
 
 The providers do see the personal data: they need it. What never holds it in plaintext is the
 Resonate server, which stores the arguments and the result of each step (see crypto.py).
@@ -86,13 +88,19 @@ async def _call(ctx: Context, path: str, body: dict[str, str]) -> Answer:
         response = await providers.client.post(
             path, json=body, headers={"Idempotency-Key": ctx.info.id}
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # No answer, or one that cannot be decoded: it may have acted; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise ProviderUnavailableError(f"{path}: answered {response.status_code}")
     if response.is_client_error:
         return Answer(refusal=f"{response.status_code} {_reason(response)}")
-    receipt: str = response.json()["id"]
+    try:
+        receipt: str = response.json()["id"]
+    # A 2xx without its id (a proxy's page) does not say what the provider did: it may have acted.
+    except (ValueError, LookupError, TypeError) as exc:
+        unread = f"answered {response.status_code} without a readable 'id'"
+        raise ProviderUnavailableError(f"{path}: {unread}") from exc
     return Answer(receipt=receipt)
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from encryption.crypto import AesGcmEncryptor, KeyRing
-from encryption.steps import Answer, Customer, Providers
-from encryption.workflow import InvalidCustomerError, Onboarding, onboard
+from encryption.steps import Answer, Customer, Providers, ProviderUnavailableError
+from encryption.workflow import STEP_RETRIES, InvalidCustomerError, Onboarding, onboard
 from resonate.dependencies import DependencyMap
 from resonate.retry import Never
 from resonate.testing import local_resonate, resolved_promise, root_context
@@ -31,17 +31,27 @@ def acts(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
     return 200, {"id": ("idv-" if path == "/api/call" else "mail-") + str(attempt)}
 
 
+type Reply = dict[str, Any] | str | bytes
+
+
 @dataclass
 class FakeProviders:
-    """The identity provider (/api/call) and the mailer (/email/send), answering by rule."""
+    """The identity provider (/api/call) and the mailer (/email/send), answering by rule.
 
-    answer: Callable[[str, int], tuple[int, dict[str, Any]]] = acts
+    A dict is answered as JSON, a str as an HTML page, and bytes as they are under
+    `Content-Encoding: gzip`: a garbled body that cannot even be decoded."""
+
+    answer: Callable[[str, int], tuple[int, Reply]] = acts
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         self.calls.append((path, request.headers["Idempotency-Key"], json.loads(request.content)))
         status, body = self.answer(path, sum(1 for called, _, _ in self.calls if called == path))
+        if isinstance(body, str):
+            return httpx.Response(status, html=body)
+        if isinstance(body, bytes):
+            return httpx.Response(status, content=body, headers={"Content-Encoding": "gzip"})
         return httpx.Response(status, json=body)
 
     def paths(self) -> list[str]:
@@ -131,6 +141,42 @@ def test_a_provider_that_is_down_is_asked_again_with_the_same_key() -> None:
     mail_keys = [key for path, key, _ in providers.calls if path == "/email/send"]
     assert len(mail_keys) == 2
     assert mail_keys[0] == mail_keys[1]
+
+
+PROXY_PAGE = "<html><body>Welcome to the gateway</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (PROXY_PAGE, "answered 200 without a readable 'id'"),
+        ({"status": "pending"}, "answered 200 without a readable 'id'"),
+        (b"garbled", "DecodingError"),  # httpx cannot decode it: it raises as it reads the body
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_verification_answered_without_its_answer_may_have_landed(
+    reply: Reply, reason: str
+) -> None:
+    # A 200 that is not the provider's answer says nothing about what it did: not a bug, but a
+    # call that may have landed, retried under its key like an outage, then failing the step.
+    providers = FakeProviders(lambda path, n: (200, reply))
+
+    with pytest.raises(ProviderUnavailableError, match=f"^/api/call: {reason}"):
+        onboard_in_process(providers)
+    keys = [key for path, key, _ in providers.calls if path == "/api/call"]
+    assert len(keys) == 1 + STEP_RETRIES.max_retries
+    assert len(set(keys)) == 1
+    assert providers.paths() == ["/api/call"] * len(keys)  # no welcome email
+
+
+def test_an_identity_refused_with_a_page_instead_of_json_is_still_a_refusal() -> None:
+    providers = FakeProviders(lambda path, n: (422, PROXY_PAGE))
+
+    result, _ = onboard_in_process(providers)
+
+    assert result.reason == "identity not verified: 422 Unprocessable Entity"
+    assert providers.paths() == ["/api/call"]
 
 
 def test_a_record_that_is_not_a_customer_is_refused_before_any_call() -> None:
