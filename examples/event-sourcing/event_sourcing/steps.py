@@ -7,10 +7,11 @@ the same outcome from the same journaled state, sends the same key, and the serv
 its original response instead of recording the event twice.
 
 The step tells the service's answers apart. A service that is down, overloaded or silent (a 5xx,
-a 408 or 429, a timeout, a refused connection) may record the event on the next attempt: the step
-raises, and the workflow's retry policy tries again, with the same key. A service that refuses
-the record (any other 4xx) would refuse it again: the refusal is kept in the projection, next to
-the account, and the stream goes on.
+a 408 or 429, a timeout, a refused connection, an answer that cannot be decoded) may record the
+event on the next attempt, and may have recorded it already: the step raises, and the workflow's
+retry policy tries again, with the same key. A service that refuses the record (any other 4xx)
+would refuse it again: the refusal is kept in the projection, next to the account, and the stream
+goes on.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ async def apply_event(
         response = await providers.client.post(
             "/api/call", json=record, headers={"Idempotency-Key": ctx.info.id}
         )
-    except httpx.TransportError as exc:  # it may have recorded it: the key makes a retry safe
+    # No answer, or one that cannot be decoded: it may have recorded it; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise StatementServiceUnavailableError(f"event {sequence}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise StatementServiceUnavailableError(f"event {sequence}: answered {response.status_code}")
