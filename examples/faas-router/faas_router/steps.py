@@ -4,8 +4,9 @@ The key is stable across retries and crashes, so a step that runs again (after a
 after a timeout whose request did land) gets the provider's original answer instead of acting
 twice. A step tells the answers apart: a refusal (a 4xx other than 408 and 429) would be the
 same on every attempt, so it is returned as a value and never retried; a provider that is down,
-overloaded or silent (a 5xx, 408, 429, a timeout, a refused connection) may answer the next
-attempt, so the function raises and its registered retry policy tries again.
+overloaded or silent (a 5xx, 408, 429, a timeout, a refused connection), or whose 2xx body is not
+the answer (a proxy's HTML page, a cut-off or garbled body), may answer the next attempt and may
+have acted, so the function raises and its registered retry policy tries again, with the same key.
 """
 
 from __future__ import annotations
@@ -63,13 +64,20 @@ async def call_provider(ctx: Context, what: str, subject: str) -> Outcome:
             json={"what": what, "subject": subject},
             headers={"Idempotency-Key": ctx.info.id},
         )
-    except httpx.TransportError as exc:  # it may have acted: the key makes a retry safe
+    # No answer, or one that cannot be decoded: it may have acted; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ProviderUnavailableError(f"{what}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         raise ProviderUnavailableError(f"{what}: answered {response.status_code}")
     if response.is_client_error:
         return Outcome(refusal=f"{response.status_code} {_reason(response)}")
-    return Outcome(receipt=response.json()["id"])
+    try:
+        receipt: str = response.json()["id"]
+    # A 2xx without its id (a proxy's page) does not say what the provider did: it may have acted.
+    except (ValueError, LookupError, TypeError) as exc:
+        unread = f"answered {response.status_code} without a readable 'id'"
+        raise ProviderUnavailableError(f"{what}: {unread}") from exc
+    return Outcome(receipt=receipt)
 
 
 def _reason(response: httpx.Response) -> str:

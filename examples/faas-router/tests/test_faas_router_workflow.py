@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from faas_router.steps import Providers, record_audit, thumbnail, transcode
+import pytest
+from faas_router.steps import (
+    Providers,
+    ProviderUnavailableError,
+    record_audit,
+    thumbnail,
+    transcode,
+)
 from faas_router.worker import EXECUTOR_RETRIES
 from faas_router.workflow import process_video
 from resonate.context import Context
@@ -26,12 +33,16 @@ from resonate.retry import Never
 from resonate.testing import local_resonate, resolved_promise, root_context
 
 JOB = "video-1"
-Answer = Callable[[str, int], Awaitable[tuple[int, dict[str, Any]]]]
+type Reply = dict[str, Any] | str | bytes
+Answer = Callable[[str, int], Awaitable[tuple[int, Reply]]]
 
 
 @dataclass
 class FakeProvider:
-    """Answers by rule: `answer(what, attempt)`, `attempt` counting that operation's calls."""
+    """Answers by rule: `answer(what, attempt)`, `attempt` counting that operation's calls.
+
+    A dict is answered as JSON, a str as an HTML page, and bytes as they are under
+    `Content-Encoding: gzip`: a garbled body that cannot even be decoded."""
 
     answer: Answer
     calls: list[tuple[str, str]] = field(default_factory=list)  # (what, idempotency key)
@@ -40,6 +51,10 @@ class FakeProvider:
         what = json.loads(request.content)["what"]
         self.calls.append((what, request.headers["Idempotency-Key"]))
         status, body = await self.answer(what, self.operations().count(what))
+        if isinstance(body, str):
+            return httpx.Response(status, html=body)
+        if isinstance(body, bytes):
+            return httpx.Response(status, content=body, headers={"Content-Encoding": "gzip"})
         return httpx.Response(status, json=body)
 
     def operations(self) -> list[str]:
@@ -137,6 +152,45 @@ def test_a_provider_that_is_down_is_asked_again_by_the_executor_under_the_same_k
     assert len(transcode_keys) == 3
     assert len(set(transcode_keys)) == 1
     assert "audit" not in provider.operations()  # audit=False: no record, no id
+
+
+PROXY_PAGE = "<html><body>Welcome to the gateway</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (PROXY_PAGE, "answered 200 without a readable 'id'"),
+        ({"status": "queued"}, "answered 200 without a readable 'id'"),
+        (b"garbled", "DecodingError"),  # httpx cannot decode it: it raises as it reads the body
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_call_answered_without_its_answer_may_have_acted(reply: Reply, reason: str) -> None:
+    # A 200 that is not the provider's answer says nothing about what it did: not a bug, but a
+    # call that may have landed, retried by the executor under its key like an outage.
+    async def answer(what: str, attempt: int) -> tuple[int, Reply]:
+        return (200, reply) if what == "thumbnail" else await acted(what, attempt)
+
+    provider = FakeProvider(answer)
+
+    with pytest.raises(ProviderUnavailableError, match=f"^thumbnail: {reason}"):
+        route(provider, audit=False)
+    thumbnail_keys = [key for what, key in provider.calls if what == "thumbnail"]
+    assert len(thumbnail_keys) == 1 + EXECUTOR_RETRIES.max_retries
+    assert len(set(thumbnail_keys)) == 1
+
+
+def test_a_refusal_with_a_page_instead_of_json_is_still_a_value_asked_once() -> None:
+    async def answer(what: str, attempt: int) -> tuple[int, Reply]:
+        return (422, PROXY_PAGE) if what == "thumbnail" else await acted(what, attempt)
+
+    provider = FakeProvider(answer)
+
+    result, _ = route(provider, audit=False)
+
+    assert result["thumbnail"] == {"receipt": None, "refusal": "422 Unprocessable Entity"}
+    assert provider.operations().count("thumbnail") == 1
 
 
 def test_a_router_replay_sends_only_the_calls_its_journal_does_not_hold() -> None:
