@@ -5,10 +5,11 @@ retries and crashes, so a step that runs again after a crash gets the provider's
 instead of sending the message twice.
 
 The step tells two kinds of failure apart. A provider that is down, overloaded or silent (a 5xx,
-a 408 or 429, a timeout, a refused connection) may work on the next attempt: the step raises and
-its retry policy tries again, with the same key. A provider that refuses the message (any other
-4xx: a bad address, an unsubscribed device) will refuse it again: the step returns the refusal as
-its result, so it is not retried.
+a 408 or 429, a timeout, a refused connection), or whose 2xx body is not the answer (a proxy's
+HTML page, a cut-off or garbled body), may work on the next attempt, and may have sent the
+message already: the step raises and its retry policy tries again, with the same key. A provider
+that refuses the message (any other 4xx: a bad address, an unsubscribed device) will refuse it
+again: the step returns the refusal as its result, so it is not retried.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ async def send(ctx: Context, channel: str, to: str, text: str) -> Delivery:
             json={"to": to, "text": text},
             headers={"Idempotency-Key": ctx.info.id},
         )
-    except httpx.TransportError as exc:
+    # No answer, or one that cannot be decoded: it may have sent it; the key makes a retry safe.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         raise ChannelUnavailableError(f"unavailable: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in RETRYABLE_CLIENT_ERRORS:
         print(f"{channel}: provider answered {response.status_code}", flush=True)
@@ -60,7 +62,12 @@ async def send(ctx: Context, channel: str, to: str, text: str) -> Delivery:
         reason = _reason(response)
         print(f"{channel}: provider refused it ({response.status_code})", flush=True)
         return Delivery(channel, failure=f"refused: {response.status_code} {reason}")
-    receipt: str = response.json()["id"]
+    try:
+        receipt: str = response.json()["id"]
+    # A 2xx without its id (a proxy's page) does not say what the provider did: it may have sent it.
+    except (ValueError, LookupError, TypeError) as exc:
+        unread = f"answered {response.status_code} without a readable 'id'"
+        raise ChannelUnavailableError(f"unavailable: {unread}") from exc
     return Delivery(channel, receipt=receipt)
 
 

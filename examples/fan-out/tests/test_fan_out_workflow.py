@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 from fan_out.steps import Providers
 from fan_out.workflow import CHANNELS, RETRY, Notification, notify
 from resonate.dependencies import DependencyMap
@@ -24,14 +25,19 @@ def delivers(channel: str, attempt: int) -> tuple[int, dict[str, Any]]:
     return 200, {"id": f"{channel}-{attempt}"}
 
 
+type Reply = dict[str, Any] | str | bytes
+
+
 @dataclass
 class FakeChannels:
     """Answers by rule: `answer(channel, attempt on it) -> (status, body)`; records every call.
 
-    With `together` set, no answer is given until that many requests are in flight at once.
+    A dict is answered as JSON, a str as an HTML page, and bytes as they are under
+    `Content-Encoding: gzip`: a garbled body that cannot even be decoded. With `together` set, no
+    answer is given until that many requests are in flight at once.
     """
 
-    answer: Callable[[str, int], tuple[int, dict[str, Any]]] = delivers
+    answer: Callable[[str, int], tuple[int, Reply]] = delivers
     together: int = 0
     calls: list[tuple[str, str]] = field(default_factory=list)
     in_flight: int = 0
@@ -46,6 +52,10 @@ class FakeChannels:
         await asyncio.wait_for(self.all_in.wait(), 2)
         self.in_flight -= 1
         status, body = self.answer(channel, self.attempts(channel))
+        if isinstance(body, str):
+            return httpx.Response(status, html=body)
+        if isinstance(body, bytes):
+            return httpx.Response(status, content=body, headers={"Content-Encoding": "gzip"})
         return httpx.Response(status, json=body)
 
     def attempts(self, channel: str) -> int:
@@ -126,6 +136,48 @@ def test_a_channel_down_past_its_retries_is_reported_and_does_not_hold_up_the_ot
     assert set(notification.receipts) == {"email", "sms", "push"}
     assert channels.attempts("slack") == 1 + RETRY.max_retries
     assert len(set(channels.keys("slack"))) == 1
+
+
+PROXY_PAGE = "<html><body>Welcome to the gateway</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (PROXY_PAGE, "answered 200 without a readable 'id'"),
+        ({"status": "queued"}, "answered 200 without a readable 'id'"),
+        (b"garbled", "DecodingError"),  # httpx cannot decode it: it raises as it reads the body
+    ],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_channel_answered_without_its_answer_is_retried_then_reported(
+    reply: Reply, reason: str
+) -> None:
+    # A 200 that is not the provider's answer says nothing about what it did: not a bug that
+    # fails the whole notification, but a message that may have gone out, retried under its key.
+    channels = FakeChannels(
+        lambda channel, attempt: (200, reply) if channel == "slack" else delivers(channel, attempt)
+    )
+
+    notification = notify_in_process(channels)
+
+    assert notification.failed == {"slack": f"unavailable: {reason}"}
+    assert set(notification.receipts) == {"email", "sms", "push"}
+    assert channels.attempts("slack") == 1 + RETRY.max_retries
+    assert len(set(channels.keys("slack"))) == 1
+
+
+def test_a_refusal_with_a_page_instead_of_json_is_still_reported_asked_once() -> None:
+    channels = FakeChannels(
+        lambda channel, attempt: (
+            (400, PROXY_PAGE) if channel == "sms" else delivers(channel, attempt)
+        )
+    )
+
+    notification = notify_in_process(channels)
+
+    assert notification.failed == {"sms": "refused: 400 Bad Request"}
+    assert channels.attempts("sms") == 1
 
 
 def test_a_replay_sends_only_the_channels_the_journal_has_no_result_for() -> None:
