@@ -16,9 +16,10 @@ A provider answers in three ways, and the steps keep them apart:
            it as a value (`Outcome.refusal`), because SDK 0.8.1 retries every exception a step
            raises, and a value is checkpointed: after a crash the workflow sees the same no
            without asking again.
-  not now  5xx, 408, 429, a timeout, a dropped connection: it may pass, and the call may have
-           landed. The step raises `ProviderUnavailableError` (with the call's key), and the
-           SDK runs it again under the retry policy the workflow gives with the call.
+  not now  5xx, 408, 429, a timeout, a dropped connection, or a 2xx whose body is not the
+           answer (a proxy's HTML page, a cut-off or garbled body): it may pass, and the call may
+           have landed. The step raises `ProviderUnavailableError` (with the call's key), and
+           the SDK runs it again under the retry policy the workflow gives with the call.
 
 Before it acts, each step also marks the order's progress on the Resonate server: a promise with
 an id the example chooses (`<order id>~<stage>`), which the gateway reads for `GET /orders/{id}`.
@@ -218,7 +219,13 @@ async def _act(
         refusal = _describe(response)
         print(f"{order.order_id}: {stage} refused: {refusal}", flush=True)
         return Outcome(refusal=refusal)
-    receipt: str = response.json()["id"]
+    try:
+        receipt: str = response.json()["id"]
+    # A 2xx without its id (a proxy's page) does not say what the provider did: it may have acted.
+    except (ValueError, LookupError, TypeError) as exc:
+        print(f"{path} answered {response.status_code} without its id (transient)", flush=True)
+        unread = f"HTTP {response.status_code} without a readable 'id'"
+        raise ProviderUnavailableError(f"{path}: {unread}", ctx.info.id) from exc
     return Outcome(receipt=receipt)
 
 
@@ -246,7 +253,8 @@ async def _post(ctx: Context, path: str, body: dict[str, Any]) -> httpx.Response
     key = ctx.info.id
     try:
         response = await providers.client.post(path, json=body, headers={"Idempotency-Key": key})
-    except httpx.TransportError as exc:  # timed out, refused, reset: the call may have landed
+    # Timed out, refused, reset, or an answer that could not be decoded: the call may have landed.
+    except (httpx.TransportError, httpx.DecodingError) as exc:
         print(f"{path}: {type(exc).__name__} (transient: will retry)", flush=True)
         raise ProviderUnavailableError(f"{path}: {type(exc).__name__}", key) from exc
     if response.is_server_error or response.status_code in (408, 429):

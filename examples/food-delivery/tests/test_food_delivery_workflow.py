@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 from food_delivery.steps import STAGES, ProgressBoard, Providers, progress_id
 from food_delivery.workflow import (
     COMPENSATION_RETRIES,
@@ -59,11 +60,17 @@ def stage_of(request: httpx.Request, body: dict[str, Any]) -> str:
     }[path]
 
 
+type Reply = dict[str, Any] | str | bytes
+
+
 @dataclass
 class FakeProviders:
-    """Answer by rule: `answer(stage, attempt) -> (status, body)`, attempt counting that stage."""
+    """Answer by rule: `answer(stage, attempt) -> (status, body)`, attempt counting that stage.
 
-    answer: Callable[[str, int], tuple[int, dict[str, Any]]]
+    A dict is answered as JSON, a str as an HTML page, and bytes as they are under
+    `Content-Encoding: gzip`: a garbled body that cannot even be decoded."""
+
+    answer: Callable[[str, int], tuple[int, Reply]]
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # stage, key, body
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -71,6 +78,10 @@ class FakeProviders:
         stage = stage_of(request, body)
         self.calls.append((stage, request.headers["Idempotency-Key"], body))
         status, reply = self.answer(stage, self.stages().count(stage))
+        if isinstance(reply, str):
+            return httpx.Response(status, html=reply)
+        if isinstance(reply, bytes):
+            return httpx.Response(status, content=reply, headers={"Content-Encoding": "gzip"})
         return httpx.Response(status, json=reply)
 
     def stages(self) -> list[str]:
@@ -162,6 +173,48 @@ def test_a_dispatch_that_stays_down_cancels_and_releases_whatever_its_key_booked
     assert result.reason == "dispatch unavailable"
     assert result.compensations[1] == Compensation("release_driver", "release_driver_1")
     assert providers.body("release_driver")["assignment_key"] == keys[0]
+
+
+PROXY_PAGE = "<html><body>Welcome to the gateway</body></html>"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [PROXY_PAGE, {"status": "assigned"}, b"garbled"],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded"],
+)
+def test_a_dispatch_answered_without_its_answer_releases_whatever_its_key_booked(
+    reply: Reply,
+) -> None:
+    # A 200 that is not the dispatch API's answer says nothing about what it did: not a bug that
+    # fails the order, but an assignment that may have landed, retried and then released by key.
+    def answer(stage: str, attempt: int) -> tuple[int, Reply]:
+        return (200, reply) if stage == "assign_driver" else yes(stage, attempt)
+
+    providers = FakeProviders(answer)
+
+    result, _ = deliver(providers)
+
+    keys = providers.keys("assign_driver")
+    assert len(keys) == 1 + STEP_RETRIES.max_retries
+    assert set(keys) == {keys[0]}
+    assert (result.status, result.reason) == ("cancelled", "dispatch unavailable")
+    assert result.compensations[1] == Compensation("release_driver", "release_driver_1")
+    assert providers.body("release_driver")["assignment_key"] == keys[0]
+
+
+def test_no_driver_answered_with_a_page_instead_of_json_is_still_an_answer() -> None:
+    providers = FakeProviders(
+        lambda stage, attempt: (
+            (409, PROXY_PAGE) if stage == "assign_driver" else yes(stage, attempt)
+        )
+    )
+
+    result, _ = deliver(providers)
+
+    assert (result.status, result.reason) == ("cancelled", "no driver")
+    assert len(providers.keys("assign_driver")) == 1
+    assert "release_driver" not in providers.stages()
 
 
 def test_a_dispatch_that_stays_down_does_not_hold_the_refund_behind_the_release() -> None:
