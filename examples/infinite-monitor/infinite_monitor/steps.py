@@ -1,7 +1,8 @@
 """The steps: probe the services, read the stop flag, send an alert, start the next generation.
 
-A probe's answer is an observation, not a failure: a service that answers 5xx, times out or
-refuses the connection is *down*, and the step returns that as a value. It is never retried
+A probe's answer is an observation, not a failure: a service that answers 5xx, times out,
+refuses the connection or answers what cannot be decoded is *down*, and the step returns that as
+a value. It is never retried
 within the iteration: the next iteration, one interval later, is the retry.
 
 Each probe carries an Idempotency-Key chosen by the example, `<monitor>/<service>/<iteration>`:
@@ -123,7 +124,7 @@ async def observe(
                 json={"health_check": service, "iteration": iteration},
                 headers={"Idempotency-Key": probe_key(monitor, service, iteration)},
             )
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpx.DecodingError) as exc:  # no answer it can read
             return service, "down", type(exc).__name__
         if response.is_success:
             return service, "up", ""

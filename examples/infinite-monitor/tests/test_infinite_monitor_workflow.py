@@ -48,6 +48,7 @@ class FakeWorld:
     status it answers each alert with, or a whole response)."""
 
     down: set[tuple[str, int]] = field(default_factory=set)
+    garbled: set[tuple[str, int]] = field(default_factory=set)  # probes answered undecodably
     slack: Callable[[int], int | httpx.Response] = lambda attempt: 200
     probes: list[tuple[str, int, str]] = field(default_factory=list)
     alerts: list[tuple[str, str]] = field(default_factory=list)
@@ -58,6 +59,8 @@ class FakeWorld:
         if request.url.path == "/api/call":
             service, iteration = body["health_check"], body["iteration"]
             self.probes.append((service, iteration, key))
+            if (service, iteration) in self.garbled:  # httpx raises DecodingError building it
+                return httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"})
             return httpx.Response(503 if (service, iteration) in self.down else 200, json={})
         self.alerts.append((body["text"], key))
         answer = self.slack(len(self.alerts))
@@ -149,6 +152,16 @@ def test_a_probe_is_keyed_by_monitor_service_and_iteration_and_a_failure_is_not_
     assert sorted(world.probes) == sorted(
         (service, 1, probe_key("mon", service, 1)) for service in SERVICES
     )  # db answered 503 once: it is "down" this iteration, asked again only the next one
+
+
+def test_a_probe_answered_with_a_body_that_cannot_be_decoded_counts_the_service_down() -> None:
+    world = FakeWorld(garbled={("db", 1)})
+
+    end, _ = run_body(world, sleeps=[3], max_iterations=1)
+
+    assert end.states == {"api": "up", "db": "down"}
+    assert [text for text, _ in world.alerts] == ["[mon] db is DOWN (DecodingError)"]
+    assert [service for service, _, _ in world.probes].count("db") == 1  # not retried
 
 
 @pytest.mark.parametrize(
