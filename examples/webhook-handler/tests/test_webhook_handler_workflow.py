@@ -238,6 +238,21 @@ def test_a_refund_email_that_never_goes_out_still_ends_the_refund_with_its_outco
     assert providers.paths().count("/inventory/cancel") == 1
 
 
+def test_a_refund_email_the_provider_refuses_is_in_the_outcome(book: OrderBook) -> None:
+    def answer(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
+        if path == "/email/send":
+            return 422, {"error": "no address on file"}
+        return answered(path, attempt)
+
+    providers = FakeProviders(answer)
+
+    _, refunded = deliver(book, providers, [(PAYMENT.id, PAYMENT), (REFUND.id, REFUND)])
+
+    assert (refunded.action, refunded.cancellation) == ("refunded", "cancelled")
+    assert refunded.unsent == "the email was not sent: refused: 422 no address on file"
+    assert providers.paths().count("/email/send") == 1  # a refusal is asked once
+
+
 @pytest.mark.parametrize(
     ("status", "action"), [(409, "shipment_voided"), (422, "shipment_refused")]
 )

@@ -165,7 +165,7 @@ async def handle_payment_event(ctx: Context, event: PaymentEvent) -> EventOutcom
 
 
 async def _unsent(email: Awaitable[str]) -> str | None:
-    """Await the email step: None once it is sent (or refused); out of retries, what went wrong.
+    """Await the email step: None once it is sent; refused, or out of retries, what went wrong.
 
     An email is not worth failing the refund's execution for: what came before it (the refund in
     the order book, the shipment's cancel) has landed, and a failed execution would hide that from
@@ -174,9 +174,11 @@ async def _unsent(email: Awaitable[str]) -> str | None:
     attempt may have gone out).
     """
     try:
-        await email
+        sent = await email
     except ProviderUnavailableError as unknown:
         return f"the email may not have been sent: {unknown}"
+    if sent.startswith("refused: "):  # a final no (say, no address on file): a person must know
+        return f"the email was not sent: {sent}"
     return None
 
 
