@@ -1,4 +1,5 @@
-"""The steps: submit a job to the jobs service, cancel one, and release an unused callback.
+"""The steps: check the deadline, submit a job to the jobs service, cancel one, and release an
+unused callback.
 
 Each call to the jobs service carries an Idempotency-Key from the step's durable id, so a step run
 again after a crash gets the service's first answer instead of submitting (or cancelling) a second
@@ -59,22 +60,19 @@ class JobsUnavailableError(Exception):
     """The jobs service did not answer now; another attempt (same key) may."""
 
 
-async def submit_job(
-    ctx: Context, job: Job, attempt: int, callback_id: str, start_by: int
-) -> JobState:
-    """Start the job; when it ends, the service settles promise `callback_id` with its outcome.
+async def still_in_time(ctx: Context, start_by: int) -> bool:
+    """Whether it is not yet `start_by` (ms since the epoch): may this attempt submit its job?
 
-    Refused, not sent, after `start_by` (ms since the epoch): the execution's deadline would end
-    the wait for the callback before the job's own timeout, and leave the job running. The clock
-    is read here, in the step, so a replay takes the decision the first attempt took.
+    A step of its own, before the submission, so the decision is checkpointed once: a replay
+    gets it from the journal, and the submission's retries never see the clock. A retry past
+    `start_by` that refused would strand a job that an earlier, timed-out POST did start: no
+    wait, no cancel, and the job running on.
     """
-    if time.time() * 1000 > start_by:
-        return JobState(
-            None,
-            "refused",
-            "not submitted: the execution's deadline is too near to wait for the callback"
-            " (start run_job with timeout=run_timeout(job))",
-        )
+    return time.time() * 1000 <= start_by
+
+
+async def submit_job(ctx: Context, job: Job, attempt: int, callback_id: str) -> JobState:
+    """Start the job; when it ends, the service settles promise `callback_id` with its outcome."""
     print(f"{job.name}: submitting attempt {attempt} (key {ctx.info.id})", flush=True)
     services = ctx.get_dependency(Services)
     body = {

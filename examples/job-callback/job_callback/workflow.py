@@ -33,7 +33,13 @@ from resonate.error import ApplicationError
 from resonate.retry import Exponential, Never
 
 from job_callback.job import Job
-from job_callback.steps import JobNotStartedError, cancel_job, release_callback, submit_job
+from job_callback.steps import (
+    JobNotStartedError,
+    cancel_job,
+    release_callback,
+    still_in_time,
+    submit_job,
+)
 
 # A jobs service that is down or overloaded gets 4 more attempts, 2, 4, 8 and 16 s apart (about
 # 30 s, long enough for a restart or a burst of 503s); then the execution fails, naming the step.
@@ -50,10 +56,15 @@ ATTEMPTS = 2
 # promise's timeout at its parent's. An execution that reaches its deadline ends there, timed
 # out, with no step left to cancel the job, which runs on. So run_job is started with a deadline
 # that holds every attempt's wait and the cancel after it, `run_timeout(job)` (a start without
-# `timeout=` gets a day); and a submission whose waits no longer fit before the deadline, with
+# `timeout=` gets a day); and an attempt whose waits no longer fit before the deadline, with
 # CANCEL_MARGIN to spare, is refused, not sent.
-CANCEL_MARGIN = timedelta(minutes=5)  # the cancel after the last wait, and its retries
+CANCEL_MARGIN = timedelta(minutes=5)  # the submission's retries, and the cancel after the last wait
 DEADLINE_MARGIN = timedelta(hours=1)  # what run_timeout adds: that, and a while without workers
+# Why an attempt started too late is refused: the result's reason, and the released callback's.
+TOO_LATE = (
+    "not submitted: the execution's deadline is too near to wait for the callback"
+    " (start run_job with timeout=run_timeout(job))"
+)
 
 type Status = Literal["succeeded", "failed", "timed-out", "refused"]
 
@@ -85,8 +96,13 @@ async def run_job(ctx: Context, job: Job) -> JobEnded:
         # The latest moment this attempt may start: its wait and the later attempts' still fit.
         waits = (ATTEMPTS - attempt + 1) * timedelta(seconds=job.callback_timeout_seconds)
         start_by = ctx.info.timeout_at - (waits + CANCEL_MARGIN) // timedelta(milliseconds=1)
+        # Decided in a step of its own: a retry of the submission (whose POST may have started
+        # the job) sends again under its key however late it is, and never strands a job.
+        if not await step.run(still_in_time, start_by):
+            await release(ctx, callback, callback_id, f"refused: {TOO_LATE}")
+            return JobEnded("refused", job_ids, reason=TOO_LATE)
         try:
-            submitted = await step.run(submit_job, job, attempt, callback_id, start_by)
+            submitted = await step.run(submit_job, job, attempt, callback_id)
         except Exception as unavailable:  # out of retries: the execution fails, naming the step
             # (if the submission landed after all, its job's callback finds the promise settled)
             await release(ctx, callback, callback_id, f"not submitted: {unavailable}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,7 +31,7 @@ from resonate.resonate import Resonate
 from resonate.testing import local_resonate, resolved_promise, root_context
 from resonate.types import PromiseRecord, Value
 
-type Ending = Literal["succeed", "fail", "silent", "refuse", "down-once"]
+type Ending = Literal["succeed", "fail", "silent", "refuse", "down-once", "answer-lost-once"]
 
 
 @dataclass
@@ -38,14 +39,18 @@ class FakeJobs:
     """The jobs service: each submitted job ends as `ending(attempt)` says, by calling back.
 
     `cancel_answer` is what cancelling a job finds: "cancelled" (it was still running) or how
-    it had already ended (answered 409, as the real service does).
+    it had already ended (answered 409, as the real service does). A submission under a key
+    that already started a job is answered with that job, as the real service does.
+    `answer_lost` runs when a job started but its answer is lost ("answer-lost-once").
     """
 
     ending: Callable[[int], Ending]
     cancel_answer: str = "failed"
+    answer_lost: Callable[[], None] = lambda: None
     resonate: Resonate | None = None
     submits: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (key, body)
     cancels: list[tuple[str, str]] = field(default_factory=list)  # (key, job id)
+    started: dict[str, str] = field(default_factory=dict)  # key -> job id
     callbacks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -63,9 +68,14 @@ class FakeJobs:
             return httpx.Response(422, json={"error": "unknown task"})
         if ending == "down-once" and len(self.submits) == 1:
             return httpx.Response(503, json={"error": "restarting"})
-        job_id = f"job_{len(self.submits)}"
+        if key in self.started:  # asked again: the first answer, not a second job
+            return httpx.Response(202, json={"id": self.started[key], "status": "running"})
+        job_id = self.started[key] = f"job_{len(self.submits)}"
         if ending != "silent":
             self.callbacks.add(asyncio.create_task(self.call_back(body, job_id, ending)))
+        if ending == "answer-lost-once":  # the job started; the client sees a timeout
+            self.answer_lost()
+            raise httpx.ReadTimeout("no answer", request=request)
         return httpx.Response(202, json={"id": job_id, "status": "running"})
 
     async def call_back(self, body: dict[str, Any], job_id: str, ending: Ending) -> None:
@@ -159,24 +169,25 @@ def replay(jobs: FakeJobs, journal: list[PromiseRecord]) -> JobEnded:
     return asyncio.run(go())
 
 
-SUBMITTED = resolved_promise("run-1:2", {"job_id": "job_1", "status": "running", "refusal": None})
+IN_TIME = resolved_promise("run-1:2", True)
+SUBMITTED = resolved_promise("run-1:3", {"job_id": "job_1", "status": "running", "refusal": None})
 
 
 def test_a_job_still_running_at_the_callbacks_deadline_is_cancelled_and_not_run_again() -> None:
     jobs = FakeJobs(lambda attempt: "silent", cancel_answer="cancelled")
 
-    ended = replay(jobs, [timed_out("run-1:1"), SUBMITTED])
+    ended = replay(jobs, [timed_out("run-1:1"), IN_TIME, SUBMITTED])
 
     assert ended.status == "timed-out"
     assert ended.reason == "no callback from job_1 within 30s; the job was cancelled"
-    assert jobs.cancels == [("run-1:3", "job_1")]
+    assert jobs.cancels == [("run-1:4", "job_1")]
     assert jobs.submits == []  # a job that timed out is not run again
 
 
 def test_a_job_that_ended_but_whose_callback_lost_the_race_is_a_success() -> None:
     jobs = FakeJobs(lambda attempt: "silent", cancel_answer="succeeded")
 
-    ended = replay(jobs, [timed_out("run-1:1"), SUBMITTED])
+    ended = replay(jobs, [timed_out("run-1:1"), IN_TIME, SUBMITTED])
 
     assert ended == JobEnded(
         "succeeded",
@@ -211,8 +222,8 @@ def submit_answered(answer: Callable[[], httpx.Response]) -> tuple[JobState, int
         async with httpx.AsyncClient(transport=transport, base_url="http://jobs") as client:
             deps = DependencyMap()
             deps.insert(Services(client, "http://resonate.invalid"))
-            ctx = root_context(id="run-1:2", deps=deps)
-            return await submit_job(ctx, job(), 1, "run-1:1", start_by=2**62)
+            ctx = root_context(id="run-1:3", deps=deps)
+            return await submit_job(ctx, job(), 1, "run-1:1")
 
     return asyncio.run(go()), len(requests)
 
@@ -274,12 +285,40 @@ def test_a_job_started_with_its_run_timeout_is_submitted() -> None:
     assert ended == JobEnded("succeeded", ["job_1"], output={"rows": 7})
 
 
+def test_a_submission_that_started_the_job_is_retried_under_its_key_even_past_start_by(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first POST starts the job but its answer is lost; the retry comes after `start_by`.
+
+    The retry must send again (its key gets the job back), not refuse: a refusal would release
+    the callback and end the workflow, with the job running and no one left to cancel it.
+    """
+    # The steps' clock, not the server's (it reads time_ns): no promise times out.
+    real_time = time.time
+    late = timedelta(0)
+
+    def an_hour_passes() -> None:  # start_by is 55 minutes away: the retry comes after it
+        nonlocal late
+        late = timedelta(hours=1)
+
+    monkeypatch.setattr(time, "time", lambda: real_time() + late.total_seconds())
+    jobs = FakeJobs(lambda attempt: "answer-lost-once", answer_lost=an_hour_passes)
+    spec = job()
+
+    ended = run(jobs, spec, timeout=run_timeout(spec))
+
+    assert ended == JobEnded("succeeded", ["job_1"], output={"rows": 7})
+    first, second = jobs.submits
+    assert first == second  # the same request under the same key
+    assert jobs.started == {first[0]: "job_1"}  # one job, the one the workflow waited for
+
+
 def test_a_replay_after_the_callback_landed_submits_nothing_again() -> None:
     """A worker that died while the job ran: the next replays over the journal and wakes."""
     jobs = FakeJobs(lambda attempt: "succeed")
     callback = resolved_promise("run-1:1", {"output": {"rows": 7}})
 
-    assert replay(jobs, [callback, SUBMITTED]) == JobEnded(
+    assert replay(jobs, [callback, IN_TIME, SUBMITTED]) == JobEnded(
         "succeeded", ["job_1"], output={"rows": 7}
     )
     assert jobs.submits == []
