@@ -233,8 +233,12 @@ def create_app(claims: Claims) -> Flask:
             if record.state == "resolved":
                 return view | {"state": _value(record).get("state"), "outcome": _value(record)}
             if record.state != "pending":  # a person must look: say what the worker raised
+                # Outside the try: the server failing to answer is not why the claim failed, and
+                # is answered as the server's failure (5xx). Only `result()` raises the claim's
+                # own error, decoded (the workflow's, whatever its type), and nothing else.
+                ended = await claims.resonate.get(claim_id)
                 try:
-                    await (await claims.resonate.get(claim_id)).result()
+                    await ended.result()
                 except Exception as exc:
                     return view | {"state": "failed", "reason": str(exc) or type(exc).__name__}
                 return view | {"state": "failed", "reason": record.state}

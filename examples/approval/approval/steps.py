@@ -114,8 +114,10 @@ async def ask_approver(
     return await _call(ctx, "/email/send", body)
 
 
-async def notify_employee(ctx: Context, claim: Claim, outcome: str, detail: str | None) -> str:
-    """Tell the employee how their claim ended; the message id (a refusal is only reported)."""
+async def notify_employee(
+    ctx: Context, claim: Claim, outcome: str, detail: str | None
+) -> str | Refused:
+    """Tell the employee how their claim ended; the message id, or the provider's refusal."""
     print(f"{claim.claim_id}: telling {claim.employee.email}: {outcome}", flush=True)
     text = f"Your claim of {claim.amount} for {claim.category} was {outcome}."
     body = {
@@ -123,17 +125,17 @@ async def notify_employee(ctx: Context, claim: Claim, outcome: str, detail: str 
         "subject": f"Expense claim {claim.claim_id}: {outcome}",
         "text": f"{text}\n\n{detail}" if detail else text,
     }
-    return _reported(await _call(ctx, "/email/send", body))
+    return await _call(ctx, "/email/send", body)
 
 
-async def escalate(ctx: Context, claim: Claim, why: str) -> str:
-    """Hand the claim to finance's channel for a person; the message id."""
+async def escalate(ctx: Context, claim: Claim, why: str) -> str | Refused:
+    """Hand the claim to finance's channel for a person; the message id, or the refusal."""
     print(f"{claim.claim_id}: escalating to {ESCALATION_CHANNEL}: {why}", flush=True)
     text = (
         f"Expense claim {claim.claim_id} ({claim.employee.name}, {claim.amount}, "
         f"{claim.category}) needs a person: {why}."
     )
-    return _reported(await _call(ctx, "/slack/send", {"channel": ESCALATION_CHANNEL, "text": text}))
+    return await _call(ctx, "/slack/send", {"channel": ESCALATION_CHANNEL, "text": text})
 
 
 async def pay(ctx: Context, claim: Claim) -> str | Refused:
@@ -172,14 +174,6 @@ async def _call(ctx: Context, path: str, body: dict[str, Any]) -> str | Refused:
             f"{path}: answered {status} without a readable 'id'", key
         ) from exc
     return resource_id
-
-
-def _reported(outcome: str | Refused) -> str:
-    """A message the provider refused is not worth failing the claim for: its outcome stands."""
-    if isinstance(outcome, Refused):
-        print(f"not sent: {outcome.reason}", flush=True)
-        return f"not sent: {outcome.reason}"
-    return outcome
 
 
 def _error(response: httpx.Response) -> str:

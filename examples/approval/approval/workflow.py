@@ -179,18 +179,21 @@ async def expense_claim(
             return ClaimEnded("escalated", reason="the decision could not be read", unsent=unsent)
 
 
-async def _unsent(message: Awaitable[str]) -> str | None:
-    """Await a message step: None once it is sent (or refused: see `steps._reported`).
+async def _unsent(message: Awaitable[str | Refused]) -> str | None:
+    """Await a message step: None once it is sent; refused, or out of retries, what went wrong.
 
-    Out of retries, it says what went wrong instead of raising. A message is not worth failing
-    the claim for: what the claim did before it (a payment, above all) has landed, and failing
-    would lose it from the claim's outcome. The outcome reports the message instead, with the
-    key a person can look up (the last call may have gone out).
+    A message is not worth failing the claim for: what the claim did before it (a payment, above
+    all) has landed, and failing would lose it from the claim's outcome. The outcome reports the
+    message instead: refused (a 4xx, say an address the provider rejects), it was not sent and
+    nobody was told; out of retries, its last call may have gone out, and the key is what a
+    person looks up.
     """
     try:
-        await message
+        sent = await message
     except ProviderUnavailableError as unknown:
-        return f"may not have been sent: {unknown} (key {unknown.idempotency_key})"
+        return f"the message may not have been sent: {unknown} (key {unknown.idempotency_key})"
+    if isinstance(sent, Refused):  # a final no: the employee or finance was not told
+        return f"the message was not sent: {sent.reason}"
     return None
 
 

@@ -52,11 +52,13 @@ NOT_THE_ANSWER: dict[str, Callable[[int], httpx.Response]] = {
 @dataclass
 class FakeProviders:
     """The providers, in process: the payment answered with `payment_status` (in the form
-    `payment_body` gives it, if any), the paths in `down` with 503 every time, all else 200."""
+    `payment_body` gives it, if any), the paths in `down` with 503 every time, those in `refusing`
+    with 422, all else 200."""
 
     payment_status: int = 200
     payment_body: Callable[[int], httpx.Response] | None = None
     down: tuple[str, ...] = ()
+    refusing: tuple[str, ...] = ()
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
     def dependencies(self) -> DependencyMap:
@@ -65,6 +67,8 @@ class FakeProviders:
             self.calls.append((request.headers["Idempotency-Key"], request.url.path, body))
             if request.url.path in self.down:
                 return httpx.Response(503, json={"error": "down"})
+            if request.url.path in self.refusing:
+                return httpx.Response(422, json={"error": "no address on file"})
             if request.url.path == "/payment/charge" and self.payment_body is not None:
                 return self.payment_body(self.payment_status)
             if request.url.path == "/payment/charge" and self.payment_status != 200:
@@ -237,11 +241,23 @@ def test_an_email_out_of_retries_after_the_payment_keeps_the_payment() -> None:
 
     ended = replay([CHECKED, decided, ASKED], providers)
 
-    unsent = f"may not have been sent: /email/send: answered 503 (key {ID}:5)"
+    unsent = f"the message may not have been sent: /email/send: answered 503 (key {ID}:5)"
     assert ended == ClaimEnded("paid", payment_id="id_1", note="ok", unsent=unsent)
     payment, *emails = [(key, path) for key, path, _ in providers.calls]
     assert payment == (f"{ID}:4", "/payment/charge")
     assert emails == [(f"{ID}:5", "/email/send")] * 9  # the first attempt and 8 retries
+
+
+def test_an_email_the_provider_refuses_after_the_payment_is_in_the_outcome() -> None:
+    # A 4xx is a final no, asked once: the claim ends `paid`, and says the employee was not told.
+    providers = FakeProviders(refusing=("/email/send",))
+    decided = resolved_promise(f"{ID}:2", {"decision": "approve", "note": "ok", "attempt": "a"})
+
+    ended = replay([CHECKED, decided, ASKED], providers)
+
+    unsent = "the message was not sent: /email/send refused: 422 no address on file"
+    assert ended == ClaimEnded("paid", payment_id="id_1", note="ok", unsent=unsent)
+    assert [path for _, path, _ in providers.calls] == ["/payment/charge", "/email/send"]
 
 
 def test_a_chat_message_out_of_retries_still_ends_the_claim_escalated() -> None:
@@ -249,7 +265,7 @@ def test_a_chat_message_out_of_retries_still_ends_the_claim_escalated() -> None:
 
     ended = replay([CHECKED, timed_out(f"{ID}:2"), ASKED], providers)
 
-    unsent = f"may not have been sent: /slack/send: answered 503 (key {ID}:4)"
+    unsent = f"the message may not have been sent: /slack/send: answered 503 (key {ID}:4)"
     assert ended == ClaimEnded("escalated", reason="no decision before the deadline", unsent=unsent)
     assert [path for _, path, _ in providers.calls] == ["/slack/send"] * 9
 

@@ -162,16 +162,19 @@ async def checkout(ctx: Context, purchase: Purchase, window_seconds: int) -> Pur
 
 
 async def _unsent(email: Awaitable[str | Refused]) -> str | None:
-    """Await an email step: None once it is sent or refused; out of retries, what went wrong.
+    """Await an email step: None once it is sent; refused, or out of retries, what went wrong.
 
     An email is not worth failing the purchase for: what came before it (a charge, a release)
     has landed, and a failed purchase would hide that from its status. The purchase ends as it
-    would have, saying the email may be missing (its last attempt may have gone out).
+    would have, saying the email is missing (refused: say, an address the provider rejects) or
+    may be missing (out of retries: its last attempt may have gone out).
     """
     try:
-        await email
+        sent = await email
     except ProviderUnavailableError as unknown:
         return f"the email may not have been sent: {unknown}"
+    if isinstance(sent, Refused):  # a final no: the buyer was not told, and a person must know
+        return f"the email was not sent: {sent.reason}"
     return None
 
 

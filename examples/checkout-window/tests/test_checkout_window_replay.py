@@ -148,6 +148,18 @@ def test_a_confirmation_email_out_of_retries_keeps_the_charge() -> None:
     assert emails == [(f"{ID}:5", "/email/send")] * 9  # the first attempt and 8 retries
 
 
+def test_a_confirmation_email_the_provider_refuses_is_in_the_outcome() -> None:
+    # The provider refuses the email (a 4xx): asked once, and the confirmed purchase says so.
+    providers = FakeProviders(email_status=422)
+    journal = [RESERVED, timed_out(f"{ID}:2"), WINDOW_OPENED]
+
+    ended = replay(journal, providers)
+
+    reason = "the email was not sent: /email/send refused: 422 down"
+    assert ended == PurchaseEnded("confirmed", "inventory_1", "id_1", reason=reason)
+    assert [path for _, path, _ in providers.calls] == ["/payment/charge", "/email/send"]
+
+
 def test_a_declined_card_releases_the_stock() -> None:
     journal = [
         RESERVED,

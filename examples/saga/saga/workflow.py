@@ -159,8 +159,11 @@ async def book_trip(ctx: Context, trip: Trip) -> dict[str, str]:
     booked: dict[str, str] = {}  # provider -> reservation id, in booking order
     to_undo: list[Reservation] = []  # what a failure must undo, in booking order
     for provider, request in trip.requests():
+        reserving = booking.run(reserve, provider, request)
+        # The step's durable id is the Idempotency-Key its calls send (`ctx.info.id` in the step).
+        key = await reserving.id()
         try:
-            outcome = await booking.run(reserve, provider, request)
+            outcome = await reserving
         except ProviderUnavailableError as unknown:  # failing after every retry: it may have landed
             to_undo.append(Reservation(provider, request_key=unknown.idempotency_key))
             outcome = Refused(provider, str(unknown))
@@ -169,6 +172,9 @@ async def book_trip(ctx: Context, trip: Trip) -> dict[str, str]:
             # the trip all the same, and what is booked is undone: a saga that stopped at an error
             # no one foresaw would leave the traveller paying for a flight. (The SDK's own signals,
             # suspension and platform failure, are BaseExceptions: this does not catch them.)
+            # The bug may have struck after the call booked, so that is cancelled by its key too
+            # (a key whose call never arrived is voided: harmless).
+            to_undo.append(Reservation(provider, request_key=key))
             outcome = Refused(provider, _why(bug))
         if isinstance(outcome, Refused):
             compensations = await undo(ctx, to_undo)

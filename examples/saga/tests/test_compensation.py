@@ -64,9 +64,11 @@ class FakeProviders:
 
 
 def booked_or_cancelled(path: str, body: dict[str, str]) -> tuple[int, dict[str, str]]:
-    """What a provider that works answers."""
+    """What a provider that works answers (a key it never booked under is voided)."""
     if path.endswith("/reserve"):
         return 200, {"id": path.split("/")[1] + "_1"}
+    if "reservation_key" in body:
+        return 200, {"status": "voided"}
     return 200, {"id": body["reservation_id"], "status": "cancelled"}
 
 
@@ -212,7 +214,8 @@ def test_a_step_with_a_bug_still_rolls_back_what_was_booked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A bug is not a provider's answer, but it fails the trip all the same: what was booked before
-    # it is undone, and a bug in one cancellation does not stop the next.
+    # it is undone, the buggy step's own call by its key (here it never went out: voided), and a
+    # bug in one cancellation does not stop the next.
     async def buggy_reserve(ctx: Context, provider: str, request: dict[str, str]) -> str | Refused:
         if provider == "car":
             raise RuntimeError("a bug in the car step")
@@ -232,12 +235,55 @@ def test_a_step_with_a_bug_still_rolls_back_what_was_booked(
     assert [path for path, _, _ in providers.calls] == [
         "/flight/reserve",
         "/hotel/reserve",
+        "/car/cancel",
         "/flight/cancel",
     ]
     assert (failed.failed, failed.reason) == ("car", "RuntimeError('a bug in the car step')")
     assert failed.compensations == [
+        Compensation("car", "voided"),
         Compensation(
             "hotel", "unreachable", "hotel_1", 'RuntimeError("a bug in the hotel\'s cancellation")'
         ),
         Compensation("flight", "cancelled", "flight_1"),
     ]
+
+
+def test_a_bug_after_the_reservation_landed_cancels_it_by_its_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The hotel step books, then fails with a bug before it returns the id: the provider holds a
+    # reservation the workflow never learnt of. It is cancelled by the key the step sent.
+    async def reserve_then_fail(
+        ctx: Context, provider: str, request: dict[str, str]
+    ) -> str | Refused:
+        booked = await reserve(ctx, provider, request)
+        if provider == "hotel":
+            raise RuntimeError(f"a bug after booking {booked}")
+        return booked
+
+    def answer(path: str, body: dict[str, str]) -> tuple[int, dict[str, str]]:
+        if path == "/hotel/cancel" and body.get("reservation_key"):  # what the key booked
+            return 200, {"id": "hotel_1", "status": "cancelled"}
+        return booked_or_cancelled(path, body)
+
+    monkeypatch.setattr(saga.workflow, "reserve", reserve_then_fail)
+    providers = FakeProviders(answer)
+
+    failed = run_trip(providers)
+
+    reserve_keys = {key for path, _, key in providers.calls if path == "/hotel/reserve"}
+    cancels = [(path, body) for path, body, _ in providers.calls if path.endswith("/cancel")]
+    assert len(reserve_keys) == 1  # every retry of the step sent the same key
+    assert cancels == [
+        ("/hotel/cancel", {"reservation_key": reserve_keys.pop()}),
+        ("/flight/cancel", {"reservation_id": "flight_1"}),
+    ]
+    assert (failed.failed, failed.reason) == (
+        "hotel",
+        "RuntimeError('a bug after booking hotel_1')",
+    )
+    assert failed.compensations == [
+        Compensation("hotel", "cancelled", "hotel_1"),
+        Compensation("flight", "cancelled", "flight_1"),
+    ]
+    assert failed.left_in_place == []
