@@ -36,7 +36,8 @@ async def main() -> None:
         .result()
     )
     for step, outcome in result.items():
-        print(f"✓ {step:<9} {outcome['receipt'] or outcome['refusal']}")
+        said = outcome["receipt"] or outcome["refusal"] or outcome["unconfirmed"]
+        print(f"{'✓' if outcome['receipt'] else '✗'} {step:<9} {said}")
     print("  next, from the worker: the trace as it is exported (within 0.2 s): one span per step,")
     print("  the email step with its failed attempt and its [retry], then the step metrics")
     await resonate.stop()

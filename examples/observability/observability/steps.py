@@ -43,10 +43,13 @@ class Order:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the provider did: acted (its receipt) or refused (why)."""
+    """What the provider did: acted (its receipt), refused (why), or, unconfirmed, not known."""
 
     receipt: str | None = None
     refusal: str | None = None
+    # Set by the workflow, never by a step: why a message is out of retries, its last call
+    # perhaps acted. Its span (`resonate.promise.id`, the Idempotency-Key) holds each attempt.
+    unconfirmed: str | None = None
 
 
 class ProviderUnavailableError(Exception):

@@ -17,11 +17,12 @@ from typing import Any
 import httpx
 import pytest
 from observability.steps import Order, Outcome, Providers, ProviderUnavailableError, charge_card
-from observability.telemetry import PROMISE_ID, DurableTelemetry, span_id_of, trace_id_of
+from observability.telemetry import FUNCTION, PROMISE_ID, DurableTelemetry, span_id_of, trace_id_of
 from observability.workflow import STEP_RETRIES, place_order
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from resonate.context import Context
 from resonate.dependencies import DependencyMap
 from resonate.retry import Never
@@ -55,6 +56,7 @@ class Observed:
     result: dict[str, Outcome]
     spans: list[ReadableSpan]
     counters: dict[str, float]
+    rejected: dict[str, float]  # resonate.steps.completed with outcome "rejected", by function
 
 
 def place(providers: FakeProviders) -> Observed:
@@ -79,6 +81,7 @@ def place(providers: FakeProviders) -> Observed:
 
     result = asyncio.run(go())
     counters: dict[str, float] = {}
+    rejected: dict[str, float] = {}
     data = reader.get_metrics_data()
     assert telemetry.shutdown(timeout_s=5)
     for resource_metrics in data.resource_metrics if data else []:
@@ -87,7 +90,11 @@ def place(providers: FakeProviders) -> Observed:
                 for point in metric.data.data_points:
                     if isinstance(point, NumberDataPoint):
                         counters[metric.name] = counters.get(metric.name, 0) + point.value
-    return Observed(result, list(exporter.get_finished_spans()), counters)
+                        labels = point.attributes or {}
+                        if labels.get("resonate.outcome") == "rejected":
+                            function = str(labels[FUNCTION])
+                            rejected[function] = rejected.get(function, 0) + point.value
+    return Observed(result, list(exporter.get_finished_spans()), counters, rejected)
 
 
 def test_each_step_calls_its_provider_once_under_its_own_key() -> None:
@@ -145,6 +152,31 @@ def test_the_span_tree_is_the_promise_tree_and_a_retry_is_an_event_and_a_count()
     assert observed.counters["resonate.steps.completed"] == 4
     assert observed.counters["resonate.steps.retried"] == 1
     assert STEP_RETRIES.max_retries >= 1
+
+
+def test_a_message_out_of_retries_after_the_charge_keeps_the_charge_and_shows_in_the_trace() -> (
+    None
+):
+    # The warehouse is down for longer than the retries last: the card is charged all the same.
+    def answer(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
+        return (503, {}) if path == "/slack/send" else acted(path, attempt)
+
+    providers = FakeProviders(answer)
+
+    observed = place(providers)
+
+    assert observed.result == {
+        "charge": Outcome(receipt="payment_1"),
+        "warehouse": Outcome(unconfirmed="may not have been sent: /slack/send: answered 503"),
+        "receipt": Outcome(receipt="email_1"),
+        "sms": Outcome(receipt="sms_1"),
+    }
+    assert providers.paths().count("/slack/send") == 1 + STEP_RETRIES.max_retries
+    assert providers.paths().count("/email/send") == 1  # and the order went on
+    status = {span.name: span.status.status_code for span in observed.spans}
+    assert status["step notify_warehouse"] == StatusCode.ERROR  # the step failed, visibly
+    assert status["workflow place_order"] == StatusCode.OK  # the order did not
+    assert observed.rejected == {"notify_warehouse": 1}  # the count to alert on
 
 
 def charge_answered(answer: Callable[[], httpx.Response]) -> tuple[Outcome, int]:

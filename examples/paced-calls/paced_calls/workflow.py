@@ -19,7 +19,9 @@ from paced_calls.steps import CallResult, call_api
 
 # A call the API could not take now (a 5xx, a 429, no answer) is retried on its own, the calls
 # before it being journaled: 5 retries, 2 s doubling to 30 s (about 1 minute), which outlasts a
-# typical 429 window. A record the API refuses is the call's result, never retried.
+# typical 429 window. `send_batch` makes each wait at least one interval, so at a pace of 30 s or
+# slower they take five intervals (5 minutes at one call a minute). A record the API refuses is
+# the call's result, never retried.
 RETRY = Exponential(delay=1, factor=2, max_retries=5, max_delay=30)
 
 

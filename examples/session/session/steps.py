@@ -47,8 +47,8 @@ class Refused:
 
 
 class ProviderUnavailableError(Exception):
-    """A 5xx, 408, 429, or a 2xx without its answer: the provider may answer next time (and may
-    have acted), so the step's retry policy retries."""
+    """A 5xx, 408, 429, no answer, or a 2xx without its answer: the provider may answer next time
+    (and may have acted), so the step's retry policy retries."""
 
 
 def round_id(session_id: str, round_no: int) -> str:
@@ -112,9 +112,17 @@ async def _call(ctx: Context, body: dict[str, str]) -> str | Refused:
     and the key makes the provider answer a repeat with what it did the first time.
     """
     providers = ctx.get_dependency(Providers)
-    response = await providers.client.post(
-        "/api/call", json=body, headers={"Idempotency-Key": ctx.info.id}
-    )
+    try:
+        response = await providers.client.post(
+            "/api/call", json=body, headers={"Idempotency-Key": ctx.info.id}
+        )
+    # No answer, or one that could not be decoded: it may have landed, and the retry's key gets
+    # the answer. Raised as the provider's unavailability, like a 503, the session it ends says
+    # which call went unanswered (httpx's own message names neither provider nor call).
+    except (httpx.TransportError, httpx.DecodingError) as exc:
+        raise ProviderUnavailableError(
+            f"identity provider did not answer {body['op']}: {type(exc).__name__}"
+        ) from exc
     status = response.status_code
     if status in (408, 429) or status >= 500:
         raise ProviderUnavailableError(f"identity provider answered {status} to {body['op']}")

@@ -196,16 +196,28 @@ def test_an_activity_out_of_retries_ends_the_session_and_revokes_the_credential(
     assert provider.calls == [(f"{ID}:5", {"op": "revoke_token", "credential_id": "cred_1"})]
 
 
+def lost(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("no answer", request=request)
+
+
 @pytest.mark.parametrize(
-    "answer",
+    ("answer", "reason"),
     [
-        lambda _: httpx.Response(200, html="<html>Bad Gateway</html>"),
-        lambda _: httpx.Response(200, json={"ok": True}),
+        (
+            lambda _: httpx.Response(200, html="<html>Bad Gateway</html>"),
+            "issue_token without a readable 'id'",
+        ),
+        (lambda _: httpx.Response(200, json={"ok": True}), "issue_token without a readable 'id'"),
+        (  # httpx decodes the body as it builds the response, and raises DecodingError
+            lambda _: httpx.Response(200, content=b"garbled", headers={"Content-Encoding": "gzip"}),
+            "did not answer issue_token: DecodingError",
+        ),
+        (lost, "did not answer issue_token: ReadTimeout"),
     ],
-    ids=["an HTML page", "JSON without the id"],
+    ids=["an HTML page", "JSON without the id", "a body that cannot be decoded", "no answer"],
 )
 def test_a_login_answered_without_its_id_may_have_landed(
-    answer: Callable[[httpx.Request], httpx.Response],
+    answer: Callable[[httpx.Request], httpx.Response], reason: str
 ) -> None:
     # A 2xx that is not the provider's answer says nothing of whether the credential was
     # registered: not a bug in the step, but a call to retry under the same key like a timeout.
@@ -216,5 +228,5 @@ def test_a_login_answered_without_its_id_may_have_landed(
             deps.insert(Providers(client))
             await register_token(root_context(id=ID, deps=deps), "ada", DIGEST)
 
-    with pytest.raises(ProviderUnavailableError, match="issue_token without a readable 'id'"):
+    with pytest.raises(ProviderUnavailableError, match=reason):
         asyncio.run(run())

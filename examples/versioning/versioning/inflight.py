@@ -21,7 +21,7 @@ PAGE = 100
 
 
 async def in_flight(resonate: Resonate, version: int) -> list[str]:
-    """The ids of the renewals whose version marker is pending: started on `version`, not done.
+    """The ids of the renewals started on `version` and still running: marker and renewal pending.
 
     A renewal marks its version in its first step, so one that no worker has begun yet is not
     listed: switch every starter to the new version first, then ask (see the README).

@@ -76,10 +76,11 @@ def marker_id(renewal_id: str) -> str:
 async def mark_version(ctx: Context, renewal_id: str, version: int, deadline_ms: int) -> None:
     """Record, under an id and tags this example chooses, which version a renewal runs on.
 
-    A pending marker means "a renewal is in flight on this version": an operator retires a
-    version once a search for its pending markers comes back empty. It lives as long as the
-    renewal may (`deadline_ms`, the renewal's own deadline: a step's is a day at most). Creating
-    a promise that exists returns it unchanged, so a re-run after a crash is harmless.
+    A pending marker whose renewal is still pending means "a renewal is in flight on this
+    version": an operator retires a version once `versioning.inflight` lists none. (A renewal
+    that failed or was cancelled leaves its marker pending, but needs no code.) It lives as long
+    as the renewal may (`deadline_ms`, the renewal's own deadline: a step's is a day at most).
+    Creating a promise that exists returns it unchanged, so a re-run after a crash is harmless.
     """
     print(f"renewal {renewal_id} runs on version {version}", flush=True)
     await ctx.get_dependency(Server).resonate.promises.create(

@@ -63,7 +63,7 @@ def test_each_step_acts_once(resonate_url: str, sandbox: RunningSandbox) -> None
         ("sms", "send"),
     ]
     assert result == {
-        step: {"receipt": effect.resource_id, "refusal": None}
+        step: {"receipt": effect.resource_id, "refusal": None, "unconfirmed": None}
         for step, effect in zip(["charge", "warehouse", "receipt", "sms"], effects, strict=True)
     }
     assert effects[0].body == {"customer": "customer-7", "amount": 999}
@@ -77,7 +77,9 @@ def test_a_declined_charge_is_a_value_and_nothing_follows_it(
 
     result = place_order(resonate_url, execution_id)
 
-    assert result == {"charge": {"receipt": None, "refusal": "402 injected failure"}}
+    assert result == {
+        "charge": {"receipt": None, "refusal": "402 injected failure", "unconfirmed": None}
+    }
     assert len(sandbox.records.requests(key_prefix=execution_id + ":")) == 1
 
 
