@@ -12,6 +12,16 @@
   at import is fixed for whoever imported it first: the tests fork an example's workers from a
   process that imported its modules for another test, with another server's address
   (cookbook.crash.zygote), and a user's test that sets a variable would see it ignored.
+- It never reads a provider's answer unguarded: `response.json()[...]` sits in a `try` that
+  catches what an unreadable body raises (ValueError, and KeyError or LookupError). A 2xx whose
+  body is not the answer (a proxy's HTML page, a cut-off body) may mean the call landed: each
+  example turns it into its transient, may-have-landed failure, never a bug-looking error that
+  skips its compensation. (A demo reading its own gateway's answers is left alone: it is the
+  client, and a traceback there is the right report. The check sees the idiom, not every
+  aliasing of a body.)
+- Every latent promise names its timeout: `ctx.promise()` without one gets SDK 0.8.1's default of
+  a day, capped by the execution's deadline, and a wait meant for days fails the execution after
+  one (order-state-machine's orders did).
 - It imports no `cookbook` module: tests/test_examples.py checks that; here that check is only
   shown to catch an offender.
 
@@ -207,14 +217,82 @@ def environment_read_at_import(source: str) -> list[Finding]:
     return sorted(checker.findings, key=lambda f: f.line)
 
 
+def _caught(handler: ast.ExceptHandler) -> set[str]:
+    if handler.type is None:
+        return {"BaseException"}
+    types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return {ast.unparse(t).rsplit(".", 1)[-1] for t in types}
+
+
+def _guards_a_body_read(handler: ast.ExceptHandler) -> bool:
+    """Whether the handler catches what `response.json()[key]` raises on a body it cannot read:
+    ValueError (not JSON) and KeyError (no such field), or anything."""
+    caught = _caught(handler)
+    if caught & {"Exception", "BaseException"}:
+        return True
+    return "ValueError" in caught and bool(caught & {"KeyError", "LookupError"})
+
+
+def unguarded_body_reads(source: str) -> list[Finding]:
+    """`<response>.json()[...]` outside a `try` whose handlers catch an unreadable body."""
+    found: list[Finding] = []
+
+    def visit(node: ast.AST, guarded: bool) -> None:
+        if isinstance(node, ast.Try):
+            inner = guarded or any(_guards_a_body_read(h) for h in node.handlers)
+            for statement in node.body:
+                visit(statement, inner)
+            for other in [*node.handlers, *node.orelse, *node.finalbody]:
+                visit(other, guarded)
+            return
+        if (
+            not guarded
+            and isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Attribute)
+            and node.value.func.attr == "json"
+        ):
+            found.append(
+                Finding(
+                    node.lineno,
+                    f"`{ast.unparse(node)}` unguarded: a 2xx whose body is not the answer may have"
+                    " landed; raise the example's transient error from it",
+                )
+            )
+        for child in ast.iter_child_nodes(node):
+            visit(child, guarded)
+
+    visit(ast.parse(source), False)
+    return sorted(found, key=lambda f: f.line)
+
+
+def promises_without_a_timeout(source: str) -> list[Finding]:
+    """`<ctx>.promise(...)` calls that leave the timeout to the SDK's default of a day."""
+    return sorted(
+        (
+            Finding(node.lineno, f"`{ast.unparse(node)}` without timeout=: a day, by default")
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "promise"
+            and "timeout" not in {k.arg for k in node.keywords}
+        ),
+        key=lambda f: f.line,
+    )
+
+
 def breaches(
-    example: catalog.Example, check: Callable[[str], list[Finding]]
+    example: catalog.Example,
+    check: Callable[[str], list[Finding]],
+    *,
+    skip: frozenset[str] = frozenset(),
 ) -> dict[Path, list[Finding]]:
-    """The example's runtime modules in which `check` finds something, with what it found."""
+    """The example's runtime modules (but those named in `skip`) in which `check` finds
+    something, with what it found."""
     return {
         path: findings
         for path in sorted((example.path / example.package).rglob("*.py"))
-        if (findings := check(path.read_text()))
+        if path.name not in skip and (findings := check(path.read_text()))
     }
 
 
@@ -249,6 +327,64 @@ def test_every_registered_function_names_its_retry_policy(example: catalog.Examp
 def test_runtime_code_reads_its_environment_when_it_runs(example: catalog.Example) -> None:
     if found := breaches(example, environment_read_at_import):
         pytest.fail(report("read configuration when it is used", found), pytrace=False)
+
+
+@pytest.mark.parametrize("example", catalog.examples(ROOT), ids=lambda e: e.name)
+def test_runtime_code_never_reads_a_providers_answer_unguarded(example: catalog.Example) -> None:
+    if found := breaches(example, unguarded_body_reads, skip=frozenset({"demo.py"})):
+        pytest.fail(report("an unreadable answer may have landed", found), pytrace=False)
+
+
+@pytest.mark.parametrize("example", catalog.examples(ROOT), ids=lambda e: e.name)
+def test_every_latent_promise_names_its_timeout(example: catalog.Example) -> None:
+    if found := breaches(example, promises_without_a_timeout):
+        pytest.fail(report("every wait fits in its execution's deadline", found), pytrace=False)
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        'receipt: str = response.json()["id"]',
+        'try:\n    receipt = response.json()["id"]\nexcept ValueError:\n    raise Unavailable()',
+        'try:\n    r = response.json()["id"]\nexcept httpx.TransportError:\n    raise',
+        'try:\n    pass\nexcept (ValueError, KeyError):\n    reason = response.json()["error"]',
+        "return Delivery(receipt=response.json()['id'])",
+    ],
+)
+def test_the_body_read_check_catches(snippet: str) -> None:
+    assert unguarded_body_reads(snippet)
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        'try:\n    receipt = response.json()["id"]\nexcept (ValueError, LookupError, TypeError):\n'
+        "    raise Unavailable()",
+        'try:\n    reason = str(response.json()["error"])\nexcept (ValueError, KeyError):\n'
+        "    reason = response.reason_phrase",
+        'try:\n    x = r.json()["id"]\nexcept Exception:\n    raise',
+        "body = response.json()",
+        'value = mapping["json"]',
+    ],
+)
+def test_the_body_read_check_leaves_alone(snippet: str) -> None:
+    assert not unguarded_body_reads(snippet)
+
+
+@pytest.mark.parametrize("snippet", ["wait = ctx.promise()", "decision = log.ctx.promise(tags=t)"])
+def test_the_promise_timeout_check_catches(snippet: str) -> None:
+    assert promises_without_a_timeout(snippet)
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "wait = ctx.promise(timeout=ORDER_DEADLINE)",
+        "record = await resonate.promises.get(promise_id)",
+    ],
+)
+def test_the_promise_timeout_check_leaves_alone(snippet: str) -> None:
+    assert not promises_without_a_timeout(snippet)
 
 
 @pytest.mark.parametrize(

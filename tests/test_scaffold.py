@@ -83,8 +83,8 @@ def test_a_scaffolded_example_runs_and_survives_its_crash_matrix(tmp_path: Path)
     assert crash.stdout.strip().endswith("8 passed, 0 failed")
     assert checks.returncode == 0, checks.stdout + checks.stderr
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    # 4 in process (tests/test_demo_app_workflow.py), 3 on the real stack (tests/cookbook/).
-    assert "7 passed" in tests.stdout
+    # 5 in process (tests/test_demo_app_workflow.py), 3 on the real stack (tests/cookbook/).
+    assert "8 passed" in tests.stdout
     assert "[demo-app](examples/demo-app)" in (copy / "README.md").read_text()
     assert "  demo-app-worker:\n" in (copy / "docker-compose.yml").read_text()
 
