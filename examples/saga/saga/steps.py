@@ -46,17 +46,9 @@ class Refused:
 class ProviderUnavailableError(Exception):
     """A provider call failed in a way that may pass; the step is retried.
 
-    `idempotency_key` is the call's key: when the retries run out, the call may still have landed,
-    and the provider can be asked to undo whatever that key did.
+    When the retries run out, the call may still have landed: the workflow has the provider undo
+    whatever the step's key (its durable id) did.
     """
-
-    def __init__(self, message: str, idempotency_key: str) -> None:
-        super().__init__(message, idempotency_key)  # what pickle rebuilds the error from
-        self.message = message
-        self.idempotency_key = idempotency_key
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)
@@ -97,7 +89,7 @@ async def reserve(ctx: Context, provider: str, request: dict[str, Any]) -> str |
         refusal = Refused(provider, _describe(response))
         print(f"{provider} refused: {refusal.reason}", flush=True)
         return refusal
-    reservation_id: str = _field(ctx, response, "id")
+    reservation_id: str = _field(response, "id")
     return reservation_id
 
 
@@ -123,35 +115,35 @@ async def cancel(ctx: Context, reservation: Reservation) -> Compensation:
         refusal = _describe(response)
         print(f"{provider} will not cancel: {refusal}", flush=True)
         return Compensation(provider, "refused", reservation.id, refusal)
-    if _field(ctx, response, "status") == "voided":
+    if _field(response, "status") == "voided":
         return Compensation(provider, "voided")
-    return Compensation(provider, "cancelled", str(_field(ctx, response, "id")))
+    return Compensation(provider, "cancelled", str(_field(response, "id")))
 
 
 async def _post(ctx: Context, path: str, body: dict[str, Any]) -> httpx.Response:
     """POST with the step's idempotency key; a transient failure raises, to be retried."""
     providers = ctx.get_dependency(Providers)
-    key = ctx.info.id
+    headers = {"Idempotency-Key": ctx.info.id}
     try:
-        response = await providers.client.post(path, json=body, headers={"Idempotency-Key": key})
+        response = await providers.client.post(path, json=body, headers=headers)
     # Timed out, refused, reset, or an answer that could not be decoded: the call may have landed.
     except (httpx.TransportError, httpx.DecodingError) as exc:
         print(f"{path}: {type(exc).__name__} (transient: may have landed)", flush=True)
-        raise ProviderUnavailableError(f"{path}: {type(exc).__name__}", key) from exc
+        raise ProviderUnavailableError(f"{path}: {type(exc).__name__}") from exc
     if response.is_server_error or response.status_code in (408, 429):
         print(f"{path} answered {response.status_code} (transient)", flush=True)
-        raise ProviderUnavailableError(f"{path}: {_describe(response)}", key)
+        raise ProviderUnavailableError(f"{path}: {_describe(response)}")
     return response
 
 
-def _field(ctx: Context, response: httpx.Response, name: str) -> Any:
+def _field(response: httpx.Response, name: str) -> Any:
     """`name` from a 2xx's JSON body.
 
     A 2xx whose body does not hold it (an HTML page from a proxy, a cut-off answer) says nothing
     about what the provider did, and the call may have landed: it is transient, like a timeout.
     The step is retried with the same key, and the provider answers what it did; if the retries
-    run out, the workflow undoes the call by that key. Raised as anything else, the booking the
-    call may have made would not be undone.
+    run out, the workflow undoes the call by that key. Raised as anything else, it would read as
+    a bug in the step.
     """
     try:
         return response.json()[name]
@@ -159,7 +151,7 @@ def _field(ctx: Context, response: httpx.Response, name: str) -> Any:
         path = response.request.url.path
         print(f"{path} answered {response.status_code} without its {name} (transient)", flush=True)
         raise ProviderUnavailableError(
-            f"{path}: HTTP {response.status_code} without a readable {name!r}", ctx.info.id
+            f"{path}: HTTP {response.status_code} without a readable {name!r}"
         ) from exc
 
 

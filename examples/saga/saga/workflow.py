@@ -164,18 +164,15 @@ async def book_trip(ctx: Context, trip: Trip) -> dict[str, str]:
         key = await reserving.id()
         try:
             outcome = await reserving
-        except ProviderUnavailableError as unknown:  # failing after every retry: it may have landed
-            to_undo.append(Reservation(provider, request_key=unknown.idempotency_key))
-            outcome = Refused(provider, str(unknown))
-        except Exception as bug:
-            # Anything else is a bug (a provider's answer is a value or the error above). It fails
-            # the trip all the same, and what is booked is undone: a saga that stopped at an error
-            # no one foresaw would leave the traveller paying for a flight. (The SDK's own signals,
-            # suspension and platform failure, are BaseExceptions: this does not catch them.)
-            # The bug may have struck after the call booked, so that is cancelled by its key too
-            # (a key whose call never arrived is voided: harmless).
+        except Exception as failed:
+            # Failing after every retry (a provider down, or a bug: a provider's answer is a value
+            # or ProviderUnavailableError), the call may still have booked: it is cancelled by its
+            # key (a key whose call never arrived is voided: harmless), and what is booked is
+            # undone. A saga that stopped at an error no one foresaw would leave the traveller
+            # paying for a flight. (The SDK's own signals, suspension and platform failure, are
+            # BaseExceptions: this does not catch them.)
             to_undo.append(Reservation(provider, request_key=key))
-            outcome = Refused(provider, _why(bug))
+            outcome = Refused(provider, _why(failed))
         if isinstance(outcome, Refused):
             compensations = await undo(ctx, to_undo)
             raise TripRolledBackError(provider, outcome.reason, compensations)
