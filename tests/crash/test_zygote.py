@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -317,18 +318,16 @@ def test_another_interpreter_setting_is_not_forked_from_the_base_zygote(tmp_path
 
 
 def _base_zygotes_of(parent: int) -> list[int]:
-    """The base zygotes `parent` started, read from /proc (a process's parent is its stat's 4th
-    field, after the command name in parentheses)."""
+    """The base zygotes `parent` started: its children (by any of its threads), from /proc."""
+    children = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            children += [int(child) for child in (task / "children").read_text().split()]
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == parent and _command_line(int(proc.name))[1:4] == BASE_ZYGOTE:
-                found.append(int(proc.name))
-        except OSError:
-            continue  # it ended meanwhile
+    for child in children:
+        with contextlib.suppress(OSError):  # a child that ended meanwhile
+            if _command_line(child)[1:4] == BASE_ZYGOTE:
+                found.append(child)
     return found
 
 
