@@ -82,7 +82,9 @@ def test_channels_are_sent_in_parallel_and_each_exactly_once(
     resonate_url: str, sandbox: RunningSandbox
 ) -> None:
     execution_id = new_execution_id()
-    latency_ms = {"email": 300, "sms": 400, "slack": 500, "push": 700}
+    # Long enough that four steps start well within the fastest channel's latency on a busy
+    # machine too: the checks below are about the fan-out, not about how loaded the machine is.
+    latency_ms = {"email": 600, "sms": 700, "slack": 800, "push": 1000}
     for channel, ms in latency_ms.items():
         add_fault(sandbox, execution_id, provider=channel, mode="latency", latency_ms=ms)
 
@@ -97,7 +99,7 @@ def test_channels_are_sent_in_parallel_and_each_exactly_once(
     assert max(c.started_at for c in calls) < min(c.finished_at for c in calls)
     elapsed = max(c.finished_at for c in calls) - min(c.started_at for c in calls)
     slowest, total = max(latency_ms.values()) / 1000, sum(latency_ms.values()) / 1000
-    assert slowest <= elapsed < slowest + 0.4 < total
+    assert slowest <= elapsed < slowest + 0.6 < total
 
 
 @pytest.mark.parametrize("status", [503, 429, 408])
