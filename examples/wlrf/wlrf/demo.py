@@ -10,14 +10,16 @@ import time
 from resonate.resonate import Resonate
 
 from wlrf.steps import Stores, open_stores
-from wlrf.workflow import read_account
+from wlrf.workflow import read_account, validate
 
 
 async def open_and_read(
-    resonate: Resonate, stores: Stores, execution_id: str, holder: str, ledger: int
+    resonate: Resonate, stores: Stores, execution_id: str, holder_id: str, ledger: int
 ) -> None:
-    print(f"→ open_account({holder!r}, ledger={ledger}, code=1) as execution {execution_id}")
-    handle = resonate.options(target="wlrf").rpc(execution_id, "open_account", holder, ledger, 1)
+    print(f"→ open_account({holder_id!r}, ledger={ledger}, code=1) as execution {execution_id}")
+    # Checked before it is sent: the server keeps every argument it is sent, in plaintext.
+    validate(holder_id, ledger, 1)
+    handle = resonate.options(target="wlrf").rpc(execution_id, "open_account", holder_id, ledger, 1)
     try:
         await handle.result()
         print("✓ workflow done")
@@ -25,13 +27,13 @@ async def open_and_read(
         print(f"✗ workflow failed: {type(exc).__name__}: {exc}")
     row = await stores.reference.opened_by(execution_id)
     assert row is not None, "the reference row is written before anything can fail"
-    print(f"· reference table: account {row.account_id} for {row.holder} is {row.status!r}")
+    print(f"· reference table: account {row.account_id} for {row.holder_id} is {row.status!r}")
     account = await read_account(stores, row.account_id)
     if account is None:
         print("· read first: the ledger has no such account, so it does not exist (not shown)")
     else:
         print(
-            f"· read first: the ledger has it - {account.holder}, ledger {account.ledger}, "
+            f"· read first: the ledger has it - {account.holder_id}, ledger {account.ledger}, "
             f"balance {account.balance}"
         )
 
@@ -42,9 +44,10 @@ async def main() -> None:
     stores = open_stores()
     try:
         stamp = int(time.time())
-        await open_and_read(resonate, stores, f"wlrf-ada-{stamp}", "Ada Lovelace", 840)
+        # Customers by reference, as the bank's customer system knows them: their names stay there.
+        await open_and_read(resonate, stores, f"wlrf-1-{stamp}", "cus_7f3a9c21", 840)
         # Ledger 0 is invalid in TigerBeetle: the record refuses, after the reference row exists.
-        await open_and_read(resonate, stores, f"wlrf-grace-{stamp}", "Grace Hopper", 0)
+        await open_and_read(resonate, stores, f"wlrf-2-{stamp}", "cus_b04e6d58", 0)
     finally:
         await resonate.stop()
         await stores.ledger.close()

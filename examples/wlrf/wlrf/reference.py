@@ -20,7 +20,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     account_id TEXT PRIMARY KEY,         -- the ledger account's id (u128, decimal)
     request_id TEXT NOT NULL UNIQUE,     -- the execution that opened it: one account per request
-    holder     TEXT NOT NULL,
+    holder_id  TEXT NOT NULL,            -- the customer, by reference: never a name
     ledger     INTEGER NOT NULL,
     code       INTEGER NOT NULL,
     status     TEXT NOT NULL CHECK (status IN ('pending', 'active'))
@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS accounts (
 class ReferenceRow:
     account_id: str
     request_id: str
-    holder: str
+    holder_id: str
     ledger: int
     code: int
     status: ReferenceStatus
@@ -46,14 +46,14 @@ class ReferenceStore:
             db.execute(_SCHEMA)
 
     async def write_pending(
-        self, account_id: str, request_id: str, holder: str, ledger: int, code: int
+        self, account_id: str, request_id: str, holder_id: str, ledger: int, code: int
     ) -> None:
         """Insert the row as `pending`, unless an earlier attempt did: then leave it as it is."""
         await asyncio.to_thread(
             self._execute,
             "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, 'pending')"
             " ON CONFLICT (account_id) DO NOTHING",
-            (account_id, request_id, holder, ledger, code),
+            (account_id, request_id, holder_id, ledger, code),
         )
 
     async def mark_active(self, account_id: str) -> None:
@@ -82,7 +82,7 @@ class ReferenceStore:
     ) -> ReferenceRow | None:
         with closing(self._connect()) as db:
             row = db.execute(
-                "SELECT account_id, request_id, holder, ledger, code, status FROM accounts"
+                "SELECT account_id, request_id, holder_id, ledger, code, status FROM accounts"
                 f" WHERE {column} = ?",
                 (value,),
             ).fetchone()

@@ -62,12 +62,12 @@ async def new_account_id(ctx: Context) -> str:
 
 
 async def write_reference(
-    ctx: Context, account_id: str, holder: str, ledger: int, code: int
+    ctx: Context, account_id: str, holder_id: str, ledger: int, code: int
 ) -> None:
     stores = ctx.get_dependency(Stores)
     # The execution id records which request opened the account.
-    await stores.reference.write_pending(account_id, ctx.info.origin_id, holder, ledger, code)
-    print(f"reference: {holder}'s account written as pending", flush=True)
+    await stores.reference.write_pending(account_id, ctx.info.origin_id, holder_id, ledger, code)
+    print(f"reference: account for {holder_id} written as pending", flush=True)
 
 
 async def create_ledger_account(ctx: Context, account_id: str, ledger: int, code: int) -> str:

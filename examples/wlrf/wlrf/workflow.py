@@ -9,6 +9,7 @@ reads ever shows an account that does not exist, and nothing needs to be rolled 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from resonate.context import Context
@@ -31,14 +32,23 @@ from wlrf.steps import (
 STEP_RETRIES = Exponential(delay=1, factor=2, max_retries=4, max_delay=10)
 
 
+# The holder, by reference: the bank's customer system holds the name. The Resonate server
+# stores the execution's arguments in plaintext, so they carry no name or email address.
+HOLDER_ID = re.compile(r"cus_[A-Za-z0-9]{4,32}")
 # TigerBeetle's field sizes: `ledger` is a u32 and `code` a u16.
 LEDGER_MAX = 2**32 - 1
 CODE_MAX = 2**16 - 1
 
 
-def validate(ledger: int, code: int) -> None:
-    """A value the ledger cannot even hold is a bad request: refused before anything is written."""
-    problems = [
+def validate(holder_id: str, ledger: int, code: int) -> None:
+    """A bad request (a holder by name, a value the ledger cannot hold) writes nothing."""
+    problems: list[str] = []
+    if not (isinstance(holder_id, str) and HOLDER_ID.fullmatch(holder_id)):
+        # Not the value itself: the server stores this error too, as the execution's result.
+        problems.append(
+            "holder_id is not a customer reference (cus_ and 4 to 32 letters or digits)"
+        )
+    problems += [
         f"{name} {value} is outside 0..{top}"
         for name, value, top in (("ledger", ledger, LEDGER_MAX), ("code", code, CODE_MAX))
         if not 0 <= value <= top
@@ -47,13 +57,14 @@ def validate(ledger: int, code: int) -> None:
         raise ValueError("invalid account: " + "; ".join(problems))
 
 
-async def open_account(ctx: Context, holder: str, ledger: int, code: int) -> None:
-    validate(ledger, code)  # before the first step: a bad request writes nothing, and fails at once
+async def open_account(ctx: Context, holder_id: str, ledger: int, code: int) -> None:
+    # Before the first step: a bad request writes nothing, and fails at once.
+    validate(holder_id, ledger, code)
     step = ctx.options(retry_policy=STEP_RETRIES)
     # Generated once and journaled: a resumed execution reuses it, so both systems get one id.
     account_id = await step.run(new_account_id)
     # Write first: the system of reference, as pending (invisible to readers).
-    await step.run(write_reference, account_id, holder, ledger, code)
+    await step.run(write_reference, account_id, holder_id, ledger, code)
     # Write last: the system of record. From here on the account exists.
     status = await step.run(create_ledger_account, account_id, ledger, code)
     require_account(status)
@@ -63,7 +74,7 @@ async def open_account(ctx: Context, holder: str, ledger: int, code: int) -> Non
 @dataclass(frozen=True)
 class Account:
     account_id: str
-    holder: str
+    holder_id: str  # the customer system's reference: it resolves the name
     ledger: int
     code: int
     balance: int
@@ -82,7 +93,7 @@ async def read_account(stores: Stores, account_id: str) -> Account | None:
     ledger_account = found[0]
     return Account(
         account_id,
-        details.holder,
+        details.holder_id,
         ledger_account.ledger,
         ledger_account.code,
         ledger_account.credits_posted - ledger_account.debits_posted,

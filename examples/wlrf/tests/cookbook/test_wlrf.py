@@ -6,12 +6,16 @@ Assertions are on the two systems' own records (the SQLite files), read with pla
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
+import json
 import re
 import secrets
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import tigerbeetle as tb
@@ -25,6 +29,11 @@ from wlrf.steps import LedgerRefusedError, Stores, open_stores, require_account
 from wlrf.workflow import Account, open_account, read_account
 
 Status = tb.CreateAccountStatus
+# The customer, as the bank's customer system holds them. Only the reference may reach the
+# Resonate server (it stores every argument in plaintext); the system resolves the rest.
+HOLDER_ID = "cus_7f3a9c21"
+HOLDER_NAME, HOLDER_EMAIL = "Ada Lovelace", "ada@example.com"
+BASE64 = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
 
 
 @pytest.fixture
@@ -77,7 +86,7 @@ def test_a_pending_reference_row_is_invisible_until_the_ledger_has_the_account(
     stores: Stores,
 ) -> None:
     async def scenario() -> tuple[Account | None, Account | None]:
-        await stores.reference.write_pending("42", "req-1", "Ada", 840, 1)
+        await stores.reference.write_pending("42", "req-1", HOLDER_ID, 840, 1)
         before = await read_account(stores, "42")
         await stores.ledger.create_accounts([tb.Account(id=42, ledger=840, code=1)])
         after = await read_account(stores, "42")
@@ -87,7 +96,7 @@ def test_a_pending_reference_row_is_invisible_until_the_ledger_has_the_account(
 
     assert before is None
     # The reference row still says pending: only the ledger decides.
-    assert after == Account("42", "Ada", 840, 1, balance=0)
+    assert after == Account("42", HOLDER_ID, 840, 1, balance=0)
 
 
 def test_a_ledger_account_without_its_reference_row_is_an_error(stores: Stores) -> None:
@@ -134,7 +143,7 @@ async def replay(stores: Stores, journal: dict[str, str], sleeper: Any = None) -
         deps=deps,
         sleeper=sleeper,
     )
-    await open_account(ctx, "Ada", 840, 1)
+    await open_account(ctx, HOLDER_ID, 840, 1)
 
 
 def test_a_resumed_execution_reuses_the_id_in_its_journal(
@@ -193,8 +202,8 @@ def test_an_id_the_ledger_holds_with_other_fields_fails_without_a_retry(
 # -- through real processes: a dev server and worker processes ----------------------------------
 
 
-def start(client: Resonate, execution_id: str, holder: str, ledger: int) -> Any:
-    return client.options(target="wlrf").rpc(execution_id, "open_account", holder, ledger, 1)
+def start(client: Resonate, execution_id: str, holder_id: str, ledger: int) -> Any:
+    return client.options(target="wlrf").rpc(execution_id, "open_account", holder_id, ledger, 1)
 
 
 def test_opens_an_account_and_a_refused_one_stays_invisible(
@@ -209,9 +218,9 @@ def test_opens_an_account_and_a_refused_one_stays_invisible(
     async def scenario() -> None:
         client = Resonate(url=devserver.url, group="wlrf-tests")
         try:
-            await asyncio.wait_for(start(client, ada, "Ada Lovelace", 840).result(), 30)
+            await asyncio.wait_for(start(client, ada, HOLDER_ID, 840).result(), 30)
             with pytest.raises(LedgerRefusedError, match="ledger_must_not_be_zero"):
-                await asyncio.wait_for(start(client, grace, "Grace Hopper", 0).result(), 30)
+                await asyncio.wait_for(start(client, grace, "cus_b04e6d58", 0).result(), 30)
         finally:
             await client.stop()
 
@@ -223,22 +232,31 @@ def test_opens_an_account_and_a_refused_one_stays_invisible(
     (ada_id, ada_status), (grace_id, grace_status) = rows[ada], rows[grace]
     assert (ada_status, grace_status) == ("active", "pending")
     assert [row[:3] for row in ledger_rows(environ)] == [(ada_id, 840, 1)]
-    assert asyncio.run(read_account(stores, ada_id)) == Account(ada_id, "Ada Lovelace", 840, 1, 0)
+    assert asyncio.run(read_account(stores, ada_id)) == Account(ada_id, HOLDER_ID, 840, 1, 0)
     assert asyncio.run(read_account(stores, grace_id)) is None
 
 
+NOT_A_REFERENCE = "holder_id is not a customer reference (cus_ and 4 to 32 letters or digits)"
+
+
 @pytest.mark.parametrize(
-    ("ledger", "code", "problem"),
+    ("holder_id", "ledger", "code", "problem"),
     [
-        (2**32, 1, "ledger 4294967296 is outside 0..4294967295"),
-        (-1, 1, "ledger -1 is outside 0..4294967295"),
-        (840, 2**16, "code 65536 is outside 0..65535"),
+        (HOLDER_ID, 2**32, 1, "ledger 4294967296 is outside 0..4294967295"),
+        (HOLDER_ID, -1, 1, "ledger -1 is outside 0..4294967295"),
+        (HOLDER_ID, 840, 2**16, "code 65536 is outside 0..65535"),
+        # The error does not repeat the value: the server stores it, as the execution's result.
+        (HOLDER_EMAIL, 840, 1, NOT_A_REFERENCE),
+        (HOLDER_NAME, 840, 1, NOT_A_REFERENCE),
+        (f"cus_{HOLDER_EMAIL}", 840, 1, NOT_A_REFERENCE),
     ],
+    ids=["ledger-too-big", "ledger-negative", "code-too-big", "email", "name", "cus_email"],
 )
-def test_a_request_the_ledger_cannot_hold_fails_at_once_and_writes_nothing(
+def test_a_bad_request_fails_at_once_and_writes_nothing(
     devserver: RunningDevServer,
     start_worker: ProcessFactory,
     environ: dict[str, str],
+    holder_id: str,
     ledger: int,
     code: int,
     problem: str,
@@ -252,17 +270,71 @@ def test_a_request_the_ledger_cannot_hold_fails_at_once_and_writes_nothing(
         client = Resonate(url=devserver.url, group="wlrf-tests")
         try:
             handle = client.options(target="wlrf").rpc(
-                execution_id, "open_account", "Ada", ledger, code
+                execution_id, "open_account", holder_id, ledger, code
             )
             await asyncio.wait_for(handle.result(), 10)
         finally:
             await client.stop()
 
-    with pytest.raises(ValueError, match=f"invalid account: {re.escape(problem)}$"):
+    with pytest.raises(ValueError, match=f"^invalid account: {re.escape(problem)}$"):
         asyncio.run(scenario())
 
     assert reference_rows(environ) == []
     assert ledger_rows(environ) == []
+
+
+def with_base64_decoded(blob: bytes) -> list[bytes]:
+    """`blob`, and every base64 string in it decoded: the SDK stores values as base64, so
+    plaintext would hide there from a naive search."""
+    found = [blob]
+    for match in BASE64.finditer(blob):
+        token = match.group()
+        with contextlib.suppress(binascii.Error, ValueError):
+            found.append(base64.b64decode(token + b"=" * (-len(token) % 4)))
+    return found
+
+
+def test_the_server_holds_the_holders_reference_never_their_name(
+    devserver: RunningDevServer,
+    start_worker: ProcessFactory,
+    environ: dict[str, str],
+) -> None:
+    start_worker("wlrf.worker", {"RESONATE_URL": devserver.url, **environ})
+    execution_id = f"wlrf-test-{secrets.token_hex(4)}"
+
+    async def scenario() -> None:
+        client = Resonate(url=devserver.url, group="wlrf-tests")
+        try:
+            await asyncio.wait_for(start(client, execution_id, HOLDER_ID, 840).result(), 30)
+        finally:
+            await client.stop()
+
+    asyncio.run(scenario())
+
+    # Everything the server holds for the execution: its promises (the workflow's and each
+    # step's), their arguments and results, and its request journal.
+    promises = cast(list[dict[str, Any]], devserver.state(execution_id)["promises"])
+    held = json.dumps([promises, devserver.journal(execution_id)]).encode()
+    values = [
+        base64.b64decode(field["data"])
+        for promise in promises
+        for field in (promise["param"], promise["value"])
+        if field and field.get("data")
+    ]
+    assert len(promises) == 5  # the workflow and its four steps
+    assert not [
+        needle
+        for needle in (HOLDER_NAME, "Lovelace", HOLDER_EMAIL)
+        for text in with_base64_decoded(held)
+        if needle.encode() in text
+    ]
+    assert not [value for value in values if b"@" in value]  # no email address, whoever's
+    assert [value for value in values if HOLDER_ID.encode() in value]
+    # The receiving system got the reference: the customer system resolves it when needed.
+    with closing(sqlite3.connect(environ["REFERENCE_DB"])) as db:
+        assert db.execute("SELECT request_id, holder_id FROM accounts").fetchall() == [
+            (execution_id, HOLDER_ID)
+        ]
 
 
 @pytest.mark.parametrize(
@@ -302,7 +374,7 @@ def test_a_worker_killed_around_the_ledger_write_is_resumed_to_one_account(
     async def scenario() -> tuple[list[Any], list[Any], Account | None]:
         client = Resonate(url=devserver.url, group="wlrf-tests")
         try:
-            handle = start(client, execution_id, "Ada Lovelace", 840)
+            handle = start(client, execution_id, HOLDER_ID, 840)
             assert await asyncio.to_thread(victim.wait, 30) == -9  # SIGKILLed by the tripwire
             (account_id, _, _), *_ = reference_rows(environ)
             at_the_kill = (
@@ -325,7 +397,7 @@ def test_a_worker_killed_around_the_ledger_write_is_resumed_to_one_account(
         assert read_then is None  # Read First: a pending row alone is not an account
     else:
         assert [row[0] for row in ledger_then] == [account_id]
-        assert read_then == Account(account_id, "Ada Lovelace", 840, 1, 0)
+        assert read_then == Account(account_id, HOLDER_ID, 840, 1, 0)
     # After the takeover: one row, one account, one id.
     assert reference_rows(environ) == [(account_id, execution_id, "active")]
     final_ledger = ledger_rows(environ)
