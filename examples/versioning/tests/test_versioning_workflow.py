@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 from resonate.context import Context
 from resonate.dependencies import DependencyMap
+from resonate.error import SerializationError, ServerError
 from resonate.observability import PromiseCreateReturned
 from resonate.resonate import Resonate
 from resonate.testing import (
@@ -43,7 +45,7 @@ from versioning.steps import (
 from versioning.worker import register_versions
 from versioning.workflow import NAME, STEP_RETRIES, Renewal, renewal_v1, renewal_v2
 
-SUBSCRIPTION = Subscription("sub-1", "ada@example.com", "pro", 1900, "EUR", 3600)
+SUBSCRIPTION = Subscription("sub-1", "cus_ada1815", "pro", 1900, "EUR", 3600)
 
 
 @dataclass
@@ -84,8 +86,8 @@ async def markers(resonate: Resonate) -> list[tuple[str, str]]:
 
 def test_both_versions_run_side_by_side_each_on_the_body_it_started_with() -> None:
     providers = FakeProviders(yes)
-    on_v1 = Subscription("sub-1", "one@example.com", "pro", 1900, "EUR", 3600)
-    on_v2 = Subscription("sub-2", "two@example.com", "pro", 1900, "EUR", 3600)
+    on_v1 = Subscription("sub-1", "cus_one00001", "pro", 1900, "EUR", 3600)
+    on_v2 = Subscription("sub-2", "cus_two00002", "pro", 1900, "EUR", 3600)
 
     async def go() -> tuple[list[tuple[str, str]], list[Renewal], list[tuple[str, str]]]:
         clock = FakeClock(1_800_000_000_000)
@@ -125,7 +127,63 @@ def test_both_versions_run_side_by_side_each_on_the_body_it_started_with() -> No
     assert [renewal.outcome for renewal in done] == ["renewed", "renewed"]
     checked = [what for what, _ in providers.calls if what.startswith("fraud_check")]
     assert checked == ["fraud_check sub-2"]  # only version 2 checks for fraud
+    # The email provider is sent the customer's reference, and resolves it to an address.
+    emailed = sorted(what for what, _ in providers.calls if what.startswith(("renewal", "receipt")))
+    assert emailed == [
+        "receipt cus_one00001",
+        "receipt cus_two00002",
+        "renewal-notice cus_one00001",
+        "renewal-notice cus_two00002",
+    ]
     assert after == [("resolved", "1"), ("resolved", "2")]  # done: no version kept alive
+
+
+REFUSAL = "customer_id: not a customer reference like 'cus_4f9a01c2'"
+NOT_REFERENCES = [
+    "ada@example.com",
+    "Ada Lovelace",
+    "ada",
+    "cus_ada@example.com",
+    "cus_ada 1815",
+    "cus_ad",
+    "cus_ada1815\n",
+    "",
+]
+
+
+@pytest.mark.parametrize("customer_id", NOT_REFERENCES)
+def test_a_subscription_refuses_anything_but_a_customer_reference(customer_id: str) -> None:
+    # Naming the field, and not repeating the value: the server keeps a refused renewal's error.
+    with pytest.raises(ValueError, match=f"^{re.escape(REFUSAL)}$"):
+        Subscription("sub-1", customer_id, "pro", 1900, "EUR", 3600)
+
+
+def test_a_worker_refuses_a_renewal_whose_argument_carries_an_email_address() -> None:
+    # A starter that bypassed the class (a raw dict, another language): the worker decodes the
+    # argument into a Subscription, which refuses it before the first step.
+    providers = FakeProviders(yes)
+    argument = {**asdict(SUBSCRIPTION), "customer_id": "ada@example.com"}
+
+    async def go() -> None:
+        resonate = local_resonate()
+        try:
+            transport = httpx.MockTransport(providers.handle)
+            async with httpx.AsyncClient(transport=transport, base_url="http://providers") as c:
+                resonate.with_dependency(Providers(c))
+                resonate.with_dependency(Server(resonate))
+                register_versions(resonate, [1, 2])
+                handle = resonate.options(version=2).run("ren-1", NAME, argument)
+                with pytest.raises(SerializationError, match=re.escape(REFUSAL)) as refused:
+                    await asyncio.wait_for(handle.result(), 10)
+                assert "ada@example.com" not in str(refused.value)
+                with pytest.raises(ServerError, match="not found"):  # no marker: no step ran
+                    await resonate.promises.get(marker_id("ren-1"))
+        finally:
+            await resonate.stop()
+
+    asyncio.run(go())
+
+    assert providers.calls == []  # no email, no fraud check, no charge
 
 
 def replay_after_the_sleep(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -80,7 +81,8 @@ class Release:
 def subscription(name: str, renews_in_seconds: int) -> Subscription:
     return Subscription(
         subscription_id=f"sub-{name}",
-        email=f"{name}@example.com",
+        # A reference, never the address: the email provider looks the customer up by it.
+        customer_id=f"cus_{name}{secrets.token_hex(2)}",
         plan="pro-monthly",
         amount_cents=1200,
         currency="EUR",

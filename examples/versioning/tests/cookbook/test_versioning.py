@@ -10,6 +10,8 @@ deadline, so that which worker wakes it is never a race.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 import time
 from collections import Counter
@@ -44,6 +46,11 @@ from versioning.workflow import NAME, STEP_RETRIES, WORKFLOW_RETRIES, Renewal
 
 TIMEOUT_S = 30
 AN_HOUR = 3600
+# The customer every test renews for, by reference; the email provider knows the address.
+CUSTOMER_ID = "cus_7Q2xK9mB"
+# Who it stands for at the email provider (Ada Lovelace <ada@example.com>): the server must
+# never hold any of it.
+PERSONAL_DATA = ["@", "example.com", "Ada", "Lovelace"]
 
 
 @dataclass
@@ -124,7 +131,7 @@ def with_client(scenario: Callable[[Resonate], Awaitable[None]], fleet: Fleet) -
 def subscription(renews_in_seconds: int = AN_HOUR) -> Subscription:
     return Subscription(
         subscription_id=f"sub-{secrets.token_hex(3)}",
-        email="ada@example.com",
+        customer_id=CUSTOMER_ID,
         plan="pro-monthly",
         amount_cents=1200,
         currency="EUR",
@@ -171,6 +178,39 @@ def test_a_renewal_asleep_on_v1_finishes_on_v1_after_a_deploy_of_both(fleet: Fle
         assert fleet.effects(renewal_id) == {"email.send": 2, "payment.charge": 1}
         [charge] = fleet.sandbox.records.effects(key_prefix=renewal_id + ":4")
         assert renewal["charge"] == charge.resource_id
+
+    with_client(scenario, fleet)
+
+
+def readable(promise: dict[str, Any]) -> str:
+    """A promise the server holds, as text: its id, its tags and its param and value decoded
+    (the SDK stores them as base64, where plaintext would hide from a naive search). Without
+    the SDK's routing tag, an address like `poll://any@versioning` that names no one."""
+    tags = {k: v for k, v in promise["tags"].items() if k != "resonate:target"}
+    stored = [v["data"] for v in (promise["param"], promise["value"]) if v and v.get("data")]
+    return json.dumps([promise["id"], tags, *[base64.b64decode(d).decode() for d in stored]])
+
+
+def test_the_server_holds_the_customer_reference_and_no_personal_data(fleet: Fleet) -> None:
+    async def scenario(client: Resonate) -> None:
+        fleet.deploy("1,2")
+        renewal_id, handle = start(client, 2, renews_in_seconds=0)
+        assert (await result(handle))["outcome"] == "renewed"
+
+        # Every promise of the renewal: its own, its steps' and sleep's, and its version marker.
+        promises = fleet.server.state()["promises"]
+        assert isinstance(promises, list)
+        held = [p for p in promises if p["id"].startswith(renewal_id)]
+        checkpoints = [f"{renewal_id}:{n}" for n in range(1, 8)]  # see the README's tree
+        assert {p["id"] for p in held} == {renewal_id, *checkpoints, marker_id(renewal_id)}
+        text = "\n".join(readable(p) for p in held)
+        assert [data for data in PERSONAL_DATA if data in text] == []
+        assert CUSTOMER_ID in text  # the argument was found and read: the reference is in it
+
+        # The email provider got the reference, to resolve to an address itself.
+        emails = fleet.sandbox.records.effects(key_prefix=renewal_id + ":")
+        sent = [(e.body["template"], e.body["to"]) for e in emails if e.provider == "email"]
+        assert sent == [("renewal-notice", CUSTOMER_ID), ("receipt", CUSTOMER_ID)]
 
     with_client(scenario, fleet)
 
