@@ -169,7 +169,11 @@ async def summarize(ctx: Context, page: Page, rounds: list[Round]) -> Summary:
 async def ask_reviewer(
     ctx: Context, reviewer: str, page: Page, summary: str, round_number: int, decision_id: str
 ) -> str | Refused:
-    """Email the reviewer the summary and the id of the promise their decision resolves."""
+    """Email the reviewer the summary and the id of the promise their decision resolves.
+
+    `reviewer` is a staff user id (`usr_...`), sent as it is: the email provider resolves it to
+    an address, so no address ever passes through the Resonate server.
+    """
     print(f"asking {reviewer} to review round {round_number}", flush=True)
     body = {
         "to": reviewer,

@@ -76,7 +76,11 @@ class Ended:
     posted: str | None = None  # the chat message id of the approved summary
 
 
-EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# The reviewer by reference, a staff user id, never an email address or a name: the Resonate
+# server stores the execution's arguments in plaintext, readable by anyone who can read the
+# server. The email provider resolves the id to an address. (Checked with `fullmatch`: `match`
+# would let a trailing newline past the `$`.)
+REVIEWER_ID = re.compile(r"^usr_[A-Za-z0-9]{4,32}$")
 
 
 def problems(url: object, reviewer: object) -> list[str]:
@@ -84,8 +88,8 @@ def problems(url: object, reviewer: object) -> list[str]:
     found = []
     if not isinstance(url, str) or len(url) > 2000 or not _is_page(url):
         found.append("url: must be a path (/...) or an http(s) URL, of at most 2,000 characters")
-    if not isinstance(reviewer, str) or len(reviewer) > 254 or not EMAIL_PATTERN.match(reviewer):
-        found.append("reviewer: must be an email address")
+    if not isinstance(reviewer, str) or not REVIEWER_ID.fullmatch(reviewer):
+        found.append("reviewer: must be a reviewer id like usr_...")
     return found
 
 

@@ -27,10 +27,16 @@ from resonate.resonate import Resonate
 from resonate.testing import FakeClock, local_resonate, root_context
 from resonate.types import Value
 from summarize_approve.steps import Model, Page, Providers, ProviderUnavailableError, publish
-from summarize_approve.workflow import MAX_ROUNDS, REVIEW_WITHIN, Ended, summarize_and_approve
+from summarize_approve.workflow import (
+    MAX_ROUNDS,
+    REVIEW_WITHIN,
+    Ended,
+    problems,
+    summarize_and_approve,
+)
 
 PAGE = "Resonate is a durable execution framework. " * 20
-REVIEWER = "grace@example.com"
+REVIEWER = "usr_8d2f41c7"  # a staff user id: the email provider resolves it
 
 
 @dataclass
@@ -184,6 +190,8 @@ def test_a_rejection_with_feedback_is_revised_and_the_approved_summary_posted() 
     assert harness.web.posts == [
         {"channel": "#reading-list", "text": "/articles/resonate\nsummary 2"}
     ]
+    # The reviewer's id goes to the email provider as it is: the provider resolves it.
+    assert [mail["to"] for mail in harness.web.emails] == [REVIEWER, REVIEWER]
 
 
 def test_each_summary_is_one_completion_under_its_own_key() -> None:
@@ -308,7 +316,13 @@ def test_a_decision_that_cannot_be_read_publishes_nothing(decision: Any) -> None
         ("https://", REVIEWER, "url: "),
         ("/has space", REVIEWER, "url: "),
         ("/" + "a" * 2000, REVIEWER, "url: "),
-        ("/articles/resonate", "grace", "reviewer: "),
+        # The reviewer is a staff user id: an address or a name would sit in the server.
+        ("/articles/resonate", "ada@example.com", "reviewer: must be a reviewer id like usr_"),
+        ("/articles/resonate", "Ada Lovelace", "reviewer: "),
+        ("/articles/resonate", "usr_ada@example.com", "reviewer: "),
+        ("/articles/resonate", "usr_abc", "reviewer: "),  # too short
+        ("/articles/resonate", "usr_" + "a" * 33, "reviewer: "),  # too long
+        ("/articles/resonate", "usr_abcd\n", "reviewer: "),
         ("/articles/resonate", "", "reviewer: "),
     ],
 )
@@ -329,6 +343,11 @@ def test_bad_arguments_are_refused_naming_the_argument_and_nothing_is_done(
     assert ended[0].reason is not None
     assert ended[0].reason.startswith(reason)
     assert (harness.web.fetches, harness.model.requests, harness.web.emails) == ([], [], [])
+
+
+@pytest.mark.parametrize("reviewer", ["usr_8d2f", "usr_" + "A1" * 16])
+def test_a_reviewer_id_of_4_to_32_letters_or_digits_is_accepted(reviewer: str) -> None:
+    assert problems("/articles/resonate", reviewer) == []
 
 
 @pytest.mark.parametrize("url", ["/openapi.json", "https://example.com", "http://a.b/c?d=e#f"])

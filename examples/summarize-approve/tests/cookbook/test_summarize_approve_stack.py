@@ -9,6 +9,8 @@ example's script answers.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 import threading
 from collections.abc import Iterator
@@ -30,7 +32,10 @@ from resonate.types import Value
 
 EXAMPLE = Path(__file__).resolve().parents[2]
 PAGE = "/openapi.json"
-REVIEWER = "grace@example.com"
+# Grace, the reviewer, by her staff user id. Her name and her address are the email provider's
+# to know: the Resonate server must hold neither (it stores every argument in plaintext).
+REVIEWER = "usr_8d2f41c7"
+REVIEWER_NAMES = ("grace", "hopper")
 # The stand-in's scripted answers (stand-in-model.toml).
 FIRST = "The Resonate cookbook provider sandbox is an HTTP API of fake third-party providers"
 FOR_DEVELOPERS = "For developers testing durable workflows"
@@ -204,3 +209,41 @@ def test_a_reviewer_who_never_answers_ends_it_when_the_promise_times_out(
     assert len(billed_keys(model_sandbox, execution_id)) == ended["rounds"] == 1
     effects = model_sandbox.records.effects(key_prefix=f"{execution_id}:")
     assert [e.provider for e in effects if e.provider in ("email", "slack")] == ["email"]
+
+
+def held_by_the_server(devserver: RunningDevServer, execution_id: str) -> list[str]:
+    """Every promise of the execution as the server stores it, and each value in it decoded.
+
+    The SDK stores an argument or a result as base64 (`{"data": ...}`): plaintext hides there
+    from a search of the raw records, so each one is decoded too. Left out: the SDK's routing
+    address (the tag `resonate:target`, `poll://any@<group>`), the one '@' that is no one's.
+    """
+    promises: list[dict[str, Any]] = devserver.state(execution_id)["promises"]  # type: ignore[assignment]
+    held = []
+    for promise in promises:
+        tags = {k: v for k, v in promise["tags"].items() if k != "resonate:target"}
+        held.append(json.dumps({**promise, "tags": tags}))
+        for stored in (promise.get("param"), promise.get("value")):
+            if stored and stored.get("data"):
+                held.append(base64.b64decode(stored["data"]).decode())
+    return held
+
+
+def test_the_server_holds_the_reviewers_id_never_an_address_or_a_name(
+    devserver: RunningDevServer,
+    env: dict[str, str],
+    model_sandbox: RunningSandbox,
+    start_worker: ProcessFactory,
+) -> None:
+    start_worker("summarize_approve.worker", env)
+
+    execution_id, ended = summarize(env["RESONATE_URL"], model_sandbox, [ASK_WHO, APPROVE])
+
+    assert ended["state"] == "approved"
+    held = held_by_the_server(devserver, execution_id)
+    assert any(REVIEWER in text for text in held)  # only in a decoded value: they are searched
+    assert [text for text in held if "@" in text] == []
+    assert [text for text in held if any(n in text.lower() for n in REVIEWER_NAMES)] == []
+    # The email provider got the id, to resolve to an address itself.
+    effects = model_sandbox.records.effects(key_prefix=f"{execution_id}:")
+    assert [e.body["to"] for e in effects if e.provider == "email"] == [REVIEWER, REVIEWER]
