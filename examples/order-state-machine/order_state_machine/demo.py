@@ -21,10 +21,10 @@ import httpx
 FINAL = {"delivered", "cancelled", "refunded", "declined", "failed"}
 
 
-def new_order(who: str, name: str, items: list[tuple[str, int, int]]) -> dict[str, Any]:
+def new_order(who: str, items: list[tuple[str, int, int]]) -> dict[str, Any]:
     return {
         "order_id": f"order-{who}-{secrets.token_hex(3)}",
-        "customer": {"name": name, "email": f"{who}@example.com"},
+        "customer_id": f"cus_{who}{secrets.token_hex(2)}",  # a reference: no name, no email
         "items": [
             {"sku": sku, "quantity": quantity, "unit_price_cents": price}
             for sku, quantity, price in items
@@ -91,26 +91,24 @@ def _detail(response: httpx.Response) -> str:
 def main() -> None:
     providers = os.environ["PROVIDER_API_URL"]
     with httpx.Client(base_url=os.environ["GATEWAY_URL"], timeout=30) as gateway:
-        ada = place(
-            gateway, new_order("ada", "Ada Lovelace", [("BOOK-42", 2, 1250), ("PEN-7", 1, 940)])
-        )
+        ada = place(gateway, new_order("ada", [("BOOK-42", 2, 1250), ("PEN-7", 1, 940)]))
         send(gateway, ada, "ship", {"carrier": "DHL", "tracking_number": "JD014600006281"})
         wait_for(gateway, ada, "shipped")
         send(gateway, ada, "deliver", None)
         wait_for(gateway, ada, "delivered")
         history(gateway, ada)
         print()
-        grace = place(gateway, new_order("grace", "Grace Hopper", [("COBOL-1", 1, 4200)]))
+        grace = place(gateway, new_order("grace", [("COBOL-1", 1, 4200)]))
         send(gateway, grace, "cancel", {"reason": "changed my mind"})
         wait_for(gateway, grace, "cancelled")
         print()
-        alan = place(gateway, new_order("alan", "Alan Turing", [("ENIGMA-3", 1, 9900)]))
+        alan = place(gateway, new_order("alan", [("ENIGMA-3", 1, 9900)]))
         send(gateway, alan, "ship", {"carrier": "UPS", "tracking_number": "1Z999AA10123456784"})
         wait_for(gateway, alan, "shipped")
         send(gateway, alan, "cancel", {"reason": "arrived damaged"})
         wait_for(gateway, alan, "refunded")
         print()
-        barbara = place(gateway, new_order("barbara", "Barbara Liskov", [("CLU-1", 1, 12000)]))
+        barbara = place(gateway, new_order("barbara", [("CLU-1", 1, 12000)]))
         print(
             "· make the simulated payment provider decline this order's card: it will answer"
             " 402 Payment Required to its charge"

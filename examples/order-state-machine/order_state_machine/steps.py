@@ -20,6 +20,10 @@ A provider can fail in two ways, and the steps keep them apart:
 
 The card is charged when the order ships, as most shops capture a payment at dispatch: cancelling
 before that costs the customer nothing, and cancelling after it is a refund.
+
+Every call names the customer by reference (`order.customer_id`, `cus_...`), never by name or
+email address: the providers resolve it to an address and a card, and the order, which the
+Resonate server stores in plain text as the execution's argument, holds no personal data.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ class ProviderUnavailableError(Exception):
 async def confirm(ctx: Context, order: Order) -> Transition:
     print(f"confirming {order.order_id}: confirmation email (step {ctx.info.id})", flush=True)
     body = {
-        "to": order.customer.email,
+        "to": order.customer_id,
         "subject": f"Order {order.order_id} confirmed",
         "text": f"{len(order.items)} item(s), {_money(order)}, charged when it ships.",
     }
@@ -86,7 +90,7 @@ async def confirm(ctx: Context, order: Order) -> Transition:
 async def charge(ctx: Context, order: Order, ship: Ship) -> Transition:
     print(f"shipping {order.order_id}: charging {_money(order)} (step {ctx.info.id})", flush=True)
     body = {
-        "customer": order.customer.email,
+        "customer": order.customer_id,
         "amount_cents": order.total_cents,
         "currency": order.currency,
         "description": f"order {order.order_id}, shipped by {ship.carrier} {ship.tracking_number}",
@@ -101,7 +105,7 @@ async def charge(ctx: Context, order: Order, ship: Ship) -> Transition:
 async def notify_declined(ctx: Context, order: Order, declined: Transition) -> Transition:
     print(f"declining {order.order_id}: telling the customer (step {ctx.info.id})", flush=True)
     body = {
-        "to": order.customer.email,
+        "to": order.customer_id,
         "subject": f"Order {order.order_id}: payment declined",
         "text": f"Your card was declined ({declined.reason}); the order was not shipped.",
     }
@@ -111,14 +115,14 @@ async def notify_declined(ctx: Context, order: Order, declined: Transition) -> T
 
 async def notify_delivered(ctx: Context, order: Order) -> Transition:
     print(f"delivering {order.order_id}: push notification (step {ctx.info.id})", flush=True)
-    body = {"to": order.customer.email, "text": f"Order {order.order_id} was delivered."}
+    body = {"to": order.customer_id, "text": f"Order {order.order_id} was delivered."}
     return await _act(ctx, "/push/send", body, "delivered")
 
 
 async def notify_cancelled(ctx: Context, order: Order, cancel: Cancel) -> Transition:
     print(f"cancelling {order.order_id}: nothing to refund (step {ctx.info.id})", flush=True)
     body = {
-        "to": order.customer.email,
+        "to": order.customer_id,
         "subject": f"Order {order.order_id} cancelled",
         "text": f"Cancelled ({cancel.reason}). Your card was not charged.",
     }

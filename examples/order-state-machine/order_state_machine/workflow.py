@@ -40,18 +40,14 @@ Text = Annotated[
 ]
 # The order id becomes the execution id, and Resonate ids may not contain ':' (it names steps).
 OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-Email = Annotated[
-    str, StringConstraints(max_length=254, pattern=r"^[^@\s\p{C}]+@[^@\s\p{C}]+\.[^@\s\p{C}]+$")
-]
+# The order names its customer by reference, never by name or email address: the Resonate server
+# stores the order as the execution's argument, readable by anyone who can read the server. The
+# providers resolve the reference to an address and a card. A name or an email here is refused.
+CustomerId = Annotated[str, StringConstraints(pattern=r"^cus_[A-Za-z0-9]{4,32}$")]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class Customer(_Strict):
-    name: Text
-    email: Email
 
 
 class Item(_Strict):
@@ -62,7 +58,7 @@ class Item(_Strict):
 
 class Order(_Strict):
     order_id: OrderId
-    customer: Customer
+    customer_id: CustomerId
     items: Annotated[list[Item], Field(min_length=1, max_length=50)]
     currency: Literal["EUR", "GBP", "USD"]
 

@@ -24,7 +24,6 @@ from order_state_machine.workflow import (
     STEP_RETRIES,
     WORKFLOW_RETRIES,
     Cancel,
-    Customer,
     Item,
     Order,
     Ship,
@@ -34,7 +33,7 @@ from resonate.testing import root_context
 
 ORDER = Order(
     order_id="o-1",
-    customer=Customer(name="Ada", email="ada@example.com"),
+    customer_id="cus_ada1815",
     items=[Item(sku="BOOK-42", quantity=2, unit_price_cents=1250)],
     currency="EUR",
 )

@@ -14,7 +14,6 @@ from order_state_machine.steps import Providers, StatusBoard
 from order_state_machine.workflow import (
     ORDER_DEADLINE,
     WORKFLOW_RETRIES,
-    Customer,
     Deliver,
     Item,
     Order,
@@ -31,7 +30,7 @@ from resonate.types import Value
 
 ORDER = Order(
     order_id="o-1",
-    customer=Customer(name="Ada", email="ada@example.com"),
+    customer_id="cus_ada1815",
     items=[Item(sku="BOOK-42", quantity=2, unit_price_cents=1250)],
     currency="EUR",
 )

@@ -16,7 +16,7 @@ from typing import Any
 from cookbook.chaos import Driver, Entry, Execution
 
 ORDER = {
-    "customer": {"name": "Ada Lovelace", "email": "ada@example.com"},
+    "customer_id": "cus_ada1815",
     "items": [{"sku": "BOOK-42", "quantity": 2, "unit_price_cents": 1250}],
     "currency": "EUR",
 }
