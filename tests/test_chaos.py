@@ -160,7 +160,7 @@ class BrokenSaga(chaos.Driver):
         if plan.id == "trip-001":
             again = await entry.http.post(
                 f"{entry.stack.provider_url}/flight/reserve",
-                json={"traveller": "Ada Lovelace"},
+                json={"traveller": "cus_7f3a9c21"},
                 headers={"Idempotency-Key": "trip-001:retried-without-its-key"},
             )
             again.raise_for_status()

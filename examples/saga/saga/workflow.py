@@ -54,17 +54,14 @@ Day = Annotated[date, Field(strict=False), BeforeValidator(_iso_date)]
 Count = Annotated[int, Field(ge=1, le=30)]  # nights, rental days
 # The trip id becomes the execution id, and Resonate ids may not contain ':' (it names steps).
 TripId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+# The trip names its traveller by reference, never by name or email address: the Resonate server
+# stores the trip as the execution's argument, in plaintext, readable by anyone who can read the
+# server. The providers resolve the reference.
+TravellerId = Annotated[str, StringConstraints(pattern=r"^cus_[A-Za-z0-9]{4,32}$")]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class Traveller(_Strict):
-    name: Text
-    email: Annotated[
-        str, StringConstraints(max_length=254, pattern=r"^[^@\s\p{C}]+@[^@\s\p{C}]+\.[^@\s\p{C}]+$")
-    ]
 
 
 class Flight(_Strict):
@@ -88,7 +85,7 @@ class Trip(_Strict):
     """A trip request: what `POST /trips` accepts, and what `book_trip` books."""
 
     trip_id: TripId
-    traveller: Traveller
+    traveller_id: TravellerId
     flight: Flight
     hotel: Hotel
     car: Car
@@ -101,7 +98,7 @@ class Trip(_Strict):
             ("car", self.car),
         ]
         return [
-            (provider, {"traveller": self.traveller.name, **choice.model_dump(mode="json")})
+            (provider, {"traveller": self.traveller_id, **choice.model_dump(mode="json")})
             for provider, choice in choices
         ]
 

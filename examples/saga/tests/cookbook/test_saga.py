@@ -9,8 +9,10 @@ trip ids, and the sandbox's records are read by idempotency-key prefix, i.e. by 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
+import json
 import os
 import secrets
 import time
@@ -88,10 +90,14 @@ def stack(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> 
             yield SagaStack(client, RunningDevServer(server, data_dir, False), sandbox)
 
 
+# Who travels: the client knows their name and email address, and sends only the reference.
+TRAVELLER_ID, TRAVELLER_NAME, TRAVELLER_EMAIL = "cus_zoe2030", "Zoë Ångström", "zoe@example.com"
+
+
 def trip_request() -> dict[str, Any]:
     return {
         "trip_id": f"test-{secrets.token_hex(4)}",
-        "traveller": {"name": "Zoë Ångström", "email": "zoe@example.com"},
+        "traveller_id": TRAVELLER_ID,
         "flight": {"origin": "LHR", "destination": "LIS", "departs": "2030-05-01"},
         "hotel": {"city": "Lisbon", "check_in": "2030-05-01", "nights": 3},
         "car": {"pickup": "Lisbon airport", "days": 3},
@@ -130,12 +136,57 @@ def test_books_flight_hotel_and_car_once(stack: SagaStack) -> None:
         "status": "booked",
         "confirmations": {e.provider: e.resource_id for e in effects},
     }
-    assert effects[0].body == {"traveller": "Zoë Ångström", **trip["flight"]}
+    assert effects[0].body == {"traveller": TRAVELLER_ID, **trip["flight"]}
     assert calls(stack, trip["trip_id"]) == [
         ("flight", "reserve", 200),
         ("hotel", "reserve", 200),
         ("car", "reserve", 200),
     ]
+
+
+def test_the_server_holds_the_travellers_reference_never_their_name_or_email(
+    stack: SagaStack,
+) -> None:
+    trip = trip_request()
+
+    assert stack.gateway.post("/trips", json=trip).status_code == 202
+    assert stack.wait_settled(trip["trip_id"])["status"] == "booked"
+
+    # Everything the server holds for the execution (its promises and its journal), and in it
+    # what the workflow stored (each promise's param and value: the trip, and each step's result).
+    held = [stack.server.state(trip["trip_id"]), stack.server.journal(trip["trip_id"])]
+    stored = json.dumps(stored_values(held), ensure_ascii=False)
+    everything = json.dumps(held, ensure_ascii=False) + stored
+    assert TRAVELLER_ID in stored  # the stored trip was decoded, not missed
+    assert "@" not in stored  # (the server's own tags hold one: `poll://any@saga`)
+    personal = [TRAVELLER_EMAIL, *TRAVELLER_NAME.split()]
+    assert [found for found in personal if found in everything] == []
+    # The providers got the reference, to resolve it themselves.
+    effects = stack.sandbox.records.effects(key_prefix=f"{trip['trip_id']}:")
+    assert [(e.provider, e.body["traveller"]) for e in effects] == [
+        ("flight", TRAVELLER_ID),
+        ("hotel", TRAVELLER_ID),
+        ("car", TRAVELLER_ID),
+    ]
+
+
+def stored_values(held: Any) -> list[Any]:
+    """Every value stored in the dev server's answer `held`, decoded.
+
+    A promise's param and value are kept as `{"data": <base64 of JSON>}`, which hides a name or
+    an email address from a plain search.
+    """
+    if isinstance(held, list):
+        return [value for item in held for value in stored_values(item)]
+    if not isinstance(held, dict):
+        return []
+    found = []
+    for key, value in held.items():
+        if key == "data" and isinstance(value, str):
+            found.append(json.loads(base64.b64decode(value, validate=True)))
+        else:
+            found.extend(stored_values(value))
+    return found
 
 
 def test_car_refusal_cancels_hotel_then_flight_exactly_once(stack: SagaStack) -> None:
@@ -411,7 +462,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 HOSTILE: dict[str, bytes] = {
     **malformed_bodies(trip_request()),
     "missing trip_id": as_json(_changed("trip_id", REMOVED)),
-    "missing traveller": as_json(_changed("traveller", REMOVED)),
+    "missing traveller_id": as_json(_changed("traveller_id", REMOVED)),
     "missing car": as_json(_changed("car", REMOVED)),
     "missing flight date": as_json(_changed("flight.departs", REMOVED)),
     "trip_id with colon": as_json(_changed("trip_id", "trip:1")),
@@ -422,15 +473,18 @@ HOSTILE: dict[str, bytes] = {
     "trip_id path traversal": as_json(_changed("trip_id", "../../etc/passwd")),
     "trip_id unicode": as_json(_changed("trip_id", "trïp-1")),
     "trip_id newline": as_json(_changed("trip_id", "trip-1\n")),
-    "name huge": as_json(_changed("traveller.name", "A" * 10_000)),
-    "name empty": as_json(_changed("traveller.name", "")),
-    "name only spaces": as_json(_changed("traveller.name", "   ")),
-    "name NUL byte": as_json(_changed("traveller.name", "Ada\x00Lovelace")),
-    "name bidi override": as_json(_changed("traveller.name", "Ada \u202eecalevoL")),
-    "name lone surrogate": as_json(_changed("traveller.name", "Ada \ud800")),
-    "name array": as_json(_changed("traveller.name", ["Ada"])),
-    "traveller array": as_json(_changed("traveller", ["Ada", "ada@example.com"])),
-    "email without @": as_json(_changed("traveller.email", "ada.example.com")),
+    "city huge": as_json(_changed("hotel.city", "A" * 10_000)),
+    "city empty": as_json(_changed("hotel.city", "")),
+    "city only spaces": as_json(_changed("hotel.city", "   ")),
+    "city NUL byte": as_json(_changed("hotel.city", "Lis\x00bon")),
+    "city bidi override": as_json(_changed("hotel.city", "Lis \u202enob")),
+    "city lone surrogate": as_json(_changed("hotel.city", "Lisbon \ud800")),
+    "city array": as_json(_changed("hotel.city", ["Lisbon"])),
+    "traveller_id an email address": as_json(_changed("traveller_id", "ada@example.com")),
+    "traveller_id a name": as_json(_changed("traveller_id", "Ada Lovelace")),
+    "name and email as before": as_json(
+        _changed("traveller", {"name": "Ada Lovelace", "email": "ada@example.com"})
+    ),
     "airport lowercase": as_json(_changed("flight.origin", "lhr")),
     "airport number": as_json(_changed("flight.origin", 123)),
     "date impossible": as_json(_changed("flight.departs", "2030-02-30")),
@@ -488,6 +542,31 @@ def test_a_date_that_is_not_an_iso_string_is_422_naming_the_field(
             "type": "value_error",
         }
     ]
+
+
+@pytest.mark.parametrize(
+    "not_a_reference",
+    [TRAVELLER_EMAIL, TRAVELLER_NAME, "zoe2030"],
+    ids=["an email address", "a name", "without cus_"],
+)
+def test_anything_but_a_traveller_reference_is_422_naming_the_field_and_nothing_starts(
+    stack: SagaStack, not_a_reference: str
+) -> None:
+    executions_before = stack.server.executions()
+    provider_calls_before = len(stack.sandbox.records.requests())
+
+    response = stack.gateway.post("/trips", json=_changed("traveller_id", not_a_reference))
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {
+            "loc": ["body", "traveller_id"],
+            "msg": "String should match pattern '^cus_[A-Za-z0-9]{4,32}$'",
+            "type": "string_pattern_mismatch",
+        }
+    ]
+    assert stack.server.executions() == executions_before
+    assert len(stack.sandbox.records.requests()) == provider_calls_before
 
 
 def test_the_openapi_document_declares_every_answer_with_its_body(stack: SagaStack) -> None:
