@@ -14,7 +14,9 @@ Tools:
   approve_invoice(...)          asks the workers' configured approver (never one the client
                                 names) to approve an invoice and returns the decision; one per
                                 invoice (`invoice.<id>`); the approver decides outside MCP
-  call_status(call_id, wait)    where a call is: pending, done (its result) or failed (why)
+  call_status(call_id, wait_seconds)
+                                where a call is: pending, done (its result) or failed (why)
+Each refuses an argument it does not declare, naming it (`refusing_undeclared`).
 
 Environment: RESONATE_URL (required), RESONATE_GROUP (the workers' group, default mcp-server),
 MCP_CALL_WAIT_SECONDS (how long a tool waits for its result, default 20), DECIDE_WITHIN_SECONDS
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +37,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
 from pydantic import BaseModel, Field, StringConstraints
 from resonate.error import ServerError
 from resonate.resonate import Resonate
@@ -120,15 +123,21 @@ async def connect(_: MCPServer[Calls]) -> AsyncIterator[Calls]:
         await resonate.stop()
 
 
-server = MCPServer(
-    "resonate-durable-tools",
-    instructions=(
-        "Tools backed by durable workflows. A call that is still running answers status "
-        "'pending' with its call_id: ask call_status with that id later; calling the same tool "
-        "again with the same arguments also attaches to the same call, never starts a second."
-    ),
-    lifespan=connect,
-)
+def refusing_undeclared(fn: Callable[..., Any]) -> Tool:
+    """`fn` as a tool that refuses an argument it does not declare, naming it.
+
+    The SDK checks a call's arguments with a model of the function's parameters that drops any
+    other key silently (modelcontextprotocol/python-sdk#3067): an AI still sending
+    `approver_email` to approve_invoice would get no error, and believe its address was used.
+    The same model set to forbid other keys refuses the call before the tool runs, as it refuses
+    a bad value, and the schema the client lists says so (`additionalProperties: false`).
+    """
+    tool = Tool.from_function(fn)
+    arguments = tool.fn_metadata.arg_model  # made for this tool alone
+    arguments.model_config["extra"] = "forbid"
+    arguments.model_rebuild(force=True)
+    tool.parameters = arguments.model_json_schema(by_alias=True)
+    return tool
 
 
 async def _started(ctx: Context[Calls, Any], call_id: str) -> None:
@@ -136,7 +145,6 @@ async def _started(ctx: Context[Calls, Any], call_id: str) -> None:
     await ctx.report_progress(0, None, f"call {call_id} started")
 
 
-@server.tool()
 async def weather_report(
     city: Annotated[City, Field(description="The city, e.g. 'Lyon'")],
     ctx: Context[Calls, Any],
@@ -154,7 +162,6 @@ async def weather_report(
     return await calls.wait(call_id, handle, calls.wait_seconds)
 
 
-@server.tool()
 async def approve_invoice(
     invoice_id: Annotated[InvoiceId, Field(description="The invoice's own id, e.g. 'INV-2041'")],
     vendor: Annotated[Text, Field(description="Who is paid")],
@@ -210,7 +217,6 @@ async def _submitted(calls: Calls, call_id: str) -> Invoice | None:
     return None
 
 
-@server.tool()
 async def call_status(
     call_id: CallId,
     ctx: Context[Calls, Any],
@@ -229,6 +235,17 @@ async def call_status(
         raise
     return await calls.wait(call_id, handle, wait_seconds)
 
+
+server = MCPServer(
+    "resonate-durable-tools",
+    instructions=(
+        "Tools backed by durable workflows. A call that is still running answers status "
+        "'pending' with its call_id: ask call_status with that id later; calling the same tool "
+        "again with the same arguments also attaches to the same call, never starts a second."
+    ),
+    lifespan=connect,
+    tools=[refusing_undeclared(fn) for fn in (weather_report, approve_invoice, call_status)],
+)
 
 if __name__ == "__main__":
     server.run("stdio")

@@ -18,6 +18,7 @@ import httpx
 import httpx2
 import openai
 import pytest
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp_server.calls import (
     Invoice,
     InvoiceOutcome,
@@ -229,6 +230,28 @@ def test_anything_but_an_approval_pays_nothing(value: Any) -> None:
 
     assert outcome.state == "rejected"
     assert [path for path, _, _ in world.provider_calls] == ["/email/send"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "undeclared"),
+    [
+        ("approve_invoice", INVOICE.model_dump() | {"approver_email": APPROVER}, "approver_email"),
+        ("weather_report", {"city": "Lyon", "units": "imperial"}, "units"),
+        ("call_status", {"call_id": "invoice.INV-7", "wait": 20}, "wait"),
+    ],
+)
+def test_an_argument_a_tool_does_not_declare_is_refused_naming_it(
+    tool: str, arguments: dict[str, Any], undeclared: str
+) -> None:
+    # Dropped, the caller would believe it was used (an approver it named, say). Refused by the
+    # SDK's validation of the arguments, before the body runs (here, with no Resonate client).
+    with pytest.raises(ToolError) as refused:
+        asyncio.run(server.call_tool(tool, arguments))
+
+    assert f"\n{undeclared}\n  Extra inputs are not permitted" in str(refused.value)
+    assert isinstance(refused.value.__cause__, ValidationError)
+    listed = {t.name: t.input_schema for t in asyncio.run(server.list_tools())}
+    assert listed[tool]["additionalProperties"] is False  # the client is told, too
 
 
 def test_call_ids_come_from_the_arguments() -> None:

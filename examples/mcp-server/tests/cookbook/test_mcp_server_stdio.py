@@ -166,36 +166,45 @@ async def emails(sandbox: RunningSandbox, call_id: str) -> list[Any]:
 
 
 def test_the_ai_client_cannot_choose_who_approves(
-    stack: dict[str, str], sandbox: RunningSandbox, tmp_path: Path
+    stack: dict[str, str], devserver: RunningDevServer, sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
     # An AI that could name the approver, or a prompt injection in what it read, could send the
-    # request to an address it controls and approve its own invoice.
+    # request to an address it controls and approve its own invoice. The tool takes no approver,
+    # and one sent anyway is refused, not dropped: dropped, the AI would believe it was used.
     mallory = "mallory@attacker.example"
     invoice = an_invoice()
     call_id = f"invoice.{invoice['invoice_id']}"
+    promises_before = len(devserver.state()["promises"])  # type: ignore[arg-type]
+    effects_before = len(sandbox.records.effects())
 
-    async def go() -> tuple[set[str], dict[str, Any], Any]:
+    async def go() -> tuple[dict[str, Any], str, int, int, dict[str, Any], Any]:
         async with mcp_server(stack, tmp_path / "mcp.stderr", wait_seconds=0) as session:
             tools = {tool.name: tool for tool in (await session.list_tools()).tools}
-            offered = set(tools["approve_invoice"].input_schema["properties"])
-            # An argument the tool does not take is dropped by the SDK before the tool runs.
-            sent = answer(
+            schema = tools["approve_invoice"].input_schema
+            refusal = error_text(
                 await session.call_tool("approve_invoice", invoice | {"approver_email": mallory})
             )
+            promises_after = len(devserver.state()["promises"])  # type: ignore[arg-type]
+            effects_after = len(sandbox.records.effects())
+            sent = answer(await session.call_tool("approve_invoice", invoice))
         client = Resonate(url=stack["RESONATE_URL"], group="mcp-server-approvers")
         try:
             stored = await client.promises.get(call_id)
         finally:
             await client.stop()
-        return offered, sent, stored
+        return schema, refusal, promises_after, effects_after, sent, stored
 
-    offered, sent, stored = asyncio.run(go())
+    schema, refusal, promises_after, effects_after, sent, stored = asyncio.run(go())
 
+    assert set(schema["properties"]) == set(invoice)  # no approver among them
+    assert schema["additionalProperties"] is False  # said to the client, before it calls
+    assert "\napprover_email\n  Extra inputs are not permitted" in refusal
+    assert (promises_after, effects_after) == (promises_before, effects_before)  # nothing started
+    # Called without it, the worker's approver is asked; no address is in the stored invoice.
     assert sent["call_id"] == call_id
     [email] = asyncio.run(emails(sandbox, call_id))
-    assert email.body["to"] == APPROVER  # the worker's, whatever the client sent
-    assert offered == {"invoice_id", "vendor", "amount_cents", "currency", "description"}
-    assert "@" not in repr(stored.param.data)  # and no address in the stored invoice
+    assert email.body["to"] == APPROVER
+    assert "@" not in repr(stored.param.data)
 
 
 def test_identical_calls_are_one_execution_and_other_figures_are_refused(
@@ -234,6 +243,9 @@ BAD_ARGUMENTS = [
     ("weather_report", {"city": "L" * 100_000}, "city"),
     ("call_status", {"call_id": "nothing.1"}, "call_id"),
     ("call_status", {"call_id": "invoice.x", "wait_seconds": 3600}, "wait_seconds"),
+    # An argument a tool does not declare: refused, never dropped (`refusing_undeclared`).
+    ("weather_report", {"city": "Lyon", "units": "imperial"}, "units"),
+    ("call_status", {"call_id": "invoice.x", "wait": 20}, "wait"),
 ]
 
 
