@@ -21,12 +21,15 @@ FINISHED = ("delivered", "cancelled", "failed")
 PIPELINE = ("charge", "prepare", "assign_driver", "pick_up", "deliver", "complete")
 
 
-def order(who: str) -> dict[str, Any]:
+def order() -> dict[str, Any]:
+    # Every id here reaches the Resonate server (the order is the execution's argument, its id
+    # the execution id), so none spells who the customer is: random references, which only the
+    # providers resolve. The demo names the customers in what it prints, never in what it sends.
     return {
-        "order_id": f"order-{who}-{secrets.token_hex(3)}",
-        "customer_id": f"cus_{who}{secrets.token_hex(2)}",
+        "order_id": f"order-{secrets.token_hex(4)}",
+        "customer_id": f"cus_{secrets.token_hex(6)}",
         "restaurant_id": "rst_napoli42",
-        "address_id": f"adr_{who}home",
+        "address_id": f"adr_{secrets.token_hex(6)}",
         "items": [
             {"name": "Margherita", "quantity": 2, "unit_price_cents": 950},
             {"name": "Tiramisu", "quantity": 1, "unit_price_cents": 600},
@@ -35,9 +38,12 @@ def order(who: str) -> dict[str, Any]:
     }
 
 
-def place(gateway: httpx.Client, placed: dict[str, Any]) -> None:
+def place(gateway: httpx.Client, who: str, placed: dict[str, Any]) -> None:
     items = ", ".join(f"{i['quantity']}x {i['name']}" for i in placed["items"])
-    print(f"→ POST /orders {placed['order_id']}: {items} from {placed['restaurant_id']}")
+    print(
+        f"→ POST /orders {placed['order_id']} ({who}'s order):"
+        f" {items} from {placed['restaurant_id']}"
+    )
     accepted = gateway.post("/orders", json=placed)
     accepted.raise_for_status()
     status_url = accepted.json()["status_url"]
@@ -83,20 +89,20 @@ def make_dispatch_fail(providers: str, placed: dict[str, Any], **fault: Any) -> 
 def main() -> None:
     providers = os.environ["PROVIDER_API_URL"]
     with httpx.Client(base_url=os.environ["GATEWAY_URL"], timeout=10) as gateway:
-        place(gateway, order("ada"))
+        place(gateway, "Ada", order())
         print()
-        grace = order("grace")
+        grace = order()
         print("· make the simulated dispatch API answer 409 Conflict (no driver) for this order")
         make_dispatch_fail(providers, grace, mode="fail_always", status=409)
-        place(gateway, grace)
+        place(gateway, "Grace", grace)
         print()
-        alan = order("alan")
+        alan = order()
         print(
             "· make the simulated dispatch API answer 503 twice for this order, then work:"
             " the driver step retries in place (see the worker's lines)"
         )
         make_dispatch_fail(providers, alan, mode="fail_times", times=2, status=503)
-        place(gateway, alan)
+        place(gateway, "Alan", alan)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from resonate.testing import local_resonate, resolved_promise, root_context
 ORDER = Order.model_validate(
     {
         "order_id": "ord-1",
-        "customer_id": "cus_ada1",
+        "customer_id": "cus_9d3f",
         "restaurant_id": "rst_luigi",
         "address_id": "adr_home1",
         "items": [{"name": "Margherita", "quantity": 2, "unit_price_cents": 900}],

@@ -21,10 +21,13 @@ import httpx
 FINAL = {"delivered", "cancelled", "refunded", "declined", "failed"}
 
 
-def new_order(who: str, items: list[tuple[str, int, int]]) -> dict[str, Any]:
+def new_order(items: list[tuple[str, int, int]]) -> dict[str, Any]:
+    # The order id (the execution id) and the order (its argument) are stored on the Resonate
+    # server, so neither spells who the customer is: random references, which only the
+    # providers resolve. The demo names the customers in what it prints, never in what it sends.
     return {
-        "order_id": f"order-{who}-{secrets.token_hex(3)}",
-        "customer_id": f"cus_{who}{secrets.token_hex(2)}",  # a reference: no name, no email
+        "order_id": f"order-{secrets.token_hex(4)}",
+        "customer_id": f"cus_{secrets.token_hex(6)}",
         "items": [
             {"sku": sku, "quantity": quantity, "unit_price_cents": price}
             for sku, quantity, price in items
@@ -33,11 +36,11 @@ def new_order(who: str, items: list[tuple[str, int, int]]) -> dict[str, Any]:
     }
 
 
-def place(gateway: httpx.Client, order: dict[str, Any]) -> str:
+def place(gateway: httpx.Client, who: str, order: dict[str, Any]) -> str:
     order_id: str = order["order_id"]
     total = sum(i["quantity"] * i["unit_price_cents"] for i in order["items"]) / 100
     items = ", ".join(f"{i['quantity']} × {i['sku']}" for i in order["items"])
-    print(f"→ POST /orders {order_id}: {items}, {total:.2f} {order['currency']}")
+    print(f"→ POST /orders {order_id} ({who}'s order): {items}, {total:.2f} {order['currency']}")
     accepted = gateway.post("/orders", json=order).raise_for_status()
     print(f"← {accepted.status_code} Accepted: the order now lives on the workers")
     wait_for(gateway, order_id, "confirmed")
@@ -91,24 +94,24 @@ def _detail(response: httpx.Response) -> str:
 def main() -> None:
     providers = os.environ["PROVIDER_API_URL"]
     with httpx.Client(base_url=os.environ["GATEWAY_URL"], timeout=30) as gateway:
-        ada = place(gateway, new_order("ada", [("BOOK-42", 2, 1250), ("PEN-7", 1, 940)]))
+        ada = place(gateway, "Ada", new_order([("BOOK-42", 2, 1250), ("PEN-7", 1, 940)]))
         send(gateway, ada, "ship", {"carrier": "DHL", "tracking_number": "JD014600006281"})
         wait_for(gateway, ada, "shipped")
         send(gateway, ada, "deliver", None)
         wait_for(gateway, ada, "delivered")
         history(gateway, ada)
         print()
-        grace = place(gateway, new_order("grace", [("COBOL-1", 1, 4200)]))
+        grace = place(gateway, "Grace", new_order([("COBOL-1", 1, 4200)]))
         send(gateway, grace, "cancel", {"reason": "changed my mind"})
         wait_for(gateway, grace, "cancelled")
         print()
-        alan = place(gateway, new_order("alan", [("ENIGMA-3", 1, 9900)]))
+        alan = place(gateway, "Alan", new_order([("ENIGMA-3", 1, 9900)]))
         send(gateway, alan, "ship", {"carrier": "UPS", "tracking_number": "1Z999AA10123456784"})
         wait_for(gateway, alan, "shipped")
         send(gateway, alan, "cancel", {"reason": "arrived damaged"})
         wait_for(gateway, alan, "refunded")
         print()
-        barbara = place(gateway, new_order("barbara", [("CLU-1", 1, 12000)]))
+        barbara = place(gateway, "Barbara", new_order([("CLU-1", 1, 12000)]))
         print(
             "· make the simulated payment provider decline this order's card: it will answer"
             " 402 Payment Required to its charge"

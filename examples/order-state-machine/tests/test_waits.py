@@ -30,7 +30,7 @@ from resonate.types import Value
 
 ORDER = Order(
     order_id="o-1",
-    customer_id="cus_ada1815",
+    customer_id="cus_7c41e9a2",
     items=[Item(sku="BOOK-42", quantity=2, unit_price_cents=1250)],
     currency="EUR",
 )

@@ -24,21 +24,25 @@ UNDONE = {
 }
 
 
-def trip_request(who: str, origin: str, destination: str, city: str) -> dict[str, Any]:
+def trip_request(origin: str, destination: str, city: str) -> dict[str, Any]:
+    # The trip id (the execution id) and the trip (its argument) are stored on the Resonate
+    # server, so neither spells who travels: random references, which only the providers
+    # resolve. The demo names the travellers in what it prints, never in what it sends.
     return {
-        "trip_id": f"trip-{who}-{secrets.token_hex(3)}",
-        "traveller_id": f"cus_{who}{secrets.token_hex(2)}",
+        "trip_id": f"trip-{secrets.token_hex(4)}",
+        "traveller_id": f"cus_{secrets.token_hex(6)}",
         "flight": {"origin": origin, "destination": destination, "departs": "2030-05-01"},
         "hotel": {"city": city, "check_in": "2030-05-01", "nights": 3},
         "car": {"pickup": f"{city} airport", "days": 3},
     }
 
 
-def book(gateway: httpx.Client, trip: dict[str, Any]) -> None:
+def book(gateway: httpx.Client, who: str, trip: dict[str, Any]) -> None:
     flight, hotel = trip["flight"], trip["hotel"]
     print(
-        f"→ POST /trips {trip['trip_id']}: flight {flight['origin']}→{flight['destination']}, "
-        f"{hotel['nights']} nights in {hotel['city']}, a car for {trip['car']['days']} days"
+        f"→ POST /trips {trip['trip_id']} ({who}'s trip): "
+        f"flight {flight['origin']}→{flight['destination']}, {hotel['nights']} nights in "
+        f"{hotel['city']}, a car for {trip['car']['days']} days"
     )
     accepted = gateway.post("/trips", json=trip)
     accepted.raise_for_status()
@@ -69,23 +73,23 @@ def settled(gateway: httpx.Client, status_url: str, timeout: float = 60) -> dict
 def main() -> None:
     providers = os.environ["PROVIDER_API_URL"]
     with httpx.Client(base_url=os.environ["GATEWAY_URL"], timeout=10) as gateway:
-        book(gateway, trip_request("ada", "LHR", "LIS", "Lisbon"))
+        book(gateway, "Ada", trip_request("LHR", "LIS", "Lisbon"))
         print()
-        grace = trip_request("grace", "JFK", "SFO", "San Francisco")
+        grace = trip_request("JFK", "SFO", "San Francisco")
         print(
             "· make the simulated car provider fail for this trip: it will answer "
             "409 Conflict (no cars left) to every reservation for it"
         )
         make_fail(providers, "car", grace, status=409)
-        book(gateway, grace)
+        book(gateway, "Grace", grace)
         print()
-        alan = trip_request("alan", "MAN", "CDG", "Paris")
+        alan = trip_request("MAN", "CDG", "Paris")
         print(
             "· make the simulated hotel provider fail for this trip: it will answer "
             "503 Service Unavailable to every reservation for it, so whether it booked is unknown"
         )
         make_fail(providers, "hotel", alan, status=503)
-        book(gateway, alan)
+        book(gateway, "Alan", alan)
 
 
 def make_fail(providers: str, provider: str, trip: dict[str, Any], status: int) -> None:

@@ -45,7 +45,7 @@ from versioning.steps import (
 from versioning.worker import register_versions
 from versioning.workflow import NAME, STEP_RETRIES, Renewal, renewal_v1, renewal_v2
 
-SUBSCRIPTION = Subscription("sub-1", "cus_ada1815", "pro", 1900, "EUR", 3600)
+SUBSCRIPTION = Subscription("sub-1", "cus_7c41e9a2", "pro", 1900, "EUR", 3600)
 
 
 @dataclass
@@ -146,7 +146,7 @@ NOT_REFERENCES = [
     "cus_ada@example.com",
     "cus_ada 1815",
     "cus_ad",
-    "cus_ada1815\n",
+    "cus_7c41e9a2\n",
     "",
 ]
 

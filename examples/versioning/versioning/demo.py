@@ -78,11 +78,14 @@ class Release:
         self.process.wait(30)
 
 
-def subscription(name: str, renews_in_seconds: int) -> Subscription:
+def subscription(renews_in_seconds: int) -> Subscription:
+    # The subscription id (in the renewal's id) and the customer reference are stored on the
+    # Resonate server, so neither spells who the customer is: random references, which only the
+    # providers resolve. The demo names the customers in what it prints, never in what it sends.
     return Subscription(
-        subscription_id=f"sub-{name}",
+        subscription_id=f"sub-{secrets.token_hex(4)}",
         # A reference, never the address: the email provider looks the customer up by it.
-        customer_id=f"cus_{name}{secrets.token_hex(2)}",
+        customer_id=f"cus_{secrets.token_hex(6)}",
         plan="pro-monthly",
         amount_cents=1200,
         currency="EUR",
@@ -90,9 +93,9 @@ def subscription(name: str, renews_in_seconds: int) -> Subscription:
     )
 
 
-def start(resonate: Resonate, who: Subscription, version: int, period: str) -> Handle:
+def start(resonate: Resonate, name: str, who: Subscription, version: int, period: str) -> Handle:
     renewal_id = f"renewal.{who.subscription_id}.{period}"
-    print(f"→ start {renewal_id} on version {version}", flush=True)
+    print(f"→ start {renewal_id} ({name}'s renewal) on version {version}", flush=True)
     # The timeout covers the sleep until the renewal falls due, and then some.
     options = resonate.options(target=GROUP, version=version, timeout=timedelta(days=40))
     return options.rpc(renewal_id, NAME, asdict(who))
@@ -128,8 +131,8 @@ async def main() -> None:
         print("· release 1 is deployed: renewal version 1 only", flush=True)
         release = Release(1, "1")
         sleeping = [
-            start(resonate, subscription(name, FALLS_DUE_IN_SECONDS), 1, period)
-            for name in ("ada", "bob")
+            start(resonate, name, subscription(FALLS_DUE_IN_SECONDS), 1, period)
+            for name in ("Ada", "Bob")
         ]
         async with asyncio.timeout(30):  # well under a second, on a quiet machine
             for handle in sleeping:
@@ -142,7 +145,7 @@ async def main() -> None:
         print("· release 1 stopped: both renewals sleep on in the server; no worker holds them")
         print("· release 2 is deployed: versions 1 and 2; new renewals start on version 2")
         release = Release(2, "1,2")
-        started = start(resonate, subscription("cyd", 1), CURRENT_VERSION, period)
+        started = start(resonate, "Cyd", subscription(1), CURRENT_VERSION, period)
         for handle in [*sleeping, started]:
             await show(handle)
 
@@ -151,7 +154,7 @@ async def main() -> None:
         release.stop()
         print("· release 3 is deployed: version 2 only", flush=True)
         release = Release(3, "2")
-        await show(start(resonate, subscription("dee", 1), CURRENT_VERSION, period))
+        await show(start(resonate, "Dee", subscription(1), CURRENT_VERSION, period))
         # Asked before the demo stops release 3, and not only for the story: the SDK's stop()
         # closes its connection before it joins its work, so a worker stopped the moment its
         # result is seen can lose the answer to its last request (harmless: the server had

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from cookbook.chaos import Driver, Entry, Execution
 
 ORDER = {
-    "customer_id": "cus_ada1815",
+    "customer_id": "cus_7c41e9a2",
     "restaurant_id": "rst_napoli42",
     "address_id": "adr_home7",
     "items": [{"name": "Margherita", "quantity": 2, "unit_price_cents": 950}],

@@ -106,7 +106,7 @@ def stack(
 def new_order() -> dict[str, Any]:
     return {
         "order_id": f"test-{secrets.token_hex(4)}",
-        "customer_id": "cus_zoe2030",
+        "customer_id": "cus_5e0b82d4",
         "restaurant_id": "rst_napoli42",
         "address_id": "adr_home7",
         "items": [
@@ -525,8 +525,8 @@ HOSTILE: dict[str, bytes] = {
     "order_id path traversal": as_json(_changed("order_id", "../../etc/passwd")),
     "order_id newline": as_json(_changed("order_id", "order-1\n")),
     "customer_id a phone number": as_json(_changed("customer_id", "+44 20 7946 0000")),
-    "customer_id without prefix": as_json(_changed("customer_id", "zoe2030")),
-    "restaurant_id a customer": as_json(_changed("restaurant_id", "cus_zoe2030")),
+    "customer_id without prefix": as_json(_changed("customer_id", "5e0b82d4")),
+    "restaurant_id a customer": as_json(_changed("restaurant_id", "cus_5e0b82d4")),
     "address_id a street": as_json(_changed("address_id", "1 Main Street")),
     "items empty": as_json(_changed("items", [])),
     "items too many": as_json(_changed("items", [new_order()["items"][0]] * 31)),

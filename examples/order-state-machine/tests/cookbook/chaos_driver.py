@@ -16,7 +16,7 @@ from typing import Any
 from cookbook.chaos import Driver, Entry, Execution
 
 ORDER = {
-    "customer_id": "cus_ada1815",
+    "customer_id": "cus_7c41e9a2",
     "items": [{"sku": "BOOK-42", "quantity": 2, "unit_price_cents": 1250}],
     "currency": "EUR",
 }

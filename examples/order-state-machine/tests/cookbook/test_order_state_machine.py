@@ -37,7 +37,7 @@ from resonate.types import Value
 
 SHIP = {"carrier": "DHL", "tracking_number": "JD014600006281"}
 # The order names its customer by reference; who that is (CUSTOMER) only the providers know.
-CUSTOMER_ID = "cus_zoe2030"
+CUSTOMER_ID = "cus_5e0b82d4"
 CUSTOMER = {"name": "Zoë Ångström", "email": "zoe@example.com"}
 
 
@@ -532,6 +532,9 @@ NOT_A_REFERENCE: dict[str, dict[str, Any]] = {
     "a name and an email instead": {"customer": CUSTOMER},
 }
 PERSONAL = [*CUSTOMER.values(), *CUSTOMER["name"].split()]
+# Her first name as an id would spell it: a `cus_zoe...` or an `order-zoe-...` names the customer
+# as plainly as her name does, so no stored id or reference may contain it.
+FIRST_NAME = "zoe"
 BASE64 = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
 
 
@@ -586,6 +589,7 @@ def test_the_server_holds_the_customers_reference_never_their_name_or_email(
     assert [
         i for i, data in stored.items() if "@" in data or plaintext_found(data.encode(), PERSONAL)
     ] == []
+    assert [i for i, data in stored.items() if FIRST_NAME in (i + data).lower()] == []
     # Nor anywhere else the server keeps or shows it: its files (log, archive), and its state.
     held = {str(f): f.read_bytes() for f in Path(stack.server.data_dir).rglob("*") if f.is_file()}
     held["state"] = json.dumps(stack.server.state()).encode()  # the archive's rows too, unpacked

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from cookbook.chaos import Driver, Entry, Execution
 
 TRIP = {
-    "traveller_id": "cus_ada1815",
+    "traveller_id": "cus_7c41e9a2",
     "flight": {"origin": "LHR", "destination": "LIS", "departs": "2030-05-01"},
     "hotel": {"city": "Lisbon", "check_in": "2030-05-01", "nights": 3},
     "car": {"pickup": "Lisbon airport", "days": 3},

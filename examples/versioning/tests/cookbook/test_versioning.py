@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import secrets
 import time
 from collections import Counter
@@ -51,6 +52,9 @@ CUSTOMER_ID = "cus_7Q2xK9mB"
 # Who it stands for at the email provider (Ada Lovelace <ada@example.com>): the server must
 # never hold any of it.
 PERSONAL_DATA = ["@", "example.com", "Ada", "Lovelace"]
+# Her first name as an id would spell it: a `sub-ada` or a `cus_ada1815` names the customer as
+# plainly as her name does, so no stored id or reference may contain it.
+FIRST_NAME = "ada"
 
 
 @dataclass
@@ -206,6 +210,9 @@ def test_the_server_holds_the_customer_reference_and_no_personal_data(fleet: Fle
         text = "\n".join(readable(p) for p in held)
         assert [data for data in PERSONAL_DATA if data in text] == []
         assert CUSTOMER_ID in text  # the argument was found and read: the reference is in it
+        references = re.findall(r"\b(?:cus_|sub-)[A-Za-z0-9]+", text)  # customer, subscription
+        ids_and_references = {p["id"] for p in held} | set(references)
+        assert [i for i in ids_and_references if FIRST_NAME in i.lower()] == []
 
         # The email provider got the reference, to resolve to an address itself.
         emails = fleet.sandbox.records.effects(key_prefix=renewal_id + ":")
