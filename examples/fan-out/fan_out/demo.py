@@ -1,8 +1,9 @@
 """`python -m fan_out.demo`: notify someone on four channels twice, and show the providers' clock.
 
 The first notification meets a flaky SMS provider (it fails twice, then works); the second meets
-a push provider that refuses the message for good. The demo sets both up through the sandbox's
-admin API, with a little latency per channel so the overlap is visible in the providers' records.
+a push provider that refuses the message for good, and an SMS provider that stays down through
+every retry. The demo sets them up through the sandbox's admin API, with a little latency per
+channel so the overlap is visible in the providers' records.
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ async def main() -> None:
     try:
         print("1. SMS is flaky: its provider answers 503 twice, then accepts the message")
         await notify(resonate, sandbox, f"notify-ada-{run}", [{"provider": "sms", "times": 2}])
-        print("\n2. Push fails for good: its provider refuses the message (410)")
+        print(
+            "\n2. Push fails for good: its provider refuses the message (410);"
+            " SMS stays down (503) through every retry"
+        )
         refuse = {"provider": "push", "mode": "fail_always", "status": 410}
-        await notify(resonate, sandbox, f"notify-ada-{run}-2", [refuse])
+        down = {"provider": "sms", "mode": "fail_always"}
+        await notify(resonate, sandbox, f"notify-ada-{run}-2", [refuse, down])
     finally:
         await sandbox.aclose()
         await resonate.stop()
@@ -55,6 +60,8 @@ async def notify(
         print(f"✓ {channel:<6} receipt {receipt}")
     for channel, reason in notification["failed"].items():
         print(f"✗ {channel:<6} {reason}")
+    for channel, reason in notification["unconfirmed"].items():
+        print(f"? {channel:<6} {reason}: may have been sent (unconfirmed, not failed)")
     await print_timeline(sandbox, scope)
 
 

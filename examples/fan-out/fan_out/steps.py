@@ -36,7 +36,7 @@ class Delivery:
 
     channel: str
     receipt: str | None = None  # the provider's message id, when it accepted the message
-    failure: str | None = None  # why not, when it was refused or the provider stayed down
+    failure: str | None = None  # why not, when the provider refused it
 
 
 class ChannelUnavailableError(Exception):

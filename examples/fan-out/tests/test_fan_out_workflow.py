@@ -123,7 +123,7 @@ def test_a_flaky_channel_retries_alone_with_the_same_key() -> None:
     assert [channels.attempts(c) for c in CHANNELS] == [1, 1, 1, 2]
 
 
-def test_a_channel_down_past_its_retries_is_reported_and_does_not_hold_up_the_others() -> None:
+def test_a_channel_down_past_its_retries_is_unconfirmed_and_does_not_hold_up_the_others() -> None:
     channels = FakeChannels(
         lambda channel, attempt: (
             (503, {"error": "down"}) if channel == "slack" else delivers(channel, attempt)
@@ -132,7 +132,8 @@ def test_a_channel_down_past_its_retries_is_reported_and_does_not_hold_up_the_ot
 
     notification = notify_in_process(channels)
 
-    assert notification.failed == {"slack": "unavailable: answered 503"}
+    assert notification.unconfirmed == {"slack": "unavailable: answered 503"}
+    assert notification.failed == {}
     assert set(notification.receipts) == {"email", "sms", "push"}
     assert channels.attempts("slack") == 1 + RETRY.max_retries
     assert len(set(channels.keys("slack"))) == 1
@@ -161,10 +162,36 @@ def test_a_channel_answered_without_its_answer_is_retried_then_reported(
 
     notification = notify_in_process(channels)
 
-    assert notification.failed == {"slack": f"unavailable: {reason}"}
+    assert notification.unconfirmed == {"slack": f"unavailable: {reason}"}
+    assert notification.failed == {}
     assert set(notification.receipts) == {"email", "sms", "push"}
     assert channels.attempts("slack") == 1 + RETRY.max_retries
     assert len(set(channels.keys("slack"))) == 1
+
+
+def test_a_channel_that_sent_but_whose_answers_were_lost_is_unconfirmed_not_failed() -> None:
+    """The SMS provider sends the message, and its answer never comes back (the connection drops
+    after the send), on every attempt: the message went out, so reporting it failed would be
+    false. The provider holds one Idempotency-Key for it, so it sent it once at most."""
+    sent: list[str] = []  # the SMS provider's outbox: the key of each message it sent
+
+    def answer(channel: str, attempt: int) -> tuple[int, Reply]:
+        if channel != "sms":
+            return delivers(channel, attempt)
+        key = channels.keys("sms")[-1]
+        if key not in sent:  # a repeat of a key is answered from the first send, not re-sent
+            sent.append(key)
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+    channels = FakeChannels(answer)
+
+    notification = notify_in_process(channels)
+
+    assert sent == ["notify-1:2"]  # it went out, once
+    assert notification.unconfirmed == {"sms": "unavailable: RemoteProtocolError"}
+    assert notification.failed == {}
+    assert set(notification.receipts) == {"email", "slack", "push"}
+    assert channels.keys("sms") == ["notify-1:2"] * (1 + RETRY.max_retries)
 
 
 def test_a_refusal_with_a_page_instead_of_json_is_still_reported_asked_once() -> None:

@@ -90,7 +90,11 @@ def test_channels_are_sent_in_parallel_and_each_exactly_once(
 
     [notification] = notify(resonate_url, execution_id)
 
-    assert notification == {"receipts": receipts_recorded(sandbox, execution_id), "failed": {}}
+    assert notification == {
+        "receipts": receipts_recorded(sandbox, execution_id),
+        "failed": {},
+        "unconfirmed": {},
+    }
     assert set(notification["receipts"]) == set(CHANNELS)
     calls = sandbox.records.requests(key_prefix=execution_id + ":")
     assert len(calls) == len(CHANNELS)
@@ -111,7 +115,11 @@ def test_a_flaky_channel_retries_alone(
 
     [notification] = notify(resonate_url, execution_id)
 
-    assert notification == {"receipts": receipts_recorded(sandbox, execution_id), "failed": {}}
+    assert notification == {
+        "receipts": receipts_recorded(sandbox, execution_id),
+        "failed": {},
+        "unconfirmed": {},
+    }
     assert requests_per_channel(sandbox, execution_id) == {
         "email": 1,
         "sms": 3,
@@ -121,15 +129,22 @@ def test_a_flaky_channel_retries_alone(
 
 
 @pytest.mark.parametrize(
-    ("status", "reason", "attempts"),
+    ("status", "reported", "attempts"),
     [
-        (410, "refused: 410 injected failure", 1),  # a refusal is not worth retrying
-        (422, "refused: 422 injected failure", 1),
-        (503, "unavailable: answered 503", 1 + RETRY.max_retries),  # retried, then given up
+        # A refusal is not worth retrying, and says the message was not sent: failed.
+        (410, {"failed": {"push": "refused: 410 injected failure"}}, 1),
+        (422, {"failed": {"push": "refused: 422 injected failure"}}, 1),
+        # Retried, then given up: a 5xx does not say the message was not sent, so it is not
+        # failed but unconfirmed (this sandbox fails before it sends: it did not, this time).
+        (503, {"unconfirmed": {"push": "unavailable: answered 503"}}, 1 + RETRY.max_retries),
     ],
 )
 def test_a_channel_that_fails_for_good_is_named_and_the_others_are_not_resent(
-    resonate_url: str, sandbox: RunningSandbox, status: int, reason: str, attempts: int
+    resonate_url: str,
+    sandbox: RunningSandbox,
+    status: int,
+    reported: dict[str, dict[str, str]],
+    attempts: int,
 ) -> None:
     execution_id = new_execution_id()
     add_fault(sandbox, execution_id, provider="push", mode="fail_always", status=status)
@@ -137,10 +152,13 @@ def test_a_channel_that_fails_for_good_is_named_and_the_others_are_not_resent(
     [notification] = notify(resonate_url, execution_id)
 
     delivered = receipts_recorded(sandbox, execution_id)
-    assert notification == {"receipts": delivered, "failed": {"push": reason}}
+    assert notification == {"receipts": delivered, "failed": {}, "unconfirmed": {}, **reported}
     assert set(delivered) == {"email", "sms", "slack"}
     sent = {"email": 1, "sms": 1, "slack": 1, "push": attempts}
     assert requests_per_channel(sandbox, execution_id) == sent
+    # Every attempt at push carried the one key: a resend under it cannot send it twice.
+    requests = sandbox.records.requests(key_prefix=execution_id + ":")
+    assert {r.idempotency_key for r in requests if r.provider == "push"} == {f"{execution_id}:4"}
     # Asking again (twice, at once) returns the stored outcome: nothing is sent a second time.
     assert notify(resonate_url, execution_id, times=2) == [notification, notification]
     assert requests_per_channel(sandbox, execution_id) == sent
