@@ -3,6 +3,10 @@
 The approver's inbox is the provider sandbox's email records (what the email provider was asked
 to send); the demo opens the links it finds there, as a browser would: GET shows the
 confirmation page, POST is the button on it.
+
+The claim id (the execution id) and the claim (its argument) are stored on the Resonate server,
+so neither spells who claims or who approves: staff ids and claim ids are random, and only the
+providers resolve them. The demo names the people in what it prints, never in what it sends.
 """
 
 from __future__ import annotations
@@ -16,17 +20,16 @@ from typing import Any
 
 import httpx
 
-GRACE = {"name": "Grace Hopper", "email": "grace@example.com"}
+GRACE = f"usr_{secrets.token_hex(4)}"  # the approver's staff id
 LINK = re.compile(r"^(Approve|Reject)\W+(http\S+)$", re.MULTILINE)
 TITLE = re.compile(r'<h1 id="title">(.*?)</h1>', re.S)
 
 
-def claim(claim_id: str, name: str, category: str, cents: int, what: str) -> dict[str, Any]:
-    email = f"{name.split()[0].lower()}@example.com"
+def claim(category: str, cents: int, what: str) -> dict[str, Any]:
     return {
-        "claim_id": claim_id,
-        "employee": {"name": name, "email": email},
-        "approver": GRACE,
+        "claim_id": f"claim-{secrets.token_hex(4)}",
+        "employee_id": f"usr_{secrets.token_hex(4)}",
+        "approver_id": GRACE,
         "category": category,
         "amount_cents": cents,
         "currency": "EUR",
@@ -34,9 +37,9 @@ def claim(claim_id: str, name: str, category: str, cents: int, what: str) -> dic
     }
 
 
-def submit(gateway: httpx.Client, body: dict[str, Any]) -> str:
+def submit(gateway: httpx.Client, who: str, body: dict[str, Any]) -> str:
     amount = f"{body['amount_cents'] / 100:.2f} EUR"
-    print(f"→ POST /claims {body['claim_id']} ({body['employee']['name']}, {amount})")
+    print(f"→ POST /claims {body['claim_id']} ({who}: {body['employee_id']}, {amount})")
     response = gateway.post("/claims", json=body).raise_for_status()
     seconds = response.json()["decide_within_seconds"]
     within = f"{seconds // 86_400} days" if seconds % 86_400 == 0 else f"{seconds} s"
@@ -45,7 +48,7 @@ def submit(gateway: httpx.Client, body: dict[str, Any]) -> str:
 
 
 def inbox(provider: str, claim_id: str, to: str) -> list[dict[str, Any]]:
-    """The emails sent about the claim to that address, waiting for the first one."""
+    """The emails sent about the claim to that staff id, waiting for the first one."""
     deadline = time.monotonic() + 30
     while True:
         effects = httpx.get(
@@ -85,16 +88,23 @@ def providers_did(provider: str, claim_id: str) -> str:
     return ", ".join(f"{e['provider']}.{e['action']}" for e in effects)
 
 
+def refused(gateway: httpx.Client, what: str, body: dict[str, Any]) -> None:
+    """Submit a bad claim (under an id of its own): the 422 and the field it names."""
+    response = gateway.post("/claims", json={**body, "claim_id": f"claim-{secrets.token_hex(4)}"})
+    [detail] = response.json()["detail"]
+    where = ".".join(map(str, detail["loc"]))
+    print(f"→ POST /claims with {what} ← {response.status_code} {where}: {detail['msg']}")
+
+
 def main() -> None:
     provider = os.environ["PROVIDER_API_URL"]
-    run = secrets.token_hex(3)
     with httpx.Client(base_url=os.environ["GATEWAY_URL"], timeout=15) as gateway:
         print("Ada claims a train ticket; Grace approves it from the email.")
-        ada = claim(f"ada-{run}", "Ada Lovelace", "travel", 42_000, "Train to Lyon, workshop")
-        claim_id = submit(gateway, ada)
-        submit(gateway, ada)  # a repeat attaches to the same claim
-        [mail] = inbox(provider, claim_id, GRACE["email"])
-        print(f"✉ to {mail['to']}: {mail['subject']}")
+        ada = claim("travel", 42_000, "Train to Lyon, workshop")
+        claim_id = submit(gateway, "Ada", ada)
+        submit(gateway, "Ada", ada)  # a repeat attaches to the same claim
+        [mail] = inbox(provider, claim_id, GRACE)
+        print(f"✉ to Grace ({mail['to']}): {mail['subject']}")
         approve, reject = links(mail)["approve"], links(mail)["reject"]
         click(gateway, "Grace opens the approve link", "GET", approve)
         # One character changed: the signature no longer matches.
@@ -109,27 +119,25 @@ def main() -> None:
         print(f"  the providers did: {providers_did(provider, claim_id)}")
 
         print("\nLinus claims a conference; Grace never answers within the 5 s deadline.")
-        linus = claim(f"linus-{run}", "Linus Pauling", "training", 90_000, "PyCon ticket")
-        claim_id = submit(gateway, {**linus, "decide_within_seconds": 5})
-        [mail] = inbox(provider, claim_id, GRACE["email"])
-        print(f"✉ to {mail['to']}: {mail['subject']}")
+        linus = claim("training", 90_000, "PyCon ticket")
+        claim_id = submit(gateway, "Linus", {**linus, "decide_within_seconds": 5})
+        [mail] = inbox(provider, claim_id, GRACE)
+        print(f"✉ to Grace ({mail['to']}): {mail['subject']}")
         view = ended(gateway, claim_id)
         print(f"✓ {claim_id}: {view['state']} ({view['outcome']['reason']})")
         print(f"  the providers did: {providers_did(provider, claim_id)}")
         click(gateway, "Grace approves, too late", "POST", links(mail)["approve"])
 
         print("\nMarie claims a dinner over the meals limit: refused before anyone is asked.")
-        marie = claim(f"marie-{run}", "Marie Curie", "meals", 25_000, "Team dinner")
-        claim_id = submit(gateway, marie)
+        marie = claim("meals", 25_000, "Team dinner")
+        claim_id = submit(gateway, "Marie", marie)
         view = ended(gateway, claim_id)
         print(f"✓ {claim_id}: {view['state']} ({view['outcome']['reason']})")
 
-        bad = {**marie, "claim_id": f"bad-{run}", "amount_cents": 0}
-        response = gateway.post("/claims", json=bad)
-        [detail] = response.json()["detail"]
-        where = ".".join(map(str, detail["loc"]))
-        answer = f"{response.status_code} {where}: {detail['msg']}"
-        print(f"\n→ POST /claims with amount_cents 0 ← {answer}")
+        print()
+        refused(gateway, "amount_cents 0", {**marie, "amount_cents": 0})
+        # Marie's email address where her staff id goes: the server would store it in plaintext.
+        refused(gateway, "an email as employee_id", {**marie, "employee_id": "marie@example.com"})
     sys.exit(0)
 
 

@@ -1,7 +1,8 @@
 """`python -m approval.gateway`: submit claims (JSON) and decide them by link (HTML pages).
 
-  POST /claims              {"claim_id"?, "employee", "approver", "category", "amount_cents",
-                            "currency", "description", "decide_within_seconds"?}: 202, status URL
+  POST /claims              {"claim_id"?, "employee_id", "approver_id", "category",
+                            "amount_cents", "currency", "description", "decide_within_seconds"?}:
+                            202, status URL
   GET  /claims/{id}         in progress, or how the claim ended
   GET  /decisions/{token}   the page an emailed link opens: the claim, and a button to confirm.
                             Safe: it changes nothing (mail scanners and previews open links too)
@@ -50,7 +51,7 @@ from resonate.types import PromiseRecord, Value
 from werkzeug.exceptions import HTTPException
 
 from approval.links import Link, LinkSigner, SecretError, signer_from_environment
-from approval.workflow import Category, Claim, ClaimId, Currency, Description, Person
+from approval.workflow import Category, Claim, ClaimId, Currency, Description, StaffId
 
 GROUP = "approval"
 MAX_BODY_BYTES = 16 * 1024
@@ -72,8 +73,8 @@ class _Strict(BaseModel):
 
 class ClaimRequest(_Strict):
     claim_id: ClaimId | None = None  # yours to choose, so that a repeated POST claims once
-    employee: Person
-    approver: Person
+    employee_id: StaffId  # `usr_...`: a name or an email address here is a 422 naming the field
+    approver_id: StaffId
     category: Category
     amount_cents: Annotated[int, Field(ge=1, le=10_000_000)]
     currency: Currency
@@ -199,8 +200,8 @@ def create_app(claims: Claims) -> Flask:
         claim_id = body.claim_id or f"claim-{secrets.token_hex(6)}"
         claim = Claim(
             claim_id=claim_id,
-            employee=body.employee,
-            approver=body.approver,
+            employee_id=body.employee_id,
+            approver_id=body.approver_id,
             category=body.category,
             amount_cents=body.amount_cents,
             currency=body.currency,
@@ -265,13 +266,13 @@ def create_app(claims: Claims) -> Flask:
                 f"{verb} expense claim {claim.claim_id}?",
                 _claim_table(claim)
                 + Markup(
-                    '<form method="post"><p><label for="note">Note for {name} (optional)</label>'
+                    '<form method="post"><p><label for="note">Note for the employee (optional)'
+                    "</label>"
                     '<br><textarea id="note" name="note" rows="3" cols="60" maxlength="500">'
                     "</textarea></p>"
                     '<p><button id="confirm" type="submit">{verb} {amount}</button></p></form>'
                     "<p>Decide by {deadline}; after that the claim goes to finance.</p>"
                 ).format(
-                    name=claim.employee.name,
                     verb=verb,
                     amount=claim.amount,
                     deadline=deadline.isoformat(timespec="minutes"),
@@ -364,15 +365,14 @@ def _settled_page(
         done = _DONE.get(str(decided), "decided")
         if won:
             then = (
-                "It will be paid to {name}, who is told by email."
+                "It will be paid to the employee, who is told by email."
                 if decided == "approve"
-                else "{name} is told by email."
+                else "The employee is told by email."
             )
             return _page(
                 200,
                 f"Claim {claim.claim_id} {done}",
-                _claim_table(claim)
-                + Markup("<p>" + then + "</p>").format(name=claim.employee.name),
+                _claim_table(claim) + Markup("<p>{}</p>").format(then),
             )
         # Asked again for what was done, or only looking: not an error. Asking for the other
         # decision is a conflict.
@@ -393,7 +393,8 @@ def _settled_page(
 def _claim_table(claim: Claim) -> Markup:
     rows = [
         ("Claim", claim.claim_id),
-        ("Employee", f"{claim.employee.name} <{claim.employee.email}>"),
+        # The claim holds the employee's staff id, not their name: the page shows what it has.
+        ("Employee", claim.employee_id),
         ("Amount", claim.amount),
         ("Category", claim.category),
         ("Description", claim.description),

@@ -80,7 +80,7 @@ async def check_policy(ctx: Context, claim: Claim) -> list[str]:
     limit = LIMITS_CENTS[claim.category]
     if claim.amount_cents > limit:
         problems.append(f"{claim.category} claims are limited to {limit / 100:,.2f}")
-    if claim.approver.email.casefold() == claim.employee.email.casefold():
+    if claim.approver_id == claim.employee_id:
         problems.append("nobody approves their own claim")
     return problems
 
@@ -92,14 +92,14 @@ async def ask_approver(
 
     The links are signed here, from the worker's secret, and are not returned: the Resonate
     server keeps the message id, never a link that could decide the claim."""
-    print(f"{claim.claim_id}: asking {claim.approver.email} (step {ctx.info.id})", flush=True)
+    print(f"{claim.claim_id}: asking {claim.approver_id} (step {ctx.info.id})", flush=True)
     signer = ctx.get_dependency(LinkSigner)
     approve, reject = (
         f"{links_url.rstrip('/')}/decisions/{signer.token(Link(claim.claim_id, decision_id, d))}"
         for d in ("approve", "reject")
     )
     text = (
-        f"{claim.employee.name} claims {claim.amount} for {claim.category}:"
+        f"{claim.employee_id} claims {claim.amount} for {claim.category}:"
         f" {claim.description}\n\n"
         f"Approve: {approve}\n"
         f"Reject:  {reject}\n\n"
@@ -107,7 +107,7 @@ async def ask_approver(
         f" {_duration(decide_within_seconds)} the claim goes to finance."
     )
     body = {
-        "to": claim.approver.email,
+        "to": claim.approver_id,  # the email provider resolves the reference
         "subject": f"Expense claim {claim.claim_id}: {claim.amount} to approve",
         "text": text,
     }
@@ -118,10 +118,10 @@ async def notify_employee(
     ctx: Context, claim: Claim, outcome: str, detail: str | None
 ) -> str | Refused:
     """Tell the employee how their claim ended; the message id, or the provider's refusal."""
-    print(f"{claim.claim_id}: telling {claim.employee.email}: {outcome}", flush=True)
+    print(f"{claim.claim_id}: telling {claim.employee_id}: {outcome}", flush=True)
     text = f"Your claim of {claim.amount} for {claim.category} was {outcome}."
     body = {
-        "to": claim.employee.email,
+        "to": claim.employee_id,
         "subject": f"Expense claim {claim.claim_id}: {outcome}",
         "text": f"{text}\n\n{detail}" if detail else text,
     }
@@ -132,7 +132,7 @@ async def escalate(ctx: Context, claim: Claim, why: str) -> str | Refused:
     """Hand the claim to finance's channel for a person; the message id, or the refusal."""
     print(f"{claim.claim_id}: escalating to {ESCALATION_CHANNEL}: {why}", flush=True)
     text = (
-        f"Expense claim {claim.claim_id} ({claim.employee.name}, {claim.amount}, "
+        f"Expense claim {claim.claim_id} ({claim.employee_id}, {claim.amount}, "
         f"{claim.category}) needs a person: {why}."
     )
     return await _call(ctx, "/slack/send", {"channel": ESCALATION_CHANNEL, "text": text})
@@ -142,7 +142,7 @@ async def pay(ctx: Context, claim: Claim) -> str | Refused:
     """Pay the employee back: the provider's payment id, or its refusal."""
     print(f"{claim.claim_id}: paying {claim.amount} (step {ctx.info.id})", flush=True)
     body = {
-        "payee": claim.employee.email,
+        "payee": claim.employee_id,  # the provider pays the account it holds for the id
         "amount_cents": claim.amount_cents,
         "currency": claim.currency,
         "description": f"expense claim {claim.claim_id}",

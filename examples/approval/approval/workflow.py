@@ -42,19 +42,16 @@ from approval.steps import (
 # -- the claim: checked by the gateway, and again whenever a worker decodes it ------------------
 
 # Visible text: no control or format characters, no leading or trailing whitespace.
-Text = Annotated[
-    str,
-    StringConstraints(max_length=100, pattern=r"^[^\p{C}\s](?:[^\p{C}]*[^\p{C}\s])?$"),
-]
 Description = Annotated[
     str,
     StringConstraints(max_length=500, pattern=r"^[^\p{C}\s](?:[^\p{C}]*[^\p{C}\s])?$"),
 ]
 # The claim id becomes the execution id; Resonate ids may not contain ':' (it names steps).
 ClaimId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
-Email = Annotated[
-    str, StringConstraints(max_length=254, pattern=r"^[^@\s\p{C}]+@[^@\s\p{C}]+\.[^@\s\p{C}]+$")
-]
+# The claim names the employee and the approver by reference, a staff user id, never by name or
+# email address: the Resonate server stores the claim as the execution's argument, in plaintext,
+# readable by anyone who can read the server. The email and payment providers resolve the id.
+StaffId = Annotated[str, StringConstraints(pattern=r"^usr_[A-Za-z0-9]{4,32}$")]
 type Category = Literal["travel", "lodging", "meals", "equipment", "training"]
 type Currency = Literal["EUR", "GBP", "USD"]
 
@@ -63,15 +60,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class Person(_Strict):
-    name: Text
-    email: Email
-
-
 class Claim(_Strict):
     claim_id: ClaimId
-    employee: Person
-    approver: Person
+    employee_id: StaffId
+    approver_id: StaffId
     category: Category
     amount_cents: Annotated[int, Field(ge=1, le=10_000_000)]
     currency: Currency
@@ -171,7 +163,7 @@ async def expense_claim(
             unsent = await _unsent(step.run(notify_employee, claim, "rejected", note))
             return ClaimEnded("rejected", note=note, unsent=unsent)
         case None:
-            why = f"no decision from {claim.approver.email} in time"
+            why = f"no decision from {claim.approver_id} in time"
             unsent = await _unsent(step.run(escalate, claim, why))
             return ClaimEnded("escalated", reason="no decision before the deadline", unsent=unsent)
         case _:  # resolved by something other than the gateway: never pay on a value we misread

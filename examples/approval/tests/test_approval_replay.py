@@ -28,8 +28,8 @@ ID = "c-1"
 CLAIM = Claim.model_validate(
     {
         "claim_id": ID,
-        "employee": {"name": "Ada", "email": "ada@example.com"},
-        "approver": {"name": "Grace", "email": "grace@example.com"},
+        "employee_id": "usr_4f1c9a7e",
+        "approver_id": "usr_b82d06c3",
         "category": "travel",
         "amount_cents": 42_000,
         "currency": "EUR",

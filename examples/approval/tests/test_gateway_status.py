@@ -21,8 +21,8 @@ from resonate.types import Value
 ID = "c-1"
 CLAIM = {
     "claim_id": ID,
-    "employee": {"name": "Ada", "email": "ada@example.com"},
-    "approver": {"name": "Grace", "email": "grace@example.com"},
+    "employee_id": "usr_4f1c9a7e",
+    "approver_id": "usr_b82d06c3",
     "category": "travel",
     "amount_cents": 42_000,
     "currency": "EUR",

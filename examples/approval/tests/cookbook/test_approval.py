@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,13 +48,17 @@ LINK = re.compile(r"(Approve|Reject):\s+(\S+)")
 # them): the policy check `:1`, the decision promise `:2`, the email to the approver `:3`, then
 # the payment `:4` and the email to the employee `:5`.
 DECISION, ASK, PAY = 2, 3, 4
+# Who claims and who approves: the client knows their names and email addresses, and sends only
+# their staff ids, which the email and payment providers resolve.
+EMPLOYEE_ID, EMPLOYEE = "usr_5e0b82d4", {"name": "Zoë Quist", "email": "zoe@example.com"}
+APPROVER_ID, APPROVER = "usr_a3c7f190", {"name": "Grace Hopper", "email": "grace@example.com"}
 
 
 def a_claim(claim_id: str | None = None, **changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "claim_id": claim_id or f"test-{secrets.token_hex(4)}",
-        "employee": {"name": "Zoë Quist", "email": "zoe@example.com"},
-        "approver": {"name": "Grace Hopper", "email": "grace@example.com"},
+        "employee_id": EMPLOYEE_ID,
+        "approver_id": APPROVER_ID,
         "category": "travel",
         "amount_cents": 42_000,
         "currency": "EUR",
@@ -87,7 +93,7 @@ class Stack:
     def links(self, claim_id: str) -> dict[str, str]:
         """The approver's email about the claim, once sent: its approve and reject links."""
         self.server.wait_for("settle", f"{claim_id}:{ASK}", timeout=TIMEOUT_S)
-        [email] = [e for e in self.effects(claim_id) if e.body.get("to") == "grace@example.com"]
+        [email] = [e for e in self.effects(claim_id) if e.body.get("to") == APPROVER_ID]
         return {verb.lower(): url for verb, url in LINK.findall(email.body["text"])}
 
     def open(self, url: str, method: str = "GET", **form: str) -> Page:
@@ -189,12 +195,12 @@ def test_an_approval_by_link_pays_once_and_tells_the_employee(stack: Stack) -> N
     assert ask.idempotency_key == f"{claim_id}:{ASK}"
     assert payment.idempotency_key == f"{claim_id}:{PAY}"  # the payment step's id
     assert payment.body == {
-        "payee": "zoe@example.com",
+        "payee": EMPLOYEE_ID,
         "amount_cents": 42_000,
         "currency": "EUR",
         "description": f"expense claim {claim_id}",
     }
-    assert told.body["to"] == "zoe@example.com"
+    assert told.body["to"] == EMPLOYEE_ID
     assert told.body["subject"] == f"Expense claim {claim_id}: approved and paid"
     assert "Enjoy Lyon" in told.body["text"]
     assert view["state"] == "paid"
@@ -287,7 +293,7 @@ def test_a_claim_against_the_policy_is_refused_without_asking(stack: Stack) -> N
     assert view["outcome"]["reason"] == "meals claims are limited to 150.00"
     [told] = stack.effects(claim_id)
     assert (told.body["to"], told.body["subject"]) == (
-        "zoe@example.com",
+        EMPLOYEE_ID,
         f"Expense claim {claim_id}: refused",
     )
 
@@ -533,8 +539,8 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 BAD_BODIES: dict[str, bytes] = {
     **malformed_bodies(a_claim("bad-body")),
-    "missing employee": as_json(_changed("employee", REMOVED)),
-    "missing approver": as_json(_changed("approver", REMOVED)),
+    "missing employee_id": as_json(_changed("employee_id", REMOVED)),
+    "missing approver_id": as_json(_changed("approver_id", REMOVED)),
     "missing amount": as_json(_changed("amount_cents", REMOVED)),
     "missing description": as_json(_changed("description", REMOVED)),
     "claim_id with colon": as_json(_changed("claim_id", "c:1")),
@@ -542,11 +548,12 @@ BAD_BODIES: dict[str, bytes] = {
     "claim_id too long": as_json(_changed("claim_id", "c" * 65)),
     "claim_id number": as_json(_changed("claim_id", 7)),
     "claim_id path traversal": as_json(_changed("claim_id", "../../etc/passwd")),
-    "name empty": as_json(_changed("employee.name", "")),
-    "name NUL byte": as_json(_changed("employee.name", "Zoë\x00")),
-    "name bidi override": as_json(_changed("employee.name", "Zoë \u202etsiuQ")),
-    "name lone surrogate": as_json(_changed("employee.name", "Zoë \ud800")),
-    "approver email without @": as_json(_changed("approver.email", "grace.example.com")),
+    "employee_id empty": as_json(_changed("employee_id", "")),
+    "employee_id NUL byte": as_json(_changed("employee_id", "usr_5e0b\x00")),
+    "employee_id bidi override": as_json(_changed("employee_id", "usr_\u202e5e0b82d4")),
+    "employee_id lone surrogate": as_json(_changed("employee_id", "usr_5e0b\ud800")),
+    "employee_id too long": as_json(_changed("employee_id", "usr_" + "a" * 33)),
+    "approver_id number": as_json(_changed("approver_id", 7)),
     "category unknown": as_json(_changed("category", "yacht")),
     "amount zero": as_json(_changed("amount_cents", 0)),
     "amount negative": as_json(_changed("amount_cents", -100)),
@@ -563,7 +570,6 @@ BAD_BODIES: dict[str, bytes] = {
     "deadline over 30 days": as_json(_changed("decide_within_seconds", 30 * 86_400 + 1)),
     "deadline as string": as_json(_changed("decide_within_seconds", "3600")),
     "extra field": as_json(_changed("approved", True)),
-    "extra nested field": as_json(_changed("employee.iban", "DE00")),
     "deeply nested": b"[" * 5_000 + b"]" * 5_000,
     "body over 16 KiB": as_json(_changed("description", "A" * 20_000)),
 }
@@ -626,6 +632,96 @@ def test_unknown_and_malformed_claim_ids(stack: Stack) -> None:
     assert stack.gateway.get("/claims//x").status_code == 404
 
 
+# -- personal data: a claim names its people by staff id, and only the providers know them -------
+
+NOT_A_REFERENCE: dict[str, dict[str, Any]] = {
+    "an email address as employee_id": {"employee_id": EMPLOYEE["email"]},
+    "a name as employee_id": {"employee_id": EMPLOYEE["name"]},
+    "an email after the prefix": {"employee_id": "usr_zoe@example.com"},
+    "an email address as approver_id": {"approver_id": APPROVER["email"]},
+    "a name as approver_id": {"approver_id": APPROVER["name"]},
+    "the name and email instead": {"employee_id": REMOVED, "employee": EMPLOYEE},
+}
+PERSONAL = [*EMPLOYEE.values(), *APPROVER.values(), *EMPLOYEE["name"].split()]
+PERSONAL += APPROVER["name"].split()
+# A first name in an id would spell it: a `usr_zoe...` or a `claim-grace-...` names the person as
+# plainly as the name does, so no stored id or reference may contain one.
+FIRST_NAMES = ["zoe", "zoë", "grace"]
+BASE64 = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
+
+
+def plaintext_found(blob: bytes, values: list[str]) -> list[str]:
+    """Each value found in `blob`, as it is, JSON-escaped, or inside any base64 string in it."""
+    decoded = [blob]
+    for match in BASE64.finditer(blob):
+        token = match.group()
+        try:
+            decoded.append(base64.b64decode(token + b"=" * (-len(token) % 4)))
+        except (binascii.Error, ValueError):
+            continue
+    needles = [v.encode() for v in values] + [json.dumps(v)[1:-1].encode() for v in values]
+    return sorted({n.decode() for n in needles for d in decoded if n in d})
+
+
+def stored_data(value: dict[str, Any] | None) -> str:
+    """A promise's argument or result as the SDK stored it (base64 of JSON), readable."""
+    return base64.b64decode((value or {}).get("data") or "").decode()
+
+
+@pytest.mark.parametrize("fields", NOT_A_REFERENCE.values(), ids=NOT_A_REFERENCE.keys())
+def test_personal_data_where_a_staff_id_goes_is_refused(
+    stack: Stack, fields: dict[str, Any]
+) -> None:
+    body = a_claim()
+    for path, value in fields.items():
+        body = changed(body, path, value)
+    claim_id = body["claim_id"]
+    executions_before = stack.server.executions()
+
+    response = stack.gateway.post("/claims", json=body)
+
+    assert response.status_code == 422, response.text
+    named = {field for field in fields if field.endswith("_id")}  # the staff id fields given
+    assert named <= {error["loc"][0] for error in response.json()["detail"]}
+    assert plaintext_found(response.content, PERSONAL) == []  # not echoed either
+    assert stack.server.executions() == executions_before  # nothing started, nothing stored
+    assert stack.sandbox.records.requests(f"{claim_id}:") == []
+
+
+def test_the_server_holds_staff_ids_never_a_name_or_an_email(stack: Stack) -> None:
+    claim_id = stack.submit()
+    assert stack.open(stack.links(claim_id)["approve"], "POST", note="Enjoy Lyon").status == 200
+    assert stack.ended(claim_id)["state"] == "paid"
+
+    # Every promise of the claim (the execution, its steps and its decision), decoded.
+    promises = stack.server.state(claim_id)["promises"]
+    assert isinstance(promises, list)
+    assert len(promises) == 6  # the execution and its 5 children
+    stored = {p["id"]: stored_data(p["param"]) + stored_data(p["value"]) for p in promises}
+    assert EMPLOYEE_ID in stored[claim_id]  # the argument, decoded: the claim and its ids
+    assert APPROVER_ID in stored[claim_id]
+    assert [
+        i for i, data in stored.items() if "@" in data or plaintext_found(data.encode(), PERSONAL)
+    ] == []
+    assert [
+        i for i, data in stored.items() for name in FIRST_NAMES if name in (i + data).lower()
+    ] == []
+    # Nor anywhere else the server keeps or shows it: its files (log, archive), and its state.
+    files = Path(stack.server.data_dir).rglob("*")
+    held = {str(f): f.read_bytes() for f in files if f.is_file()}
+    held["state"] = json.dumps(stack.server.state()).encode()
+    assert {
+        where: found for where, blob in held.items() if (found := plaintext_found(blob, PERSONAL))
+    } == {}
+    # The providers were given the staff ids, which they resolve to an address and an account.
+    effects = stack.effects(claim_id)
+    assert [(did([e])[0], e.body.get("to", e.body.get("payee"))) for e in effects] == [
+        ("email.send", APPROVER_ID),
+        ("payment.charge", EMPLOYEE_ID),
+        ("email.send", EMPLOYEE_ID),
+    ]
+
+
 # -- the deadline, in skipped time ---------------------------------------------------------------
 
 
@@ -668,7 +764,7 @@ def test_after_the_deadline_the_claim_is_escalated_and_a_click_is_409(skipping: 
     assert did(effects) == ["email.send", "slack.send"]
     assert escalated.body["channel"] == "#finance-approvals"
     assert f"Expense claim {claim_id}" in escalated.body["text"]
-    assert "no decision from grace@example.com in time" in escalated.body["text"]
+    assert f"no decision from {APPROVER_ID} in time" in escalated.body["text"]
     assert "3 days" in ask.body["text"]
     expected = f"The decision deadline for claim {claim_id} has passed"
     assert (clicked.status, clicked.title) == (409, expected)
