@@ -22,23 +22,24 @@ WINDOW_SECONDS = 5
 LAMP = {"sku": "LAMP-7", "quantity": 1, "unit_price_cents": 4900}
 
 
-def purchase(name: str, email: str) -> dict[str, Any]:
+def purchase() -> dict[str, Any]:
     # The client chooses the purchase id, so a POST it repeats (after a timeout, a double click)
-    # attaches to the purchase it started instead of buying again.
+    # attaches to the purchase it started instead of buying again. The purchase id (the execution
+    # id) and the purchase (its argument) are stored on the Resonate server, so neither spells who
+    # the buyer is: random references, which only the providers resolve. The demo names the
+    # buyers in what it prints, never in what it sends.
     return {
-        "purchase_id": f"{name.lower()}-{secrets.token_hex(3)}",
-        "buyer": {"name": name, "email": email},
+        "purchase_id": f"purchase-{secrets.token_hex(4)}",
+        "customer_id": f"cus_{secrets.token_hex(6)}",
         "items": [LAMP],
         "currency": "EUR",
         "cancel_window_seconds": WINDOW_SECONDS,
     }
 
 
-def buy(gateway: httpx.Client, body: dict[str, Any]) -> str:
+def buy(gateway: httpx.Client, who: str, body: dict[str, Any]) -> str:
     response = gateway.post("/purchases", json=body)
-    print(
-        f"→ POST /purchases {body['purchase_id']} ({body['buyer']['name']}, 1 x LAMP-7, 49.00 EUR)"
-    )
+    print(f"→ POST /purchases {body['purchase_id']} ({who}, 1 x LAMP-7, 49.00 EUR)")
     accepted = response.raise_for_status().json()
     print(f"← {response.status_code}: {accepted['cancel_window_seconds']}s to cancel")
     return str(accepted["purchase_id"])
@@ -81,9 +82,9 @@ def main() -> None:
         httpx.Client(base_url=os.environ["PROVIDER_API_URL"], timeout=10) as providers,
     ):
         print("Ada buys a lamp, clicks twice, and changes her mind within the window.")
-        ada = purchase("Ada", "ada@example.com")
-        ada_id = buy(gateway, ada)
-        buy(gateway, ada)  # the same purchase id: attached, not bought twice
+        ada = purchase()
+        ada_id = buy(gateway, "Ada", ada)
+        buy(gateway, "Ada", ada)  # the same purchase id: attached, not bought twice
         view = wait_for(gateway, ada_id, {"window-open"})
         print(f"· {ada_id}: stock reserved; window open until {clock(view['window_closes_at'])}")
         cancel(gateway, ada_id)
@@ -94,8 +95,8 @@ def main() -> None:
 
         print()
         print("Grace buys and lets the window pass; Linus's card will be declined.")
-        grace_id = buy(gateway, purchase("Grace", "grace@example.com"))
-        linus = purchase("Linus", "linus@example.com")
+        grace_id = buy(gateway, "Grace", purchase())
+        linus = purchase()
         # Demo only: the payment sandbox declines Linus's card (402) when it is charged.
         providers.post(
             "/_admin/faults",
@@ -106,7 +107,7 @@ def main() -> None:
                 "key_prefix": f"{linus['purchase_id']}:",
             },
         ).raise_for_status()
-        linus_id = buy(gateway, linus)
+        linus_id = buy(gateway, "Linus", linus)
         view = wait_for(gateway, grace_id, {"window-open"})
         print(f"· the windows close at about {clock(view['window_closes_at'])}; nobody cancels")
         ended = wait_for(gateway, grace_id, {"confirmed", "declined", "failed"})
@@ -118,7 +119,7 @@ def main() -> None:
         print(f"  the providers did: {provider_records(providers, linus_id)}")
 
         print()
-        bad = {**purchase("Eve", "eve@example.com"), "items": [{**LAMP, "quantity": 0}]}
+        bad = {**purchase(), "items": [{**LAMP, "quantity": 0}]}
         response = gateway.post("/purchases", json=bad)
         field = response.json()["detail"][0]
         where = ".".join(str(part) for part in field["loc"])

@@ -40,7 +40,7 @@ from resonate.types import PromiseRecord, Value
 
 from checkout_window.steps import window_id
 from checkout_window.workflow import (
-    Buyer,
+    CustomerId,
     Item,
     Purchase,
     PurchaseEnded,
@@ -73,7 +73,9 @@ class PurchaseRequest(_Strict):
     purchase_id: PurchaseId | None = Field(
         default=None, description="yours to choose, so that a repeated POST buys once"
     )
-    buyer: Buyer
+    customer_id: CustomerId = Field(
+        description="the buyer, by your reference (`cus_...`): never a name or an email address"
+    )
     items: Annotated[list[Item], Field(min_length=1, max_length=50)]
     currency: Literal["EUR", "GBP", "USD"]
     cancel_window_seconds: Annotated[int, Field(ge=1, le=MAX_WINDOW_SECONDS)] | None = None
@@ -95,7 +97,7 @@ class Cancelled(BaseModel):
 class PurchaseView(BaseModel):
     purchase_id: str
     state: Progress | Outcome
-    buyer: Buyer
+    customer_id: str
     items: list[Item]
     currency: str
     total_cents: int
@@ -221,7 +223,7 @@ class Purchases:
         view = PurchaseView(
             purchase_id=purchase_id,
             state="reserving",
-            buyer=purchase.buyer,
+            customer_id=purchase.customer_id,
             items=purchase.items,
             currency=purchase.currency,
             total_cents=purchase.total_cents,
@@ -361,7 +363,10 @@ router = APIRouter()
 async def buy(body: PurchaseRequest, response: Response, purchases: PurchasesDep) -> Accepted:
     purchase_id = body.purchase_id or f"p-{secrets.token_hex(8)}"
     purchase = Purchase(
-        purchase_id=purchase_id, buyer=body.buyer, items=body.items, currency=body.currency
+        purchase_id=purchase_id,
+        customer_id=body.customer_id,
+        items=body.items,
+        currency=body.currency,
     )
     window_seconds = body.cancel_window_seconds or purchases.default_window_seconds
     await purchases.start(purchase, window_seconds)

@@ -15,6 +15,11 @@ A provider can fail in two ways, and the steps keep them apart:
   refusal    any other 4xx: asking again gets the same answer. The step returns `Refused`
              instead of raising (SDK 0.8.1 retries every exception a step raises), so it is
              checkpointed once and never retried: out of stock, a declined card (402).
+
+The charge and the emails name the buyer by reference (`purchase.customer_id`, `cus_...`), never
+by name or email address: the providers resolve it to a card and an address, and the purchase,
+which the Resonate server stores in plain text as the execution's argument, holds no personal
+data.
 """
 
 from __future__ import annotations
@@ -105,7 +110,7 @@ async def charge(ctx: Context, purchase: Purchase) -> str | Refused:
     amount = _money(purchase)
     print(f"{purchase.purchase_id}: charging {amount} (step {ctx.info.id})", flush=True)
     body = {
-        "customer": purchase.buyer.email,
+        "customer": purchase.customer_id,
         "amount_cents": purchase.total_cents,
         "currency": purchase.currency,
         "description": f"purchase {purchase.purchase_id}",
@@ -115,7 +120,7 @@ async def charge(ctx: Context, purchase: Purchase) -> str | Refused:
 
 async def notify(ctx: Context, purchase: Purchase, subject: str, text: str) -> str | Refused:
     print(f"{purchase.purchase_id}: emailing {subject!r} (step {ctx.info.id})", flush=True)
-    body = {"to": purchase.buyer.email, "subject": subject, "text": text}
+    body = {"to": purchase.customer_id, "subject": subject, "text": text}
     return await _call(ctx, "/email/send", body)
 
 

@@ -40,26 +40,17 @@ from checkout_window.steps import (
 
 # -- the purchase: checked by the gateway, and again whenever a worker decodes it --------------
 
-# Visible text: no control or format characters, no leading or trailing whitespace.
-Text = Annotated[
-    str,
-    StringConstraints(max_length=100, pattern=r"^[^\p{C}\s](?:[^\p{C}]*[^\p{C}\s])?$"),
-]
 # The purchase id becomes the execution id. Resonate ids may not contain ':' (it names steps),
 # and '.' is kept out too: the example names a purchase's window record `<purchase id>.window`.
 PurchaseId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
-Email = Annotated[
-    str, StringConstraints(max_length=254, pattern=r"^[^@\s\p{C}]+@[^@\s\p{C}]+\.[^@\s\p{C}]+$")
-]
+# The purchase names its buyer by reference, never by name or email address: the Resonate server
+# stores the purchase as the execution's argument, readable by anyone who can read the server.
+# The payment and email providers resolve the reference. A name or an email here is refused.
+CustomerId = Annotated[str, StringConstraints(pattern=r"^cus_[A-Za-z0-9]{4,32}$")]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class Buyer(_Strict):
-    name: Text
-    email: Email
 
 
 class Item(_Strict):
@@ -70,7 +61,7 @@ class Item(_Strict):
 
 class Purchase(_Strict):
     purchase_id: PurchaseId
-    buyer: Buyer
+    customer_id: CustomerId
     items: Annotated[list[Item], Field(min_length=1, max_length=50)]
     currency: Literal["EUR", "GBP", "USD"]
 

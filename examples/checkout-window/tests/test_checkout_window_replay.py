@@ -16,6 +16,7 @@ import httpx
 import pytest
 from checkout_window.steps import Providers
 from checkout_window.workflow import Purchase, PurchaseEnded, checkout
+from pydantic import ValidationError
 from resonate.context import Context
 from resonate.dependencies import DependencyMap
 from resonate.error import Suspended
@@ -23,10 +24,11 @@ from resonate.testing import RecordingSleeper, pending_promise, resolved_promise
 from resonate.types import PromiseRecord
 
 ID = "p-1"
+CUSTOMER_ID = "cus_5e0b82d4"  # the buyer, as the providers know them
 PURCHASE = Purchase.model_validate(
     {
         "purchase_id": ID,
-        "buyer": {"name": "Ada", "email": "ada@example.com"},
+        "customer_id": CUSTOMER_ID,
         "items": [{"sku": "LAMP-7", "quantity": 1, "unit_price_cents": 4900}],
         "currency": "EUR",
     }
@@ -259,3 +261,48 @@ def test_a_release_the_inventory_refuses_is_reported() -> None:
 
     # Still cancelled (nothing was charged), with the refusal for a person to look at.
     assert replay(journal) == PurchaseEnded("cancelled", "inventory_1", reason=unknown)
+
+
+# -- personal data: the purchase names its buyer by reference ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "not_a_reference",
+    ["ada@example.com", "Ada Lovelace", "cus_ada@example.com", "5e0b82d4"],
+    ids=["an email address", "a name", "an email after the prefix", "without cus_"],
+)
+def test_a_purchase_with_anything_but_a_customer_reference_is_refused(
+    not_a_reference: str,
+) -> None:
+    # The gateway checks a purchase with this model, and a worker decodes its argument with it: a
+    # name or an email address where the reference goes is refused by both.
+    with pytest.raises(ValidationError) as refused:
+        Purchase.model_validate(PURCHASE.model_dump() | {"customer_id": not_a_reference})
+
+    assert [error["loc"] for error in refused.value.errors()] == [("customer_id",)]
+
+
+def test_the_charge_and_the_email_name_the_buyer_by_reference() -> None:
+    providers = FakeProviders()
+
+    replay([RESERVED, timed_out(f"{ID}:2"), WINDOW_OPENED], providers)
+
+    assert [(path, body) for _, path, body in providers.calls] == [
+        (
+            "/payment/charge",
+            {
+                "customer": CUSTOMER_ID,
+                "amount_cents": 4900,
+                "currency": "EUR",
+                "description": f"purchase {ID}",
+            },
+        ),
+        (
+            "/email/send",
+            {
+                "to": CUSTOMER_ID,
+                "subject": f"Purchase {ID} confirmed",
+                "text": "Charged 49.00 EUR. Your items are on their way.",
+            },
+        ),
+    ]

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 from cookbook.chaos import Driver, Entry, Execution
 
+# The buyer goes by a reference the providers resolve: the server stores the purchase in plaintext.
 PURCHASE = {
-    "buyer": {"name": "Ada Lovelace", "email": "ada@example.com"},
+    "customer_id": "cus_7c41e9a2",
     "items": [{"sku": "LAMP-7", "quantity": 1, "unit_price_cents": 4900}],
     "currency": "EUR",
 }

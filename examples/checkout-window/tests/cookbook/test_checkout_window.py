@@ -11,13 +11,18 @@ window's end start their own stack on a dev server that skips time, so they wait
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,11 +51,15 @@ WINDOW_START_S = 0.5
 # release `:4`.
 CANCELLATION, WINDOW_RECORD = 2, 3
 
+# The purchase names its buyer by reference; who that is (BUYER) only the providers know.
+CUSTOMER_ID = "cus_5e0b82d4"
+BUYER = {"name": "Zoë Quist", "email": "zoe@example.com"}
+
 
 def lamp_purchase(purchase_id: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "purchase_id": purchase_id or f"test-{secrets.token_hex(4)}",
-        "buyer": {"name": "Zoë Quist", "email": "zoe@example.com"},
+        "customer_id": CUSTOMER_ID,
         "items": [
             {"sku": "LAMP-7", "quantity": 1, "unit_price_cents": 4900},
             {"sku": "BULB-2", "quantity": 3, "unit_price_cents": 350},
@@ -97,6 +106,14 @@ class Stack:
 
     def effects(self, purchase_id: str) -> list[EffectRecord]:
         return self.sandbox.records.effects(key_prefix=f"{purchase_id}:")
+
+    def promises(self, purchase_id: str) -> list[dict[str, Any]]:
+        """Every promise the server holds for the purchase: the execution, its steps and
+        cancellation (`<id>:<n>`), and its window record (`<id>.window`)."""
+        promises = self.server.state()["promises"]
+        assert isinstance(promises, list)
+        ours = (f"{purchase_id}:", f"{purchase_id}.")
+        return [p for p in promises if p["id"] == purchase_id or p["id"].startswith(ours)]
 
 
 def did(effects: list[EffectRecord]) -> list[str]:
@@ -236,7 +253,7 @@ def test_without_an_id_the_gateway_chooses_one(stack: Stack) -> None:
     assert first != second  # nothing to tell a repeat from a second purchase: two purchases
     view = stack.get(first)
     assert view["total_cents"] == LAMP_TOTAL_CENTS
-    assert view["buyer"] == {"name": "Zoë Quist", "email": "zoe@example.com"}
+    assert view["customer_id"] == CUSTOMER_ID
 
 
 # -- bad input: a clear 4xx, and nothing started -------------------------------------------------
@@ -248,7 +265,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 BAD_BODIES: dict[str, bytes] = {
     **malformed_bodies(lamp_purchase("bad-body")),
-    "missing buyer": as_json(_changed("buyer", REMOVED)),
+    "missing customer_id": as_json(_changed("customer_id", REMOVED)),
     "missing items": as_json(_changed("items", REMOVED)),
     "missing currency": as_json(_changed("currency", REMOVED)),
     "purchase_id with colon": as_json(_changed("purchase_id", "p:1")),
@@ -257,11 +274,11 @@ BAD_BODIES: dict[str, bytes] = {
     "purchase_id too long": as_json(_changed("purchase_id", "p" * 65)),
     "purchase_id number": as_json(_changed("purchase_id", 7)),
     "purchase_id path traversal": as_json(_changed("purchase_id", "../../etc/passwd")),
-    "name empty": as_json(_changed("buyer.name", "")),
-    "name NUL byte": as_json(_changed("buyer.name", "Zoë\x00")),
-    "name bidi override": as_json(_changed("buyer.name", "Zoë \u202etsiuQ")),
-    "name lone surrogate": as_json(_changed("buyer.name", "Zoë \ud800")),
-    "email without @": as_json(_changed("buyer.email", "zoe.example.com")),
+    "customer_id empty": as_json(_changed("customer_id", "")),
+    "customer_id NUL byte": as_json(_changed("customer_id", "cus_5e0b\x00")),
+    "customer_id bidi override": as_json(_changed("customer_id", "cus_\u202e5e0b82d4")),
+    "customer_id lone surrogate": as_json(_changed("customer_id", "cus_5e0b\ud800")),
+    "customer_id number": as_json(_changed("customer_id", 5_082_004)),
     "no items": as_json(_changed("items", [])),
     "items an object": as_json(_changed("items", {"sku": "LAMP-7"})),
     "sku lowercase": as_json(_changed("items.0.sku", "lamp-7")),
@@ -280,7 +297,7 @@ BAD_BODIES: dict[str, bytes] = {
     "extra field": as_json(_changed("coupon", "FREE")),
     "extra nested field": as_json(_changed("items.0.discount", 100)),
     "deeply nested": b"[" * 5_000 + b"]" * 5_000,
-    "body over 16 KiB": as_json(_changed("buyer.name", "A" * 20_000)),
+    "body over 16 KiB": as_json(_changed("items.0.sku", "A" * 20_000)),
 }
 
 
@@ -350,6 +367,56 @@ def test_unknown_and_malformed_purchase_ids_are_refused(stack: Stack) -> None:
     assert stack.cancel("no-such-purchase").status_code == 404
     assert stack.gateway.get("/purchases/p:1").status_code == 422
     assert stack.cancel("p.window").status_code == 422
+
+
+# -- personal data: the purchase names its buyer by reference, and only the providers know them --
+
+NOT_A_REFERENCE: dict[str, dict[str, Any]] = {
+    "an email address": {"customer_id": BUYER["email"]},
+    "a name": {"customer_id": BUYER["name"]},
+    "an email after the prefix": {"customer_id": "cus_zoe@example.com"},
+    "a name and an email instead": {"buyer": BUYER},
+}
+PERSONAL = [*BUYER.values(), *BUYER["name"].split()]
+# Her first name as an id would spell it: a `cus_zoe...` or a `purchase-zoe-...` names the buyer
+# as plainly as her name does, so no stored id or reference may contain it.
+FIRST_NAME = "zoe"
+BASE64 = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
+
+
+def plaintext_found(blob: bytes, values: list[str]) -> list[str]:
+    """Each value found in `blob`, as it is, JSON-escaped, or inside any base64 string in it."""
+    decoded = [blob]
+    for match in BASE64.finditer(blob):
+        token = match.group()
+        try:
+            decoded.append(base64.b64decode(token + b"=" * (-len(token) % 4)))
+        except (binascii.Error, ValueError):
+            continue
+    needles = [v.encode() for v in values] + [json.dumps(v)[1:-1].encode() for v in values]
+    return sorted({n.decode() for n in needles for d in decoded if n in d})
+
+
+def stored_data(value: dict[str, Any] | None) -> str:
+    """A promise's argument or result as the SDK stored it (base64 of JSON), readable."""
+    return base64.b64decode((value or {}).get("data") or "").decode()
+
+
+@pytest.mark.parametrize("fields", NOT_A_REFERENCE.values(), ids=NOT_A_REFERENCE.keys())
+def test_personal_data_where_the_customer_reference_goes_is_422_and_starts_nothing(
+    stack: Stack, fields: dict[str, Any]
+) -> None:
+    body = changed(lamp_purchase(), "customer_id", REMOVED) | fields
+    executions_before = stack.server.executions()
+
+    response = stack.gateway.post("/purchases", json=body)
+
+    assert response.status_code == 422, response.text
+    assert ["body", "customer_id"] in [error["loc"] for error in response.json()["detail"]]
+    assert plaintext_found(response.content, PERSONAL) == []  # not echoed either
+    assert stack.server.executions() == executions_before  # nothing started, nothing stored
+    assert stack.promises(body["purchase_id"]) == []
+    assert stack.sandbox.records.requests(f"{body['purchase_id']}:") == []
 
 
 # -- the window's end, in skipped time -----------------------------------------------------------
@@ -490,6 +557,39 @@ def test_a_declined_card_releases_the_stock_and_is_not_retried(
     assert ended["state"] == "declined"
     assert "402" in ended["reason"]
     assert "charge_id" not in ended
+
+
+def test_the_server_holds_the_buyers_reference_never_their_name_or_email(
+    skipping_stack: SkippingStack,
+) -> None:
+    stack = skipping_stack
+    stack.start_worker()
+    purchase_id = stack.buy()
+    assert stack.ended(purchase_id)["state"] == "confirmed"
+
+    # Every promise of the purchase, its argument and value decoded: the execution (the purchase),
+    # the reservation, the cancellation, the window record, the charge and the email.
+    promises = stack.promises(purchase_id)
+    assert len(promises) == 7
+    stored = {p["id"]: stored_data(p["param"]) + stored_data(p["value"]) for p in promises}
+    assert [
+        i for i, data in stored.items() if "@" in data or plaintext_found(data.encode(), PERSONAL)
+    ] == []
+    assert [i for i, data in stored.items() if FIRST_NAME in (i + data).lower()] == []
+    assert CUSTOMER_ID in stored[purchase_id]  # the argument was decoded, and holds the reference
+    # Nor anywhere else the server keeps or shows it: its files, and its state.
+    held = {str(f): f.read_bytes() for f in Path(stack.server.data_dir).rglob("*") if f.is_file()}
+    held["state"] = json.dumps(stack.server.state()).encode()
+    assert {
+        where: found for where, blob in held.items() if (found := plaintext_found(blob, PERSONAL))
+    } == {}
+    # The providers were given the reference, which they resolve to a card and an address.
+    effects = stack.effects(purchase_id)
+    assert [(e.provider, e.body.get("customer", e.body.get("to"))) for e in effects] == [
+        ("inventory", None),
+        ("payment", CUSTOMER_ID),
+        ("email", CUSTOMER_ID),
+    ]
 
 
 # -- a worker killed inside the window -----------------------------------------------------------
