@@ -22,12 +22,16 @@ from typing import Any
 
 import httpx
 
+# Ada, an analyst, asks for the reports. The request (the job's argument) is stored on the
+# Resonate server, so it names her by a random reference, which only the mail system resolves to
+# her address. The demo names her in what it prints, never in what it sends.
+ADA = f"usr_{secrets.token_hex(6)}"
 REQUEST = {
     "report": "sales",
     "period_start": "2026-11-01",
     "period_end": "2026-11-30",
     "format": "csv",
-    "email": "ada@example.com",
+    "user_id": ADA,
 }
 
 
@@ -96,6 +100,7 @@ def main() -> None:
         httpx.Client(base_url=os.environ["GATEWAY_URL"], timeout=10) as gateway,
         httpx.Client(base_url=os.environ["PROVIDER_API_URL"], timeout=10) as providers,
     ):
+        print(f"· the reports are for Ada, user {ADA}: the mail system knows her address")
         print(
             "· the simulated warehouse and storage take 1.5 s a call from now on (a latency fault)"
         )

@@ -4,16 +4,20 @@ Which system does what (all three are the cookbook's provider sandbox here):
   warehouse  `/api/call` with `operation: query`: runs the report's query; its id names the
              result set
   storage    `/api/call` with `operation: put`: stores the rendered file under the job's name
-  email      `/email/send`: mails the recipient the download link
+  email      `/email/send`: mails the user who asked for the report the download link
 
 Each call carries an Idempotency-Key: the step's durable id, stable across retries and crashes.
 A step that runs again (after a crash, or after a timeout whose request did land) gets the
 system's original answer instead of querying, storing or mailing twice.
 
+The mail names its recipient by reference (the request's `user_id`, `usr_...`), never by email
+address: the mail system resolves it, and the request, which the Resonate server stores in
+plaintext as the execution's argument, holds no personal data.
+
 A system answers in three ways, and the steps keep them apart:
   yes      2xx: the system's id for what it did (a result set, a stored object, a message).
-  no       any 4xx but 408 and 429: no permission to export this report, a quota exceeded, an
-           address the mail system refuses. Asking again cannot change it: the step returns
+  no       any 4xx but 408 and 429: no permission to export this report, a quota exceeded, a
+           recipient the mail system refuses. Asking again cannot change it: the step returns
            it as a value (`Refused`), which is checkpointed, and never retried (SDK 0.8.1
            retries every exception a step raises, so a refusal must not be one).
   not now  5xx, 408, 429, a timeout, a dropped connection, or a 2xx whose body is not the
@@ -68,7 +72,7 @@ async def store_file(ctx: Context, name: str, result_set: str) -> str | Refused:
 
 
 async def email_link(ctx: Context, to: str, report: str, link: str) -> str | Refused:
-    """Mail the recipient the download link: the message id, or the mail system's no."""
+    """Mail user `to` (a reference) the download link: the message id, or the mail system's no."""
     print(f"emailing {to} the link (step {ctx.info.id})", flush=True)
     body = {"to": to, "subject": f"Your {report} report is ready", "link": link}
     return await _call(ctx, "email", "/email/send", body)

@@ -36,7 +36,7 @@ REQUEST = ExportRequest.model_validate(
         "period_start": "2026-11-01",
         "period_end": "2026-11-30",
         "format": "csv",
-        "email": "ada@example.com",
+        "user_id": "usr_3f9a0c1d",
     }
 )
 

@@ -9,6 +9,8 @@ reads the sandbox's records by idempotency-key prefix, i.e. by job.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import secrets
 import time
@@ -27,12 +29,18 @@ from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
 from resonate.resonate import Resonate
 from resonate.types import Value
 
+# Who asks for the reports: the client knows her name and email address, and sends only her
+# reference, which the mail system resolves.
+USER_ID, USER_NAME, USER_EMAIL = "usr_5e0b82d4", "Zoë Ångström", "zoe@example.com"
+# Her first name as an id would spell it: a `usr_zoe...` names her as plainly as her name does,
+# so no stored id or reference may contain it.
+FIRST_NAME = "zoe"
 REQUEST: dict[str, Any] = {
     "report": "sales",
     "period_start": "2026-11-01",
     "period_end": "2026-11-30",
     "format": "csv",
-    "email": "zoë@example.com",
+    "user_id": USER_ID,
 }
 
 
@@ -134,7 +142,7 @@ def test_post_answers_202_with_a_status_url_before_the_job_is_done(stack: Stack)
     query, stored, mail = effects
     assert stored.body["object"] == f"reports/{job_id}.csv"
     assert stored.body["result_set"] == query.resource_id
-    assert mail.body["to"] == "zoë@example.com"
+    assert mail.body["to"] == USER_ID
     assert mail.body["link"] == f"{DOWNLOADS}/{stored.resource_id}"
     assert status == {
         "job_id": job_id,
@@ -349,6 +357,72 @@ def test_unknown_jobs_are_404_and_malformed_ids_422(stack: Stack) -> None:
     assert stack.gateway.get(f"/jobs/job-{secrets.token_hex(16)}:1").status_code == 422
 
 
+# -- personal data: the request names its user by reference; only the mail system knows who --------
+
+NOT_A_REFERENCE: dict[str, dict[str, Any]] = {
+    "an email address": {"user_id": USER_EMAIL},
+    "a name": {"user_id": USER_NAME},
+    "an email after the prefix": {"user_id": "usr_zoe@example.com"},
+    "an email instead": {"email": USER_EMAIL},
+}
+PERSONAL = [USER_EMAIL, *USER_NAME.split()]
+
+
+@pytest.mark.parametrize("fields", NOT_A_REFERENCE.values(), ids=NOT_A_REFERENCE.keys())
+def test_personal_data_where_the_user_reference_goes_is_422_naming_it_and_starts_nothing(
+    stack: Stack, fields: dict[str, Any]
+) -> None:
+    key = new_key()
+    request = {k: v for k, v in REQUEST.items() if k != "user_id"} | fields
+    executions_before = stack.server.executions()
+
+    response = stack.gateway.post("/jobs", json=request, headers={"Idempotency-Key": key})
+
+    assert response.status_code == 422, response.text
+    assert ["body", "user_id"] in [problem["loc"] for problem in response.json()["detail"]]
+    answer = json.dumps(response.json(), ensure_ascii=False)
+    assert [found for found in PERSONAL if found in answer] == []  # not echoed either
+    assert stack.server.executions() == executions_before  # nothing started, nothing stored
+    assert stack.sandbox.records.requests(key_prefix=f"{job_id_for(key)}:") == []
+
+
+def test_the_server_holds_the_users_reference_never_their_name_or_email(stack: Stack) -> None:
+    job_id = begin(stack.gateway)
+    assert settled(stack.gateway, job_id)["status"] == "done"
+
+    # Everything the server holds for the job (its promises and its journal), and in it what
+    # the workflow stored (each promise's param and value: the request, and each step's result).
+    held = [stack.server.state(job_id), stack.server.journal(job_id)]
+    stored = json.dumps(stored_values(held), ensure_ascii=False)
+    everything = json.dumps(held, ensure_ascii=False) + stored
+    assert USER_ID in stored  # the stored request was decoded, not missed
+    assert "@" not in stored  # (the server's own tags hold one: `poll://any@async-http-api`)
+    assert [found for found in PERSONAL if found in everything] == []
+    assert FIRST_NAME not in everything.lower()  # in no id, reference or value
+    # The mail system got the reference, to resolve it to her address itself.
+    effects = stack.sandbox.records.effects(key_prefix=f"{job_id}:")
+    assert [e.body["to"] for e in effects if e.provider == "email"] == [USER_ID]
+
+
+def stored_values(held: Any) -> list[Any]:
+    """Every value stored in the dev server's answer `held`, decoded.
+
+    A promise's param and value are kept as `{"data": <base64 of JSON>}`, which hides a name or
+    an email address from a plain search.
+    """
+    if isinstance(held, list):
+        return [value for item in held for value in stored_values(item)]
+    if not isinstance(held, dict):
+        return []
+    found = []
+    for key, value in held.items():
+        if key == "data" and isinstance(value, str):
+            found.append(json.loads(base64.b64decode(value, validate=True)))
+        else:
+            found.extend(stored_values(value))
+    return found
+
+
 # -- hostile input -----------------------------------------------------------------------------
 
 
@@ -360,7 +434,7 @@ HOSTILE: dict[str, bytes] = {
     **malformed_bodies(REQUEST),
     "not json": b"report=sales",
     "missing report": as_json(_changed("report", REMOVED)),
-    "missing email": as_json(_changed("email", REMOVED)),
+    "missing user_id": as_json(_changed("user_id", REMOVED)),
     "missing period_start": as_json(_changed("period_start", REMOVED)),
     "unknown report": as_json(_changed("report", "payroll")),
     "report null": as_json(_changed("report", None)),
@@ -369,12 +443,12 @@ HOSTILE: dict[str, bytes] = {
     "report uppercase": as_json(_changed("report", "SALES")),
     "unknown format": as_json(_changed("format", "pdf")),
     "format empty": as_json(_changed("format", "")),
-    "email without @": as_json(_changed("email", "ada.example.com")),
-    "email huge": as_json(_changed("email", "a" * 300 + "@example.com")),
-    "email NUL byte": as_json(_changed("email", "ada\x00@example.com")),
-    "email bidi override": as_json(_changed("email", "ada\u202e@example.com")),
-    "email lone surrogate": as_json(_changed("email", "ada\ud800@example.com")),
-    "email with spaces": as_json(_changed("email", "ada lovelace@example.com")),
+    "user_id without prefix": as_json(_changed("user_id", "5e0b82d4")),
+    "user_id huge": as_json(_changed("user_id", "usr_" + "a" * 300)),
+    "user_id NUL byte": as_json(_changed("user_id", "usr_5e0b\x0082d4")),
+    "user_id bidi override": as_json(_changed("user_id", "usr_5e0b\u202e82d4")),
+    "user_id lone surrogate": as_json(_changed("user_id", "usr_5e0b\ud800")),
+    "user_id number": as_json(_changed("user_id", 5082)),
     "date impossible": as_json(_changed("period_start", "2026-02-30")),
     "date words": as_json(_changed("period_start", "last monday")),
     "date as Unix seconds": as_json(_changed("period_start", 86400)),
@@ -386,7 +460,7 @@ HOSTILE: dict[str, bytes] = {
     "extra field": as_json(_changed("priority", "high")),
     "job id smuggled in": as_json(_changed("job_id", "job-" + "0" * 32)),
     "deeply nested": b"[" * 5_000 + b"]" * 5_000,
-    "body over 16 KiB": as_json(_changed("email", "a" * 20_000)),
+    "body over 16 KiB": as_json(_changed("user_id", "usr_" + "a" * 20_000)),
 }
 
 
