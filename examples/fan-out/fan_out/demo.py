@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
+import secrets
 from typing import Any
 
 import httpx
@@ -23,24 +23,32 @@ async def main() -> None:
     # A client, not a worker: it joins its own group so it is never handed workflow work.
     resonate = Resonate(url=os.environ["RESONATE_URL"], group="fan-out-clients")
     sandbox = httpx.AsyncClient(base_url=os.environ["PROVIDER_API_URL"])
-    run = int(time.time())
+    # The execution id and the recipient are stored on the Resonate server, so neither spells
+    # who is notified: random references, which only the providers resolve. The demo names Ada
+    # in what it prints, never in what it sends.
+    ada = f"cus_{secrets.token_hex(6)}"
+    run = f"notify-{secrets.token_hex(4)}"
     try:
         print("1. SMS is flaky: its provider answers 503 twice, then accepts the message")
-        await notify(resonate, sandbox, f"notify-ada-{run}", [{"provider": "sms", "times": 2}])
+        await notify(resonate, sandbox, run, ada, [{"provider": "sms", "times": 2}])
         print(
             "\n2. Push fails for good: its provider refuses the message (410);"
             " SMS stays down (503) through every retry"
         )
         refuse = {"provider": "push", "mode": "fail_always", "status": 410}
         down = {"provider": "sms", "mode": "fail_always"}
-        await notify(resonate, sandbox, f"notify-ada-{run}-2", [refuse, down])
+        await notify(resonate, sandbox, f"{run}-2", ada, [refuse, down])
     finally:
         await sandbox.aclose()
         await resonate.stop()
 
 
 async def notify(
-    resonate: Resonate, sandbox: httpx.AsyncClient, execution_id: str, faults: list[dict[str, Any]]
+    resonate: Resonate,
+    sandbox: httpx.AsyncClient,
+    execution_id: str,
+    to: str,
+    faults: list[dict[str, Any]],
 ) -> None:
     scope = execution_id + ":"  # the Idempotency-Keys of this execution's steps
     for channel, latency_ms in LATENCY_MS.items():
@@ -51,9 +59,9 @@ async def notify(
         await add_fault(
             sandbox, **{"mode": "fail_times", "status": 503, **fault, "key_prefix": scope}
         )
-    print(f"→ notify('ada@example.com') as execution {execution_id}")
+    print(f"→ notify({to!r}) (Ada, by reference) as execution {execution_id}")
     handle = resonate.options(target="fan-out").rpc(
-        execution_id, "notify", "ada@example.com", "Your order has shipped."
+        execution_id, "notify", to, "Your order has shipped."
     )
     notification = await handle.result()
     for channel, receipt in notification["receipts"].items():

@@ -49,6 +49,8 @@ async def send(ctx: Context, channel: str, to: str, text: str) -> Delivery:
     try:
         response = await providers.client.post(
             f"/{channel}/send",
+            # To the recipient by reference (`notify`'s argument, which the Resonate server
+            # stores): the provider resolves it to the address, number or device it holds.
             json={"to": to, "text": text},
             headers={"Idempotency-Key": ctx.info.id},
         )

@@ -7,6 +7,7 @@ stored are sent again (with the same Idempotency-Key, so the provider does not s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from resonate.context import Context
@@ -15,6 +16,11 @@ from resonate.retry import Constant
 from fan_out.steps import ChannelUnavailableError, Delivery, send
 
 CHANNELS = ("email", "sms", "slack", "push")
+
+# The recipient, by reference: each channel's provider resolves it to its own address, number,
+# workspace member or device. The Resonate server stores `notify`'s arguments in plaintext, so
+# they carry no email address, phone number or name.
+RECIPIENT = re.compile(r"cus_[A-Za-z0-9]{4,32}")
 
 # A channel that is down gets 3 more attempts, 1 s apart: one still down after about 3 s is
 # reported as unconfirmed rather than holding up the other channels' receipts, which the caller is
@@ -38,7 +44,18 @@ class Notification:
     unconfirmed: dict[str, str] = field(default_factory=dict)
 
 
+def validate(to: str) -> None:
+    """A recipient that is not a reference (an email address, a name) is sent nothing."""
+    if not (isinstance(to, str) and RECIPIENT.fullmatch(to)):
+        # Not the value itself: the server stores this error too, as the execution's result.
+        raise ValueError(
+            "invalid notification: to is not a recipient reference"
+            " (cus_ and 4 to 32 letters or digits)"
+        )
+
+
 async def notify(ctx: Context, to: str, text: str) -> Notification:
+    validate(to)  # before the first step: a bad recipient fails at once, and nothing is sent
     # Every step starts here, before any is awaited: the four channels are sent concurrently.
     sending = [ctx.options(retry_policy=RETRY).run(send, channel, to, text) for channel in CHANNELS]
     deliveries: list[Delivery] = []

@@ -8,6 +8,7 @@ server, worker processes and the provider sandbox are in tests/cookbook/ and run
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,9 @@ from fan_out.workflow import CHANNELS, RETRY, Notification, notify
 from resonate.dependencies import DependencyMap
 from resonate.retry import Never
 from resonate.testing import local_resonate, resolved_promise, root_context
+
+# The recipient, by reference: the providers resolve it (an address, a number, a device).
+TO = "cus_9d4e1b7a"
 
 
 def delivers(channel: str, attempt: int) -> tuple[int, dict[str, Any]]:
@@ -40,12 +44,14 @@ class FakeChannels:
     answer: Callable[[str, int], tuple[int, Reply]] = delivers
     together: int = 0
     calls: list[tuple[str, str]] = field(default_factory=list)
+    recipients: list[tuple[str, Any]] = field(default_factory=list)  # (channel, its body's "to")
     in_flight: int = 0
     all_in: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         channel = request.url.path.split("/")[1]
         self.calls.append((channel, request.headers["Idempotency-Key"]))
+        self.recipients.append((channel, json.loads(request.content)["to"]))
         self.in_flight += 1
         if self.in_flight >= self.together:
             self.all_in.set()
@@ -65,7 +71,7 @@ class FakeChannels:
         return [key for called, key in self.calls if called == channel]
 
 
-def notify_in_process(channels: FakeChannels) -> Notification:
+def notify_in_process(channels: FakeChannels, to: str = TO) -> Notification:
     """`notify` on an in-process Resonate (no server, no worker); retries take no time."""
 
     async def go() -> Notification:
@@ -75,7 +81,7 @@ def notify_in_process(channels: FakeChannels) -> Notification:
             async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
                 resonate.with_dependency(Providers(client))
                 resonate.register(notify, retry_policy=Never())
-                handle = resonate.run("notify-1", notify, "ada", "hello")
+                handle = resonate.run("notify-1", notify, to, "hello")
                 notification: Notification = await asyncio.wait_for(handle.result(), 30)
                 return notification
         finally:
@@ -93,6 +99,33 @@ def test_the_four_channels_are_sent_at_once_each_with_its_own_key() -> None:
     assert notification == Notification(receipts={c: f"{c}-1" for c in CHANNELS})
     assert sorted(channel for channel, _ in channels.calls) == sorted(CHANNELS)
     assert len({key for _, key in channels.calls}) == 4
+
+
+def test_every_channel_is_sent_the_recipients_reference() -> None:
+    """Each provider resolves the reference itself: the execution's argument names nobody."""
+    channels = FakeChannels()
+
+    notification = notify_in_process(channels)
+
+    assert set(notification.receipts) == set(CHANNELS)
+    assert sorted(channels.recipients) == sorted((channel, TO) for channel in CHANNELS)
+
+
+@pytest.mark.parametrize(
+    "to",
+    ["ada@example.com", "Ada Lovelace", "cus_ada@example.com", "cus_a1", "+44 20 7946 0000"],
+    ids=["an email address", "a name", "an email after the prefix", "too short", "a phone number"],
+)
+def test_a_recipient_that_is_not_a_reference_is_refused_naming_to_and_nothing_is_sent(
+    to: str,
+) -> None:
+    channels = FakeChannels()
+
+    with pytest.raises(ValueError, match=r"\bto is not a recipient reference") as refused:
+        notify_in_process(channels, to)
+
+    assert channels.calls == []
+    assert to not in str(refused.value)  # the server stores the error: it does not repeat it
 
 
 def test_a_refusing_channel_is_reported_asked_once_and_the_others_deliver() -> None:
@@ -220,9 +253,7 @@ def test_a_replay_sends_only_the_channels_the_journal_has_no_result_for() -> Non
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             deps = DependencyMap()
             deps.insert(Providers(client))
-            return await notify(
-                root_context(id="notify-1", preload=journal, deps=deps), "ada", "hi"
-            )
+            return await notify(root_context(id="notify-1", preload=journal, deps=deps), TO, "hi")
 
     notification = asyncio.run(replay())
 

@@ -7,6 +7,8 @@ own timestamps), not on what the workflow says it did.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 from collections import Counter
 from typing import Any
@@ -23,6 +25,12 @@ from resonate.resonate import Resonate
 from resonate.testing import root_context
 
 TIMEOUT = 30
+# Who is notified: the client knows her name and email address, and sends only the reference,
+# which each channel's provider resolves to her address, number or device.
+RECIPIENT_ID, RECIPIENT_NAME, RECIPIENT_EMAIL = "cus_5e0b82d4", "Zoë Ångström", "zoe@example.com"
+# Her first name in an id would spell it: a `cus_zoe...` or a `notify-zoe-...` names her as
+# plainly as her name does, so no stored id or reference may contain it.
+FIRST_NAME = "zoe"
 
 
 @pytest.fixture
@@ -47,16 +55,14 @@ def add_fault(sandbox: RunningSandbox, execution_id: str, **spec: Any) -> None:
     response.raise_for_status()
 
 
-def notify(url: str, execution_id: str, times: int = 1) -> list[Any]:
+def notify(url: str, execution_id: str, times: int = 1, to: str = RECIPIENT_ID) -> list[Any]:
     """Start `notify` `times` times with the same id, concurrently; every result."""
 
     async def run() -> list[Any]:
         client = Resonate(url=url, group="fan-out-tests")
         try:
             handles = [
-                client.options(target="fan-out").rpc(
-                    execution_id, "notify", "ada@example.com", "hi"
-                )
+                client.options(target="fan-out").rpc(execution_id, "notify", to, "hi")
                 for _ in range(times)
             ]
             return await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), TIMEOUT)
@@ -174,7 +180,7 @@ def test_a_call_that_cannot_start_fails_at_once_instead_of_being_retried(
     async def run() -> Any:
         client = Resonate(url=resonate_url, group="fan-out-tests")
         try:
-            handle = client.options(target="fan-out").rpc(execution_id, "notify", "ada@example.com")
+            handle = client.options(target="fan-out").rpc(execution_id, "notify", RECIPIENT_ID)
             return await asyncio.wait_for(handle.result(), TIMEOUT)
         finally:
             await client.stop()
@@ -183,6 +189,73 @@ def test_a_call_that_cannot_start_fails_at_once_instead_of_being_retried(
         asyncio.run(run())
 
     assert requests_per_channel(sandbox, execution_id) == {}
+
+
+# -- personal data: the recipient is a reference, and only the providers know who it is ---------
+
+
+def test_the_server_holds_the_recipients_reference_never_their_address_or_name(
+    resonate_url: str, devserver: RunningDevServer, sandbox: RunningSandbox
+) -> None:
+    execution_id = new_execution_id()
+
+    [notification] = notify(resonate_url, execution_id)
+
+    assert set(notification["receipts"]) == set(CHANNELS)
+    # Everything the server holds for the execution (its promises and its journal), and in it
+    # what the workflow stored (each promise's param and value: the arguments, each result).
+    held = [devserver.state(execution_id), devserver.journal(execution_id)]
+    stored = json.dumps(stored_values(held), ensure_ascii=False)
+    everything = json.dumps(held, ensure_ascii=False) + stored
+    assert RECIPIENT_ID in stored  # the stored arguments were decoded, not missed
+    assert "@" not in stored  # (the server's own tags hold one: `poll://any@fan-out`)
+    personal = [RECIPIENT_EMAIL, *RECIPIENT_NAME.split()]
+    assert [found for found in personal if found in everything] == []
+    # Every id the server holds for the execution starts with the execution's id.
+    assert FIRST_NAME not in (execution_id + stored).lower()
+    # Each channel's provider got the reference, to resolve it itself.
+    effects = sandbox.records.effects(key_prefix=execution_id + ":")
+    assert sorted((e.provider, e.body["to"]) for e in effects) == sorted(
+        (channel, RECIPIENT_ID) for channel in CHANNELS
+    )
+
+
+def test_a_recipient_that_is_not_a_reference_is_refused_naming_to_and_nothing_is_sent(
+    resonate_url: str, devserver: RunningDevServer, sandbox: RunningSandbox
+) -> None:
+    execution_id = new_execution_id()
+
+    with pytest.raises(ValueError, match=r"\bto is not a recipient reference"):
+        notify(resonate_url, execution_id, to=RECIPIENT_EMAIL)
+
+    # The caller stored the address as the argument; the workflow refused it before its first
+    # step: no step's promise, no provider asked, and the stored error does not repeat it.
+    promises = devserver.state(execution_id)["promises"]
+    assert isinstance(promises, list)
+    assert [p["id"] for p in promises] == [execution_id]
+    [error] = stored_values(promises[0]["value"])  # its message, and the exception pickled
+    assert RECIPIENT_EMAIL not in error["message"]
+    assert RECIPIENT_EMAIL.encode() not in base64.b64decode(error.get("__py_pickle", ""))
+    assert requests_per_channel(sandbox, execution_id) == {}
+
+
+def stored_values(held: Any) -> list[Any]:
+    """Every value stored in the dev server's answer `held`, decoded.
+
+    A promise's param and value are kept as `{"data": <base64 of JSON>}`, which hides a name or
+    an email address from a plain search.
+    """
+    if isinstance(held, list):
+        return [value for item in held for value in stored_values(item)]
+    if not isinstance(held, dict):
+        return []
+    found = []
+    for key, value in held.items():
+        if key == "data" and isinstance(value, str):
+            found.append(json.loads(base64.b64decode(value, validate=True)))
+        else:
+            found.extend(stored_values(value))
+    return found
 
 
 def test_a_refusal_without_a_json_body_is_still_a_refusal() -> None:
@@ -196,6 +269,6 @@ def test_a_refusal_without_a_json_body_is_still_a_refusal() -> None:
             deps = DependencyMap()
             deps.insert(Providers(client))
             ctx = root_context(id="notify-1", deps=deps)
-            return await send(ctx, "push", "ada@example.com", "hi")
+            return await send(ctx, "push", RECIPIENT_ID, "hi")
 
     assert asyncio.run(send_once()) == Delivery("push", failure="refused: 403 Forbidden")
