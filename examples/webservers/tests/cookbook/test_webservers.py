@@ -10,6 +10,8 @@ sandbox's records are read by idempotency-key prefix, i.e. by ticket.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -31,6 +33,12 @@ APPS = ["fastapi", "flask", "django"]
 # A POST waits this long for the booking before it answers 202 (short, for the slow-step test).
 WAIT_SECONDS = "2"
 BOOKED_EFFECTS = [("inventory", "reserve"), ("email", "send")]
+# Who books: the client knows her name and email address, and sends only the reference, which the
+# inventory and the email provider resolve.
+CUSTOMER_ID, CUSTOMER_NAME, CUSTOMER_EMAIL = "cus_5e0b82d4", "Zoë Ångström", "zoe@example.com"
+# Her first name in an id would spell it: a `cus_zoe...` or a `t-zoe-...` names her as plainly as
+# her name does, so no stored id or reference may contain it.
+FIRST_NAME = "zoe"
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ def site(
 def new_ticket(**changes: Any) -> dict[str, Any]:
     ticket = {
         "ticket_id": f"t-{secrets.token_hex(6)}",
-        "customer_id": "cus_ada1815",
+        "customer_id": CUSTOMER_ID,
         "event_id": "evt_pycon2027",
         "seats": 2,
     }
@@ -248,9 +256,13 @@ HOSTILE: dict[str, bytes] = {
     "ticket_id newline": as_json(_changed("ticket_id", "t-1\n")),
     "ticket_id NUL byte": as_json(_changed("ticket_id", "t-1\x00")),
     "ticket_id lone surrogate": as_json(_changed("ticket_id", "t-\ud800")),
-    "customer_id an email address": as_json(_changed("customer_id", "ada@example.com")),
-    "customer_id without prefix": as_json(_changed("customer_id", "ada1815")),
-    "event_id a customer": as_json(_changed("event_id", "cus_ada1815")),
+    "customer_id an email address": as_json(_changed("customer_id", CUSTOMER_EMAIL)),
+    "customer_id a name": as_json(_changed("customer_id", CUSTOMER_NAME)),
+    "customer_id an email after the prefix": as_json(
+        _changed("customer_id", "cus_zoe@example.com")
+    ),
+    "customer_id without prefix": as_json(_changed("customer_id", "5e0b82d4")),
+    "event_id a customer": as_json(_changed("event_id", CUSTOMER_ID)),
     "event_id huge": as_json(_changed("event_id", "evt_" + "A" * 10_000)),
     "seats zero": as_json(_changed("seats", 0)),
     "seats negative": as_json(_changed("seats", -1)),
@@ -279,6 +291,75 @@ def test_a_bad_body_is_refused_and_nothing_is_started(site: Site, body: bytes) -
     assert len(answer.content) < 2_000  # says what is wrong without echoing the input
     assert site.executions() == executions
     assert site.provider_calls("t-hostile") == 0
+
+
+# -- personal data: the request names its customer by reference, only the providers know them --
+
+NOT_A_REFERENCE = {
+    "an email address": CUSTOMER_EMAIL,
+    "a name": CUSTOMER_NAME,
+    "an email after the prefix": "cus_zoe@example.com",
+}
+
+
+@pytest.mark.parametrize("value", NOT_A_REFERENCE.values(), ids=NOT_A_REFERENCE.keys())
+def test_personal_data_where_the_customer_reference_goes_is_a_422_naming_it(
+    site: Site, value: str
+) -> None:
+    executions = site.executions()
+    ticket = new_ticket(customer_id=value)
+
+    answer = site.http.post("/tickets", json=ticket)
+
+    assert answer.status_code == 422, answer.text
+    assert [problem["loc"] for problem in answer.json()["detail"]] == [["body", "customer_id"]]
+    assert value not in answer.text  # not echoed either
+    assert site.executions() == executions  # nothing started, nothing stored
+    assert site.provider_calls(ticket["ticket_id"]) == 0
+
+
+def test_the_server_holds_the_customers_reference_never_their_name_or_email(site: Site) -> None:
+    ticket = new_ticket()
+    tid = ticket["ticket_id"]
+
+    assert site.http.post("/tickets", json=ticket).json()["status"] == "booked"
+
+    # Everything the server holds for the booking (its promises and its journal), and in it
+    # what the function stored (each promise's param and value: the request, each result).
+    held = [site.server.state(tid), site.server.journal(tid)]
+    stored = json.dumps(stored_values(held), ensure_ascii=False)
+    everything = json.dumps(held, ensure_ascii=False) + stored
+    assert CUSTOMER_ID in stored  # the stored request was decoded, not missed
+    assert "@" not in stored  # (the server's own tags hold one: `poll://any@webservers`)
+    personal = [CUSTOMER_EMAIL, *CUSTOMER_NAME.split()]
+    assert [found for found in personal if found in everything] == []
+    # Every id the server holds for the booking starts with the ticket id.
+    assert FIRST_NAME not in (tid + stored).lower()
+    # The providers got the reference, to resolve it themselves.
+    effects = site.sandbox.records.effects(tid + ":")
+    assert [(e.provider, e.body.get("customer", e.body.get("to"))) for e in effects] == [
+        ("inventory", CUSTOMER_ID),
+        ("email", CUSTOMER_ID),
+    ]
+
+
+def stored_values(held: Any) -> list[Any]:
+    """Every value stored in the dev server's answer `held`, decoded.
+
+    A promise's param and value are kept as `{"data": <base64 of JSON>}`, which hides a name or
+    an email address from a plain search.
+    """
+    if isinstance(held, list):
+        return [value for item in held for value in stored_values(item)]
+    if not isinstance(held, dict):
+        return []
+    found = []
+    for key, value in held.items():
+        if key == "data" and isinstance(value, str):
+            found.append(json.loads(base64.b64decode(value, validate=True)))
+        else:
+            found.extend(stored_values(value))
+    return found
 
 
 def test_a_422_names_the_field_and_the_reason(site: Site) -> None:
