@@ -24,6 +24,10 @@
   one (order-state-machine's orders did).
 - It imports no `cookbook` module: tests/test_examples.py checks that; here that check is only
   shown to catch an offender.
+- Its crash scenarios (`[[tool.cookbook.scenarios]]`, the executions the matrix starts, which
+  users copy as the example's sample data) send the server no email address, unless the example
+  seals what it sends (`encryptor`): the server stores every argument, and a signal's value, in
+  plaintext, so personal data goes by reference (`cus_...`) and the receiving system resolves it.
 
 Each check is also run on deliberately bad snippets, so that it cannot go blind unnoticed.
 """
@@ -339,6 +343,48 @@ def test_runtime_code_never_reads_a_providers_answer_unguarded(example: catalog.
 def test_every_latent_promise_names_its_timeout(example: catalog.Example) -> None:
     if found := breaches(example, promises_without_a_timeout):
         pytest.fail(report("every wait fits in its execution's deadline", found), pytrace=False)
+
+
+EMAIL_ADDRESS = re.compile(r"[^\s@\"'<>]+@[^\s@\"'<>]+\.[A-Za-z]{2,}")
+
+
+def email_addresses(value: object) -> list[str]:
+    """Every email address in a scenario's values (arguments, signals), however deep."""
+    if isinstance(value, str):
+        return EMAIL_ADDRESS.findall(value)
+    if isinstance(value, dict):
+        return [found for item in value.items() for found in email_addresses(list(item))]
+    if isinstance(value, list | tuple):
+        return [found for item in value for found in email_addresses(item)]
+    return []
+
+
+@pytest.mark.parametrize(
+    "example", [e for e in catalog.examples(ROOT) if not e.encryptor], ids=lambda e: e.name
+)
+def test_no_scenario_sends_the_server_an_email_address(example: catalog.Example) -> None:
+    found = {
+        scenario.name: sent
+        for scenario in example.scenarios
+        if (sent := email_addresses([scenario.args, scenario.signals]))
+    }
+    assert found == {}, (
+        f"{example.name}: scenarios store these in the server in plaintext; pass a reference"
+        " the receiving system resolves (see food-delivery), or seal them (see encryption)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [
+        (["ada@example.com", "text"], ["ada@example.com"]),
+        ([{"buyer": {"name": "Ada", "email": "ada@example.org"}}], ["ada@example.org"]),
+        ([[{"to": "Ada <ada.l@mail.example.co>"}]], ["ada.l@mail.example.co"]),
+        (["cus_7c41e9a2", {"poll": "poll://any@saga", "note": "a @ b"}, 42, None], []),
+    ],
+)
+def test_the_email_address_check(value: object, found: list[str]) -> None:
+    assert email_addresses(value) == found
 
 
 @pytest.mark.parametrize(
