@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import os
 import re
@@ -20,7 +19,6 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +31,7 @@ from cookbook.stack import devserver_process, gateway_process, url_of, worker_pr
 from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.browser import browser_fixture  # noqa: F401  (the fixture `browser`)
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
+from cookbook.testing.plaintext import plaintext_found, stored_values, what_the_server_holds
 from resonate.resonate import Resonate
 from resonate.types import Value
 from selenium.webdriver import Chrome
@@ -647,25 +646,6 @@ PERSONAL += APPROVER["name"].split()
 # A first name in an id would spell it: a `usr_zoe...` or a `claim-grace-...` names the person as
 # plainly as the name does, so no stored id or reference may contain one.
 FIRST_NAMES = ["zoe", "zoë", "grace"]
-BASE64 = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
-
-
-def plaintext_found(blob: bytes, values: list[str]) -> list[str]:
-    """Each value found in `blob`, as it is, JSON-escaped, or inside any base64 string in it."""
-    decoded = [blob]
-    for match in BASE64.finditer(blob):
-        token = match.group()
-        try:
-            decoded.append(base64.b64decode(token + b"=" * (-len(token) % 4)))
-        except (binascii.Error, ValueError):
-            continue
-    needles = [v.encode() for v in values] + [json.dumps(v)[1:-1].encode() for v in values]
-    return sorted({n.decode() for n in needles for d in decoded if n in d})
-
-
-def stored_data(value: dict[str, Any] | None) -> str:
-    """A promise's argument or result as the SDK stored it (base64 of JSON), readable."""
-    return base64.b64decode((value or {}).get("data") or "").decode()
 
 
 @pytest.mark.parametrize("fields", NOT_A_REFERENCE.values(), ids=NOT_A_REFERENCE.keys())
@@ -697,7 +677,7 @@ def test_the_server_holds_staff_ids_never_a_name_or_an_email(stack: Stack) -> No
     promises = stack.server.state(claim_id)["promises"]
     assert isinstance(promises, list)
     assert len(promises) == 6  # the execution and its 5 children
-    stored = {p["id"]: stored_data(p["param"]) + stored_data(p["value"]) for p in promises}
+    stored = {p["id"]: json.dumps(stored_values(p), ensure_ascii=False) for p in promises}
     assert EMPLOYEE_ID in stored[claim_id]  # the argument, decoded: the claim and its ids
     assert APPROVER_ID in stored[claim_id]
     assert [
@@ -707,12 +687,7 @@ def test_the_server_holds_staff_ids_never_a_name_or_an_email(stack: Stack) -> No
         i for i, data in stored.items() for name in FIRST_NAMES if name in (i + data).lower()
     ] == []
     # Nor anywhere else the server keeps or shows it: its files (log, archive), and its state.
-    files = Path(stack.server.data_dir).rglob("*")
-    held = {str(f): f.read_bytes() for f in files if f.is_file()}
-    held["state"] = json.dumps(stack.server.state()).encode()
-    assert {
-        where: found for where, blob in held.items() if (found := plaintext_found(blob, PERSONAL))
-    } == {}
+    assert plaintext_found(what_the_server_holds(stack.server), PERSONAL) == []
     # The providers were given the staff ids, which they resolve to an address and an account.
     effects = stack.effects(claim_id)
     assert [(did([e])[0], e.body.get("to", e.body.get("payee"))) for e in effects] == [

@@ -9,8 +9,6 @@ uses its own chat ids, and the model's records are read by key prefix, i.e. by t
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import os
 import secrets
@@ -35,6 +33,7 @@ from cookbook.stack import (
 )
 from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
+from cookbook.testing.plaintext import plaintext_found
 from resonate.resonate import Resonate
 
 SCRIPT = Path(__file__).parents[2] / "stand-in-model.toml"
@@ -267,14 +266,7 @@ def test_the_server_holds_neither_the_message_nor_the_reply_in_plaintext(
     assert all(p["value"].get("data") for p in stored)
     # Turn 2 carries the whole chat so far (both messages, turn 1's reply) and its own reply.
     personal = [GREETING, QUESTION, reply]
-    readable = [json.dumps(stored).encode()]
-    for promise in stored:
-        for value in (promise["param"], promise["value"]):
-            try:
-                readable.append(base64.b64decode(value.get("data") or ""))
-            except (binascii.Error, ValueError):
-                continue
-    assert [text for text in personal if any(text.encode() in r for r in readable)] == []
+    assert plaintext_found(json.dumps(stored).encode(), personal) == []
 
 
 def wait_answered(stack: ChatStack, chat: str, turn: int) -> None:

@@ -11,18 +11,14 @@ window's end start their own stack on a dev server that skips time, so they wait
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 import os
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +33,7 @@ from cookbook.testing.fixtures import (
     RunningDevServer,
     RunningSandbox,
 )
+from cookbook.testing.plaintext import plaintext_found, stored_values, what_the_server_holds
 from resonate.resonate import Resonate
 from resonate.types import Value
 
@@ -381,25 +378,6 @@ PERSONAL = [*BUYER.values(), *BUYER["name"].split()]
 # Her first name as an id would spell it: a `cus_zoe...` or a `purchase-zoe-...` names the buyer
 # as plainly as her name does, so no stored id or reference may contain it.
 FIRST_NAME = "zoe"
-BASE64 = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
-
-
-def plaintext_found(blob: bytes, values: list[str]) -> list[str]:
-    """Each value found in `blob`, as it is, JSON-escaped, or inside any base64 string in it."""
-    decoded = [blob]
-    for match in BASE64.finditer(blob):
-        token = match.group()
-        try:
-            decoded.append(base64.b64decode(token + b"=" * (-len(token) % 4)))
-        except (binascii.Error, ValueError):
-            continue
-    needles = [v.encode() for v in values] + [json.dumps(v)[1:-1].encode() for v in values]
-    return sorted({n.decode() for n in needles for d in decoded if n in d})
-
-
-def stored_data(value: dict[str, Any] | None) -> str:
-    """A promise's argument or result as the SDK stored it (base64 of JSON), readable."""
-    return base64.b64decode((value or {}).get("data") or "").decode()
 
 
 @pytest.mark.parametrize("fields", NOT_A_REFERENCE.values(), ids=NOT_A_REFERENCE.keys())
@@ -571,18 +549,14 @@ def test_the_server_holds_the_buyers_reference_never_their_name_or_email(
     # the reservation, the cancellation, the window record, the charge and the email.
     promises = stack.promises(purchase_id)
     assert len(promises) == 7
-    stored = {p["id"]: stored_data(p["param"]) + stored_data(p["value"]) for p in promises}
+    stored = {p["id"]: json.dumps(stored_values(p), ensure_ascii=False) for p in promises}
     assert [
         i for i, data in stored.items() if "@" in data or plaintext_found(data.encode(), PERSONAL)
     ] == []
     assert [i for i, data in stored.items() if FIRST_NAME in (i + data).lower()] == []
     assert CUSTOMER_ID in stored[purchase_id]  # the argument was decoded, and holds the reference
     # Nor anywhere else the server keeps or shows it: its files, and its state.
-    held = {str(f): f.read_bytes() for f in Path(stack.server.data_dir).rglob("*") if f.is_file()}
-    held["state"] = json.dumps(stack.server.state()).encode()
-    assert {
-        where: found for where, blob in held.items() if (found := plaintext_found(blob, PERSONAL))
-    } == {}
+    assert plaintext_found(what_the_server_holds(stack.server), PERSONAL) == []
     # The providers were given the reference, which they resolve to a card and an address.
     effects = stack.effects(purchase_id)
     assert [(e.provider, e.body.get("customer", e.body.get("to"))) for e in effects] == [

@@ -1,22 +1,19 @@
 """encryption end to end: a real dev server, worker processes, the provider sandbox.
 
 What the server holds is read where it lands: the dev server's data directory (its write-ahead
-log) and its inspection endpoints, with every base64 string in them decoded too (the SDK stores
-values as base64, so plaintext would hide there from a naive search).
+log) and its inspection endpoints, searched with every base64 string in them decoded too (the SDK
+stores values as base64, so plaintext would hide there from a naive search; see
+cookbook.testing.plaintext).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
-import json
-import re
 import secrets
 import threading
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -28,6 +25,7 @@ from cookbook.testing.fixtures import (
     RunningDevServer,
     RunningSandbox,
 )
+from cookbook.testing.plaintext import plaintext_found, what_the_server_holds
 from encryption.crypto import AesGcmEncryptor, DecryptionError, KeyRing
 from resonate.resonate import Resonate
 from resonate.types import Value
@@ -38,7 +36,6 @@ CUSTOMER = {
     "address": "1 Arlington Ridge Road, Arlington VA",
     "card_fingerprint": "fp_7e3b90c2d51a",
 }
-BASE64 = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
 
 
 def customer() -> dict[str, str]:
@@ -79,28 +76,6 @@ def onboard(url: str, ring: KeyRing, eid: str, who: dict[str, str], delay: int =
         return await client.options(target="encryption").rpc(eid, "onboard", who, delay).result()
 
     return with_client(url, ring, use)
-
-
-def plaintext_found(blob: bytes, values: list[str]) -> list[str]:
-    """Each value found in `blob`, as it is or inside any base64 string in it."""
-    decoded = [blob]
-    for match in BASE64.finditer(blob):
-        token = match.group()
-        try:
-            decoded.append(base64.b64decode(token + b"=" * (-len(token) % 4)))
-        except (binascii.Error, ValueError):
-            continue
-    needles = [v.encode() for v in values] + [json.dumps(v)[1:-1].encode() for v in values]
-    return sorted({n.decode() for n in needles for d in decoded if n in d})
-
-
-def what_the_server_holds(devserver: RunningDevServer, origins: list[str]) -> dict[str, bytes]:
-    """Every file of the dev server's data directory, and its inspection endpoints' answers."""
-    held = {str(p): p.read_bytes() for p in Path(devserver.data_dir).rglob("*") if p.is_file()}
-    held["/_cookbook/state"] = clients.get(f"{devserver.url}/_cookbook/state").content
-    for origin in origins:
-        held[f"/_cookbook/journal?origin={origin}"] = json.dumps(devserver.journal(origin)).encode()
-    return held
 
 
 def promises_held(devserver: RunningDevServer) -> list[dict[str, Any]]:
@@ -157,10 +132,7 @@ def test_no_personal_data_reaches_the_server_in_plaintext(
     assert invalid["email"] in str(error.value)
     # The server holds none of it: not in its log, not in what it answers.
     personal = [*onboarded.values(), *refused.values(), *invalid.values()]
-    held = what_the_server_holds(devserver, ids)
-    assert {
-        where: found for where, blob in held.items() if (found := plaintext_found(blob, personal))
-    } == {}
+    assert plaintext_found(what_the_server_holds(devserver, ids), personal) == []
     # ... and it did hold these executions, with their steps' values, all sealed.
     promises = [p for p in promises_held(devserver) if p["id"].startswith(tuple(ids))]
     sealed = [v for p in promises for v in (p["param"], p["value"]) if key_id_of(v)]
@@ -184,7 +156,7 @@ def test_the_search_finds_what_a_client_without_the_encryptor_leaves(
     asyncio.run(create_unsealed())
 
     held = what_the_server_holds(devserver, ["unsealed-1"])
-    assert plaintext_found(b"".join(held.values()), list(who.values())) == sorted(who.values())
+    assert plaintext_found(held, who.values()) == sorted(who.values())
 
 
 def test_a_client_with_a_wrong_key_gets_a_clear_error_not_garbage(

@@ -7,7 +7,6 @@ own timestamps), not on what the workflow says it did.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import secrets
 from collections import Counter
@@ -17,6 +16,7 @@ import httpx
 import pytest
 from cookbook import clients
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from cookbook.testing.plaintext import plaintext_found, stored_values
 from fan_out.steps import Delivery, Providers, send
 from fan_out.workflow import CHANNELS, RETRY
 from resonate.dependencies import DependencyMap
@@ -206,11 +206,10 @@ def test_the_server_holds_the_recipients_reference_never_their_address_or_name(
     # what the workflow stored (each promise's param and value: the arguments, each result).
     held = [devserver.state(execution_id), devserver.journal(execution_id)]
     stored = json.dumps(stored_values(held), ensure_ascii=False)
-    everything = json.dumps(held, ensure_ascii=False) + stored
     assert RECIPIENT_ID in stored  # the stored arguments were decoded, not missed
     assert "@" not in stored  # (the server's own tags hold one: `poll://any@fan-out`)
     personal = [RECIPIENT_EMAIL, *RECIPIENT_NAME.split()]
-    assert [found for found in personal if found in everything] == []
+    assert plaintext_found(json.dumps(held).encode(), personal) == []
     # Every id the server holds for the execution starts with the execution's id.
     assert FIRST_NAME not in (execution_id + stored).lower()
     # Each channel's provider got the reference, to resolve it itself.
@@ -235,27 +234,8 @@ def test_a_recipient_that_is_not_a_reference_is_refused_naming_to_and_nothing_is
     assert [p["id"] for p in promises] == [execution_id]
     [error] = stored_values(promises[0]["value"])  # its message, and the exception pickled
     assert RECIPIENT_EMAIL not in error["message"]
-    assert RECIPIENT_EMAIL.encode() not in base64.b64decode(error.get("__py_pickle", ""))
+    assert plaintext_found(json.dumps(error).encode(), [RECIPIENT_EMAIL]) == []  # the pickle too
     assert requests_per_channel(sandbox, execution_id) == {}
-
-
-def stored_values(held: Any) -> list[Any]:
-    """Every value stored in the dev server's answer `held`, decoded.
-
-    A promise's param and value are kept as `{"data": <base64 of JSON>}`, which hides a name or
-    an email address from a plain search.
-    """
-    if isinstance(held, list):
-        return [value for item in held for value in stored_values(item)]
-    if not isinstance(held, dict):
-        return []
-    found = []
-    for key, value in held.items():
-        if key == "data" and isinstance(value, str):
-            found.append(json.loads(base64.b64decode(value, validate=True)))
-        else:
-            found.extend(stored_values(value))
-    return found
 
 
 def test_a_refusal_without_a_json_body_is_still_a_refusal() -> None:

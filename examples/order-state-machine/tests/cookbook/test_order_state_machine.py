@@ -9,19 +9,15 @@ and the sandbox's records are read by idempotency-key prefix, i.e. by order.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import copy
 import json
 import os
-import re
 import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +27,7 @@ from cookbook.sandbox.store import RequestRecord
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import RunningDevServer, RunningSandbox
+from cookbook.testing.plaintext import plaintext_found, stored_values, what_the_server_holds
 from resonate.error import ResonateTimeoutError, ServerError
 from resonate.resonate import Resonate
 from resonate.types import Value
@@ -535,25 +532,6 @@ PERSONAL = [*CUSTOMER.values(), *CUSTOMER["name"].split()]
 # Her first name as an id would spell it: a `cus_zoe...` or an `order-zoe-...` names the customer
 # as plainly as her name does, so no stored id or reference may contain it.
 FIRST_NAME = "zoe"
-BASE64 = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
-
-
-def plaintext_found(blob: bytes, values: list[str]) -> list[str]:
-    """Each value found in `blob`, as it is, JSON-escaped, or inside any base64 string in it."""
-    decoded = [blob]
-    for match in BASE64.finditer(blob):
-        token = match.group()
-        try:
-            decoded.append(base64.b64decode(token + b"=" * (-len(token) % 4)))
-        except (binascii.Error, ValueError):
-            continue
-    needles = [v.encode() for v in values] + [json.dumps(v)[1:-1].encode() for v in values]
-    return sorted({n.decode() for n in needles for d in decoded if n in d})
-
-
-def stored_data(value: dict[str, Any] | None) -> str:
-    """A promise's argument or result as the SDK stored it (base64 of JSON), readable."""
-    return base64.b64decode((value or {}).get("data") or "").decode()
 
 
 @pytest.mark.parametrize("fields", NOT_A_REFERENCE.values(), ids=NOT_A_REFERENCE.keys())
@@ -584,18 +562,14 @@ def test_the_server_holds_the_customers_reference_never_their_name_or_email(
     ours = (f"{order_id}:", f"{order_id}~")
     promises = [p for p in stack.promises() if p["id"] == order_id or p["id"].startswith(ours)]
     assert len(promises) == 12  # the execution, its 8 children, 3 statuses
-    stored = {p["id"]: stored_data(p["param"]) + stored_data(p["value"]) for p in promises}
+    stored = {p["id"]: json.dumps(stored_values(p), ensure_ascii=False) for p in promises}
     assert CUSTOMER_ID in stored[order_id]  # the argument: the order, and its reference
     assert [
         i for i, data in stored.items() if "@" in data or plaintext_found(data.encode(), PERSONAL)
     ] == []
     assert [i for i, data in stored.items() if FIRST_NAME in (i + data).lower()] == []
     # Nor anywhere else the server keeps or shows it: its files (log, archive), and its state.
-    held = {str(f): f.read_bytes() for f in Path(stack.server.data_dir).rglob("*") if f.is_file()}
-    held["state"] = json.dumps(stack.server.state()).encode()  # the archive's rows too, unpacked
-    assert {
-        where: found for where, blob in held.items() if (found := plaintext_found(blob, PERSONAL))
-    } == {}
+    assert plaintext_found(what_the_server_holds(stack.server), PERSONAL) == []
     # The providers were given the reference, which they resolve to an address and a card.
     effects = stack.sandbox.records.effects(f"{order_id}:")
     assert [(e.provider, e.body.get("to", e.body.get("customer"))) for e in effects] == [

@@ -9,7 +9,6 @@ example's script answers.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import secrets
 import threading
@@ -27,6 +26,7 @@ from cookbook.testing.fixtures import (
     RunningDevServer,
     RunningSandbox,
 )
+from cookbook.testing.plaintext import stored_values
 from resonate.resonate import Resonate
 from resonate.types import Value
 
@@ -223,10 +223,7 @@ def held_by_the_server(devserver: RunningDevServer, execution_id: str) -> list[s
     for promise in promises:
         tags = {k: v for k, v in promise["tags"].items() if k != "resonate:target"}
         held.append(json.dumps({**promise, "tags": tags}))
-        for stored in (promise.get("param"), promise.get("value")):
-            if stored and stored.get("data"):
-                held.append(base64.b64decode(stored["data"]).decode())
-    return held
+    return held + [json.dumps(value) for value in stored_values(promises)]
 
 
 def test_the_server_holds_the_reviewers_id_never_an_address_or_a_name(
