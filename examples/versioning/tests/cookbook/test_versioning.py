@@ -192,7 +192,8 @@ def readable(promise: dict[str, Any]) -> str:
     (the SDK stores them as base64, where plaintext would hide from a naive search). Without
     the SDK's routing tag, an address like `poll://any@versioning` that names no one."""
     tags = {k: v for k, v in promise["tags"].items() if k != "resonate:target"}
-    return json.dumps([promise["id"], tags, *stored_values(promise)])
+    # Not ASCII-escaped: "Zoë" must be found as it is written, not as `Zo\\u00eb`.
+    return json.dumps([promise["id"], tags, *stored_values(promise)], ensure_ascii=False)
 
 
 def test_the_server_holds_the_customer_reference_and_no_personal_data(fleet: Fleet) -> None:
