@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import os
 import secrets
 import time
@@ -25,6 +26,7 @@ from cookbook import clients
 from cookbook.stack import devserver_process, gateway_process, url_of, worker_process
 from cookbook.testing.bodies import REMOVED, as_json, changed, malformed_bodies
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
+from cookbook.testing.plaintext import plaintext_found, stored_values, what_the_server_holds
 from resonate.error import SerializationError
 from resonate.resonate import Resonate
 from resonate.types import Value
@@ -45,6 +47,16 @@ NO_DRIVER_EFFECTS = [
     ("slack", "send"),
     ("sms", "send"),
 ]
+# The order names its customer and where to deliver by reference; who and where that is
+# (CUSTOMER) only the providers know.
+CUSTOMER_ID = "cus_5e0b82d4"
+ADDRESS_ID = "adr_home7"
+CUSTOMER = {
+    "name": "Zoë Ångström",
+    "email": "zoe@example.com",
+    "address": "12 Rue de la Paix, 75002 Paris",
+    "phone": "+33 6 12 34 56 78",
+}
 
 
 @dataclass(frozen=True)
@@ -106,9 +118,9 @@ def stack(
 def new_order() -> dict[str, Any]:
     return {
         "order_id": f"test-{secrets.token_hex(4)}",
-        "customer_id": "cus_5e0b82d4",
+        "customer_id": CUSTOMER_ID,
         "restaurant_id": "rst_napoli42",
-        "address_id": "adr_home7",
+        "address_id": ADDRESS_ID,
         "items": [
             {"name": "Margherita", "quantity": 2, "unit_price_cents": 950},
             {"name": "Tiramisù", "quantity": 1, "unit_price_cents": 600},
@@ -582,3 +594,65 @@ def test_a_422_names_the_field_and_the_reason(stack: DeliveryStack) -> None:
             "type": "greater_than_equal",
         }
     ]
+
+
+# -- personal data: the order names its customer by reference, and only the providers know them --
+
+NOT_A_REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
+    "an email address": ("customer_id", {"customer_id": CUSTOMER["email"]}),
+    "a name": ("customer_id", {"customer_id": CUSTOMER["name"]}),
+    "an email after the prefix": ("customer_id", {"customer_id": "cus_zoe@example.com"}),
+    "a name and an email instead": ("customer_id", {"customer": CUSTOMER}),
+    "a street address": ("address_id", {"address_id": CUSTOMER["address"]}),
+    "a phone number": ("address_id", {"address_id": CUSTOMER["phone"]}),
+}
+PERSONAL = [*CUSTOMER.values(), *CUSTOMER["name"].split()]
+# Her first name as an id would spell it: a `cus_zoe...` or an `order-zoe-...` names the customer
+# as plainly as her name does, so no stored id or reference may contain it.
+FIRST_NAME = "zoe"
+
+
+@pytest.mark.parametrize(("field", "fields"), NOT_A_REFERENCE.values(), ids=NOT_A_REFERENCE.keys())
+def test_personal_data_where_a_reference_goes_is_refused(
+    stack: DeliveryStack, field: str, fields: dict[str, Any]
+) -> None:
+    order = {k: v for k, v in new_order().items() if k != field} | fields
+    order_id = order["order_id"]
+
+    response = stack.gateway.post("/orders", json=order)
+
+    assert response.status_code == 422, response.text
+    assert ["body", field] in [error["loc"] for error in response.json()["detail"]]
+    assert plaintext_found(response.content, PERSONAL) == []  # not echoed either
+    assert stack.server.state(order_id)["promises"] == []  # nothing started, nothing stored
+    assert stack.sandbox.records.requests(key_prefix=f"{order_id}:") == []
+
+
+def test_the_server_holds_the_customers_references_never_their_name_or_address(
+    stack: DeliveryStack,
+) -> None:
+    order = new_order()
+    order_id = order["order_id"]
+    assert stack.gateway.post("/orders", json=order).status_code == 202
+    assert stack.wait_settled(order_id)["status"] == "delivered"
+
+    # Every promise of the order (the execution, its steps, its progress marks), decoded.
+    ours = (f"{order_id}:", f"{order_id}~")
+    everything: list[dict[str, Any]] = stack.server.state()["promises"]  # type: ignore[assignment]
+    promises = [p for p in everything if p["id"] == order_id or p["id"].startswith(ours)]
+    assert len(promises) == 13  # the execution, its 6 steps, 6 marks
+    stored = {p["id"]: json.dumps(stored_values(p), ensure_ascii=False) for p in promises}
+    # The argument: the order, and its references.
+    assert CUSTOMER_ID in stored[order_id]
+    assert ADDRESS_ID in stored[order_id]
+    assert [
+        i for i, data in stored.items() if "@" in data or plaintext_found(data.encode(), PERSONAL)
+    ] == []
+    assert [i for i, data in stored.items() if FIRST_NAME in (i + data).lower()] == []
+    # Nor anywhere else the server keeps or shows it: its files (log, archive), and its state.
+    assert plaintext_found(what_the_server_holds(stack.server), PERSONAL) == []
+    # The providers were given the references, which they resolve to a card, an address, a phone.
+    charged, _, assigned, _, _, pushed = stack.sandbox.records.effects(key_prefix=f"{order_id}:")
+    assert charged.body["customer"] == CUSTOMER_ID
+    assert assigned.body["dropoff"] == ADDRESS_ID
+    assert pushed.body["to"] == CUSTOMER_ID
