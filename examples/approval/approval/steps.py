@@ -80,7 +80,7 @@ async def check_policy(ctx: Context, claim: Claim) -> list[str]:
     limit = LIMITS_CENTS[claim.category]
     if claim.amount_cents > limit:
         problems.append(f"{claim.category} claims are limited to {limit / 100:,.2f}")
-    if claim.approver_id == claim.employee_id:
+    if claim.approver_id == claim.employee_id:  # ids compare exactly: they are opaque, as issued
         problems.append("nobody approves their own claim")
     return problems
 

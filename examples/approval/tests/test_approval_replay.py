@@ -90,7 +90,7 @@ def timed_out(promise_id: str) -> PromiseRecord:
 
 
 def replay(
-    journal: list[PromiseRecord], providers: FakeProviders | None = None
+    journal: list[PromiseRecord], providers: FakeProviders | None = None, claim: Claim = CLAIM
 ) -> ClaimEnded | list[str]:
     """Run the body over `journal`: its result, or the promises it suspended on."""
     providers = providers or FakeProviders()
@@ -100,7 +100,7 @@ def replay(
             id=ID, preload=journal, deps=providers.dependencies(), sleeper=RecordingSleeper()
         )
         try:
-            return await expense_claim(ctx, CLAIM, 3600, "https://approvals.example.com")
+            return await expense_claim(ctx, claim, 3600, "https://approvals.example.com")
         except Suspended:
             await ctx.flush_local_work()
             return ctx.take_remote_todos()
@@ -116,6 +116,18 @@ ASKED = resolved_promise(f"{ID}:3", "email_1")
 
 def test_while_nobody_decides_the_claim_waits_for_the_decision_alone() -> None:
     assert replay([CHECKED, pending_promise(f"{ID}:2"), ASKED]) == [f"{ID}:2"]
+
+
+def test_nobody_approves_their_own_claim() -> None:
+    providers = FakeProviders()
+    own = CLAIM.model_copy(update={"approver_id": CLAIM.employee_id})
+
+    ended = replay([], providers, own)
+
+    assert isinstance(ended, ClaimEnded)
+    assert (ended.state, ended.reason) == ("refused", "nobody approves their own claim")
+    # Only the employee is told why: no approver asked, nothing paid.
+    assert [path for _, path, _ in providers.calls] == ["/email/send"]
 
 
 def test_an_approval_pays_with_the_payment_steps_key() -> None:
