@@ -160,7 +160,9 @@ def test_work_for_a_group_with_no_worker_is_held_until_one_connects(
 
     value, seconds = asyncio.run(go())
     assert value == 3
-    assert seconds < 3, "held work should start as soon as a worker connects, not after 30 s"
+    # The clock includes the worker's start, seconds on a loaded machine; held work that waited
+    # for the next redelivery would take 30 s more.
+    assert seconds < 15, "held work should start as soon as a worker connects, not after 30 s"
 
 
 def test_workers_keep_receiving_work_across_sse_stream_rotations(
@@ -179,7 +181,7 @@ def test_a_durable_sleep_fires_after_its_duration(
     start_worker(WORKER, {"RESONATE_URL": devserver.url})
     started = time.perf_counter()
     assert _call(devserver.url, "nap", 500) == "rested"
-    assert 0.5 <= time.perf_counter() - started < 2.0
+    assert 0.5 <= time.perf_counter() - started < 5.0  # fired after 500 ms, and not much later
 
 
 def test_promise_search_and_inspection_show_an_execution(
@@ -225,7 +227,7 @@ def test_tripwires_reject_bad_definitions_naming_the_field(
 def test_a_second_server_on_the_same_data_refuses_to_start(devserver: RunningDevServer) -> None:
     second = devserver_process(devserver.data_dir)
     with pytest.raises(Exception, match="in use by another dev server"):
-        second.start(timeout=5)
+        second.start(timeout=30)  # it refuses at once; the time is for a loaded machine
 
 
 @pytest.mark.slow

@@ -155,7 +155,7 @@ def _stored(machine: ServerState) -> Any:
     )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)  # the same cases on every run
 @given(st.lists(st.tuples(st.integers(0, 300), requests()), max_size=60))
 def test_stores_what_the_sdk_stores_and_answers_the_same_but_fence_preloads(
     steps: list[tuple[int, dict[str, Any]]],

@@ -67,14 +67,15 @@ def _promise(server: RunningDevServer, promise_id: str) -> dict[str, Any]:
     return found
 
 
-def test_a_30_day_sleep_completes_in_well_under_a_second(
+def test_a_30_day_sleep_completes_in_seconds(
     start_devserver: DevServerFactory, start_worker: ProcessFactory
 ) -> None:
     server = start_devserver(skip_time=True)
     start_worker(WORKER, {"RESONATE_URL": server.url})
     value, seconds = _remind(server.url, f"skip-{secrets.token_hex(3)}", THIRTY_DAYS_MS)
     assert value == "reminded after steps 1 and 2"
-    assert seconds < 2.0, f"took {seconds:.2f}s"
+    # Well under a second on a quiet machine; a loaded one gets room, days are still far off.
+    assert seconds < 8.0, f"took {seconds:.2f}s"
 
 
 def test_a_skipped_sleep_gives_the_same_result_and_promise_tree_as_a_real_one(

@@ -88,6 +88,9 @@ _streams: st.SearchStrategy[list[Event]] = st.builds(
 )
 
 
+# The same cases on every run, and no per-case deadline (hypothesis' default is 200 ms, which a
+# loaded CI machine can exceed on a pure function): a failure is a bug, never the machine.
+@settings(deadline=None, derandomize=True)
 @given(_streams)
 def test_the_fold_never_overdraws_and_accounts_for_every_event(events: list[Event]) -> None:
     account = fold(events)
@@ -125,7 +128,7 @@ async def _project_locally(
     return execution_id, projection, published
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(_streams)
 def test_the_workflow_equals_the_pure_fold(events: list[Event]) -> None:
     execution_id, projection, published = asyncio.run(_project_locally(events))

@@ -190,7 +190,9 @@ def test_a_worker_killed_while_sleeping_wakes_at_the_same_deadline_in_real_time(
     assert after.state == "resolved"
     # The same timer, not a new one, with the same deadline: not shortened, not restarted.
     assert (after.created_at, after.timeout_at) == (pending.created_at, pending.timeout_at)
-    assert interval_s * 1000 - 100 <= pending.timeout_at - pending.created_at <= interval_s * 1000
+    # The worker takes the deadline, then the server stamps the promise: on a loaded machine a
+    # moment later, so a second of room; a timer cut to half the interval would still fail.
+    assert interval_s * 1000 - 1000 <= pending.timeout_at - pending.created_at <= interval_s * 1000
     assert after.settled_at is not None
     assert after.settled_at >= pending.timeout_at
     effects = sandbox.records.effects(key_prefix=execution_id + ":")
@@ -199,7 +201,9 @@ def test_a_worker_killed_while_sleeping_wakes_at_the_same_deadline_in_real_time(
     # Push 2 went out at the deadline (in ms, as stored), not before it, and soon after it (or
     # after the new worker was up, if starting it took longer than the rest of the sleep).
     assert effects[1].started_at * 1000 >= pending.timeout_at - 1
-    assert effects[1].started_at < max(pending.timeout_at / 1000, replaced_at[0]) + 1
+    # (Two seconds of room for a loaded machine: a timer restarted by the new worker would fire
+    # three seconds after it came up.)
+    assert effects[1].started_at < max(pending.timeout_at / 1000, replaced_at[0]) + 2
 
 
 def test_a_push_whose_result_was_lost_is_answered_from_its_key_not_sent_twice(
