@@ -7,10 +7,16 @@ import asyncio
 import base64
 import json
 import pickle
+from typing import Any
 
 import pytest
 from cookbook.testing.fixtures import RunningDevServer
-from cookbook.testing.plaintext import plaintext_found, stored_values, what_the_server_holds
+from cookbook.testing.plaintext import (
+    plaintext_found,
+    searchable,
+    stored_values,
+    what_the_server_holds,
+)
 from resonate.resonate import Resonate
 from resonate.types import Value
 
@@ -108,6 +114,27 @@ def test_stored_values_are_the_decoded_arguments_and_results_and_nothing_else() 
 
     assert stored_values([answer, journal]) == [{"customer_id": "cus_5e0b82d4"}, "done", [1, None]]
     assert stored_values(answer["promises"][0]["value"]) == ["done"]
+
+
+def test_searchable_is_every_field_decoded_as_written_without_the_routing_address() -> None:
+    stored = {"data": base64.b64encode(json.dumps({"name": NAME}).encode()).decode()}
+    tags = {"resonate:target": "poll://any@orders", "origin": "order-1"}
+    promises: list[dict[str, Any]] = [
+        {
+            "id": "order-1",
+            "state": "resolved",
+            "param": stored,
+            "value": {"data": None},
+            "tags": tags,
+        }
+    ]
+
+    text = searchable(promises)
+
+    assert NAME in text  # decoded, and not `Zo\\u00eb`
+    assert "@" not in text  # the SDK's routing address left out, and only that tag
+    assert all(field in text for field in ('"state": "resolved"', '"origin": "order-1"'))
+    assert tags["resonate:target"] == "poll://any@orders"  # the answer is left unchanged
 
 
 def test_what_the_server_holds_is_its_files_its_state_and_the_journals_asked_for(

@@ -10,7 +10,6 @@ deadline, so that which worker wakes it is never a race.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import secrets
 import time
@@ -25,7 +24,7 @@ import pytest
 from cookbook import clients
 from cookbook.processes import ManagedProcess
 from cookbook.testing.fixtures import ProcessFactory, RunningDevServer, RunningSandbox
-from cookbook.testing.plaintext import stored_values
+from cookbook.testing.plaintext import searchable
 from resonate.context import Context
 from resonate.resonate import Resonate
 from resonate.types import Value
@@ -187,15 +186,6 @@ def test_a_renewal_asleep_on_v1_finishes_on_v1_after_a_deploy_of_both(fleet: Fle
     with_client(scenario, fleet)
 
 
-def readable(promise: dict[str, Any]) -> str:
-    """A promise the server holds, as text: its id, its tags and its param and value decoded
-    (the SDK stores them as base64, where plaintext would hide from a naive search). Without
-    the SDK's routing tag, an address like `poll://any@versioning` that names no one."""
-    tags = {k: v for k, v in promise["tags"].items() if k != "resonate:target"}
-    # Not ASCII-escaped: "Zoë" must be found as it is written, not as `Zo\\u00eb`.
-    return json.dumps([promise["id"], tags, *stored_values(promise)], ensure_ascii=False)
-
-
 def test_the_server_holds_the_customer_reference_and_no_personal_data(fleet: Fleet) -> None:
     async def scenario(client: Resonate) -> None:
         fleet.deploy("1,2")
@@ -208,7 +198,7 @@ def test_the_server_holds_the_customer_reference_and_no_personal_data(fleet: Fle
         held = [p for p in promises if p["id"].startswith(renewal_id)]
         checkpoints = [f"{renewal_id}:{n}" for n in range(1, 8)]  # see the README's tree
         assert {p["id"] for p in held} == {renewal_id, *checkpoints, marker_id(renewal_id)}
-        text = "\n".join(readable(p) for p in held)
+        text = searchable(held)
         assert [data for data in PERSONAL_DATA if data in text] == []
         assert CUSTOMER_ID in text  # the argument was found and read: the reference is in it
         references = re.findall(r"\b(?:cus_|sub-)[A-Za-z0-9]+", text)  # customer, subscription

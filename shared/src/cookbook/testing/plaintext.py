@@ -72,10 +72,45 @@ def stored_values(answer: Any) -> list[Any]:
     found: list[Any] = []
     for key, value in answer.items():
         if key == "data" and isinstance(value, str):
-            found.append(json.loads(base64.b64decode(value, validate=True)))
+            found.append(_decoded(value))
         else:
             found.extend(stored_values(value))
     return found
+
+
+def searchable(promises: Iterable[Mapping[str, Any]]) -> str:
+    """Promises the server holds (`devserver.state(id)["promises"]`) as one text to search: every
+    field, each stored argument and result decoded, nothing ASCII-escaped ("Zoë" as written, not
+    `Zo\\u00eb`), and without the SDK's routing address (the tag `resonate:target`,
+    `poll://any@<group>`), the one '@' in them that names no one."""
+    return "\n".join(
+        json.dumps(_with_data_decoded({**p, "tags": _without_routing(p)}), ensure_ascii=False)
+        for p in promises
+    )
+
+
+def _decoded(data: str) -> Any:
+    """A stored value (base64 of JSON), decoded."""
+    return json.loads(base64.b64decode(data, validate=True))
+
+
+def _with_data_decoded(held: Any) -> Any:
+    """A copy of `held` with every stored value (`{"data": <base64>}`) decoded."""
+    if isinstance(held, list):
+        return [_with_data_decoded(item) for item in held]
+    if not isinstance(held, dict):
+        return held
+    return {
+        key: _decoded(value)
+        if key == "data" and isinstance(value, str)
+        else _with_data_decoded(value)
+        for key, value in held.items()
+    }
+
+
+def _without_routing(promise: Mapping[str, Any]) -> dict[str, Any]:
+    tags: Mapping[str, Any] = promise.get("tags") or {}
+    return {key: value for key, value in tags.items() if key != "resonate:target"}
 
 
 def _forms(value: str) -> list[bytes]:
