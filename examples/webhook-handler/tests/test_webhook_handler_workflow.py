@@ -64,6 +64,15 @@ def answered(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
     }[path]
 
 
+def down(down_path: str) -> FakeProviders:
+    """The providers with `down_path` answering 503 to every attempt, the rest as usual."""
+
+    def answer(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
+        return (503, {}) if path == down_path else answered(path, attempt)
+
+    return FakeProviders(answer)
+
+
 @pytest.fixture
 def book(tmp_path: Path) -> OrderBook:
     return OrderBook.at(tmp_path)
@@ -150,10 +159,7 @@ def test_the_same_event_under_a_second_execution_is_a_duplicate_that_does_nothin
 def test_a_warehouse_that_never_answers_leaves_the_claim_for_a_refund_to_cancel(
     book: OrderBook,
 ) -> None:
-    def answer(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
-        return (503, {}) if path == "/inventory/reserve" else answered(path, attempt)
-
-    providers = FakeProviders(answer)
+    providers = down("/inventory/reserve")
 
     outcomes = deliver(book, providers, [(PAYMENT.id, PAYMENT), (REFUND.id, REFUND)])
 
@@ -199,10 +205,7 @@ def test_a_warehouse_answering_without_its_id_leaves_the_claim_for_a_refund_to_c
 def test_a_cancel_the_warehouse_never_answers_ends_with_the_key_and_the_customer_told(
     book: OrderBook,
 ) -> None:
-    def answer(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
-        return (503, {}) if path == "/inventory/cancel" else answered(path, attempt)
-
-    providers = FakeProviders(answer)
+    providers = down("/inventory/cancel")
 
     paid, refunded = deliver(book, providers, [(PAYMENT.id, PAYMENT), (REFUND.id, REFUND)])
 
@@ -222,10 +225,7 @@ def test_a_cancel_the_warehouse_never_answers_ends_with_the_key_and_the_customer
 def test_a_refund_email_that_never_goes_out_still_ends_the_refund_with_its_outcome(
     book: OrderBook,
 ) -> None:
-    def answer(path: str, attempt: int) -> tuple[int, dict[str, Any]]:
-        return (503, {}) if path == "/email/send" else answered(path, attempt)
-
-    providers = FakeProviders(answer)
+    providers = down("/email/send")
 
     paid, refunded = deliver(book, providers, [(PAYMENT.id, PAYMENT), (REFUND.id, REFUND)])
 
