@@ -108,6 +108,20 @@ def replay(
     return asyncio.run(run())
 
 
+def assert_handed_to_finance_unconfirmed(
+    ended: ClaimEnded | list[str], providers: FakeProviders
+) -> None:
+    """A payment that may have landed: asked under its one key only (the first attempt and 8
+    retries, never a new key), then finance handed that key to check."""
+    assert isinstance(ended, ClaimEnded)
+    assert ended.state == "payment-unconfirmed"
+    *attempts, escalation = providers.calls
+    assert {(key, path) for key, path, _ in attempts} == {(f"{ID}:4", "/payment/charge")}
+    assert len(attempts) == 9  # the first attempt and 8 retries
+    assert escalation[:2] == (f"{ID}:5", "/slack/send")
+    assert f"check key {ID}:4" in escalation[2]["text"]
+
+
 # Step ids: the policy check `:1`, the decision promise `:2`, the approver's email `:3`, then the
 # payment (or the escalation) `:4` and the employee's email `:5`.
 CHECKED = resolved_promise(f"{ID}:1", [])
@@ -182,13 +196,7 @@ def test_a_payment_out_of_retries_is_never_made_again_but_handed_to_finance() ->
 
     ended = replay([CHECKED, decided, ASKED], providers)
 
-    assert isinstance(ended, ClaimEnded)
-    assert ended.state == "payment-unconfirmed"
-    *attempts, escalation = providers.calls
-    assert {(key, path) for key, path, _ in attempts} == {(f"{ID}:4", "/payment/charge")}
-    assert len(attempts) == 9  # the first attempt and 8 retries
-    assert escalation[:2] == (f"{ID}:5", "/slack/send")
-    assert f"check key {ID}:4" in escalation[2]["text"]
+    assert_handed_to_finance_unconfirmed(ended, providers)
 
 
 @pytest.mark.parametrize("body", NOT_THE_ANSWER.values(), ids=NOT_THE_ANSWER.keys())
@@ -202,12 +210,7 @@ def test_a_payment_answered_without_its_answer_may_have_paid(
 
     ended = replay([CHECKED, decided, ASKED], providers)
 
-    assert isinstance(ended, ClaimEnded)
-    assert ended.state == "payment-unconfirmed"
-    *attempts, escalation = providers.calls
-    assert {(key, path) for key, path, _ in attempts} == {(f"{ID}:4", "/payment/charge")}
-    assert len(attempts) == 9  # the first attempt and 8 retries
-    assert f"check key {ID}:4" in escalation[2]["text"]
+    assert_handed_to_finance_unconfirmed(ended, providers)
 
 
 def test_a_payment_refused_with_a_page_instead_of_json_is_still_a_refusal() -> None:
